@@ -1,0 +1,326 @@
+"""
+The HTTP API: a Klein app that parses requests, calls the `Registry`, and
+writes responses.  No storage or business logic lives here.
+"""
+
+from __future__ import annotations
+
+import re
+
+from klein import Klein
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.exceptions import NotFound as RouteNotFound
+
+from ..errors import (
+    DigestInvalid,
+    InsufficientStorage,
+    NotFound,
+    RegistryError,
+    TooLarge,
+    Unsupported,
+    UploadRangeInvalid,
+)
+from ..manifest import OCI_INDEX
+from ..reference import Digest, Name, parse_reference
+from ..registry import Registry, UploadStatus, upload_location
+from ..storage.interfaces import StorageFull
+from .body import BodyTooLarge, body_of, read_small_body
+from .responses import json_body, next_link, page, parse_range, send_reader
+
+log = Logger()
+
+API_VERSION = (b"Docker-Distribution-Api-Version", b"registry/2.0")
+_CONTENT_RANGE = re.compile(r"(?:bytes )?(\d+)-(\d+)(?:/(?:\d+|\*))?")
+
+
+def _arg(request, name: str) -> str | None:
+    values = request.args.get(name.encode())
+    if not values:
+        return None
+    return values[0].decode("utf-8", "replace")
+
+
+def _header(request, name: str) -> str | None:
+    value = request.getHeader(name)
+    if value is None:
+        return None
+    return value.decode("latin-1") if isinstance(value, bytes) else value
+
+
+def _set(request, **headers) -> None:
+    for key, value in headers.items():
+        request.setHeader(key.replace("_", "-").encode(), str(value).encode())
+
+
+def _content_length(request) -> int | None:
+    value = _header(request, "Content-Length")
+    return int(value) if value and value.isdigit() else None
+
+
+def _etag_matches(request, digest: Digest) -> bool:
+    wanted = _header(request, "If-None-Match")
+    if not wanted:
+        return False
+    tags = {t.strip().removeprefix("W/").strip('"') for t in wanted.split(",")}
+    return "*" in tags or str(digest) in tags
+
+
+class RegistryAPI:
+    """
+    The Distribution API over a `Registry`.  ``resource()`` gives an
+    `IResource` to serve at the root of any `Site`.
+    """
+
+    app = Klein()
+    app.url_map.strict_slashes = False
+    app.url_map.merge_slashes = False
+
+    def __init__(self, registry: Registry):
+        self.registry = registry
+
+    def resource(self) -> Resource:
+        return _APIResource(self.app.resource())
+
+    # ---------------------------------------------------------------- errors
+
+    @app.handle_errors(RegistryError)
+    def registry_error(self, request, failure):
+        return self._error(request, failure.value)
+
+    @app.handle_errors(BodyTooLarge)
+    def body_too_large(self, request, failure):
+        return self._error(request, TooLarge("request body is too large"))
+
+    @app.handle_errors(StorageFull)
+    def storage_full(self, request, failure):
+        log.error("storage is full: {method} {uri} failed", method=request.method, uri=request.uri)
+        return self._error(request, InsufficientStorage())
+
+    @app.handle_errors(HTTPException)
+    def http_error(self, request, failure):
+        if isinstance(failure.value, MethodNotAllowed):
+            return self._error(request, Unsupported(f"{request.method.decode()} is not allowed here"))
+        if isinstance(failure.value, RouteNotFound):
+            return self._error(request, NotFound(request.path.decode("utf-8", "replace")))
+        error = RegistryError(failure.value.description)
+        error.status = failure.value.code
+        return self._error(request, error)
+
+    @app.handle_errors(Exception)
+    def unexpected(self, request, failure):
+        log.failure("error handling {method} {uri}", failure, method=request.method, uri=request.uri)
+        return self._error(request, RegistryError("internal error"))
+
+    def _error(self, request, error: RegistryError) -> bytes:
+        request.setResponseCode(error.status)
+        for key, value in error.headers.items():
+            request.setHeader(key.encode(), str(value).encode())
+        return json_body(request, {"errors": [{"code": error.code, "message": error.message, "detail": error.detail}]})
+
+    # ------------------------------------------------------------------ base
+
+    @app.route("/v2/", methods=["GET", "HEAD"])
+    def base(self, request):
+        return json_body(request, {})
+
+    # ----------------------------------------------------------------- blobs
+
+    @app.route("/v2/<path:name>/blobs/<digest>", methods=["GET", "HEAD"])
+    async def get_blob(self, request, name, digest):
+        name, digest = Name.parse(name), Digest.parse(digest)
+        info = await self.registry.stat_blob(name, digest)
+        _set(request, Docker_Content_Digest=digest, ETag=f'"{digest}"', Accept_Ranges="bytes")
+        if _etag_matches(request, digest):
+            request.setResponseCode(304)
+            return b""
+        if request.method == b"GET":
+            url = await self.registry.blob_redirect(digest)
+            if url:
+                request.setResponseCode(307)
+                _set(request, Location=url, Content_Length=0)
+                return b""
+        _set(request, Content_Type="application/octet-stream", Cache_Control="max-age=31536000")
+        span = parse_range(_header(request, "Range"), info.size)
+        start, end = span if span is not None else (0, info.size - 1)
+        length = end - start + 1
+        if span is not None:
+            request.setResponseCode(206)
+            _set(request, Content_Range=f"bytes {start}-{end}/{info.size}")
+        _set(request, Content_Length=length)
+        if request.method == b"HEAD" or length == 0:
+            return b""
+        reader = await self.registry.open_blob(name, digest, start)
+        await send_reader(request, reader, length)
+        return None
+
+    @app.route("/v2/<path:name>/blobs/<digest>", methods=["DELETE"])
+    async def delete_blob(self, request, name, digest):
+        name, digest = Name.parse(name), Digest.parse(digest)
+        await self.registry.delete_blob(name, digest)
+        request.setResponseCode(202)
+        _set(request, Content_Length=0)
+        return b""
+
+    # --------------------------------------------------------------- uploads
+
+    @app.route("/v2/<path:name>/blobs/uploads/", methods=["POST"])
+    async def start_upload(self, request, name):
+        name = Name.parse(name)
+        mount, source = _arg(request, "mount"), _arg(request, "from")
+        if mount is not None:
+            mount = Digest.parse(mount)
+            if source and await self.registry.mount_blob(name, mount, Name.parse(source)):
+                return self._blob_created(request, name, mount)
+        digest = _arg(request, "digest")
+        if digest is not None:
+            digest = Digest.parse(digest)
+            await self.registry.put_blob(name, digest, body_of(request), _content_length(request))
+            return self._blob_created(request, name, digest)
+        status = await self.registry.start_upload(name)
+        request.setResponseCode(202)
+        return self._upload_headers(request, status)
+
+    @app.route("/v2/<path:name>/blobs/uploads/<upload_id>", methods=["GET"])
+    async def upload_status(self, request, name, upload_id):
+        status = await self.registry.upload_status(Name.parse(name), upload_id)
+        request.setResponseCode(204)
+        return self._upload_headers(request, status)
+
+    @app.route("/v2/<path:name>/blobs/uploads/<upload_id>", methods=["PATCH"])
+    async def patch_upload(self, request, name, upload_id):
+        name = Name.parse(name)
+        start, length = self._chunk_range(request)
+        status = await self.registry.append_upload(name, upload_id, body_of(request), start=start, length=length)
+        request.setResponseCode(202)
+        return self._upload_headers(request, status)
+
+    @app.route("/v2/<path:name>/blobs/uploads/<upload_id>", methods=["PUT"])
+    async def finish_upload(self, request, name, upload_id):
+        name = Name.parse(name)
+        raw = _arg(request, "digest")
+        if raw is None:
+            raise DigestInvalid("the digest query parameter is required")
+        digest = Digest.parse(raw)
+        start, length = self._chunk_range(request)
+        await self.registry.append_upload(name, upload_id, body_of(request), start=start, length=length)
+        await self.registry.finish_upload(name, upload_id, digest)
+        return self._blob_created(request, name, digest)
+
+    @app.route("/v2/<path:name>/blobs/uploads/<upload_id>", methods=["DELETE"])
+    async def cancel_upload(self, request, name, upload_id):
+        await self.registry.cancel_upload(Name.parse(name), upload_id)
+        request.setResponseCode(204)
+        return b""
+
+    def _chunk_range(self, request) -> tuple[int | None, int | None]:
+        """The chunk's start from ``Content-Range``, checked against ``Content-Length``."""
+        length = _content_length(request)
+        header = _header(request, "Content-Range")
+        if not header:
+            return None, length
+        match = _CONTENT_RANGE.fullmatch(header.strip())
+        if match is None:
+            raise UploadRangeInvalid(f"malformed Content-Range {header!r}")
+        start, end = int(match.group(1)), int(match.group(2))
+        if end < start or (length is not None and length != end - start + 1):
+            raise UploadRangeInvalid(f"Content-Range {header!r} does not match Content-Length {length}")
+        return start, end - start + 1
+
+    def _upload_headers(self, request, status: UploadStatus) -> bytes:
+        _set(
+            request,
+            Location=upload_location(status.name, status.id),
+            Range=status.range,
+            Docker_Upload_UUID=status.id,
+            Content_Length=0,
+        )
+        return b""
+
+    def _blob_created(self, request, name: Name, digest: Digest) -> bytes:
+        request.setResponseCode(201)
+        _set(request, Location=f"/v2/{name}/blobs/{digest}", Docker_Content_Digest=digest, Content_Length=0)
+        return b""
+
+    # ------------------------------------------------------------- manifests
+
+    @app.route("/v2/<path:name>/manifests/<reference>", methods=["GET", "HEAD"])
+    async def get_manifest(self, request, name, reference):
+        name, reference = Name.parse(name), parse_reference(reference)
+        head = request.method == b"HEAD"
+        stored = await self.registry.get_manifest(name, reference, head=head)
+        _set(
+            request,
+            Content_Type=stored.media_type,
+            Docker_Content_Digest=stored.digest,
+            ETag=f'"{stored.digest}"',
+            Content_Length=stored.size,
+        )
+        if _etag_matches(request, stored.digest):
+            request.setResponseCode(304)
+            return b""
+        return stored.data or b""
+
+    @app.route("/v2/<path:name>/manifests/<reference>", methods=["PUT"])
+    async def put_manifest(self, request, name, reference):
+        name, reference = Name.parse(name), parse_reference(reference)
+        data = read_small_body(request)
+        pushed = await self.registry.put_manifest(name, reference, data, _header(request, "Content-Type"))
+        request.setResponseCode(201)
+        _set(request, Location=f"/v2/{name}/manifests/{pushed.digest}", Docker_Content_Digest=pushed.digest, Content_Length=0)
+        if pushed.subject is not None:
+            _set(request, OCI_Subject=pushed.subject)
+        return b""
+
+    @app.route("/v2/<path:name>/manifests/<reference>", methods=["DELETE"])
+    async def delete_manifest(self, request, name, reference):
+        name, reference = Name.parse(name), parse_reference(reference)
+        await self.registry.delete_manifest(name, reference)
+        request.setResponseCode(202)
+        _set(request, Content_Length=0)
+        return b""
+
+    # ------------------------------------------------------------- discovery
+
+    @app.route("/v2/<path:name>/tags/list", methods=["GET"])
+    async def list_tags(self, request, name):
+        name = Name.parse(name)
+        n, last = _arg(request, "n"), _arg(request, "last")
+        tags, more = page(await self.registry.list_tags(name), n, last)
+        if more:
+            _set(request, Link=next_link(f"/v2/{name}/tags/list", n, tags[-1]))
+        return json_body(request, {"name": str(name), "tags": tags})
+
+    @app.route("/v2/_catalog", methods=["GET"])
+    async def catalog(self, request):
+        n, last = _arg(request, "n"), _arg(request, "last")
+        names, more = page(await self.registry.catalog(), n, last)
+        if more:
+            _set(request, Link=next_link("/v2/_catalog", n, names[-1]))
+        return json_body(request, {"repositories": names})
+
+    @app.route("/v2/<path:name>/referrers/<digest>", methods=["GET"])
+    async def referrers(self, request, name, digest):
+        name, digest = Name.parse(name), Digest.parse(digest)
+        artifact_type = _arg(request, "artifactType")
+        found = await self.registry.referrers(name, digest, artifact_type)
+        if artifact_type is not None:
+            _set(request, OCI_Filters_Applied="artifactType")
+        index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": found}
+        return json_body(request, index, content_type=OCI_INDEX)
+
+
+class _APIResource(Resource):
+    """Sets the headers every response carries, then hands over to Klein."""
+
+    isLeaf = True
+
+    def __init__(self, klein_resource):
+        super().__init__()
+        self._klein = klein_resource
+
+    def render(self, request):
+        request.setHeader(*API_VERSION)
+        return self._klein.render(request)
+

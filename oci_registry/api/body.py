@@ -1,0 +1,275 @@
+"""
+Request bodies, streamed.
+
+`twisted.web`'s `Request` buffers a whole body (to a temporary file above
+~100 KB) before any resource runs, which would write every layer twice.
+`StreamingRequest` instead starts routing a blob upload (``POST``, ``PATCH``
+or ``PUT`` under ``/v2/<name>/blobs/uploads/``) as soon as its headers
+arrive, and hands each body chunk to the upload's storage writer as it comes
+off the socket, pausing the socket while storage is behind (back-pressure).
+
+Handlers see a `Body` either way: `body_of(request)` gives the live stream
+for a `StreamingRequest`, or reads the buffered ``request.content`` of a
+plain `Request` (the registry embedded in another application's `Site`).
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from collections import deque
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import server
+
+log = Logger()
+
+UPLOAD_PATH = re.compile(rb"^/v2/.+/blobs/uploads/[^/?]*(\?.*)?$")
+STREAMED_METHODS = (b"POST", b"PATCH", b"PUT")
+READ_BLOCK = 1 << 20
+HIGH_WATER = 4 << 20  # bytes held before the socket is paused
+
+
+class BodyTooLarge(Exception):
+    """A buffered (non-upload) request body went over the site's limit."""
+
+
+class ContentBody:
+    """The buffered body of a plain `twisted.web` request."""
+
+    def __init__(self, content):
+        self._content = content
+
+    def deliver(self, writer) -> Deferred:
+        async def deliver():
+            total = 0
+            content = self._content
+            content.seek(0)
+            while True:
+                block = content.read(READ_BLOCK)
+                if not block:
+                    return total
+                total += len(block)
+                await writer.write(block)
+
+        return Deferred.fromCoroutine(deliver())
+
+
+class BodyStream:
+    """The body of a `StreamingRequest`, delivered chunk by chunk to a writer."""
+
+    def __init__(self, request: StreamingRequest):
+        self._request = request
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._writer = None
+        self._writing = False
+        self._paused = False
+        self._complete = False
+        self._failure: Failure | None = None
+        self._delivered: Deferred | None = None
+        self._total = 0
+        self.discarding = False
+
+    # from the request
+
+    def data(self, chunk: bytes) -> None:
+        if self.discarding or self._failure is not None:
+            return
+        self._chunks.append(chunk)
+        self._buffered += len(chunk)
+        if self._writer is not None:
+            self._flush()
+        elif self._buffered > HIGH_WATER:
+            self._pause()
+
+    def complete(self) -> None:
+        self._complete = True
+        self._maybe_done()
+
+    def fail(self, failure: Failure) -> None:
+        if self._complete:
+            return
+        self._failure = failure
+        self._chunks.clear()
+        self._maybe_done()
+
+    @property
+    def is_complete(self) -> bool:
+        return self._complete or self._failure is not None
+
+    # to the handler
+
+    def deliver(self, writer) -> Deferred:
+        if self._delivered is not None:
+            raise RuntimeError("a request body can be delivered only once")
+        self._delivered = Deferred()
+        self._writer = writer
+        self._flush()
+        self._maybe_done()
+        return self._delivered
+
+    def discard(self) -> None:
+        """Drop the rest of the body: the handler has answered without it."""
+        self.discarding = True
+        self._chunks.clear()
+        self._buffered = 0
+        self._resume()
+
+    # internals
+
+    def _pause(self) -> None:
+        if not self._paused:
+            self._paused = True
+            self._request.channel.transport.pauseProducing()
+
+    def _resume(self) -> None:
+        if self._paused:
+            self._paused = False
+            transport = getattr(self._request.channel, "transport", None)
+            if transport is not None:
+                transport.resumeProducing()
+
+    def _flush(self) -> None:
+        while self._chunks and not self._writing and self._failure is None:
+            chunk = self._chunks.popleft()
+            self._buffered -= len(chunk)
+            self._total += len(chunk)
+            ready = self._writer.write(chunk)
+            if not ready.called:
+                self._writing = True
+                self._pause()
+                ready.addCallbacks(self._written, self._write_failed)
+                return
+            ready.addErrback(self._write_failed)
+        if not self._writing:
+            self._resume()
+
+    def _written(self, _) -> None:
+        self._writing = False
+        self._flush()
+        self._maybe_done()
+
+    def _write_failed(self, failure: Failure) -> None:
+        self._writing = False
+        if self._failure is None:
+            self._failure = failure
+        self._chunks.clear()
+        self.discarding = True
+        self._resume()
+        self._maybe_done()
+
+    def _maybe_done(self) -> None:
+        d = self._delivered
+        if d is None or d.called or self._writing:
+            return
+        if self._failure is not None:
+            d.errback(self._failure)
+        elif self._complete and not self._chunks:
+            d.callback(self._total)
+
+
+class _LimitedContent:
+    """A buffer for small bodies (manifests) that refuses to grow past a limit."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.overflow = False
+        self._file = tempfile.SpooledTemporaryFile(max_size=1 << 20)
+
+    def write(self, data: bytes) -> None:
+        if self.overflow:
+            return
+        if self._file.tell() + len(data) > self.limit:
+            self.overflow = True
+            self._file.truncate(0)
+            return
+        self._file.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._file, name)
+
+
+class StreamingRequest(server.Request):
+    """A `Request` that streams blob upload bodies instead of buffering them."""
+
+    body_stream: BodyStream | None = None
+    _finish_deferred = False
+
+    def gotLength(self, length):
+        channel = self.channel
+        command = getattr(channel, "_command", None)
+        path = getattr(channel, "_path", None)
+        if command in STREAMED_METHODS and path is not None and UPLOAD_PATH.match(path):
+            self.body_stream = BodyStream(self)
+            self.content = _LimitedContent(0)
+            self._start(command, path, channel._version)
+            return
+        limit = getattr(getattr(channel, "site", None), "max_body_size", None)
+        if limit is None:
+            return super().gotLength(length)
+        self.content = _LimitedContent(limit)
+        if length is not None and length > limit:
+            self.content.overflow = True
+
+    def _start(self, command: bytes, path: bytes, version: bytes) -> None:
+        # What Request.requestReceived does, minus reading a finished body.
+        self.method, self.uri = command, path
+        self.clientproto = version
+        self.args = {}
+        base, _, query = path.partition(b"?")
+        self.path = base
+        if query:
+            from urllib.parse import parse_qs
+
+            self.args = parse_qs(query, keep_blank_values=True)
+        self.process()
+
+    def handleContentChunk(self, data):
+        if self.body_stream is not None:
+            self.body_stream.data(data)
+        else:
+            self.content.write(data)
+
+    def requestReceived(self, command, path, version):
+        if self.body_stream is None:
+            return super().requestReceived(command, path, version)
+        self.body_stream.complete()
+        if self._finish_deferred:
+            self._finish_deferred = False
+            server.Request.finish(self)
+
+    def finish(self):
+        # Answering before the body is in (an error found early) must wait
+        # for the rest of the body, or it would be parsed as the next request.
+        stream = self.body_stream
+        if stream is not None and not stream.is_complete and not self._disconnected:
+            stream.discard()
+            self._finish_deferred = True
+            return None
+        return super().finish()
+
+    def connectionLost(self, reason):
+        if self.body_stream is not None:
+            self.body_stream.fail(reason)
+        return super().connectionLost(reason)
+
+
+def body_of(request) -> BodyStream | ContentBody:
+    """The request's body as something a storage writer can be fed from."""
+    stream = getattr(request, "body_stream", None)
+    if stream is not None:
+        return stream
+    return ContentBody(request.content)
+
+
+def read_small_body(request) -> bytes:
+    """The whole (buffered) body of a small request, such as a manifest PUT."""
+    content = request.content
+    if getattr(content, "overflow", False):
+        raise BodyTooLarge()
+    content.seek(0)
+    return content.read()
+

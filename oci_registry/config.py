@@ -1,0 +1,73 @@
+"""
+One typed configuration object, from a YAML file and command-line options.
+
+YAML (every key optional)::
+
+    listen: ["tcp:5000"]          # Twisted endpoint strings: tcp:, ssl:, unix:
+    data_dir: /var/lib/ociregistry
+    max_manifest_size: 4194304    # bytes; larger manifests get 413
+    access_log: true              # one line per request
+"""
+
+from __future__ import annotations
+
+import os
+
+import attr
+import yaml
+
+from .manifest import MAX_MANIFEST_SIZE
+
+DEFAULT_LISTEN = "tcp:5000"
+
+
+class ConfigError(ValueError):
+    """The configuration file or options are not usable."""
+
+
+def default_data_dir() -> str:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "ociregistry")
+
+
+@attr.s(auto_attribs=True, frozen=True, kw_only=True)
+class Config:
+    listen: tuple = (DEFAULT_LISTEN,)
+    data_dir: str = attr.ib(factory=default_data_dir)
+    max_manifest_size: int = MAX_MANIFEST_SIZE
+    access_log: bool = True
+
+    @classmethod
+    def load(cls, path: str | None = None, **overrides) -> Config:
+        """Read ``path`` (YAML) if given, then apply the non-None ``overrides``."""
+        values: dict = {}
+        if path:
+            try:
+                with open(path, encoding="utf-8") as f:
+                    loaded = yaml.safe_load(f) or {}
+            except (OSError, yaml.YAMLError) as e:
+                raise ConfigError(f"cannot read config {path}: {e}") from None
+            if not isinstance(loaded, dict):
+                raise ConfigError(f"config {path} must be a mapping")
+            values.update(loaded)
+        values.update({k: v for k, v in overrides.items() if v not in (None, [], ())})
+        return cls.from_dict(values)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> Config:
+        known = {f.name for f in attr.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
+        values = dict(values)
+        if "listen" in values:
+            listen = values["listen"]
+            values["listen"] = tuple([listen] if isinstance(listen, str) else listen)
+        if "data_dir" in values:
+            values["data_dir"] = os.path.abspath(os.path.expanduser(str(values["data_dir"])))
+        if "max_manifest_size" in values:
+            try:
+                values["max_manifest_size"] = int(values["max_manifest_size"])
+            except (TypeError, ValueError):
+                raise ConfigError("max_manifest_size must be a number of bytes") from None
+        return cls(**values)

@@ -1,0 +1,82 @@
+"""
+Every storage path the registry uses, in one place.
+
+    blobs/<alg>/<hex[:2]>/<hex>/data                 blob bytes, once per digest
+    repositories/<name>/_layers/<alg>/<hex>/link     the blob is in <name>
+    repositories/<name>/_manifests/revisions/<alg>/<hex>/link
+                                                     the manifest is in <name>;
+                                                     the link holds its media type
+    repositories/<name>/_manifests/tags/<tag>/current/link
+                                                     the digest the tag points at
+    repositories/<name>/_referrers/<alg>/<hex>/<alg>-<hex>
+                                                     a referrer's descriptor (JSON),
+                                                     under its subject's digest
+    repositories/<name>/_uploads/<id>/data           an upload's bytes so far
+    repositories/<name>/_uploads/<id>/startedat      when it began
+
+Repository names never contain a component starting with ``_``, so the
+registry's own folders cannot collide with a nested repository.
+"""
+
+from __future__ import annotations
+
+from .reference import Digest, Name, Tag
+
+BLOBS = "blobs"
+REPOSITORIES = "repositories"
+
+
+def blob_data(digest: Digest) -> str:
+    return f"{BLOBS}/{digest.algorithm}/{digest.hex[:2]}/{digest.hex}/data"
+
+
+def repository(name: Name) -> str:
+    return f"{REPOSITORIES}/{name}"
+
+
+def layer_link(name: Name, digest: Digest) -> str:
+    return f"{REPOSITORIES}/{name}/_layers/{digest.algorithm}/{digest.hex}/link"
+
+
+def layers(name: Name) -> str:
+    return f"{REPOSITORIES}/{name}/_layers"
+
+
+def manifest_link(name: Name, digest: Digest) -> str:
+    return f"{REPOSITORIES}/{name}/_manifests/revisions/{digest.algorithm}/{digest.hex}/link"
+
+
+def manifest_revisions(name: Name) -> str:
+    return f"{REPOSITORIES}/{name}/_manifests/revisions"
+
+
+def tags(name: Name) -> str:
+    return f"{REPOSITORIES}/{name}/_manifests/tags"
+
+
+def tag_link(name: Name, tag: Tag) -> str:
+    return f"{REPOSITORIES}/{name}/_manifests/tags/{tag}/current/link"
+
+
+def tag_folder(name: Name, tag: Tag | str) -> str:
+    return f"{REPOSITORIES}/{name}/_manifests/tags/{tag}"
+
+
+def referrers(name: Name, subject: Digest) -> str:
+    return f"{REPOSITORIES}/{name}/_referrers/{subject.algorithm}/{subject.hex}"
+
+
+def referrer(name: Name, subject: Digest, digest: Digest) -> str:
+    return f"{referrers(name, subject)}/{digest.algorithm}-{digest.hex}"
+
+
+def upload(name: Name, upload_id: str) -> str:
+    return f"{REPOSITORIES}/{name}/_uploads/{upload_id}"
+
+
+def upload_data(name: Name, upload_id: str) -> str:
+    return f"{upload(name, upload_id)}/data"
+
+
+def upload_started(name: Name, upload_id: str) -> str:
+    return f"{upload(name, upload_id)}/startedat"

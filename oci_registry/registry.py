@@ -1,0 +1,404 @@
+"""
+The registry's domain: push, pull, mount, tag, delete, list and referrers,
+independent of HTTP.  It keeps nothing a later request needs in memory: every
+fact is in storage (see `oci_registry.paths`), so several processes on the
+same storage serve one registry.  The one thing held in memory is an
+optimisation: the running hash of an upload this process is receiving, so
+that finishing it does not re-read the data.  When another process (or a
+restart) continues the upload, the partial data is hashed again from storage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from typing import Protocol
+
+import attr
+from twisted.internet.defer import DeferredLock
+from twisted.logger import Logger
+
+from . import manifest as manifests
+from . import paths
+from .errors import (
+    BlobUnknown,
+    BlobUploadInvalid,
+    BlobUploadUnknown,
+    DigestInvalid,
+    InsufficientStorage,
+    ManifestBlobUnknown,
+    ManifestUnknown,
+    NameUnknown,
+    SizeInvalid,
+    TooLarge,
+    UploadRangeInvalid,
+)
+from .reference import DEFAULT_ALGORITHM, Digest, Name, Tag, is_upload_id
+from .storage.interfaces import IStorageDriver, PathNotFound, StorageFull
+
+log = Logger()
+
+
+class Body(Protocol):
+    """A request body on its way in; see `oci_registry.api.body`."""
+
+    def deliver(self, writer):
+        """Write every chunk into ``writer`` honouring its back-pressure; fire with the byte count."""
+
+
+@attr.s(auto_attribs=True, frozen=True, slots=True)
+class UploadStatus:
+    name: Name
+    id: str
+    offset: int  # bytes received so far
+
+    @property
+    def range(self) -> str:
+        """The ``Range`` header value: the inclusive range received so far."""
+        return f"0-{max(self.offset - 1, 0)}"
+
+
+@attr.s(auto_attribs=True, frozen=True, slots=True)
+class StoredManifest:
+    digest: Digest
+    media_type: str
+    size: int
+    data: bytes | None  # None for a HEAD, which never reads the bytes
+
+
+@attr.s(auto_attribs=True, frozen=True, slots=True)
+class BlobInfo:
+    digest: Digest
+    size: int
+
+
+@attr.s(auto_attribs=True, frozen=True, slots=True)
+class PushedManifest:
+    digest: Digest
+    subject: Digest | None
+
+
+class _LiveUpload:
+    """A running hash of an upload's first ``offset`` bytes, in this process only."""
+
+    def __init__(self, hasher, offset: int):
+        self.hasher = hasher
+        self.offset = offset
+        self.lock = DeferredLock()
+
+
+class Registry:
+    def __init__(self, storage: IStorageDriver, max_manifest_size: int = manifests.MAX_MANIFEST_SIZE):
+        self.storage = storage
+        self.max_manifest_size = max_manifest_size
+        self._live: dict[str, _LiveUpload] = {}
+
+    # ------------------------------------------------------------------ blobs
+
+    async def _read_link(self, path: str) -> str | None:
+        try:
+            return (await self.storage.read_bytes(path)).decode()
+        except PathNotFound:
+            return None
+
+    async def has_blob(self, name: Name, digest: Digest) -> bool:
+        return (await self.storage.stat(paths.layer_link(name, digest))) is not None
+
+    async def stat_blob(self, name: Name, digest: Digest) -> BlobInfo:
+        """The blob's size, if ``name`` holds it; HEAD never opens the data."""
+        if not await self.has_blob(name, digest):
+            raise BlobUnknown(str(digest))
+        info = await self.storage.stat(paths.blob_data(digest))
+        if info is None:
+            raise BlobUnknown(str(digest))
+        return BlobInfo(digest, info.size)
+
+    async def open_blob(self, name: Name, digest: Digest, offset: int = 0):
+        await self.stat_blob(name, digest)
+        try:
+            return await self.storage.open_reader(paths.blob_data(digest), offset)
+        except PathNotFound:
+            raise BlobUnknown(str(digest)) from None
+
+    async def blob_redirect(self, digest: Digest) -> str | None:
+        return await self.storage.redirect_url(paths.blob_data(digest))
+
+    async def delete_blob(self, name: Name, digest: Digest) -> None:
+        """Unlink the blob from the repository; its bytes go when GC finds them unused."""
+        if not await self.has_blob(name, digest):
+            raise BlobUnknown(str(digest))
+        await self.storage.delete(paths.layer_link(name, digest).rsplit("/", 1)[0])
+
+    async def _link_blob(self, name: Name, digest: Digest) -> None:
+        await self._write(paths.layer_link(name, digest), str(digest).encode())
+
+    async def mount_blob(self, name: Name, digest: Digest, source: Name) -> bool:
+        """Link a blob ``source`` holds into ``name``; False when it does not hold it."""
+        if not await self.has_blob(source, digest):
+            return False
+        if (await self.storage.stat(paths.blob_data(digest))) is None:
+            return False
+        await self._link_blob(name, digest)
+        return True
+
+    async def _write(self, path: str, data: bytes) -> None:
+        try:
+            await self.storage.write_bytes(path, data)
+        except StorageFull:
+            log.error("storage is full: could not write {path}", path=path)
+            raise InsufficientStorage() from None
+
+    # ---------------------------------------------------------------- uploads
+
+    async def start_upload(self, name: Name) -> UploadStatus:
+        upload_id = uuid.uuid4().hex
+        await self._write(paths.upload_started(name, upload_id), str(time.time()).encode())
+        return UploadStatus(name, upload_id, 0)
+
+    async def upload_status(self, name: Name, upload_id: str) -> UploadStatus:
+        if not is_upload_id(upload_id):
+            raise BlobUploadUnknown(upload_id)
+        started = await self.storage.stat(paths.upload_started(name, upload_id))
+        if started is None:
+            raise BlobUploadUnknown(upload_id)
+        data = await self.storage.stat(paths.upload_data(name, upload_id))
+        return UploadStatus(name, upload_id, data.size if data else 0)
+
+    def _live_for(self, upload_id: str) -> _LiveUpload:
+        live = self._live.get(upload_id)
+        if live is None:
+            live = self._live[upload_id] = _LiveUpload(None, -1)
+        return live
+
+    async def append_upload(
+        self,
+        name: Name,
+        upload_id: str,
+        body: Body,
+        start: int | None = None,
+        length: int | None = None,
+        max_size: int | None = None,
+    ) -> UploadStatus:
+        """
+        Append ``body`` to the upload.  ``start`` (from ``Content-Range``) must
+        be where the upload ends now, else `UploadRangeInvalid` (416).
+        """
+        live = self._live_for(upload_id)
+        await live.lock.acquire()
+        try:
+            status = await self.upload_status(name, upload_id)
+            if start is not None and start != status.offset:
+                raise UploadRangeInvalid(
+                    f"chunk starts at {start} but the upload has {status.offset} bytes",
+                    headers={"Range": status.range, "Location": upload_location(name, upload_id)},
+                )
+            # Keep hashing as bytes arrive when this process has hashed every
+            # byte before them; otherwise the final step re-hashes from storage.
+            hashing = live.hasher is not None and live.offset == status.offset
+            if status.offset == 0:
+                live.hasher, hashing = hashlib.new(DEFAULT_ALGORITHM), True
+            writer = await self._open_upload_writer(name, upload_id, status.offset, live.hasher if hashing else None)
+            received = 0
+            try:
+                received = await body.deliver(writer)
+            finally:
+                await self._close_writer(writer)
+                live.offset = writer.size if hashing else -1
+            if length is not None and received != length:
+                raise SizeInvalid(f"received {received} bytes, Content-Length said {length}")
+            if max_size is not None and writer.size > max_size:
+                raise TooLarge(f"an upload may hold at most {max_size} bytes")
+            return UploadStatus(name, upload_id, writer.size)
+        finally:
+            live.lock.release()
+
+    async def _open_upload_writer(self, name, upload_id, offset, hasher):
+        try:
+            return await self.storage.open_writer(paths.upload_data(name, upload_id), append=offset > 0, hasher=hasher)
+        except StorageFull:
+            raise InsufficientStorage() from None
+
+    async def _close_writer(self, writer) -> None:
+        try:
+            await writer.close()
+        except StorageFull:
+            log.error("storage is full: an upload could not be written")
+            raise InsufficientStorage() from None
+
+    async def finish_upload(self, name: Name, upload_id: str, digest: Digest, body: Body | None = None) -> BlobInfo:
+        """Append the last chunk (if any), verify ``digest`` and publish the blob."""
+        if body is not None:
+            await self.append_upload(name, upload_id, body)
+        live = self._live_for(upload_id)
+        await live.lock.acquire()
+        try:
+            status = await self.upload_status(name, upload_id)
+            data_path = paths.upload_data(name, upload_id)
+            if status.offset == 0:
+                await self._write(data_path, b"")
+            if live.hasher is not None and live.offset == status.offset and live.hasher.name == digest.algorithm:
+                actual = Digest.from_hasher(live.hasher)
+            else:
+                actual = Digest.from_hasher(await self.storage.hash_file(data_path, digest.hasher()))
+            if actual != digest:
+                await self.cancel_upload(name, upload_id, locked=True)
+                raise DigestInvalid(f"upload has digest {actual}, not {digest}")
+            await self._publish(name, digest, data_path)
+            await self.storage.delete(paths.upload(name, upload_id))
+            return BlobInfo(digest, status.offset)
+        finally:
+            live.lock.release()
+            self._live.pop(upload_id, None)
+
+    async def _publish(self, name: Name, digest: Digest, data_path: str) -> None:
+        """Make verified upload data the blob ``digest`` (atomically) and link it."""
+        target = paths.blob_data(digest)
+        try:
+            if (await self.storage.stat(target)) is None:
+                await self.storage.move(data_path, target)
+        except StorageFull:
+            raise InsufficientStorage() from None
+        await self._link_blob(name, digest)
+
+    async def put_blob(self, name: Name, digest: Digest, body: Body, length: int | None = None) -> BlobInfo:
+        """A monolithic upload (``POST ?digest=``): a session opened and closed at once."""
+        status = await self.start_upload(name)
+        try:
+            await self.append_upload(name, status.id, body, length=length)
+            return await self.finish_upload(name, status.id, digest)
+        except BaseException:
+            await self.cancel_upload(name, status.id)
+            raise
+
+    async def cancel_upload(self, name: Name, upload_id: str, locked: bool = False) -> None:
+        if not locked:
+            await self.upload_status(name, upload_id)
+            self._live.pop(upload_id, None)
+        await self.storage.delete(paths.upload(name, upload_id))
+
+    # -------------------------------------------------------------- manifests
+
+    async def _resolve(self, name: Name, reference: Digest | Tag) -> Digest:
+        if isinstance(reference, Digest):
+            return reference
+        text = await self._read_link(paths.tag_link(name, reference))
+        if text is None:
+            raise ManifestUnknown(str(reference))
+        return Digest.parse(text)
+
+    async def get_manifest(self, name: Name, reference: Digest | Tag, head: bool = False) -> StoredManifest:
+        digest = await self._resolve(name, reference)
+        media_type = await self._read_link(paths.manifest_link(name, digest))
+        if media_type is None:
+            raise ManifestUnknown(str(reference))
+        if head:
+            info = await self.storage.stat(paths.blob_data(digest))
+            if info is None:
+                raise ManifestUnknown(str(reference))
+            return StoredManifest(digest, media_type, info.size, None)
+        try:
+            data = await self.storage.read_bytes(paths.blob_data(digest))
+        except PathNotFound:
+            raise ManifestUnknown(str(reference)) from None
+        return StoredManifest(digest, media_type, len(data), data)
+
+    async def put_manifest(self, name: Name, reference: Digest | Tag, data: bytes, content_type: str | None) -> PushedManifest:
+        if len(data) > self.max_manifest_size:
+            raise TooLarge(f"a manifest may be at most {self.max_manifest_size} bytes")
+        algorithm = reference.algorithm if isinstance(reference, Digest) else DEFAULT_ALGORITHM
+        digest = Digest.of(data, algorithm)
+        if isinstance(reference, Digest) and digest != reference:
+            raise DigestInvalid(f"manifest has digest {digest}, not {reference}")
+        parsed = manifests.parse(data, content_type)
+
+        for blob in parsed.blobs:
+            if not blob.is_foreign and not await self.has_blob(name, blob.digest):
+                raise ManifestBlobUnknown(str(blob.digest))
+        for child in parsed.manifests:
+            if (await self.storage.stat(paths.manifest_link(name, child.digest))) is None:
+                raise ManifestBlobUnknown(str(child.digest))
+
+        target = paths.blob_data(digest)
+        if (await self.storage.stat(target)) is None:
+            await self._write(target, data)
+        await self._write(paths.manifest_link(name, digest), parsed.media_type.encode())
+        if parsed.subject is not None:
+            descriptor = parsed.referrer_descriptor(digest, len(data))
+            await self._write(
+                paths.referrer(name, parsed.subject.digest, digest),
+                json.dumps(descriptor.to_json()).encode(),
+            )
+        if isinstance(reference, Tag):
+            await self._write(paths.tag_link(name, reference), str(digest).encode())
+        log.info("pushed {name}:{reference} as {digest}", name=name, reference=reference, digest=digest)
+        return PushedManifest(digest, parsed.subject.digest if parsed.subject else None)
+
+    async def delete_manifest(self, name: Name, reference: Digest | Tag) -> None:
+        if isinstance(reference, Tag):
+            if (await self.storage.stat(paths.tag_link(name, reference))) is None:
+                raise ManifestUnknown(str(reference))
+            await self.storage.delete(paths.tag_folder(name, reference))
+            return
+        digest = reference
+        link = paths.manifest_link(name, digest)
+        if (await self.storage.stat(link)) is None:
+            raise ManifestUnknown(str(digest))
+        for tag in await self.storage.list(paths.tags(name)):
+            if await self._read_link(paths.tag_link(name, Tag(tag))) == str(digest):
+                await self.storage.delete(paths.tag_folder(name, tag))
+        subject = await self._subject_of(digest)
+        if subject is not None:
+            await self.storage.delete(paths.referrer(name, subject, digest))
+        await self.storage.delete(link.rsplit("/", 1)[0])
+
+    async def _subject_of(self, digest: Digest) -> Digest | None:
+        try:
+            data = await self.storage.read_bytes(paths.blob_data(digest))
+            doc = json.loads(data)
+            return Digest.parse(doc["subject"]["digest"])
+        except Exception:
+            return None
+
+    # -------------------------------------------------------------- discovery
+
+    async def repository_exists(self, name: Name) -> bool:
+        return (await self.storage.stat(paths.repository(name))) is not None
+
+    async def list_tags(self, name: Name) -> list[str]:
+        tags = await self.storage.list(paths.tags(name))
+        if not tags and not await self.repository_exists(name):
+            raise NameUnknown(str(name))
+        return tags
+
+    async def catalog(self) -> list[str]:
+        """Every repository holding at least one manifest or blob, sorted."""
+        names = set()
+        for path in await self.storage.walk(paths.REPOSITORIES):
+            parts = path.split("/")
+            for i, part in enumerate(parts):
+                if part in ("_manifests", "_layers"):
+                    names.add("/".join(parts[:i]))
+                    break
+        return sorted(names)
+
+    async def referrers(self, name: Name, subject: Digest, artifact_type: str | None = None) -> list[dict]:
+        folder = paths.referrers(name, subject)
+        found = []
+        for entry in await self.storage.list(folder):
+            raw = await self._read_link(f"{folder}/{entry}")
+            if raw is None:
+                continue
+            descriptor = json.loads(raw)
+            # A referrer deleted by another path leaves no revision link behind.
+            digest = Digest.parse(descriptor["digest"])
+            if (await self.storage.stat(paths.manifest_link(name, digest))) is None:
+                continue
+            if artifact_type is None or descriptor.get("artifactType") == artifact_type:
+                found.append(descriptor)
+        return found
+
+
+def upload_location(name: Name, upload_id: str) -> str:
+    return f"/v2/{name}/blobs/uploads/{upload_id}"

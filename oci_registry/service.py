@@ -1,0 +1,85 @@
+"""
+Build the registry from a `Config`: the storage, the `Registry`, the HTTP
+resource, the `Site` and the listening services.  The twistd plugin uses
+this; so can any Twisted application that embeds the registry:
+
+    from oci_registry.service import registry_resource, RegistrySite
+    site = RegistrySite(registry_resource("/srv/registry"))
+
+`RegistrySite` streams blob uploads straight into storage; the resource also
+works in a plain `twisted.web.server.Site` (upload bodies are then buffered
+by twisted.web before the registry sees them).
+"""
+
+from __future__ import annotations
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+from twisted.web import server
+from twisted.web.resource import IResource
+
+from .api.app import RegistryAPI
+from .api.body import StreamingRequest
+from .config import Config
+from .registry import Registry
+from .storage.filesystem import FilesystemDriver
+
+log = Logger()
+
+
+def build_registry(config: Config, reactor=None) -> Registry:
+    storage = FilesystemDriver(config.data_dir, reactor=reactor)
+    return Registry(storage, max_manifest_size=config.max_manifest_size)
+
+
+def registry_resource(data_dir: str | None = None, reactor=None, config: Config | None = None) -> IResource:
+    """The registry as an `IResource`, to serve at the root of a `Site`."""
+    if config is None:
+        config = Config(data_dir=data_dir) if data_dir else Config()
+    return RegistryAPI(build_registry(config, reactor)).resource()
+
+
+class RegistrySite(server.Site):
+    """A `Site` that streams upload bodies and logs one line per request."""
+
+    requestFactory = StreamingRequest
+
+    def __init__(self, resource, max_body_size: int | None = None, access_log: bool = True, **kwargs):
+        super().__init__(resource, **kwargs)
+        self.max_body_size = max_body_size
+        self.access_log = access_log
+
+    def log(self, request):
+        if not self.access_log:
+            return
+        log.info(
+            '{client} "{method} {uri} {protocol}" {code} {length} "{agent}"',
+            client=request.getClientAddress().host if hasattr(request.getClientAddress(), "host") else "-",
+            method=request.method.decode("ascii", "replace"),
+            uri=request.uri.decode("ascii", "replace"),
+            protocol=request.clientproto.decode("ascii", "replace"),
+            code=request.code,
+            length=request.sentLength or "-",
+            agent=(request.getHeader(b"user-agent") or b"-").decode("latin-1"),
+        )
+
+
+def build_site(config: Config, reactor=None) -> RegistrySite:
+    resource = registry_resource(config=config, reactor=reactor)
+    # A manifest PUT is the largest body twisted.web buffers for us.
+    return RegistrySite(resource, max_body_size=config.max_manifest_size, access_log=config.access_log)
+
+
+def make_service(config: Config, reactor=None) -> MultiService:
+    if reactor is None:
+        from twisted.internet import reactor
+    site = build_site(config, reactor)
+    top = MultiService()
+    for description in config.listen:
+        endpoint = serverFromString(reactor, description)
+        StreamServerEndpointService(endpoint, site).setServiceParent(top)
+    log.info("ociregistry storing data in {data_dir}", data_dir=config.data_dir)
+    log.info("ociregistry listening on {listen}", listen=", ".join(config.listen))
+    return top

@@ -1,0 +1,379 @@
+"""
+The embedded default storage: files in a directory on the local file system.
+
+All blocking calls run in a thread pool of the driver's own; the reactor
+thread only moves buffers around.  Small files are written to a temporary
+name, fsynced and renamed; large files are written through an `IWriter` that
+batches the incoming chunks into large blocks, writes and hashes each block
+in the pool (hashlib releases the GIL), and applies back-pressure while the
+disk is behind.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import uuid
+
+import attr
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from .interfaces import IReader, IStorageDriver, IWriter, PathNotFound, StorageFull
+
+TEMP_PREFIX = ".tmp-"
+BLOCK = 1 << 20  # bytes handed to the pool per write job
+HIGH_WATER = 8 << 20  # buffered bytes above which writers push back
+
+
+@attr.s(auto_attribs=True, frozen=True, slots=True)
+class FileInfo:
+    size: int
+    mtime: float
+    is_dir: bool
+
+
+def _translate(exc: OSError) -> Exception:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageFull(str(exc))
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+        return PathNotFound(str(exc))
+    return exc
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@implementer(IStorageDriver)
+class FilesystemDriver:
+    """Stores files under ``root``; ``reactor`` and the pool are injectable."""
+
+    def __init__(self, root: str, reactor=None, threads: int = 8):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.root = os.path.abspath(root)
+        os.makedirs(self.root, exist_ok=True)
+        self._reactor = reactor
+        self._pool = ThreadPool(minthreads=0, maxthreads=threads, name="ociregistry-fs")
+        self._pool.start()
+        self._shutdown = reactor.addSystemEventTrigger("during", "shutdown", self.close)
+
+    def close(self) -> None:
+        if self._pool.started:
+            self._pool.stop()
+
+    def __repr__(self) -> str:
+        return f"<FilesystemDriver {self.root}>"
+
+    # helpers
+
+    def _path(self, path: str) -> str:
+        parts = path.split("/")
+        if not path or path.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            raise ValueError(f"invalid storage path {path!r}")
+        return os.path.join(self.root, *parts)
+
+    def _run(self, function, *args):
+        def translate(failure):
+            failure.trap(OSError)
+            raise _translate(failure.value)
+
+        return deferToThreadPool(self._reactor, self._pool, function, *args).addErrback(translate)
+
+    def _call(self, function, path, *args):
+        try:
+            full = self._path(path)
+        except ValueError:
+            return fail()
+        return self._run(function, full, *args)
+
+    # IStorageDriver
+
+    def read_bytes(self, path):
+        def read(full):
+            with open(full, "rb") as f:
+                return f.read()
+
+        return self._call(read, path)
+
+    def write_bytes(self, path, data):
+        return self._call(_atomic_write, path, bytes(data))
+
+    def stat(self, path):
+        def stat(full):
+            try:
+                st = os.stat(full)
+            except FileNotFoundError:
+                return None
+            except NotADirectoryError:
+                return None
+            return FileInfo(st.st_size, st.st_mtime, os.path.isdir(full))
+
+        return self._call(stat, path)
+
+    def list(self, path):
+        def listdir(full):
+            try:
+                names = os.listdir(full)
+            except (FileNotFoundError, NotADirectoryError):
+                return []
+            return sorted(n for n in names if not n.startswith(TEMP_PREFIX))
+
+        return self._call(listdir, path)
+
+    def walk(self, path):
+        def walk(full):
+            found = []
+            for top, dirs, files in os.walk(full):
+                dirs[:] = [d for d in dirs if not d.startswith(TEMP_PREFIX)]
+                rel = os.path.relpath(top, full)
+                for name in files:
+                    if not name.startswith(TEMP_PREFIX):
+                        found.append(name if rel == "." else f"{rel}/{name}".replace(os.sep, "/"))
+            return sorted(found)
+
+        return self._call(walk, path)
+
+    def delete(self, path):
+        return self._call(_remove, path)
+
+    def move(self, source, destination):
+        try:
+            src, dst = self._path(source), self._path(destination)
+        except ValueError:
+            return fail()
+
+        def move():
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            os.replace(src, dst)
+            _fsync_dir(os.path.dirname(dst))
+
+        return self._run(move)
+
+    def open_writer(self, path, append=False, hasher=None):
+        def open_(full):
+            os.makedirs(os.path.dirname(full), exist_ok=True)
+            f = open(full, "ab" if append else "wb")
+            return _Writer(self, full, f, f.tell(), hasher)
+
+        return self._call(open_, path)
+
+    def open_reader(self, path, offset=0):
+        def open_(full):
+            f = open(full, "rb")
+            size = os.fstat(f.fileno()).st_size
+            f.seek(offset)
+            return _Reader(self, f, size)
+
+        return self._call(open_, path)
+
+    def hash_file(self, path, hasher, limit=None):
+        def hash_(full):
+            remaining = limit
+            with open(full, "rb") as f:
+                while remaining is None or remaining > 0:
+                    block = f.read(BLOCK if remaining is None else min(BLOCK, remaining))
+                    if not block:
+                        break
+                    hasher.update(block)
+                    if remaining is not None:
+                        remaining -= len(block)
+            return hasher
+
+        return self._call(hash_, path)
+
+    def redirect_url(self, path):
+        return succeed(None)
+
+
+def _atomic_write(full: str, data: bytes) -> None:
+    directory = os.path.dirname(full)
+    os.makedirs(directory, exist_ok=True)
+    temp = os.path.join(directory, TEMP_PREFIX + uuid.uuid4().hex)
+    try:
+        with open(temp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, full)
+    except BaseException:
+        try:
+            os.unlink(temp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(directory)
+
+
+def _remove(full: str) -> None:
+    import shutil
+
+    if os.path.isdir(full) and not os.path.islink(full):
+        shutil.rmtree(full, ignore_errors=True)
+    else:
+        try:
+            os.unlink(full)
+        except FileNotFoundError:
+            pass
+
+
+@implementer(IWriter)
+class _Writer:
+    """Buffers chunks into blocks; one pool job in flight at a time keeps order."""
+
+    def __init__(self, driver: FilesystemDriver, full: str, f, size: int, hasher):
+        self._driver = driver
+        self._full = full
+        self._file = f
+        self._hasher = hasher
+        self.size = size
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self._in_flight = 0
+        self._error: BaseException | None = None
+        self._ready: list[Deferred] = []  # writers waiting for room
+        self._idle: list[Deferred] = []  # finishers waiting for no job in flight
+        self._closed = False
+
+    def _job(self, blocks):
+        f, hasher = self._file, self._hasher
+        for block in blocks:
+            f.write(block)
+            if hasher is not None:
+                hasher.update(block)
+
+    def _pump(self) -> None:
+        if self._in_flight or not self._pending or self._error is not None:
+            return
+        blocks, self._pending = self._pending, []
+        self._in_flight, self._pending_bytes = self._pending_bytes, 0
+
+        def done(_):
+            self._in_flight = 0
+            if self._pending_bytes >= BLOCK:
+                self._pump()
+            self._wake()
+
+        def failed(failure):
+            self._in_flight = 0
+            self._error = failure.value
+            self._wake()
+
+        self._driver._run(self._job, blocks).addCallbacks(done, failed)
+
+    def _wake(self) -> None:
+        ready = self._error is not None or self._pending_bytes + self._in_flight < HIGH_WATER
+        fire = []
+        if ready:
+            fire, self._ready = self._ready, []
+        if not self._in_flight:
+            fire, self._idle = fire + self._idle, []
+        for waiter in fire:
+            if self._error is None:
+                waiter.callback(None)
+            else:
+                waiter.errback(self._error)
+
+    def write(self, data):
+        if self._error is not None:
+            return fail(self._error)
+        if self._closed:
+            return fail(ValueError("writer is closed"))
+        if not data:
+            return succeed(None)
+        self._pending.append(bytes(data))
+        self._pending_bytes += len(data)
+        self.size += len(data)
+        if self._pending_bytes >= BLOCK:
+            self._pump()
+        if self._pending_bytes + self._in_flight < HIGH_WATER:
+            return succeed(None)
+        waiter = Deferred()
+        self._ready.append(waiter)
+        return waiter
+
+    async def _drain(self) -> None:
+        """Wait until every buffered byte is in the file (or an error)."""
+        while self._error is None and (self._pending or self._in_flight):
+            self._pump()
+            waiter = Deferred()
+            self._idle.append(waiter)
+            await waiter
+        if self._error is not None:
+            raise self._error
+
+    def _finish(self, durable: bool) -> Deferred:
+        async def finish():
+            try:
+                await self._drain()
+            finally:
+                self._closed = True
+
+            def close():
+                try:
+                    if durable:
+                        self._file.flush()
+                        os.fsync(self._file.fileno())
+                finally:
+                    self._file.close()
+
+            await self._driver._run(close)
+
+        async def guarded():
+            try:
+                await finish()
+            except BaseException:
+                self._file.close()
+                raise
+
+        return Deferred.fromCoroutine(guarded())
+
+    def commit(self):
+        return self._finish(durable=True)
+
+    def close(self):
+        return self._finish(durable=False)
+
+    def cancel(self):
+        self._pending.clear()
+        self._pending_bytes = 0
+
+        async def cancel():
+            try:
+                await self._drain()
+            except Exception:
+                pass
+            self._closed = True
+
+            def remove():
+                self._file.close()
+                try:
+                    os.unlink(self._full)
+                except FileNotFoundError:
+                    pass
+
+            await self._driver._run(remove)
+
+        return Deferred.fromCoroutine(cancel())
+
+
+@implementer(IReader)
+class _Reader:
+    def __init__(self, driver: FilesystemDriver, f, size: int):
+        self._driver = driver
+        self._file = f
+        self.size = size
+
+    def read(self, amount):
+        return self._driver._run(self._file.read, amount)
+
+    def close(self):
+        self._file.close()
+        return succeed(None)

@@ -1,0 +1,102 @@
+"""
+The storage driver interface.
+
+A driver stores opaque files under slash-separated paths (like CNCF
+Distribution's storage driver).  The registry decides what the paths mean
+(`oci_registry.paths`); a driver only has to keep these promises, which
+``tests/storage_suite.py`` checks for every driver:
+
+- every method returns a Deferred and never blocks the reactor;
+- ``write_bytes`` and ``move`` are atomic: a reader sees the old content or
+  the new, never a mix, and a crash leaves no partial file under the target
+  path;
+- a committed writer's bytes are durable (on the file system: fsynced);
+- missing paths raise `PathNotFound` from the reading methods, and are not
+  an error for ``delete`` or ``list``.
+"""
+
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+
+class PathNotFound(Exception):
+    """The path does not exist in storage."""
+
+
+class StorageFull(Exception):
+    """The storage has no room left for a write."""
+
+
+class IWriter(Interface):
+    """An append-only writer for one file, obtained from ``open_writer``."""
+
+    size = Attribute("Bytes in the file so far, including ones not yet flushed.")
+
+    def write(data):
+        """
+        Append ``data``.  The returned Deferred fires when the writer is ready
+        for more (back-pressure): callers wait for it before writing again.
+        If the writer was given a hasher, each byte is fed to it once, in
+        order.
+        """
+
+    def commit():
+        """Flush and make the bytes durable.  The writer is closed after."""
+
+    def cancel():
+        """Close the writer and delete the file."""
+
+    def close():
+        """Flush and close without the durability promise of ``commit``."""
+
+
+class IReader(Interface):
+    """A sequential reader for one file, obtained from ``open_reader``."""
+
+    size = Attribute("The file's total size in bytes.")
+
+    def read(amount):
+        """Fire with up to ``amount`` bytes; ``b""`` at the end."""
+
+    def close():
+        """Release the reader."""
+
+
+class IStorageDriver(Interface):
+    def read_bytes(path):
+        """Fire with the whole content of a small file."""
+
+    def write_bytes(path, data):
+        """Atomically create or replace a small file."""
+
+    def stat(path):
+        """Fire with a `FileInfo`, or None when nothing is at the path."""
+
+    def list(path):
+        """Fire with the sorted names of the path's direct children."""
+
+    def walk(path):
+        """Fire with the sorted paths of every file below ``path``, relative to it."""
+
+    def delete(path):
+        """Delete a file or a whole folder, if it exists."""
+
+    def move(source, destination):
+        """Atomically move a file to a path, replacing what was there."""
+
+    def open_writer(path, append=False, hasher=None):
+        """
+        Fire with an `IWriter` for ``path``: a new empty file, or with
+        ``append`` the existing file's end.  ``hasher`` (a hashlib object),
+        when given, is fed every byte written from here on.
+        """
+
+    def open_reader(path, offset=0):
+        """Fire with an `IReader` positioned at ``offset``."""
+
+    def hash_file(path, hasher, limit=None):
+        """Feed the file's first ``limit`` bytes (all, if None) to ``hasher``."""
+
+    def redirect_url(path):
+        """Fire with a URL clients may fetch the file from directly, or None."""

@@ -1,0 +1,32 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="ociregistry",
+    version="0.1.0",
+    description="A container registry speaking the OCI Distribution Specification, on Twisted",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["oci_registry", "oci_registry.*"]) + ["twisted.plugins"],
+    package_data={"twisted": ["plugins/ociregistry_plugin.py"]},
+    install_requires=[
+        "twisted>=23.10",
+        "klein>=23.5",
+        "treq>=23.11",
+        "txaio>=23.1",
+        "attrs>=22.2",
+        "zope.interface>=6.0",
+        "PyYAML>=6.0",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-twisted>=1.14",
+            "hypothesis>=6.100",
+            "oras>=0.2",
+        ],
+    },
+    entry_points={
+        "console_scripts": ["ociregistry=oci_registry.cli:main"],
+    },
+)
