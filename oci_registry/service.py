@@ -21,7 +21,7 @@ from twisted.web import server
 from twisted.web.resource import IResource
 
 from .api.app import RegistryAPI
-from .api.body import StreamingRequest
+from .api.body import RegistryChannel, StreamingRequest
 from .config import Config
 from .registry import Registry
 from .storage.filesystem import FilesystemDriver
@@ -45,6 +45,7 @@ class RegistrySite(server.Site):
     """A `Site` that streams upload bodies and logs one line per request."""
 
     requestFactory = StreamingRequest
+    protocol = RegistryChannel
 
     def __init__(self, resource, max_body_size: int | None = None, access_log: bool = True, **kwargs):
         super().__init__(resource, **kwargs)

@@ -18,6 +18,14 @@ import time
 import urllib.request
 
 REFERENCE_BINARY = shutil.which("docker-registry") or shutil.which("registry")
+REPOSITORY_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def registry_environment() -> dict:
+    """The environment for a registry process: this checkout's code first on the path."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPOSITORY_ROOT, env.get("PYTHONPATH")]))
+    return env
 
 
 def free_port() -> int:
@@ -74,7 +82,9 @@ class RegistryProcess:
             pytest.skip("the reference registry (apt-get install docker-registry) is not installed")
         self.port = self.port or free_port()
         log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(self._command(), stdout=log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            self._command(), stdout=log, stderr=subprocess.STDOUT, env=registry_environment(), cwd=self.data_dir
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -322,5 +322,9 @@ class _APIResource(Resource):
 
     def render(self, request):
         request.setHeader(*API_VERSION)
+        # Routes are absolute (/v2/...): the same whether this resource is a
+        # Site's root or the child "v2" of an application's own root.
+        request.prepath = []
+        request.postpath = request.path.split(b"/")[1:]
         return self._klein.render(request)
 

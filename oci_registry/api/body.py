@@ -22,7 +22,7 @@ from collections import deque
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import server
+from twisted.web import http, server
 
 log = Logger()
 
@@ -273,3 +273,23 @@ def read_small_body(request) -> bytes:
     content.seek(0)
     return content.read()
 
+
+
+class RegistryChannel(http.HTTPChannel):
+    """
+    An `HTTPChannel` that refuses a TLS handshake at once.  Clients such as
+    skopeo and docker try HTTPS first against an insecure registry and fall
+    back to plain HTTP only when the handshake fails; without this answer they
+    wait for their handshake timeout (10 s) on every connection.
+    """
+
+    _first = True
+
+    def dataReceived(self, data):
+        if self._first:
+            self._first = False
+            if data[:2] == b"\x16\x03":
+                self.transport.write(b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n")
+                self.transport.loseConnection()
+                return
+        return super().dataReceived(data)

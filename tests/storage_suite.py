@@ -1,0 +1,198 @@
+"""
+The behavioural suite every storage driver must pass.
+
+Subclass `StorageSuite` in a ``test_storage_<driver>.py`` module and give it
+a ``driver`` fixture that yields a fresh, empty `IStorageDriver` and a
+``leftovers`` fixture-free method ``temp_files(driver)`` listing anything
+the driver left behind that is not a real file (temporary names, partial
+uploads); the suite checks after every test that nothing was left.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+import pytest_twisted
+from twisted.internet.defer import DeferredList
+from zope.interface.verify import verifyObject
+
+from oci_registry.storage.interfaces import IReader, IStorageDriver, IWriter, PathNotFound
+
+
+async def _write_file(driver, path, chunks, hasher=None):
+    writer = await driver.open_writer(path, hasher=hasher)
+    for chunk in chunks:
+        await writer.write(chunk)
+    await writer.commit()
+    return writer
+
+
+class StorageSuite:
+    def temp_files(self, driver) -> list[str]:
+        """Override: paths of temporary files the driver left behind."""
+        return []
+
+    @pytest.fixture(autouse=True)
+    def _no_leftovers(self, driver):
+        yield
+        assert self.temp_files(driver) == []
+
+    def test_provides_interface(self, driver):
+        assert verifyObject(IStorageDriver, driver)
+
+    @pytest_twisted.ensureDeferred
+    async def test_write_and_read_bytes(self, driver):
+        await driver.write_bytes("a/b/c", b"hello")
+        assert await driver.read_bytes("a/b/c") == b"hello"
+        await driver.write_bytes("a/b/c", b"bye")
+        assert await driver.read_bytes("a/b/c") == b"bye"
+
+    @pytest_twisted.ensureDeferred
+    async def test_empty_file(self, driver):
+        await driver.write_bytes("empty", b"")
+        assert await driver.read_bytes("empty") == b""
+        assert (await driver.stat("empty")).size == 0
+
+    @pytest_twisted.ensureDeferred
+    async def test_read_missing(self, driver):
+        with pytest.raises(PathNotFound):
+            await driver.read_bytes("no/such/file")
+
+    @pytest_twisted.ensureDeferred
+    async def test_stat(self, driver):
+        assert await driver.stat("missing") is None
+        await driver.write_bytes("dir/file", b"12345")
+        info = await driver.stat("dir/file")
+        assert info.size == 5 and not info.is_dir
+        assert (await driver.stat("dir")).is_dir
+        assert await driver.stat("dir/file/below") is None
+
+    @pytest_twisted.ensureDeferred
+    async def test_list(self, driver):
+        assert await driver.list("nothing") == []
+        for name in ("c", "a", "b/x"):
+            await driver.write_bytes(f"top/{name}", b"x")
+        assert await driver.list("top") == ["a", "b", "c"]
+
+    @pytest_twisted.ensureDeferred
+    async def test_walk(self, driver):
+        for name in ("x/1", "x/y/2", "x/y/z/3", "other/4"):
+            await driver.write_bytes(name, b"data")
+        assert await driver.walk("x") == ["1", "y/2", "y/z/3"]
+        assert await driver.walk("missing") == []
+
+    @pytest_twisted.ensureDeferred
+    async def test_delete_file_and_folder(self, driver):
+        await driver.write_bytes("d/one", b"1")
+        await driver.write_bytes("d/sub/two", b"2")
+        await driver.write_bytes("keep", b"k")
+        await driver.delete("d/one")
+        assert await driver.stat("d/one") is None
+        await driver.delete("d")
+        assert await driver.stat("d/sub/two") is None
+        assert await driver.list("d") == []
+        await driver.delete("d")  # missing is fine
+        assert await driver.read_bytes("keep") == b"k"
+
+    @pytest_twisted.ensureDeferred
+    async def test_move_replaces(self, driver):
+        await driver.write_bytes("src", b"new")
+        await driver.write_bytes("deep/dst", b"old")
+        await driver.move("src", "deep/dst")
+        assert await driver.read_bytes("deep/dst") == b"new"
+        assert await driver.stat("src") is None
+        await driver.write_bytes("src2", b"x")
+        await driver.move("src2", "fresh/folder/dst")
+        assert await driver.read_bytes("fresh/folder/dst") == b"x"
+
+    @pytest_twisted.ensureDeferred
+    async def test_move_missing(self, driver):
+        with pytest.raises(PathNotFound):
+            await driver.move("absent", "dst")
+
+    @pytest_twisted.ensureDeferred
+    async def test_writer_streams_and_hashes(self, driver):
+        chunks = [os.urandom(size) for size in (1, 1000, 70000, 3 << 20, 5)]
+        hasher = hashlib.sha256()
+        writer = await _write_file(driver, "up/data", chunks, hasher)
+        assert verifyObject(IWriter, writer)
+        data = b"".join(chunks)
+        assert writer.size == len(data)
+        assert hasher.hexdigest() == hashlib.sha256(data).hexdigest()
+        assert await driver.read_bytes("up/data") == data
+
+    @pytest_twisted.ensureDeferred
+    async def test_large_write_with_back_pressure(self, driver):
+        block = os.urandom(1 << 16)
+        expected = hashlib.sha256()
+        writer = await driver.open_writer("big")
+        for i in range(512):  # 32 MiB, waiting on each write as callers must
+            chunk = block[i % 7 :] + block[: i % 7]
+            expected.update(chunk)
+            await writer.write(chunk)
+        await writer.commit()
+        got = await driver.hash_file("big", hashlib.sha256())
+        assert got.hexdigest() == expected.hexdigest()
+        assert (await driver.stat("big")).size == 512 << 16
+
+    @pytest_twisted.ensureDeferred
+    async def test_writer_append(self, driver):
+        await _write_file(driver, "f", [b"abc"])
+        writer = await driver.open_writer("f", append=True)
+        assert writer.size == 3
+        await writer.write(b"def")
+        await writer.close()
+        assert await driver.read_bytes("f") == b"abcdef"
+
+    @pytest_twisted.ensureDeferred
+    async def test_writer_cancel(self, driver):
+        writer = await driver.open_writer("gone/data")
+        await writer.write(b"x" * 100)
+        await writer.cancel()
+        assert await driver.stat("gone/data") is None
+
+    @pytest_twisted.ensureDeferred
+    async def test_reader(self, driver):
+        data = os.urandom(300000)
+        await driver.write_bytes("r", data)
+        reader = await driver.open_reader("r", 1000)
+        assert verifyObject(IReader, reader)
+        assert reader.size == len(data)
+        got = []
+        while block := await reader.read(65536):
+            got.append(block)
+        await reader.close()
+        assert b"".join(got) == data[1000:]
+
+    @pytest_twisted.ensureDeferred
+    async def test_open_reader_missing(self, driver):
+        with pytest.raises(PathNotFound):
+            await driver.open_reader("nope")
+
+    @pytest_twisted.ensureDeferred
+    async def test_hash_file_limit(self, driver):
+        await driver.write_bytes("h", b"0123456789")
+        hasher = await driver.hash_file("h", hashlib.sha256(), 4)
+        assert hasher.hexdigest() == hashlib.sha256(b"0123").hexdigest()
+
+    @pytest_twisted.ensureDeferred
+    async def test_concurrent_writes_are_atomic(self, driver):
+        values = [bytes([i]) * 200000 for i in range(8)]
+        await DeferredList([driver.write_bytes("race", v) for v in values], fireOnOneErrback=True)
+        assert await driver.read_bytes("race") in values
+
+    @pytest.mark.parametrize("path", ["../escape", "/absolute", "a//b", "a/./b", "a/../../b", ""])
+    @pytest_twisted.ensureDeferred
+    async def test_rejects_paths_outside(self, driver, path):
+        with pytest.raises(ValueError):
+            await driver.write_bytes(path, b"x")
+        with pytest.raises(ValueError):
+            await driver.read_bytes(path)
+
+    @pytest_twisted.ensureDeferred
+    async def test_redirect_url_is_string_or_none(self, driver):
+        await driver.write_bytes("blob", b"x")
+        url = await driver.redirect_url("blob")
+        assert url is None or url.startswith(("http://", "https://"))
