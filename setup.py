@@ -10,7 +10,7 @@ setup(
     packages=find_packages(include=["oci_registry", "oci_registry.*"]) + ["twisted.plugins"],
     package_data={"twisted": ["plugins/ociregistry_plugin.py"]},
     install_requires=[
-        "twisted>=23.10",
+        "twisted[tls]>=23.10",
         "klein>=23.5",
         "treq>=23.11",
         "txaio>=23.1",

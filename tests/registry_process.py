@@ -83,7 +83,7 @@ class RegistryProcess:
         self.port = self.port or free_port()
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            self._command(), stdout=log, stderr=subprocess.STDOUT, env=registry_environment(), cwd=self.data_dir
+            self._command(), stdout=log, stderr=subprocess.STDOUT, env=registry_environment(), cwd=os.path.dirname(self.log_path)
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -1,0 +1,217 @@
+"""
+State lives in storage, not in a process: two registry processes on one data
+directory serve one registry, a restart loses nothing, an upload resumes in
+another process, and a large upload is streamed, not held in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import pytest
+import pytest_twisted
+import treq
+from twisted.internet import reactor
+from twisted.internet.defer import gatherResults
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.iweb import IBodyProducer
+from zope.interface import implementer
+
+from registry_process import RegistryProcess
+
+pytestmark = pytest.mark.ociregistry_only
+
+
+def sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def pair(tmp_path):
+    data = str(tmp_path / "data")
+    a = RegistryProcess(data).start()
+    b = RegistryProcess(data).start()
+    yield a, b
+    a.stop()
+    b.stop()
+
+
+def absolute(registry, location: str) -> str:
+    return location if location.startswith("http") else registry.url + location
+
+
+async def push_manifest(registry, name, tag, layers):
+    config = json.dumps({"architecture": "amd64", "os": "linux"}).encode()
+    for blob in [config, *layers]:
+        r = await treq.post(f"{registry.url}/v2/{name}/blobs/uploads/?digest={sha256(blob)}", data=blob)
+        assert r.code == 201, await r.text()
+    manifest = json.dumps({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(config), "size": len(config)},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": sha256(b), "size": len(b)} for b in layers],
+    }).encode()
+    r = await treq.put(f"{registry.url}/v2/{name}/manifests/{tag}", data=manifest,
+                       headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"})
+    assert r.code == 201, await r.text()
+    return manifest
+
+
+@pytest_twisted.ensureDeferred
+async def test_chunked_upload_alternating_between_processes(pair):
+    a, b = pair
+    chunks = [os.urandom(n) for n in (700_000, 1, 2_000_000, 123_457)]
+    blob = b"".join(chunks)
+    r = await treq.post(f"{a.url}/v2/shared/app/blobs/uploads/")
+    assert r.code == 202
+    location = r.headers.getRawHeaders("Location")[0]
+    offset = 0
+    for i, chunk in enumerate(chunks):
+        target = (a, b)[i % 2]
+        r = await treq.patch(absolute(target, location), data=chunk, headers={
+            "Content-Type": "application/octet-stream",
+            "Content-Range": f"{offset}-{offset + len(chunk) - 1}",
+        })
+        assert r.code == 202, await r.text()
+        offset += len(chunk)
+        assert r.headers.getRawHeaders("Range") == [f"0-{offset - 1}"]
+        location = r.headers.getRawHeaders("Location")[0]
+    # B never hashed chunk 0: it must hash the partial data from storage.
+    r = await treq.put(absolute(b, location) + f"?digest={sha256(blob)}")
+    assert r.code == 201, await r.text()
+    for registry in (a, b):
+        r = await treq.get(f"{registry.url}/v2/shared/app/blobs/{sha256(blob)}")
+        assert await r.content() == blob
+
+
+@pytest_twisted.ensureDeferred
+async def test_tag_pushed_through_one_is_pulled_through_other(pair):
+    a, b = pair
+    manifest = await push_manifest(a, "shared/tags", "v1", [b"layer one"])
+    r = await treq.get(f"{b.url}/v2/shared/tags/manifests/v1")
+    assert r.code == 200 and await r.content() == manifest
+    manifest2 = await push_manifest(b, "shared/tags", "v1", [b"layer two"])
+    r = await treq.get(f"{a.url}/v2/shared/tags/manifests/v1")
+    assert await r.content() == manifest2
+    r = await treq.get(f"{a.url}/v2/shared/tags/tags/list")
+    assert json.loads(await r.content())["tags"] == ["v1"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_upload_survives_restart(fresh_registry):
+    registry = fresh_registry
+    first, second = os.urandom(500_000), os.urandom(300_000)
+    r = await treq.post(f"{registry.url}/v2/restart/app/blobs/uploads/")
+    location = r.headers.getRawHeaders("Location")[0]
+    r = await treq.patch(absolute(registry, location), data=first, headers={"Content-Range": f"0-{len(first) - 1}"})
+    assert r.code == 202
+    registry.stop()
+    registry.start()
+    r = await treq.get(absolute(registry, location))
+    assert r.code == 204 and r.headers.getRawHeaders("Range") == [f"0-{len(first) - 1}"]
+    r = await treq.put(absolute(registry, location) + f"?digest={sha256(first + second)}", data=second,
+                       headers={"Content-Range": f"{len(first)}-{len(first) + len(second) - 1}"})
+    assert r.code == 201, await r.text()
+    r = await treq.get(f"{registry.url}/v2/restart/app/blobs/{sha256(first + second)}")
+    assert await r.content() == first + second
+
+
+@pytest_twisted.ensureDeferred
+async def test_same_blob_pushed_concurrently(pair):
+    a, b = pair
+    blob = os.urandom(3_000_000)
+    results = await gatherResults([
+        treq.post(f"{registry.url}/v2/race/{i}/blobs/uploads/?digest={sha256(blob)}", data=blob)
+        for i in range(6) for registry in (a, b)
+    ])
+    assert [r.code for r in results] == [201] * 12
+    for i in range(6):
+        r = await treq.get(f"{a.url}/v2/race/{i}/blobs/{sha256(blob)}")
+        assert await r.content() == blob
+
+
+@implementer(IBodyProducer)
+class _PatternBody:
+    """A large request body produced on the fly, so the test itself stays small."""
+
+    def __init__(self, size: int, block: bytes):
+        self.length = size
+        self._block = block
+        self._hasher = hashlib.sha256()
+        self._paused = None
+        self._stopped = False
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + self._hasher.hexdigest()
+
+    def startProducing(self, consumer):
+        from twisted.internet.defer import Deferred
+
+        async def produce():
+            sent = 0
+            while sent < self.length and not self._stopped:
+                block = self._block[: self.length - sent]
+                self._hasher.update(block)
+                consumer.write(block)
+                sent += len(block)
+                # let the reactor flush, and honour pauses
+                while self._paused is not None:
+                    await self._paused
+                if sent % (8 << 20) < len(block):
+                    d = Deferred()
+                    reactor.callLater(0, d.callback, None)
+                    await d
+
+        return Deferred.fromCoroutine(produce())
+
+    def pauseProducing(self):
+        from twisted.internet.defer import Deferred
+
+        if self._paused is None:
+            self._paused = Deferred()
+
+    def resumeProducing(self):
+        if self._paused is not None:
+            d, self._paused = self._paused, None
+            d.callback(None)
+
+    def stopProducing(self):
+        self._stopped = True
+        self.resumeProducing()
+
+
+def peak_rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+@pytest_twisted.ensureDeferred
+async def test_large_upload_is_streamed_not_buffered(fresh_registry):
+    """Pushing 1 GiB raises the registry's peak memory by a few tens of MB at most."""
+    registry = fresh_registry
+    await treq.get(registry.url + "/v2/")
+    before = peak_rss_kib(registry.process.pid)
+    size = 1 << 30
+    body = _PatternBody(size, os.urandom(1 << 20))
+    r = await treq.post(f"{registry.url}/v2/big/blob/blobs/uploads/")
+    location = absolute(registry, r.headers.getRawHeaders("Location")[0])
+    agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
+    r = await treq.request("PATCH", location, data=body, agent=agent,
+                           headers={"Content-Type": "application/octet-stream"})
+    assert r.code == 202, await r.text()
+    location = absolute(registry, r.headers.getRawHeaders("Location")[0])
+    r = await treq.put(f"{location}?digest={body.digest}")
+    assert r.code == 201, await r.text()
+    grown_mib = (peak_rss_kib(registry.process.pid) - before) / 1024
+    assert grown_mib < 48, f"peak RSS grew by {grown_mib:.0f} MiB while receiving 1 GiB"
+    r = await treq.head(f"{registry.url}/v2/big/blob/blobs/{body.digest}")
+    assert r.headers.getRawHeaders("Content-Length") == [str(size)]
+    stored = os.path.join(registry.data_dir, "blobs", "sha256", body.digest[7:9], body.digest[7:], "data")
+    assert os.path.getsize(stored) == size
+    os.unlink(stored)  # a gigabyte is too much to leave behind in a temp dir
