@@ -26,7 +26,4 @@ setup(
             "oras>=0.2",
         ],
     },
-    entry_points={
-        "console_scripts": ["ociregistry=oci_registry.cli:main"],
-    },
 )
