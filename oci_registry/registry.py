@@ -179,7 +179,6 @@ class Registry:
         body: Body,
         start: int | None = None,
         length: int | None = None,
-        max_size: int | None = None,
     ) -> UploadStatus:
         """
         Append ``body`` to the upload.  ``start`` (from ``Content-Range``) must
@@ -208,11 +207,15 @@ class Registry:
                 live.offset = writer.size if hashing else -1
             if length is not None and received != length:
                 raise SizeInvalid(f"received {received} bytes, Content-Length said {length}")
-            if max_size is not None and writer.size > max_size:
-                raise TooLarge(f"an upload may hold at most {max_size} bytes")
             return UploadStatus(name, upload_id, writer.size)
         finally:
             live.lock.release()
+            self._forget_idle(upload_id, live)
+
+    def _forget_idle(self, upload_id: str, live: _LiveUpload) -> None:
+        # Requests for unknown uploads must not leave entries behind.
+        if live.hasher is None and not live.lock.locked and not live.lock.waiting:
+            self._live.pop(upload_id, None)
 
     async def _open_upload_writer(self, name, upload_id, offset, hasher):
         try:
