@@ -7,6 +7,7 @@ YAML (every key optional)::
     data_dir: /var/lib/ociregistry
     max_manifest_size: 4194304    # bytes; larger manifests get 413
     access_log: true              # one line per request
+    workers: 1                    # processes serving the same tcp port
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ class Config:
     data_dir: str = attr.ib(factory=default_data_dir)
     max_manifest_size: int = MAX_MANIFEST_SIZE
     access_log: bool = True
+    workers: int = 1
+
+    def to_dict(self) -> dict:
+        return {**attr.asdict(self), "listen": list(self.listen)}
 
     @classmethod
     def load(cls, path: str | None = None, **overrides) -> Config:
@@ -65,6 +70,14 @@ class Config:
             values["listen"] = tuple([listen] if isinstance(listen, str) else listen)
         if "data_dir" in values:
             values["data_dir"] = os.path.abspath(os.path.expanduser(str(values["data_dir"])))
+        for key in ("workers",):
+            if key in values:
+                try:
+                    values[key] = int(values[key])
+                except (TypeError, ValueError):
+                    raise ConfigError(f"{key} must be a whole number") from None
+        if values.get("workers", 1) < 1:
+            raise ConfigError("workers must be at least 1")
         if "max_manifest_size" in values:
             try:
                 values["max_manifest_size"] = int(values["max_manifest_size"])

@@ -78,9 +78,16 @@ def make_service(config: Config, reactor=None) -> MultiService:
         from twisted.internet import reactor
     site = build_site(config, reactor)
     top = MultiService()
-    for description in config.listen:
-        endpoint = serverFromString(reactor, description)
-        StreamServerEndpointService(endpoint, site).setServiceParent(top)
+    if config.workers > 1:
+        from .workers import WorkerSupervisor, add_listeners
+
+        add_listeners(top, reactor, config, site)
+        WorkerSupervisor(reactor, config).setServiceParent(top)
+    else:
+        for description in config.listen:
+            endpoint = serverFromString(reactor, description)
+            StreamServerEndpointService(endpoint, site).setServiceParent(top)
     log.info("ociregistry storing data in {data_dir}", data_dir=config.data_dir)
-    log.info("ociregistry listening on {listen}", listen=", ".join(config.listen))
+    log.info("ociregistry listening on {listen} with {workers} worker(s)", listen=", ".join(config.listen),
+             workers=config.workers)
     return top

@@ -11,6 +11,7 @@ class Options(usage.Options):
         ["data-dir", "d", None, "Directory for the filesystem storage (default: ~/.local/share/ociregistry)."],
         ["config", "c", None, "YAML configuration file; options given here override it."],
         ["max-manifest-size", None, None, "Largest manifest accepted, in bytes (default 4 MiB)."],
+        ["workers", "w", None, "Worker processes serving the same tcp port (default 1)."],
     ]
     optFlags = [["no-access-log", None, "Do not log a line per request."]]
 
@@ -41,11 +42,12 @@ class RegistryServiceMaker:
                 listen=options["listen"],
                 data_dir=options["data-dir"],
                 max_manifest_size=options["max-manifest-size"],
+                workers=options["workers"],
                 access_log=False if options["no-access-log"] else None,
             )
+            return make_service(config)
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
-        return make_service(config)
 
 
 serviceMaker = RegistryServiceMaker()

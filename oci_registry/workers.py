@@ -1,0 +1,197 @@
+"""
+Several worker processes serving one listening port.
+
+All registry state lives in storage, so any process can serve any request.
+With ``workers: N`` the twistd process is worker 0 and starts N-1 more
+(``python -m oci_registry.workers``).  Each worker binds the same TCP port
+with ``SO_REUSEPORT`` and the kernel spreads incoming connections across
+them.  A worker that dies is restarted; workers stop when the parent stops
+(or dies: each watches its stdin, a pipe from the parent).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+
+from twisted.application.service import MultiService, Service
+from twisted.internet import protocol
+from twisted.internet.interfaces import IReadDescriptor
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from .config import Config, ConfigError
+
+log = Logger(namespace="oci_registry.workers")
+
+RESTART_DELAY = 1.0
+
+
+def parse_tcp_listen(description: str) -> tuple[int, str, int]:
+    """``(family, host, port)`` of a ``tcp:``/``tcp6:`` endpoint string; ConfigError otherwise."""
+    kind, _, rest = description.partition(":")
+    if kind not in ("tcp", "tcp6"):
+        raise ConfigError(f"workers > 1 needs tcp: or tcp6: listen endpoints, not {description!r}")
+    parts = rest.split(":")
+    options = {}
+    positional = []
+    for part in parts:
+        if "=" in part:
+            key, value = part.split("=", 1)
+            options[key] = value
+        else:
+            positional.append(part)
+    port = options.get("port", positional[0] if positional else None)
+    if port is None or not str(port).isdigit():
+        raise ConfigError(f"cannot read a port from {description!r}")
+    family = socket.AF_INET6 if kind == "tcp6" else socket.AF_INET
+    host = options.get("interface", "::" if family == socket.AF_INET6 else "0.0.0.0").replace("\\:", ":")
+    return family, host, int(port)
+
+
+def shared_socket(family: int, host: str, port: int) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+class ListenService(Service):
+    """Listens on a ``SO_REUSEPORT`` socket shared with the other workers."""
+
+    def __init__(self, reactor, description: str, factory):
+        self._reactor = reactor
+        self._address = parse_tcp_listen(description)
+        self._factory = factory
+        self._port = None
+
+    def startService(self):
+        super().startService()
+        family = self._address[0]
+        sock = shared_socket(*self._address)
+        self._port = self._reactor.adoptStreamPort(sock.fileno(), family, self._factory)
+        sock.close()  # the port holds its own duplicate of the descriptor
+
+    def stopService(self):
+        super().stopService()
+        if self._port is not None:
+            return self._port.stopListening()
+
+
+class _WorkerProtocol(protocol.ProcessProtocol):
+    def __init__(self, supervisor: WorkerSupervisor, index: int):
+        self.supervisor = supervisor
+        self.index = index
+
+    def processEnded(self, reason):
+        self.supervisor.ended(self, reason)
+
+
+class WorkerSupervisor(Service):
+    """Starts workers 1..N-1 and restarts any that die while it runs."""
+
+    def __init__(self, reactor, config: Config):
+        self._reactor = reactor
+        self._config = config
+        self._workers: dict[int, _WorkerProtocol] = {}
+
+    def startService(self):
+        super().startService()
+        for index in range(1, self._config.workers):
+            self._spawn(index)
+
+    def _spawn(self, index: int) -> None:
+        worker = _WorkerProtocol(self, index)
+        payload = json.dumps(self._config.to_dict())
+        self._reactor.spawnProcess(
+            worker,
+            sys.executable,
+            [sys.executable, "-m", "oci_registry.workers", str(index), payload],
+            env=None,
+            childFDs={0: "w", 1: 1, 2: 2},
+        )
+        self._workers[index] = worker
+
+    def ended(self, worker: _WorkerProtocol, reason) -> None:
+        self._workers.pop(worker.index, None)
+        if self.running:
+            log.warn("worker {index} ended ({reason}); restarting it", index=worker.index, reason=reason.value)
+            self._reactor.callLater(RESTART_DELAY, self._restart, worker.index)
+
+    def _restart(self, index: int) -> None:
+        if self.running and index not in self._workers:
+            self._spawn(index)
+
+    def stopService(self):
+        super().stopService()
+        for worker in list(self._workers.values()):
+            try:
+                worker.transport.signalProcess("TERM")
+            except Exception:
+                pass
+
+
+@implementer(IReadDescriptor)
+class _ParentWatch:
+    """Stops the worker when the parent's pipe on stdin closes (the parent ended)."""
+
+    def __init__(self, reactor, fd: int = 0):
+        self._reactor = reactor
+        self._fd = fd
+
+    def fileno(self):
+        return self._fd
+
+    def logPrefix(self):
+        return "parent-watch"
+
+    def doRead(self):
+        try:
+            data = os.read(self._fd, 4096)
+        except BlockingIOError:
+            return None
+        except OSError:
+            data = b""
+        if not data:
+            self._reactor.removeReader(self)
+            self.connectionLost(None)
+        return None
+
+    def connectionLost(self, reason):
+        # The reactor reports a hung-up pipe here rather than as a read.
+        if self._reactor.running:
+            self._reactor.stop()
+
+
+def add_listeners(top: MultiService, reactor, config: Config, site) -> None:
+    for description in config.listen:
+        ListenService(reactor, description, site).setServiceParent(top)
+
+
+def main(argv=None) -> None:
+    """Entry point of worker processes 1..N-1."""
+    from twisted.internet import reactor
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+
+    from .service import build_site
+
+    argv = sys.argv[1:] if argv is None else argv
+    index, payload = int(argv[0]), argv[1]
+    config = Config.from_dict(json.loads(payload))
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
+    top = MultiService()
+    add_listeners(top, reactor, config, build_site(config, reactor))
+    reactor.addReader(_ParentWatch(reactor))
+    top.startService()
+    reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
+    log.info("worker {index} serving", index=index)
+    reactor.run()
+
+
+if __name__ == "__main__":
+    main()
