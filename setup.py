@@ -18,6 +18,7 @@ setup(
         "zope.interface>=6.0",
         "PyYAML>=6.0",
     ],
+    entry_points={"console_scripts": ["ociregistry=oci_registry.cli:main"]},
     extras_require={
         "test": [
             "pytest>=8",

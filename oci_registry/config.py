@@ -8,6 +8,10 @@ YAML (every key optional)::
     max_manifest_size: 4194304    # bytes; larger manifests get 413
     access_log: true              # one line per request
     workers: 1                    # processes serving the same tcp port
+    gc_interval: 0                # run garbage collection every e.g. 24h (0: never)
+    gc_grace: 24h                 # blobs and links newer than this are never collected
+    gc_delete_untagged: false     # scheduled runs also delete untagged manifests
+    upload_expiry: 24h            # uploads idle longer than this are deleted by GC
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import os
 import attr
 import yaml
 
+from .gc import parse_duration
 from .manifest import MAX_MANIFEST_SIZE
 
 DEFAULT_LISTEN = "tcp:5000"
@@ -38,6 +43,10 @@ class Config:
     max_manifest_size: int = MAX_MANIFEST_SIZE
     access_log: bool = True
     workers: int = 1
+    gc_interval: float = 0.0  # seconds between in-process garbage collections; 0: never
+    gc_grace: float = 24 * 3600.0
+    gc_delete_untagged: bool = False
+    upload_expiry: float = 24 * 3600.0
 
     def to_dict(self) -> dict:
         return {**attr.asdict(self), "listen": list(self.listen)}
@@ -76,6 +85,12 @@ class Config:
                     values[key] = int(values[key])
                 except (TypeError, ValueError):
                     raise ConfigError(f"{key} must be a whole number") from None
+        for key in ("gc_interval", "gc_grace", "upload_expiry"):
+            if key in values:
+                try:
+                    values[key] = parse_duration(values[key])
+                except ValueError as e:
+                    raise ConfigError(f"{key}: {e}") from None
         if values.get("workers", 1) < 1:
             raise ConfigError("workers must be at least 1")
         if "max_manifest_size" in values:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.web import server
@@ -29,9 +30,13 @@ from .storage.filesystem import FilesystemDriver
 log = Logger()
 
 
+def build_storage(config: Config, reactor=None):
+    """The storage driver the config names (the filesystem by default)."""
+    return FilesystemDriver(config.data_dir, reactor=reactor)
+
+
 def build_registry(config: Config, reactor=None) -> Registry:
-    storage = FilesystemDriver(config.data_dir, reactor=reactor)
-    return Registry(storage, max_manifest_size=config.max_manifest_size)
+    return Registry(build_storage(config, reactor), max_manifest_size=config.max_manifest_size)
 
 
 def registry_resource(data_dir: str | None = None, reactor=None, config: Config | None = None) -> IResource:
@@ -68,9 +73,31 @@ class RegistrySite(server.Site):
 
 
 def build_site(config: Config, reactor=None) -> RegistrySite:
-    resource = registry_resource(config=config, reactor=reactor)
+    registry = build_registry(config, reactor)
     # A manifest PUT is the largest body twisted.web buffers for us.
-    return RegistrySite(resource, max_body_size=config.max_manifest_size, access_log=config.access_log)
+    site = RegistrySite(RegistryAPI(registry).resource(), max_body_size=config.max_manifest_size,
+                        access_log=config.access_log)
+    site.registry = registry
+    return site
+
+
+def gc_service(config: Config, storage):
+    """Garbage collection every ``gc_interval`` seconds, in this process (worker 0 only)."""
+    from twisted.application.internet import TimerService
+
+    from .gc import GCOptions, collect
+
+    options = GCOptions(grace=config.gc_grace, upload_expiry=config.upload_expiry,
+                        delete_untagged=config.gc_delete_untagged)
+
+    def run():
+        d = Deferred.fromCoroutine(collect(storage, options))
+        d.addErrback(lambda f: log.failure("scheduled garbage collection failed", f))
+        return d
+
+    service = TimerService(config.gc_interval, run)
+    service.setName("gc")
+    return service
 
 
 def make_service(config: Config, reactor=None) -> MultiService:
@@ -87,6 +114,8 @@ def make_service(config: Config, reactor=None) -> MultiService:
         for description in config.listen:
             endpoint = serverFromString(reactor, description)
             StreamServerEndpointService(endpoint, site).setServiceParent(top)
+    if config.gc_interval > 0:
+        top.addService(gc_service(config, site.registry.storage))
     log.info("ociregistry storing data in {data_dir}", data_dir=config.data_dir)
     log.info("ociregistry listening on {listen} with {workers} worker(s)", listen=", ".join(config.listen),
              workers=config.workers)

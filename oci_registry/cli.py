@@ -1,0 +1,125 @@
+"""
+``ociregistry`` command: maintenance tasks run beside (or instead of) the daemon.
+
+    ociregistry gc [--dry-run] [--grace 24h] [--upload-expiry 24h]
+                   [--delete-untagged] [--keep-tags K [--tag-pattern GLOB]]
+    ociregistry du
+
+Both read the same configuration as the daemon (``--config FILE`` and/or
+``--data-dir DIR``) and work on the same storage while it serves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import react
+
+from .config import Config, ConfigError
+from .gc import GCOptions, collect, parse_duration, usage
+
+
+def _human(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.1f} {unit}" if unit != "B" else f"{int(value)} B"
+        value /= 1024
+    return str(size)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ociregistry", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p):
+        p.add_argument("--config", "-c", help="YAML configuration file (as for twistd -n ociregistry)")
+        p.add_argument("--data-dir", "-d", help="data directory of the filesystem storage")
+        p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    gc = sub.add_parser("gc", help="remove unreferenced blobs and expired uploads")
+    common(gc)
+    gc.add_argument("--dry-run", "-n", action="store_true", help="list what would be removed; change nothing")
+    gc.add_argument("--grace", default=None, help="never remove blobs newer than this (default 24h)")
+    gc.add_argument("--upload-expiry", default=None, help="remove uploads idle longer than this (default 24h)")
+    gc.add_argument("--delete-untagged", action="store_true",
+                    help="also delete manifests no tag reaches (directly, as an index child or as a referrer)")
+    gc.add_argument("--keep-tags", type=int, default=None, help="keep only the newest K tags matching --tag-pattern")
+    gc.add_argument("--tag-pattern", default="*", help="glob the retention applies to (default: every tag)")
+
+    du = sub.add_parser("du", help="space used per repository, unique and shared")
+    common(du)
+    return parser
+
+
+def _config(args) -> Config:
+    return Config.load(args.config, data_dir=args.data_dir)
+
+
+async def _run(reactor, args) -> int:
+    from .service import build_storage
+
+    config = _config(args)
+    storage = build_storage(config, reactor)
+    try:
+        if args.command == "gc":
+            options = GCOptions(
+                dry_run=args.dry_run,
+                grace=parse_duration(args.grace) if args.grace is not None else config.gc_grace,
+                upload_expiry=(parse_duration(args.upload_expiry) if args.upload_expiry is not None
+                               else config.upload_expiry),
+                delete_untagged=args.delete_untagged,
+                keep_tags=args.keep_tags,
+                tag_pattern=args.tag_pattern,
+            )
+            report = await collect(storage, options)
+            if args.json:
+                print(json.dumps(report.to_json(), indent=2))
+            else:
+                verb = "would remove" if options.dry_run else "removed"
+                for repo, tag in report.tags_removed:
+                    print(f"{verb} tag {repo}:{tag}")
+                for repo, digest in report.manifests_removed:
+                    print(f"{verb} manifest {repo}@{digest}")
+                for repo, upload_id, size in report.uploads_removed:
+                    print(f"{verb} upload {repo} {upload_id} ({_human(size)})")
+                for digest, size in report.blobs_removed:
+                    print(f"{verb} blob {digest} ({_human(size)})")
+                print(f"{verb} {len(report.blobs_removed)} blobs, {len(report.uploads_removed)} uploads: "
+                      f"{_human(report.bytes_freed)} {'would be ' if options.dry_run else ''}freed; "
+                      f"{report.blobs_kept} blobs kept")
+        else:
+            rows = await usage(storage)
+            if args.json:
+                print(json.dumps(rows, indent=2))
+            else:
+                print(f"{'REPOSITORY':40} {'TOTAL':>12} {'UNIQUE':>12} {'SHARED':>12} {'BLOBS':>6}")
+                for row in rows:
+                    print(f"{row['repository']:40} {_human(row['total']):>12} {_human(row['unique']):>12} "
+                          f"{_human(row['shared']):>12} {row['blobs']:>6}")
+        return 0
+    finally:
+        close = getattr(storage, "close", None)
+        if close is not None:
+            close()
+
+
+def main(argv=None) -> None:
+    args = _parser().parse_args(argv)
+    try:
+        _config(args)
+    except (ConfigError, ValueError) as e:
+        print(f"ociregistry: {e}", file=sys.stderr)
+        sys.exit(2)
+
+    def run(reactor):
+        return Deferred.fromCoroutine(_run(reactor, args))
+
+    react(run)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,326 @@
+"""Garbage collection, upload expiry, retention and `ociregistry du`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import pytest_twisted
+
+from image_builder import OCILayout
+from oci_registry import paths
+from oci_registry.gc import DAY, GCOptions, collect, usage
+from oci_registry.reference import Digest, Name, Tag
+from oci_registry.registry import Registry
+from oci_registry.storage.filesystem import FilesystemDriver
+from registry_process import RegistryProcess, registry_environment
+
+LATER = time.time() + 3 * DAY  # "now" for a GC run long after the pushes below
+
+
+class BytesBody:
+    def __init__(self, data: bytes):
+        self.data = data
+
+    async def _deliver(self, writer):
+        await writer.write(self.data)
+        return len(self.data)
+
+    def deliver(self, writer):
+        from twisted.internet.defer import Deferred
+
+        return Deferred.fromCoroutine(self._deliver(writer))
+
+
+@pytest.fixture
+def registry(tmp_path):
+    driver = FilesystemDriver(str(tmp_path / "data"))
+    yield Registry(driver)
+    driver.close()
+
+
+async def push_blob(registry, name, data: bytes) -> Digest:
+    digest = Digest.of(data)
+    await registry.put_blob(Name(name), digest, BytesBody(data))
+    return digest
+
+
+def image_manifest(config: Digest, layers: list[tuple[Digest, int]], subject=None, **extra) -> bytes:
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": str(config), "size": 2},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": str(d), "size": s}
+                   for d, s in layers],
+        **extra,
+    }
+    if subject is not None:
+        doc["subject"] = subject
+    return json.dumps(doc).encode()
+
+
+async def push_image(registry, name, tag, layer: bytes, **extra):
+    config = await push_blob(registry, name, b"{}")
+    layer_digest = await push_blob(registry, name, layer)
+    data = image_manifest(config, [(layer_digest, len(layer))], **extra)
+    ref = Tag(tag) if tag else Digest.of(data)
+    pushed = await registry.put_manifest(Name(name), ref, data, "application/vnd.oci.image.manifest.v1+json")
+    return pushed.digest, layer_digest, data
+
+
+async def blob_exists(registry, digest) -> bool:
+    return (await registry.storage.stat(paths.blob_data(digest))) is not None
+
+
+@pytest_twisted.ensureDeferred
+async def test_orphans_removed_referenced_kept(registry):
+    manifest, layer, data = await push_image(registry, "app", "v1", b"layer bytes")
+    orphan = await push_blob(registry, "app", b"nobody references me")
+    report = await collect(registry.storage, GCOptions(), now=LATER)
+    assert report.blobs_removed == [(str(orphan), 20)]
+    assert not await blob_exists(registry, orphan)
+    assert await blob_exists(registry, layer) and await blob_exists(registry, manifest)
+    stored = await registry.get_manifest(Name("app"), Tag("v1"))
+    assert stored.data == data
+    assert not await registry.has_blob(Name("app"), orphan)
+
+
+@pytest_twisted.ensureDeferred
+async def test_dry_run_changes_nothing(registry):
+    orphan = await push_blob(registry, "app", b"x" * 1000)
+    report = await collect(registry.storage, GCOptions(dry_run=True), now=LATER)
+    assert report.blobs_removed == [(str(orphan), 1000)] and report.bytes_freed == 1000
+    assert await blob_exists(registry, orphan)
+
+
+@pytest_twisted.ensureDeferred
+async def test_grace_period_protects_new_blobs(registry):
+    """A push whose blobs landed but whose manifest has not arrived yet is never broken."""
+    layer = await push_blob(registry, "app", b"pushed a moment ago")
+    report = await collect(registry.storage, GCOptions(), now=time.time())
+    assert report.blobs_removed == []
+    assert await blob_exists(registry, layer)
+
+
+@pytest_twisted.ensureDeferred
+async def test_old_blob_mounted_recently_is_kept(registry, tmp_path):
+    old = await push_blob(registry, "source", b"old layer")
+    # Age the blob and its link, then mount it into another repository now.
+    for path in (paths.blob_data(old), paths.layer_link(Name("source"), old)):
+        full = os.path.join(registry.storage.root, path)
+        os.utime(full, (time.time() - 5 * DAY, time.time() - 5 * DAY))
+    assert await registry.mount_blob(Name("target"), old, Name("source"))
+    report = await collect(registry.storage, GCOptions(), now=time.time() + 3600)
+    assert report.blobs_removed == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_deleted_manifest_frees_its_blobs(registry):
+    manifest, layer, _ = await push_image(registry, "app", "v1", b"soon unreferenced")
+    await registry.delete_manifest(Name("app"), manifest)
+    report = await collect(registry.storage, GCOptions(), now=LATER)
+    removed = {d for d, _ in report.blobs_removed}
+    assert {str(manifest), str(layer)} <= removed
+
+
+@pytest_twisted.ensureDeferred
+async def test_shared_blob_kept_while_any_repository_uses_it(registry):
+    _, layer, _ = await push_image(registry, "one", "v1", b"shared layer")
+    manifest2, _, _ = await push_image(registry, "two", "v1", b"shared layer")
+    await registry.delete_manifest(Name("two"), manifest2)
+    await collect(registry.storage, GCOptions(), now=LATER)
+    assert await blob_exists(registry, layer)
+
+
+@pytest_twisted.ensureDeferred
+async def test_delete_untagged_keeps_index_children_and_referrers(registry):
+    child, child_layer, child_data = await push_image(registry, "app", None, b"child image")
+    index = json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": str(child),
+                       "size": len(child_data), "platform": {"os": "linux", "architecture": "amd64"}}],
+    }).encode()
+    pushed = await registry.put_manifest(Name("app"), Tag("multi"), index, "application/vnd.oci.image.index.v1+json")
+    subject = {"mediaType": "application/vnd.oci.image.index.v1+json", "digest": str(pushed.digest),
+               "size": len(index)}
+    signature, sig_layer, _ = await push_image(registry, "app", None, b"signature", subject=subject,
+                                               artifactType="application/vnd.example.sig")
+    untagged, untagged_layer, _ = await push_image(registry, "app", None, b"nobody tags me")
+
+    options = GCOptions(delete_untagged=True)
+    report = await collect(registry.storage, options, now=LATER)
+    assert report.manifests_removed == [("app", str(untagged))]
+    removed = {d for d, _ in report.blobs_removed}
+    assert str(untagged_layer) in removed
+    for kept in (child, child_layer, signature, sig_layer, pushed.digest):
+        assert await blob_exists(registry, kept)
+    referrers = await registry.referrers(Name("app"), pushed.digest)
+    assert [r["digest"] for r in referrers] == [str(signature)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_tag_retention(registry):
+    for i in range(5):
+        await push_image(registry, "app", f"build-{i}", f"layer {i}".encode())
+        path = os.path.join(registry.storage.root, paths.tag_link(Name("app"), Tag(f"build-{i}")))
+        os.utime(path, (1000 + i, 1000 + i))
+    await push_image(registry, "app", "stable", b"stable layer")
+    report = await collect(registry.storage, GCOptions(keep_tags=2, tag_pattern="build-*"), now=LATER)
+    assert sorted(t for _, t in report.tags_removed) == ["build-0", "build-1", "build-2"]
+    assert await registry.list_tags(Name("app")) == ["build-3", "build-4", "stable"]
+    assert len(report.manifests_removed) == 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_upload_expiry(registry):
+    status = await registry.start_upload(Name("app"))
+    await registry.append_upload(Name("app"), status.id, BytesBody(b"partial"))
+    fresh = await registry.start_upload(Name("app"))
+    for name in ("startedat", "data"):
+        full = os.path.join(registry.storage.root, paths.upload(Name("app"), status.id), name)
+        os.utime(full, (time.time() - 2 * DAY,) * 2)
+    report = await collect(registry.storage, GCOptions(), now=time.time())
+    assert report.uploads_removed == [("app", status.id, 7)]
+    with pytest.raises(Exception):
+        await registry.upload_status(Name("app"), status.id)
+    assert (await registry.upload_status(Name("app"), fresh.id)).offset == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_usage_unique_and_shared(registry):
+    await push_image(registry, "one", "v1", b"s" * 100)
+    await push_image(registry, "two", "v1", b"s" * 100)
+    await push_image(registry, "two", "v2", b"u" * 50)
+    rows = {r["repository"]: r for r in await usage(registry.storage)}
+    # one:v1 and two:v1 are the same image: manifest, config and layer are shared.
+    assert rows["one"]["unique"] == 0
+    assert rows["two"]["shared"] == rows["one"]["shared"] == rows["one"]["total"] >= 102
+    assert rows["two"]["unique"] > 50  # v2's own layer and manifest
+
+
+def run_cli(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "oci_registry.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=registry_environment())
+
+
+def skopeo_copy(src, dst):
+    subprocess.run(["skopeo", "--insecure-policy", "copy", "-q", "--retry-times", "0", "--preserve-digests",
+                    "--src-tls-verify=false", "--dest-tls-verify=false", src, dst],
+                   check=True, capture_output=True, timeout=120)
+
+
+def age_everything(data_dir: str, days: float) -> None:
+    past = time.time() - days * DAY
+    for top, _dirs, files in os.walk(data_dir):
+        for name in files:
+            os.utime(os.path.join(top, name), (past, past))
+
+
+def test_gc_during_concurrent_pushes(tmp_path):
+    """GC racing pushes deletes nothing a pushed image needs, and frees what was orphaned."""
+    data = str(tmp_path / "data")
+    registry = RegistryProcess(data).start()
+    try:
+        # Orphans from long ago: a blob pushed but never referenced, and a deleted image.
+        import urllib.request
+
+        orphans = []
+        for i in range(5):
+            blob = os.urandom(50_000) + bytes([i])
+            digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+            req = urllib.request.Request(f"{registry.url}/v2/old/blobs/uploads/?digest={digest}", data=blob,
+                                         method="POST")
+            assert urllib.request.urlopen(req).status == 201
+            orphans.append(digest)
+        age_everything(data, 3)
+
+        layouts = []
+        for i in range(4):
+            layout = OCILayout(str(tmp_path / f"layout{i}"))
+            image = layout.add_image("v1", layers=3, layer_size=200_000, seed=f"gc-{i}")
+            layouts.append((layout, image))
+
+        errors = []
+        stop = threading.Event()
+
+        def gc_loop():
+            while not stop.is_set():
+                result = run_cli("gc", "--data-dir", data)
+                if result.returncode != 0:
+                    errors.append(result.stderr)
+                    return
+
+        def push(i):
+            layout, _ = layouts[i]
+            try:
+                for tag in ("v1", "v2"):
+                    skopeo_copy(f"oci:{layout.path}:v1", f"docker://{registry.host}/race/app{i}:{tag}")
+            except subprocess.CalledProcessError as e:
+                errors.append(e.stderr)
+
+        collector = threading.Thread(target=gc_loop)
+        collector.start()
+        pushers = [threading.Thread(target=push, args=(i,)) for i in range(4)]
+        for t in pushers:
+            t.start()
+        for t in pushers:
+            t.join(300)
+        stop.set()
+        collector.join(300)
+        assert errors == []
+
+        result = run_cli("gc", "--data-dir", data, "--json")
+        assert result.returncode == 0, result.stderr
+        for digest in orphans:
+            assert not os.path.exists(os.path.join(data, "blobs", "sha256", digest[7:9], digest[7:]))
+
+        for i, (layout, image) in enumerate(layouts):
+            out = tmp_path / f"pulled{i}"
+            skopeo_copy(f"docker://{registry.host}/race/app{i}:v2", f"oci:{out}:v1")
+            pulled = OCILayout(str(out))
+            for digest in [image.manifest_digest, image.config_digest, *image.layer_digests]:
+                assert pulled.read_blob(digest) == layout.read_blob(digest)
+    finally:
+        registry.stop()
+
+
+def test_cli_dry_run_and_du(tmp_path):
+    data = str(tmp_path / "data")
+    registry = RegistryProcess(data).start()
+    try:
+        layout = OCILayout(str(tmp_path / "layout"))
+        layout.add_image("v1", layers=2, layer_size=10_000, seed="du")
+        skopeo_copy(f"oci:{layout.path}:v1", f"docker://{registry.host}/du/one:v1")
+        skopeo_copy(f"oci:{layout.path}:v1", f"docker://{registry.host}/du/two:v1")
+    finally:
+        registry.stop()
+    result = run_cli("du", "--data-dir", data, "--json")
+    assert result.returncode == 0, result.stderr
+    rows = {r["repository"]: r for r in json.loads(result.stdout)}
+    assert set(rows) == {"du/one", "du/two"}
+    assert rows["du/one"]["shared"] == rows["du/two"]["shared"] > 20_000
+    result = run_cli("du", "--data-dir", data)
+    assert "du/one" in result.stdout and "SHARED" in result.stdout
+
+    age_everything(data, 3)
+    subprocess.run(["rm", "-r", os.path.join(data, "repositories", "du", "one", "_manifests"),
+                    os.path.join(data, "repositories", "du", "two", "_manifests")], check=True)
+    result = run_cli("gc", "--data-dir", data, "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "would remove" in result.stdout and "would be freed" in result.stdout
+    before = sum(len(f) for _, _, f in os.walk(os.path.join(data, "blobs")))
+    assert before > 0
+    result = run_cli("gc", "--data-dir", data)
+    assert "removed" in result.stdout
+    assert sum(len(f) for _, _, f in os.walk(os.path.join(data, "blobs"))) == 0
+
+
+def test_cli_rejects_bad_options(tmp_path):
+    result = run_cli("gc", "--data-dir", str(tmp_path), "--grace", "soon")
+    assert result.returncode != 0 and "duration" in result.stderr
