@@ -317,7 +317,10 @@ class Registry:
         parsed = manifests.parse(data, content_type)
 
         for blob in parsed.blobs:
-            if not blob.is_foreign and not await self.has_blob(name, blob.digest):
+            if blob.is_foreign:
+                continue
+            # The link says the repository holds it; the data must still be there too.
+            if not await self.has_blob(name, blob.digest) or not await self.storage.stat(paths.blob_data(blob.digest)):
                 raise ManifestBlobUnknown(str(blob.digest))
         for child in parsed.manifests:
             if (await self.storage.stat(paths.manifest_link(name, child.digest))) is None:
@@ -370,7 +373,10 @@ class Registry:
         return (await self.storage.stat(paths.repository(name))) is not None
 
     async def list_tags(self, name: Name) -> list[str]:
-        tags = await self.storage.list(paths.tags(name))
+        # Only tags whose link is in place: a push cut short may leave a bare folder.
+        tags = sorted(
+            path.split("/", 1)[0] for path in await self.storage.walk(paths.tags(name)) if path.endswith("/current/link")
+        )
         if not tags and not await self.repository_exists(name):
             raise NameUnknown(str(name))
         return tags
