@@ -12,6 +12,11 @@ YAML (every key optional)::
     gc_grace: 24h                 # blobs and links newer than this are never collected
     gc_delete_untagged: false     # scheduled runs also delete untagged manifests
     upload_expiry: 24h            # uploads idle longer than this are deleted by GC
+    max_upload_size: 64GiB        # bytes one upload session may hold (0: no limit)
+    max_uploads_per_client: 1000  # open upload sessions per client address, per process
+    max_header_size: 16KiB        # request line and headers
+    client_timeout: 60s           # idle connections are closed after this
+    min_body_rate: 1024           # bytes/s a request body must average over client_timeout (0: off)
 """
 
 from __future__ import annotations
@@ -31,6 +36,20 @@ class ConfigError(ValueError):
     """The configuration file or options are not usable."""
 
 
+def parse_size(value) -> int:
+    """Bytes from ``1048576``, ``512KiB``, ``4MiB``, ``64GiB`` (also k/M/G/T and KB/MB/GB/TB)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    text = str(value).strip()
+    units = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    number = text.rstrip("BbIiKkMmGgTt ")
+    unit = text[len(number):].strip().lower().replace("ib", "").replace("b", "")
+    try:
+        return int(float(number) * units[unit])
+    except (KeyError, ValueError):
+        raise ValueError(f"not a size: {value!r} (use e.g. 4194304, 4MiB, 64GiB)") from None
+
+
 def default_data_dir() -> str:
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return os.path.join(base, "ociregistry")
@@ -47,6 +66,11 @@ class Config:
     gc_grace: float = 24 * 3600.0
     gc_delete_untagged: bool = False
     upload_expiry: float = 24 * 3600.0
+    max_upload_size: int = 64 << 30  # bytes one upload session may hold; 0: no limit
+    max_uploads_per_client: int = 1000  # open upload sessions per client address (per process)
+    max_header_size: int = 16384  # bytes of request line and headers
+    client_timeout: float = 60.0  # seconds an idle connection is kept; window for min_body_rate
+    min_body_rate: int = 1024  # bytes/s a request body must average over client_timeout; 0: off
 
     def to_dict(self) -> dict:
         return {**attr.asdict(self), "listen": list(self.listen)}
@@ -79,13 +103,19 @@ class Config:
             values["listen"] = tuple([listen] if isinstance(listen, str) else listen)
         if "data_dir" in values:
             values["data_dir"] = os.path.abspath(os.path.expanduser(str(values["data_dir"])))
-        for key in ("workers",):
+        for key in ("max_upload_size", "max_header_size"):
+            if key in values:
+                try:
+                    values[key] = parse_size(values[key])
+                except ValueError as e:
+                    raise ConfigError(f"{key}: {e}") from None
+        for key in ("workers", "max_uploads_per_client", "min_body_rate"):
             if key in values:
                 try:
                     values[key] = int(values[key])
                 except (TypeError, ValueError):
                     raise ConfigError(f"{key} must be a whole number") from None
-        for key in ("gc_interval", "gc_grace", "upload_expiry"):
+        for key in ("gc_interval", "gc_grace", "upload_expiry", "client_timeout"):
             if key in values:
                 try:
                     values[key] = parse_duration(values[key])
@@ -95,7 +125,7 @@ class Config:
             raise ConfigError("workers must be at least 1")
         if "max_manifest_size" in values:
             try:
-                values["max_manifest_size"] = int(values["max_manifest_size"])
-            except (TypeError, ValueError):
+                values["max_manifest_size"] = parse_size(values["max_manifest_size"])
+            except ValueError:
                 raise ConfigError("max_manifest_size must be a number of bytes") from None
         return cls(**values)

@@ -90,9 +90,15 @@ class _LiveUpload:
 
 
 class Registry:
-    def __init__(self, storage: IStorageDriver, max_manifest_size: int = manifests.MAX_MANIFEST_SIZE):
+    def __init__(
+        self,
+        storage: IStorageDriver,
+        max_manifest_size: int = manifests.MAX_MANIFEST_SIZE,
+        max_upload_size: int = 0,
+    ):
         self.storage = storage
         self.max_manifest_size = max_manifest_size
+        self.max_upload_size = max_upload_size  # 0: no limit
         self._live: dict[str, _LiveUpload] = {}
 
     # ------------------------------------------------------------------ blobs
@@ -198,7 +204,12 @@ class Registry:
             hashing = live.hasher is not None and live.offset == status.offset
             if status.offset == 0:
                 live.hasher, hashing = hashlib.new(DEFAULT_ALGORITHM), True
+            limit = self.max_upload_size
+            if limit and length is not None and status.offset + length > limit:
+                raise TooLarge(f"an upload may hold at most {limit} bytes")
             writer = await self._open_upload_writer(name, upload_id, status.offset, live.hasher if hashing else None)
+            if limit:
+                writer = _CappedWriter(writer, limit)
             received = 0
             try:
                 received = await body.deliver(writer)
@@ -407,6 +418,28 @@ class Registry:
             if artifact_type is None or descriptor.get("artifactType") == artifact_type:
                 found.append(descriptor)
         return found
+
+
+class _CappedWriter:
+    """Refuses writes that would take an upload past the size limit (413)."""
+
+    def __init__(self, writer, limit: int):
+        self._writer = writer
+        self._limit = limit
+
+    @property
+    def size(self) -> int:
+        return self._writer.size
+
+    def write(self, data):
+        if self._writer.size + len(data) > self._limit:
+            from twisted.internet.defer import fail
+
+            return fail(TooLarge(f"an upload may hold at most {self._limit} bytes"))
+        return self._writer.write(data)
+
+    def close(self):
+        return self._writer.close()
 
 
 def upload_location(name: Name, upload_id: str) -> str:

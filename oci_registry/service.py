@@ -36,7 +36,11 @@ def build_storage(config: Config, reactor=None):
 
 
 def build_registry(config: Config, reactor=None) -> Registry:
-    return Registry(build_storage(config, reactor), max_manifest_size=config.max_manifest_size)
+    return Registry(
+        build_storage(config, reactor),
+        max_manifest_size=config.max_manifest_size,
+        max_upload_size=config.max_upload_size,
+    )
 
 
 def registry_resource(data_dir: str | None = None, reactor=None, config: Config | None = None) -> IResource:
@@ -52,10 +56,27 @@ class RegistrySite(server.Site):
     requestFactory = StreamingRequest
     protocol = RegistryChannel
 
-    def __init__(self, resource, max_body_size: int | None = None, access_log: bool = True, **kwargs):
+    def __init__(
+        self,
+        resource,
+        max_body_size: int | None = None,
+        access_log: bool = True,
+        max_header_size: int = 16384,
+        min_body_rate: int = 0,
+        body_rate_window: float = 60.0,
+        **kwargs,
+    ):
         super().__init__(resource, **kwargs)
         self.max_body_size = max_body_size
         self.access_log = access_log
+        self.max_header_size = max_header_size
+        self.min_body_rate = min_body_rate
+        self.body_rate_window = body_rate_window
+
+    def buildProtocol(self, addr):
+        channel = super().buildProtocol(addr)
+        channel.totalHeadersSize = self.max_header_size
+        return channel
 
     def log(self, request):
         if not self.access_log:
@@ -75,8 +96,18 @@ class RegistrySite(server.Site):
 def build_site(config: Config, reactor=None) -> RegistrySite:
     registry = build_registry(config, reactor)
     # A manifest PUT is the largest body twisted.web buffers for us.
-    site = RegistrySite(RegistryAPI(registry).resource(), max_body_size=config.max_manifest_size,
-                        access_log=config.access_log)
+    api = RegistryAPI(registry, max_uploads_per_client=config.max_uploads_per_client,
+                      upload_expiry=config.upload_expiry)
+    site = RegistrySite(
+        api.resource(),
+        max_body_size=config.max_manifest_size,
+        access_log=config.access_log,
+        max_header_size=config.max_header_size,
+        min_body_rate=config.min_body_rate,
+        body_rate_window=config.client_timeout,
+        timeout=config.client_timeout,
+        reactor=reactor,
+    )
     site.registry = registry
     return site
 

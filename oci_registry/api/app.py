@@ -6,6 +6,7 @@ writes responses.  No storage or business logic lives here.
 from __future__ import annotations
 
 import re
+import time
 
 from klein import Klein
 from twisted.logger import Logger
@@ -19,6 +20,7 @@ from ..errors import (
     NotFound,
     RegistryError,
     TooLarge,
+    TooManyRequests,
     Unsupported,
     UploadRangeInvalid,
 )
@@ -77,8 +79,11 @@ class RegistryAPI:
     app.url_map.strict_slashes = False
     app.url_map.merge_slashes = False
 
-    def __init__(self, registry: Registry):
+    def __init__(self, registry: Registry, max_uploads_per_client: int = 0, upload_expiry: float = 24 * 3600.0):
         self.registry = registry
+        self.max_uploads_per_client = max_uploads_per_client
+        self.upload_expiry = upload_expiry
+        self._open_uploads: dict[str, dict[str, float]] = {}  # client -> upload id -> started
 
     def resource(self) -> Resource:
         return _APIResource(self.app.resource())
@@ -178,9 +183,31 @@ class RegistryAPI:
             digest = Digest.parse(digest)
             await self.registry.put_blob(name, digest, body_of(request), _content_length(request))
             return self._blob_created(request, name, digest)
+        client = self._admit_upload(request)
         status = await self.registry.start_upload(name)
+        self._open_uploads.setdefault(client, {})[status.id] = time.time()
         request.setResponseCode(202)
         return self._upload_headers(request, status)
+
+    def _admit_upload(self, request) -> str:
+        """Per-client cap on open upload sessions (429 past it); expired sessions do not count."""
+        address = request.getClientAddress()
+        client = getattr(address, "host", None) or str(address)
+        sessions = self._open_uploads.get(client, {})
+        cutoff = time.time() - self.upload_expiry
+        for upload_id in [u for u, started in sessions.items() if started < cutoff]:
+            del sessions[upload_id]
+        if self.max_uploads_per_client and len(sessions) >= self.max_uploads_per_client:
+            raise TooManyRequests(f"{len(sessions)} upload sessions are open from {client}",
+                                  headers={"Retry-After": "60"})
+        return client
+
+    def _close_upload(self, upload_id: str) -> None:
+        for client, sessions in list(self._open_uploads.items()):
+            if sessions.pop(upload_id, None) is not None:
+                if not sessions:
+                    del self._open_uploads[client]
+                return
 
     @app.route("/v2/<path:name>/blobs/uploads/<upload_id>", methods=["GET"])
     async def upload_status(self, request, name, upload_id):
@@ -205,12 +232,16 @@ class RegistryAPI:
         digest = Digest.parse(raw)
         start, length = self._chunk_range(request)
         await self.registry.append_upload(name, upload_id, body_of(request), start=start, length=length)
-        await self.registry.finish_upload(name, upload_id, digest)
+        try:
+            await self.registry.finish_upload(name, upload_id, digest)
+        finally:
+            self._close_upload(upload_id)
         return self._blob_created(request, name, digest)
 
     @app.route("/v2/<path:name>/blobs/uploads/<upload_id>", methods=["DELETE"])
     async def cancel_upload(self, request, name, upload_id):
         await self.registry.cancel_upload(Name.parse(name), upload_id)
+        self._close_upload(upload_id)
         request.setResponseCode(204)
         return b""
 

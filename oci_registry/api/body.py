@@ -197,8 +197,12 @@ class StreamingRequest(server.Request):
 
     body_stream: BodyStream | None = None
     _finish_deferred = False
+    _watchdog = None
+    _body_bytes = 0
 
     def gotLength(self, length):
+        if length != 0:
+            self._start_watchdog()
         channel = self.channel
         command = getattr(channel, "_command", None)
         path = getattr(channel, "_path", None)
@@ -227,13 +231,47 @@ class StreamingRequest(server.Request):
             self.args = parse_qs(query, keep_blank_values=True)
         self.process()
 
+    def _start_watchdog(self) -> None:
+        """Drop a client whose body trickles in slower than the site's minimum rate."""
+        site = getattr(self.channel, "site", None)
+        rate = getattr(site, "min_body_rate", 0)
+        window = getattr(site, "body_rate_window", 0)
+        if not rate or not window:
+            return
+        from twisted.internet.task import LoopingCall
+
+        seen = [0]
+
+        def check():
+            received = self._body_bytes - seen[0]
+            seen[0] = self._body_bytes
+            # A paused socket (storage behind) is our doing, not the client's.
+            if self.body_stream is not None and self.body_stream._paused:
+                return
+            if received < rate * window:
+                log.warn("dropping {client}: request body arrives at {rate:.0f} B/s", client=self.getClientAddress(),
+                         rate=received / window)
+                self._stop_watchdog()
+                self.channel.transport.abortConnection()
+
+        self._watchdog = LoopingCall(check)
+        self._watchdog.clock = site.reactor
+        self._watchdog.start(window, now=False)
+
+    def _stop_watchdog(self) -> None:
+        if self._watchdog is not None and self._watchdog.running:
+            self._watchdog.stop()
+        self._watchdog = None
+
     def handleContentChunk(self, data):
+        self._body_bytes += len(data)
         if self.body_stream is not None:
             self.body_stream.data(data)
         else:
             self.content.write(data)
 
     def requestReceived(self, command, path, version):
+        self._stop_watchdog()
         if self.body_stream is None:
             return super().requestReceived(command, path, version)
         self.body_stream.complete()
@@ -252,6 +290,7 @@ class StreamingRequest(server.Request):
         return super().finish()
 
     def connectionLost(self, reason):
+        self._stop_watchdog()
         if self.body_stream is not None:
             self.body_stream.fail(reason)
         return super().connectionLost(reason)

@@ -1,0 +1,120 @@
+"""Configurable limits: upload size, open sessions per client, header size, idle and trickling clients."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import socket
+import time
+
+import pytest
+
+from registry_process import RegistryProcess
+
+pytestmark = pytest.mark.ociregistry_only
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory):
+    root = tmp_path_factory.mktemp("limits")
+    config = root / "config.yaml"
+    config.write_text(
+        "max_upload_size: 1MiB\n"
+        "max_uploads_per_client: 3\n"
+        "max_header_size: 2KiB\n"
+        "client_timeout: 1s\n"
+        "min_body_rate: 2000\n"
+        "max_manifest_size: 64KiB\n"
+    )
+    registry = RegistryProcess(str(root / "data"), config=str(config)).start()
+    yield registry
+    registry.stop()
+
+
+def call(registry, method, path, body=None, headers=None):
+    c = http.client.HTTPConnection("127.0.0.1", registry.port, timeout=20)
+    try:
+        c.request(method, path, body=body, headers=headers or {})
+        r = c.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+    finally:
+        c.close()
+
+
+def test_upload_size_limit(limited):
+    big = os.urandom((1 << 20) + 1)
+    digest = "sha256:" + hashlib.sha256(big).hexdigest()
+    status, _, body = call(limited, "POST", f"/v2/lim/a/blobs/uploads/?digest={digest}", big)
+    assert status == 413 and b"SIZE_INVALID" in body
+    status, headers, _ = call(limited, "POST", "/v2/lim/a/blobs/uploads/")
+    location = headers["location"]
+    half = big[: 600_000]
+    assert call(limited, "PATCH", location, half, {"Content-Range": f"0-{len(half) - 1}"})[0] == 202
+    status, _, body = call(limited, "PATCH", location, half, {"Content-Range": f"600000-{600000 + len(half) - 1}"})
+    assert status == 413
+    # Streamed with no length: refused once it passes the limit.
+    c = http.client.HTTPConnection("127.0.0.1", limited.port, timeout=20)
+    c.request("PATCH", location, body=iter([half, half]), encode_chunked=True,
+              headers={"Transfer-Encoding": "chunked"})
+    r = c.getresponse()
+    assert r.status == 413
+    c.close()
+    assert call(limited, "DELETE", location)[0] == 204
+    ok = os.urandom(1000)
+    assert call(limited, "POST", f"/v2/lim/a/blobs/uploads/?digest=sha256:{hashlib.sha256(ok).hexdigest()}", ok)[0] == 201
+
+
+def test_open_sessions_per_client(limited):
+    locations = []
+    for _ in range(3):
+        status, headers, _ = call(limited, "POST", "/v2/lim/sessions/blobs/uploads/")
+        assert status == 202
+        locations.append(headers["location"])
+    status, headers, body = call(limited, "POST", "/v2/lim/sessions/blobs/uploads/")
+    assert status == 429 and b"TOOMANYREQUESTS" in body and "retry-after" in headers
+    assert call(limited, "DELETE", locations.pop())[0] == 204
+    status, headers, _ = call(limited, "POST", "/v2/lim/sessions/blobs/uploads/")
+    assert status == 202
+    for location in locations + [headers["location"]]:
+        call(limited, "DELETE", location)
+
+
+def test_manifest_size_limit(limited):
+    status, _, body = call(limited, "PUT", "/v2/lim/m/manifests/big", b"{" + b" " * (65 << 10) + b"}",
+                           {"Content-Type": "application/vnd.oci.image.manifest.v1+json"})
+    assert status == 413 and b"SIZE_INVALID" in body
+
+
+def test_header_size_limit(limited):
+    status, _, _ = call(limited, "GET", "/v2/", headers={"X-Padding": "x" * 4096})
+    assert status == 400
+    assert call(limited, "GET", "/v2/")[0] == 200
+
+
+def test_idle_connection_times_out(limited):
+    sock = socket.create_connection(("127.0.0.1", limited.port))
+    sock.settimeout(10)
+    started = time.monotonic()
+    assert sock.recv(100) == b""  # closed by the registry
+    assert time.monotonic() - started < 8
+    sock.close()
+
+
+def test_trickling_body_is_dropped_while_others_are_served(limited):
+    sock = socket.create_connection(("127.0.0.1", limited.port))
+    sock.sendall(f"PATCH /v2/lim/slow/blobs/uploads/0123456789abcdef0123456789abcdef HTTP/1.1\r\n"
+                 f"Host: {limited.host}\r\nContent-Length: 100000\r\n\r\n".encode())
+    started = time.monotonic()
+    dropped = False
+    while time.monotonic() - started < 10:
+        try:
+            sock.sendall(b"x" * 10)
+        except OSError:
+            dropped = True
+            break
+        # The registry keeps answering everyone else meanwhile.
+        assert call(limited, "GET", "/v2/")[0] == 200
+        time.sleep(0.3)
+    sock.close()
+    assert dropped, "a body trickling at ~30 B/s was not dropped"
