@@ -24,6 +24,7 @@ from ..errors import (
     Unsupported,
     UploadRangeInvalid,
 )
+from ..auth import CATALOG, IAuthorizer, OpenAccess, delete, pull, push
 from ..manifest import OCI_INDEX
 from ..reference import Digest, Name, parse_reference
 from ..registry import Registry, UploadStatus, upload_location
@@ -79,8 +80,15 @@ class RegistryAPI:
     app.url_map.strict_slashes = False
     app.url_map.merge_slashes = False
 
-    def __init__(self, registry: Registry, max_uploads_per_client: int = 0, upload_expiry: float = 24 * 3600.0):
+    def __init__(
+        self,
+        registry: Registry,
+        max_uploads_per_client: int = 0,
+        upload_expiry: float = 24 * 3600.0,
+        authorizer: IAuthorizer | None = None,
+    ):
         self.registry = registry
+        self.auth = authorizer if authorizer is not None else OpenAccess()
         self.max_uploads_per_client = max_uploads_per_client
         self.upload_expiry = upload_expiry
         self._open_uploads: dict[str, dict[str, float]] = {}  # client -> upload id -> started
@@ -127,7 +135,8 @@ class RegistryAPI:
     # ------------------------------------------------------------------ base
 
     @app.route("/v2/", methods=["GET", "HEAD"])
-    def base(self, request):
+    async def base(self, request):
+        await self.auth.authorize(request, [])
         return json_body(request, {})
 
     # ----------------------------------------------------------------- blobs
@@ -135,6 +144,7 @@ class RegistryAPI:
     @app.route("/v2/<path:name>/blobs/<digest>", methods=["GET", "HEAD"])
     async def get_blob(self, request, name, digest):
         name, digest = Name.parse(name), Digest.parse(digest)
+        await self.auth.authorize(request, [pull(name)])
         info = await self.registry.stat_blob(name, digest)
         _set(request, Docker_Content_Digest=digest, ETag=f'"{digest}"', Accept_Ranges="bytes")
         if _etag_matches(request, digest):
@@ -163,6 +173,7 @@ class RegistryAPI:
     @app.route("/v2/<path:name>/blobs/<digest>", methods=["DELETE"])
     async def delete_blob(self, request, name, digest):
         name, digest = Name.parse(name), Digest.parse(digest)
+        await self.auth.authorize(request, [delete(name)])
         await self.registry.delete_blob(name, digest)
         request.setResponseCode(202)
         _set(request, Content_Length=0)
@@ -173,11 +184,13 @@ class RegistryAPI:
     @app.route("/v2/<path:name>/blobs/uploads/", methods=["POST"])
     async def start_upload(self, request, name):
         name = Name.parse(name)
+        await self.auth.authorize(request, [push(name)])
         mount, source = _arg(request, "mount"), _arg(request, "from")
         if mount is not None:
             mount = Digest.parse(mount)
-            if source and await self.registry.mount_blob(name, mount, Name.parse(source)):
-                return self._blob_created(request, name, mount)
+            if source and await self._may_pull(request, Name.parse(source)):
+                if await self.registry.mount_blob(name, mount, Name.parse(source)):
+                    return self._blob_created(request, name, mount)
         digest = _arg(request, "digest")
         if digest is not None:
             digest = Digest.parse(digest)
@@ -188,6 +201,10 @@ class RegistryAPI:
         self._open_uploads.setdefault(client, {})[status.id] = time.time()
         request.setResponseCode(202)
         return self._upload_headers(request, status)
+
+    async def _may_pull(self, request, name: Name) -> bool:
+        """Whether a mount may read from ``name``; if not, the push falls back to an upload."""
+        return bool(await self.auth.filter_repositories(request, [str(name)]))
 
     def _admit_upload(self, request) -> str:
         """Per-client cap on open upload sessions (429 past it); expired sessions do not count."""
@@ -211,13 +228,16 @@ class RegistryAPI:
 
     @app.route("/v2/<path:name>/blobs/uploads/<upload_id>", methods=["GET"])
     async def upload_status(self, request, name, upload_id):
-        status = await self.registry.upload_status(Name.parse(name), upload_id)
+        name = Name.parse(name)
+        await self.auth.authorize(request, [push(name)])
+        status = await self.registry.upload_status(name, upload_id)
         request.setResponseCode(204)
         return self._upload_headers(request, status)
 
     @app.route("/v2/<path:name>/blobs/uploads/<upload_id>", methods=["PATCH"])
     async def patch_upload(self, request, name, upload_id):
         name = Name.parse(name)
+        await self.auth.authorize(request, [push(name)])
         start, length = self._chunk_range(request)
         status = await self.registry.append_upload(name, upload_id, body_of(request), start=start, length=length)
         request.setResponseCode(202)
@@ -226,6 +246,7 @@ class RegistryAPI:
     @app.route("/v2/<path:name>/blobs/uploads/<upload_id>", methods=["PUT"])
     async def finish_upload(self, request, name, upload_id):
         name = Name.parse(name)
+        await self.auth.authorize(request, [push(name)])
         raw = _arg(request, "digest")
         if raw is None:
             raise DigestInvalid("the digest query parameter is required")
@@ -240,7 +261,9 @@ class RegistryAPI:
 
     @app.route("/v2/<path:name>/blobs/uploads/<upload_id>", methods=["DELETE"])
     async def cancel_upload(self, request, name, upload_id):
-        await self.registry.cancel_upload(Name.parse(name), upload_id)
+        name = Name.parse(name)
+        await self.auth.authorize(request, [push(name)])
+        await self.registry.cancel_upload(name, upload_id)
         self._close_upload(upload_id)
         request.setResponseCode(204)
         return b""
@@ -279,6 +302,7 @@ class RegistryAPI:
     @app.route("/v2/<path:name>/manifests/<reference>", methods=["GET", "HEAD"])
     async def get_manifest(self, request, name, reference):
         name, reference = Name.parse(name), parse_reference(reference)
+        await self.auth.authorize(request, [pull(name)])
         head = request.method == b"HEAD"
         stored = await self.registry.get_manifest(name, reference, head=head)
         _set(
@@ -296,6 +320,7 @@ class RegistryAPI:
     @app.route("/v2/<path:name>/manifests/<reference>", methods=["PUT"])
     async def put_manifest(self, request, name, reference):
         name, reference = Name.parse(name), parse_reference(reference)
+        await self.auth.authorize(request, [push(name)])
         data = read_small_body(request)
         pushed = await self.registry.put_manifest(name, reference, data, _header(request, "Content-Type"))
         request.setResponseCode(201)
@@ -307,6 +332,7 @@ class RegistryAPI:
     @app.route("/v2/<path:name>/manifests/<reference>", methods=["DELETE"])
     async def delete_manifest(self, request, name, reference):
         name, reference = Name.parse(name), parse_reference(reference)
+        await self.auth.authorize(request, [delete(name)])
         await self.registry.delete_manifest(name, reference)
         request.setResponseCode(202)
         _set(request, Content_Length=0)
@@ -317,6 +343,7 @@ class RegistryAPI:
     @app.route("/v2/<path:name>/tags/list", methods=["GET"])
     async def list_tags(self, request, name):
         name = Name.parse(name)
+        await self.auth.authorize(request, [pull(name)])
         n, last = _arg(request, "n"), _arg(request, "last")
         tags, more = page(await self.registry.list_tags(name), n, last)
         if more:
@@ -325,8 +352,10 @@ class RegistryAPI:
 
     @app.route("/v2/_catalog", methods=["GET"])
     async def catalog(self, request):
+        await self.auth.authorize(request, [CATALOG])
         n, last = _arg(request, "n"), _arg(request, "last")
-        names, more = page(await self.registry.catalog(), n, last)
+        visible = await self.auth.filter_repositories(request, await self.registry.catalog())
+        names, more = page(visible, n, last)
         if more:
             _set(request, Link=next_link("/v2/_catalog", n, names[-1]))
         return json_body(request, {"repositories": names})
@@ -334,6 +363,7 @@ class RegistryAPI:
     @app.route("/v2/<path:name>/referrers/<digest>", methods=["GET"])
     async def referrers(self, request, name, digest):
         name, digest = Name.parse(name), Digest.parse(digest)
+        await self.auth.authorize(request, [pull(name)])
         artifact_type = _arg(request, "artifactType")
         found = await self.registry.referrers(name, digest, artifact_type)
         if artifact_type is not None:

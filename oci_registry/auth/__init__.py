@@ -1,0 +1,53 @@
+"""
+Who may pull, push and delete.
+
+The HTTP API asks an `IAuthorizer` before it does anything: every route names
+the access it needs as scopes in the Docker token specification's terms
+(``("repository", "team/app", ("pull", "push"))``, ``("registry",
+"catalog", ("*",))``).  The authorizer answers by returning (access granted),
+or by raising `Unauthorized` (401, with the ``WWW-Authenticate`` challenge
+in its headers) or `Denied` (403).  `OpenAccess`, the default, grants
+everything.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import succeed
+from zope.interface import Interface, implementer
+
+
+class IAuthorizer(Interface):
+    def authorize(request, scopes):
+        """
+        Fire when ``request`` may have every access in ``scopes`` (a list of
+        ``(type, name, actions)``); fail with `Unauthorized` or `Denied`.
+        """
+
+    def filter_repositories(request, names):
+        """Fire with the subset of repository ``names`` the request may pull."""
+
+
+@implementer(IAuthorizer)
+class OpenAccess:
+    """No authentication: anyone may do anything."""
+
+    def authorize(self, request, scopes):
+        return succeed(None)
+
+    def filter_repositories(self, request, names):
+        return succeed(list(names))
+
+
+def pull(name) -> tuple:
+    return ("repository", str(name), ("pull",))
+
+
+def push(name) -> tuple:
+    return ("repository", str(name), ("pull", "push"))
+
+
+def delete(name) -> tuple:
+    return ("repository", str(name), ("delete",))
+
+
+CATALOG = ("registry", "catalog", ("*",))
