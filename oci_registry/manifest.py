@@ -129,6 +129,8 @@ def parse(data: bytes, content_type: str | None) -> Manifest:
         doc = json.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
         raise ManifestInvalid(f"manifest is not valid JSON: {e}") from None
+    except RecursionError:
+        raise ManifestInvalid("manifest JSON is nested too deeply") from None
     if not isinstance(doc, dict):
         raise ManifestInvalid("manifest is not a JSON object")
 

@@ -283,7 +283,8 @@ class Registry:
             await self.append_upload(name, status.id, body, length=length)
             return await self.finish_upload(name, status.id, digest)
         except BaseException:
-            await self.cancel_upload(name, status.id)
+            self._live.pop(status.id, None)
+            await self.storage.delete(paths.upload(name, status.id))
             raise
 
     async def cancel_upload(self, name: Name, upload_id: str, locked: bool = False) -> None:

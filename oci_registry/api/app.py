@@ -12,6 +12,7 @@ from klein import Klein
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.routing import PathConverter
 from werkzeug.exceptions import NotFound as RouteNotFound
 
 from ..errors import (
@@ -70,6 +71,13 @@ def _etag_matches(request, digest: Digest) -> bool:
     return "*" in tags or str(digest) in tags
 
 
+class _NameConverter(PathConverter):
+    """A repository name in a route: anything up to the route's suffix, validated by `Name.parse`."""
+
+    regex = ".+?"
+    part_isolating = False  # a name spans several path segments
+
+
 class RegistryAPI:
     """
     The Distribution API over a `Registry`.  ``resource()`` gives an
@@ -79,6 +87,7 @@ class RegistryAPI:
     app = Klein()
     app.url_map.strict_slashes = False
     app.url_map.merge_slashes = False
+    app.url_map.converters["name"] = _NameConverter
 
     def __init__(
         self,
@@ -141,7 +150,7 @@ class RegistryAPI:
 
     # ----------------------------------------------------------------- blobs
 
-    @app.route("/v2/<path:name>/blobs/<digest>", methods=["GET", "HEAD"])
+    @app.route("/v2/<name:name>/blobs/<digest>", methods=["GET", "HEAD"])
     async def get_blob(self, request, name, digest):
         name, digest = Name.parse(name), Digest.parse(digest)
         await self.auth.authorize(request, [pull(name)])
@@ -170,7 +179,7 @@ class RegistryAPI:
         await send_reader(request, reader, length)
         return None
 
-    @app.route("/v2/<path:name>/blobs/<digest>", methods=["DELETE"])
+    @app.route("/v2/<name:name>/blobs/<digest>", methods=["DELETE"])
     async def delete_blob(self, request, name, digest):
         name, digest = Name.parse(name), Digest.parse(digest)
         await self.auth.authorize(request, [delete(name)])
@@ -181,7 +190,7 @@ class RegistryAPI:
 
     # --------------------------------------------------------------- uploads
 
-    @app.route("/v2/<path:name>/blobs/uploads/", methods=["POST"])
+    @app.route("/v2/<name:name>/blobs/uploads/", methods=["POST"])
     async def start_upload(self, request, name):
         name = Name.parse(name)
         await self.auth.authorize(request, [push(name)])
@@ -226,7 +235,7 @@ class RegistryAPI:
                     del self._open_uploads[client]
                 return
 
-    @app.route("/v2/<path:name>/blobs/uploads/<upload_id>", methods=["GET"])
+    @app.route("/v2/<name:name>/blobs/uploads/<upload_id>", methods=["GET"])
     async def upload_status(self, request, name, upload_id):
         name = Name.parse(name)
         await self.auth.authorize(request, [push(name)])
@@ -234,7 +243,7 @@ class RegistryAPI:
         request.setResponseCode(204)
         return self._upload_headers(request, status)
 
-    @app.route("/v2/<path:name>/blobs/uploads/<upload_id>", methods=["PATCH"])
+    @app.route("/v2/<name:name>/blobs/uploads/<upload_id>", methods=["PATCH"])
     async def patch_upload(self, request, name, upload_id):
         name = Name.parse(name)
         await self.auth.authorize(request, [push(name)])
@@ -243,7 +252,7 @@ class RegistryAPI:
         request.setResponseCode(202)
         return self._upload_headers(request, status)
 
-    @app.route("/v2/<path:name>/blobs/uploads/<upload_id>", methods=["PUT"])
+    @app.route("/v2/<name:name>/blobs/uploads/<upload_id>", methods=["PUT"])
     async def finish_upload(self, request, name, upload_id):
         name = Name.parse(name)
         await self.auth.authorize(request, [push(name)])
@@ -259,7 +268,7 @@ class RegistryAPI:
             self._close_upload(upload_id)
         return self._blob_created(request, name, digest)
 
-    @app.route("/v2/<path:name>/blobs/uploads/<upload_id>", methods=["DELETE"])
+    @app.route("/v2/<name:name>/blobs/uploads/<upload_id>", methods=["DELETE"])
     async def cancel_upload(self, request, name, upload_id):
         name = Name.parse(name)
         await self.auth.authorize(request, [push(name)])
@@ -299,7 +308,7 @@ class RegistryAPI:
 
     # ------------------------------------------------------------- manifests
 
-    @app.route("/v2/<path:name>/manifests/<reference>", methods=["GET", "HEAD"])
+    @app.route("/v2/<name:name>/manifests/<reference>", methods=["GET", "HEAD"])
     async def get_manifest(self, request, name, reference):
         name, reference = Name.parse(name), parse_reference(reference)
         await self.auth.authorize(request, [pull(name)])
@@ -317,7 +326,7 @@ class RegistryAPI:
             return b""
         return stored.data or b""
 
-    @app.route("/v2/<path:name>/manifests/<reference>", methods=["PUT"])
+    @app.route("/v2/<name:name>/manifests/<reference>", methods=["PUT"])
     async def put_manifest(self, request, name, reference):
         name, reference = Name.parse(name), parse_reference(reference)
         await self.auth.authorize(request, [push(name)])
@@ -329,7 +338,7 @@ class RegistryAPI:
             _set(request, OCI_Subject=pushed.subject)
         return b""
 
-    @app.route("/v2/<path:name>/manifests/<reference>", methods=["DELETE"])
+    @app.route("/v2/<name:name>/manifests/<reference>", methods=["DELETE"])
     async def delete_manifest(self, request, name, reference):
         name, reference = Name.parse(name), parse_reference(reference)
         await self.auth.authorize(request, [delete(name)])
@@ -340,7 +349,7 @@ class RegistryAPI:
 
     # ------------------------------------------------------------- discovery
 
-    @app.route("/v2/<path:name>/tags/list", methods=["GET"])
+    @app.route("/v2/<name:name>/tags/list", methods=["GET"])
     async def list_tags(self, request, name):
         name = Name.parse(name)
         await self.auth.authorize(request, [pull(name)])
@@ -360,7 +369,7 @@ class RegistryAPI:
             _set(request, Link=next_link("/v2/_catalog", n, names[-1]))
         return json_body(request, {"repositories": names})
 
-    @app.route("/v2/<path:name>/referrers/<digest>", methods=["GET"])
+    @app.route("/v2/<name:name>/referrers/<digest>", methods=["GET"])
     async def referrers(self, request, name, digest):
         name, digest = Name.parse(name), Digest.parse(digest)
         await self.auth.authorize(request, [pull(name)])

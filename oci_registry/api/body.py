@@ -323,6 +323,18 @@ class RegistryChannel(http.HTTPChannel):
     """
 
     _first = True
+    _content_length = None
+
+    def _maybeChooseTransferDecoder(self, header, data):
+        # RFC 9110 8.6: a repeated Content-Length with the same value is one
+        # value (Go's server accepts it too, and some clients send it twice).
+        if header == b"Content-Length":
+            if self._transferDecoder is not None and data == self._content_length:
+                return True
+            self._content_length = data
+        elif header == b"Transfer-Encoding" and self._transferDecoder is None:
+            self._content_length = None
+        return super()._maybeChooseTransferDecoder(header, data)
 
     def dataReceived(self, data):
         if self._first:
