@@ -41,3 +41,13 @@ class TestFilesystemStorage(StorageSuite):
             for _ in range(4):
                 await writer.write(b"x" * (1 << 20))
             await writer.commit()
+
+
+class TestFilesystemStorageThreadedReads(StorageSuite):
+    """The same suite with every read going through the thread pool."""
+
+    @pytest.fixture
+    def driver(self, tmp_path):
+        driver = FilesystemDriver(str(tmp_path / "root"), inline_reads=False)
+        yield driver
+        driver.close()

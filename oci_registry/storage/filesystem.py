@@ -1,8 +1,11 @@
 """
 The embedded default storage: files in a directory on the local file system.
 
-All blocking calls run in a thread pool of the driver's own; the reactor
-thread only moves buffers around.  Small files are written to a temporary
+Blocking calls run in a thread pool of the driver's own; the reactor thread
+only moves buffers around, except for ``stat`` and reads of small files
+(links, tags, manifests: at most 64 KiB), which take microseconds from the
+page cache and far longer through the pool (``inline_reads=False`` sends
+them to the pool too).  Small files are written to a temporary
 name, fsynced and renamed; large files are written through an `IWriter` that
 batches the incoming chunks into large blocks, writes and hashes each block
 in the pool (hashlib releases the GIL), and applies back-pressure while the
@@ -26,6 +29,7 @@ from .interfaces import IReader, IStorageDriver, IWriter, PathNotFound, StorageF
 TEMP_PREFIX = ".tmp-"
 BLOCK = 1 << 20  # bytes handed to the pool per write job
 HIGH_WATER = 8 << 20  # buffered bytes above which writers push back
+INLINE_READ_LIMIT = 64 << 10  # small files read on the reactor thread
 
 
 @attr.s(auto_attribs=True, frozen=True, slots=True)
@@ -55,10 +59,11 @@ def _fsync_dir(path: str) -> None:
 class FilesystemDriver:
     """Stores files under ``root``; ``reactor`` and the pool are injectable."""
 
-    def __init__(self, root: str, reactor=None, threads: int = 8):
+    def __init__(self, root: str, reactor=None, threads: int = 8, inline_reads: bool = True):
         if reactor is None:
             from twisted.internet import reactor
         self.root = os.path.abspath(root)
+        self._inline_reads = inline_reads
         os.makedirs(self.root, exist_ok=True)
         self._reactor = reactor
         self._pool = ThreadPool(minthreads=0, maxthreads=threads, name="ociregistry-fs")
@@ -101,6 +106,26 @@ class FilesystemDriver:
             with open(full, "rb") as f:
                 return f.read()
 
+        if not self._inline_reads:
+            return self._call(read, path)
+        # Links, tags and manifests are tiny and almost always in the page
+        # cache: reading them here costs microseconds, a trip through the
+        # pool costs far more.  Anything larger goes to the pool.
+        try:
+            full = self._path(path)
+            fd = os.open(full, os.O_RDONLY)
+        except ValueError:
+            return fail()
+        except OSError as e:
+            return fail(_translate(e))
+        try:
+            size = os.fstat(fd).st_size
+            if size <= INLINE_READ_LIMIT:
+                return succeed(os.read(fd, size + 1))
+        except OSError as e:
+            return fail(_translate(e))
+        finally:
+            os.close(fd)
         return self._call(read, path)
 
     def write_bytes(self, path, data):
@@ -116,7 +141,14 @@ class FilesystemDriver:
                 return None
             return FileInfo(st.st_size, st.st_mtime, os.path.isdir(full))
 
-        return self._call(stat, path)
+        if not self._inline_reads:
+            return self._call(stat, path)
+        try:
+            return succeed(stat(self._path(path)))
+        except ValueError:
+            return fail()
+        except OSError as e:
+            return fail(_translate(e))
 
     def list(self, path):
         def listdir(full):
