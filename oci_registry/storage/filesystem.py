@@ -362,7 +362,10 @@ class _Writer:
             try:
                 await finish()
             except BaseException:
-                self._file.close()
+                try:
+                    self._file.close()
+                except OSError:
+                    pass  # flushing what is left fails the same way; the first error is the one to report
                 raise
 
         return Deferred.fromCoroutine(guarded())
@@ -385,7 +388,10 @@ class _Writer:
             self._closed = True
 
             def remove():
-                self._file.close()
+                try:
+                    self._file.close()
+                except OSError:
+                    pass
                 try:
                     os.unlink(self._full)
                 except FileNotFoundError:
@@ -405,6 +411,10 @@ class _Reader:
 
     def read(self, amount):
         return self._driver._run(self._file.read, amount)
+
+    def sendfile_source(self) -> tuple[int, int]:
+        """The open file and position, for ``os.sendfile`` straight to a socket."""
+        return self._file.fileno(), self._file.tell()
 
     def close(self):
         self._file.close()
