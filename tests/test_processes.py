@@ -215,3 +215,37 @@ async def test_large_upload_is_streamed_not_buffered(fresh_registry):
     stored = os.path.join(registry.data_dir, "blobs", "sha256", body.digest[7:9], body.digest[7:], "data")
     assert os.path.getsize(stored) == size
     os.unlink(stored)  # a gigabyte is too much to leave behind in a temp dir
+
+
+def test_large_download_to_a_slow_reader(fresh_registry):
+    """A blob sent to a client slower than the registry arrives whole (the socket fills, sending resumes)."""
+    import http.client
+    import socket
+    import time
+
+    registry = fresh_registry
+    blob = os.urandom(24 << 20)
+    c = http.client.HTTPConnection("127.0.0.1", registry.port, timeout=30)
+    c.request("POST", f"/v2/slow/reader/blobs/uploads/?digest={sha256(blob)}", body=blob)
+    assert c.getresponse().status == 201
+    c.close()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+    sock.connect(("127.0.0.1", registry.port))
+    sock.sendall(f"GET /v2/slow/reader/blobs/{sha256(blob)} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    received = bytearray()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        chunk = sock.recv(256 << 10)
+        if not chunk:
+            break
+        received += chunk
+        head, sep, body = bytes(received).partition(b"\r\n\r\n")
+        if sep and len(body) >= len(blob):
+            break
+        if len(received) < (4 << 20):
+            time.sleep(0.01)  # slow at first, so the registry's socket fills up
+    sock.close()
+    head, _, body = bytes(received).partition(b"\r\n\r\n")
+    assert b"200 OK" in head.split(b"\r\n")[0]
+    assert body == blob
