@@ -149,6 +149,13 @@ class Registry:
         await self._link_blob(name, digest)
         return True
 
+    async def adopt_blob(self, name: Name, digest: Digest) -> bool:
+        """Link a blob stored for any repository into ``name``; False when no repository has it."""
+        if (await self.storage.stat(paths.blob_data(digest))) is None:
+            return False
+        await self._link_blob(name, digest)
+        return True
+
     async def _write(self, path: str, data: bytes) -> None:
         try:
             await self.storage.write_bytes(path, data)
@@ -319,7 +326,10 @@ class Registry:
             raise ManifestUnknown(str(reference)) from None
         return StoredManifest(digest, media_type, len(data), data)
 
-    async def put_manifest(self, name: Name, reference: Digest | Tag, data: bytes, content_type: str | None) -> PushedManifest:
+    async def put_manifest(
+        self, name: Name, reference: Digest | Tag, data: bytes, content_type: str | None, tags: tuple = ()
+    ) -> PushedManifest:
+        """Store a manifest under ``reference``, and also tag it with ``tags`` (``PUT …?tag=``)."""
         if len(data) > self.max_manifest_size:
             raise TooLarge(f"a manifest may be at most {self.max_manifest_size} bytes")
         algorithm = reference.algorithm if isinstance(reference, Digest) else DEFAULT_ALGORITHM
@@ -348,8 +358,8 @@ class Registry:
                 paths.referrer(name, parsed.subject.digest, digest),
                 json.dumps(descriptor.to_json()).encode(),
             )
-        if isinstance(reference, Tag):
-            await self._write(paths.tag_link(name, reference), str(digest).encode())
+        for tag in ((reference,) if isinstance(reference, Tag) else ()) + tuple(tags):
+            await self._write(paths.tag_link(name, tag), str(digest).encode())
         log.info("pushed {name}:{reference} as {digest}", name=name, reference=reference, digest=digest)
         return PushedManifest(digest, parsed.subject.digest if parsed.subject else None)
 
@@ -407,6 +417,8 @@ class Registry:
     async def referrers(self, name: Name, subject: Digest, artifact_type: str | None = None) -> list[dict]:
         folder = paths.referrers(name, subject)
         found = []
+        if not artifact_type:
+            artifact_type = None
         for entry in await self.storage.list(folder):
             raw = await self._read_link(f"{folder}/{entry}")
             if raw is None:

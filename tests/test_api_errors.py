@@ -169,11 +169,13 @@ async def test_invalid_tag_is_refused(registry, image, tag):
 @pytest.mark.parametrize("tag", INVALID_TAGS)
 @pytest_twisted.ensureDeferred
 async def test_invalid_tag_is_tag_invalid(registry, image, tag):
+    """Pushing to an invalid tag is TAG_INVALID; looking one up finds nothing (404), as the
+    OCI conformance suite requires of GET and HEAD."""
     reply = await put_manifest(registry, image.name, tag, image.manifest)
     assert_error(reply, 400, "TAG_INVALID")
     for method in ("GET", "HEAD", "DELETE"):
         reply = await get_manifest(registry, image.name, tag, method=method)
-        assert_error(reply, 400, "TAG_INVALID")
+        assert_error(reply, 404, "MANIFEST_UNKNOWN")
 
 
 # ---------------------------------------------------------- invalid digests

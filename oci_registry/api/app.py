@@ -27,7 +27,8 @@ from ..errors import (
 )
 from ..auth import CATALOG, IAuthorizer, OpenAccess, delete, pull, push
 from ..manifest import OCI_INDEX
-from ..reference import Digest, Name, parse_reference
+from ..errors import ManifestUnknown, TagInvalid
+from ..reference import Digest, Name, Tag, parse_reference
 from ..registry import Registry, UploadStatus, upload_location
 from ..storage.interfaces import StorageFull
 from .body import BodyTooLarge, body_of, read_small_body
@@ -44,6 +45,14 @@ def _arg(request, name: str) -> str | None:
     if not values:
         return None
     return values[0].decode("utf-8", "replace")
+
+
+def _lookup_reference(text: str):
+    """A reference to look up: a tag that cannot exist is simply not found (404), as the conformance suite expects."""
+    try:
+        return parse_reference(text)
+    except TagInvalid:
+        raise ManifestUnknown(text) from None
 
 
 def _header(request, name: str) -> str | None:
@@ -98,6 +107,7 @@ class RegistryAPI:
     ):
         self.registry = registry
         self.auth = authorizer if authorizer is not None else OpenAccess()
+        self.anonymous_mounts = isinstance(self.auth, OpenAccess)
         self.max_uploads_per_client = max_uploads_per_client
         self.upload_expiry = upload_expiry
         self._open_uploads: dict[str, dict[str, float]] = {}  # client -> upload id -> started
@@ -200,6 +210,10 @@ class RegistryAPI:
             if source and await self._may_pull(request, Name.parse(source)):
                 if await self.registry.mount_blob(name, mount, Name.parse(source)):
                     return self._blob_created(request, name, mount)
+            elif not source and self.anonymous_mounts and await self.registry.adopt_blob(name, mount):
+                # Mount with no "from": the registry finds the blob itself
+                # (only without access control: it would reveal other repositories' blobs).
+                return self._blob_created(request, name, mount)
         digest = _arg(request, "digest")
         if digest is not None:
             digest = Digest.parse(digest)
@@ -310,7 +324,7 @@ class RegistryAPI:
 
     @app.route("/v2/<name:name>/manifests/<reference>", methods=["GET", "HEAD"])
     async def get_manifest(self, request, name, reference):
-        name, reference = Name.parse(name), parse_reference(reference)
+        name, reference = Name.parse(name), _lookup_reference(reference)
         await self.auth.authorize(request, [pull(name)])
         head = request.method == b"HEAD"
         stored = await self.registry.get_manifest(name, reference, head=head)
@@ -330,17 +344,21 @@ class RegistryAPI:
     async def put_manifest(self, request, name, reference):
         name, reference = Name.parse(name), parse_reference(reference)
         await self.auth.authorize(request, [push(name)])
+        # distribution-spec 1.1+: PUT /manifests/<digest>?tag=a&tag=b tags it too.
+        tags = tuple(Tag.parse(t.decode("utf-8", "replace")) for t in request.args.get(b"tag", []))
         data = read_small_body(request)
-        pushed = await self.registry.put_manifest(name, reference, data, _header(request, "Content-Type"))
+        pushed = await self.registry.put_manifest(name, reference, data, _header(request, "Content-Type"), tags)
         request.setResponseCode(201)
         _set(request, Location=f"/v2/{name}/manifests/{pushed.digest}", Docker_Content_Digest=pushed.digest, Content_Length=0)
+        if tags:
+            request.responseHeaders.setRawHeaders(b"OCI-Tag", [str(t).encode() for t in tags])
         if pushed.subject is not None:
             _set(request, OCI_Subject=pushed.subject)
         return b""
 
     @app.route("/v2/<name:name>/manifests/<reference>", methods=["DELETE"])
     async def delete_manifest(self, request, name, reference):
-        name, reference = Name.parse(name), parse_reference(reference)
+        name, reference = Name.parse(name), _lookup_reference(reference)
         await self.auth.authorize(request, [delete(name)])
         await self.registry.delete_manifest(name, reference)
         request.setResponseCode(202)
@@ -373,7 +391,7 @@ class RegistryAPI:
     async def referrers(self, request, name, digest):
         name, digest = Name.parse(name), Digest.parse(digest)
         await self.auth.authorize(request, [pull(name)])
-        artifact_type = _arg(request, "artifactType")
+        artifact_type = _arg(request, "artifactType") or None
         found = await self.registry.referrers(name, digest, artifact_type)
         if artifact_type is not None:
             _set(request, OCI_Filters_Applied="artifactType")
