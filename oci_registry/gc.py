@@ -244,8 +244,9 @@ async def _sweep(storage, repos, marked: set[Digest], options: GCOptions, report
             await storage.delete(paths.blob_data(digest).rsplit("/", 1)[0])
 
 
-async def collect(storage: IStorageDriver, options: GCOptions = GCOptions(), now: float | None = None) -> GCReport:
+async def collect(storage: IStorageDriver, options: GCOptions | None = None, now: float | None = None) -> GCReport:
     """Run one garbage collection over ``storage``."""
+    options = GCOptions() if options is None else options
     now = time.time() if now is None else now
     report = GCReport(dry_run=options.dry_run)
     repos = await scan(storage)

@@ -24,7 +24,6 @@ from . import manifest as manifests
 from . import paths
 from .errors import (
     BlobUnknown,
-    BlobUploadInvalid,
     BlobUploadUnknown,
     DigestInvalid,
     InsufficientStorage,

@@ -97,7 +97,7 @@ def test_sigkill_mid_upload_then_resume(fresh_registry):
     block = os.urandom(1 << 20)
     total = 256 << 20
     expected = hashlib.sha256()
-    for i in range(total // len(block)):
+    for _ in range(total // len(block)):
         expected.update(block)
     status, headers, _ = request(registry, "POST", "/v2/crash/app/blobs/uploads/")
     location = headers["location"]

@@ -15,6 +15,7 @@ import pytest_twisted
 
 from image_builder import OCILayout
 from oci_registry import paths
+from oci_registry.errors import BlobUploadUnknown
 from oci_registry.gc import DAY, GCOptions, collect, usage
 from oci_registry.reference import Digest, Name, Tag
 from oci_registry.registry import Registry
@@ -187,7 +188,7 @@ async def test_upload_expiry(registry):
         os.utime(full, (time.time() - 2 * DAY,) * 2)
     report = await collect(registry.storage, GCOptions(), now=time.time())
     assert report.uploads_removed == [("app", status.id, 7)]
-    with pytest.raises(Exception):
+    with pytest.raises(BlobUploadUnknown):
         await registry.upload_status(Name("app"), status.id)
     assert (await registry.upload_status(Name("app"), fresh.id)).offset == 0
 
