@@ -249,3 +249,26 @@ def test_large_download_to_a_slow_reader(fresh_registry):
     head, _, body = bytes(received).partition(b"\r\n\r\n")
     assert b"200 OK" in head.split(b"\r\n")[0]
     assert body == blob
+
+
+def test_client_leaving_mid_download(fresh_registry):
+    """A client that hangs up during a large download costs nothing: no error, and the registry serves on."""
+    import http.client
+    import socket
+
+    registry = fresh_registry
+    blob = os.urandom(32 << 20)
+    c = http.client.HTTPConnection("127.0.0.1", registry.port, timeout=30)
+    c.request("POST", f"/v2/leaving/blobs/uploads/?digest={sha256(blob)}", body=blob)
+    assert c.getresponse().status == 201
+    c.close()
+    for _ in range(5):
+        sock = socket.create_connection(("127.0.0.1", registry.port))
+        sock.sendall(f"GET /v2/leaving/blobs/{sha256(blob)} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        sock.recv(1 << 20)
+        sock.close()
+    c = http.client.HTTPConnection("127.0.0.1", registry.port, timeout=30)
+    c.request("GET", f"/v2/leaving/blobs/{sha256(blob)}")
+    assert c.getresponse().read() == blob
+    c.close()
+    assert "Traceback" not in registry.log()

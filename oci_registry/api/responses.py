@@ -8,19 +8,22 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
+import select
 from urllib.parse import urlencode
 
 from twisted.internet import tcp
 from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
 from zope.interface import implementer
 from twisted.internet.interfaces import IPushProducer
 
 from ..errors import RangeInvalid, RegistryError
 
+log = Logger()
+
 SEND_BLOCK = 1 << 20
-SENDFILE_BLOCK = 16 << 20
-SEND_BUFFER = 4 << 20
+SENDFILE_BLOCK = 4 << 20
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 
 
@@ -106,68 +109,80 @@ class _Pump:
         return self._resume
 
 
+def _blocking_sendfile(socket_fd: int, fd: int, offset: int, length: int, timeout: float) -> int:
+    """Send from a worker thread: ``os.sendfile`` in a loop, waiting for the socket when it is full."""
+    poller = select.poll()
+    poller.register(socket_fd, select.POLLOUT)
+    sent = 0
+    while sent < length:
+        try:
+            n = os.sendfile(socket_fd, fd, offset + sent, min(length - sent, SENDFILE_BLOCK))
+        except BlockingIOError:
+            events = poller.poll(timeout * 1000)
+            if not events:
+                raise TimeoutError("the client stopped reading") from None
+            if events[0][1] & (select.POLLERR | select.POLLHUP):
+                raise ConnectionError("the client went away") from None
+            continue
+        if n == 0:
+            raise EOFError("the blob is shorter than its recorded size")
+        sent += n
+    return sent
+
+
 @implementer(IPushProducer)
 class _SendfilePump:
     """
     Sends a file to a plain TCP client with ``os.sendfile``: the kernel copies
     page cache to socket, and no byte passes through Python.
 
-    It writes only when the transport's own buffer is empty (the response
-    headers go first); when the socket is full it asks the transport to
-    report writability, which it does by resuming its producer.
+    Once the response headers have left the transport's buffer, a worker
+    thread sends the whole range on its own duplicate of the socket (a
+    duplicate, so that the descriptor stays this connection's even if the
+    reactor closes its own), waiting for the socket itself when it is full,
+    with no trip through the reactor per socket-buffer of data.
     """
 
-    def __init__(self, request, transport, fd: int, offset: int, length: int):
+    def __init__(self, request, transport, fd: int, offset: int, length: int, reactor, timeout: float):
         self._request = request
         self._transport = transport
         self._fd = fd
         self._offset = offset
-        self._remaining = length
+        self._length = length
+        self._reactor = reactor
+        self._timeout = timeout
         self._done = Deferred()
-        self._sending = False
+        self._started = False
 
     def start(self) -> Deferred:
-        if self._remaining >= SENDFILE_BLOCK:
-            # Fewer, larger sends: each wakeup of the reactor moves more bytes.
-            try:
-                self._transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
-            except OSError:
-                pass
         self._request.registerProducer(self, True)
-        self._send()
+        self._maybe_send()
         return self._done
 
-    def _buffered(self) -> bool:
-        t = self._transport
-        return bool(len(t.dataBuffer) - t.offset or t._tempDataLen)
-
-    def _wait_for_socket(self) -> None:
-        self._transport.producerPaused = True
-        self._transport.startWriting()
-
-    def _send(self) -> None:
-        if self._sending or self._done.called:
+    def _maybe_send(self) -> None:
+        if self._started or self._done.called:
             return
-        self._sending = True
-        try:
-            socket_fd = self._transport.fileno()
-            while self._remaining > 0:
-                if self._buffered():
-                    return self._wait_for_socket()
-                try:
-                    sent = os.sendfile(socket_fd, self._fd, self._offset, min(self._remaining, SENDFILE_BLOCK))
-                except BlockingIOError:
-                    return self._wait_for_socket()
-                except OSError as e:
-                    return self._finish(e)
-                if sent == 0:
-                    return self._finish(EOFError("the blob is shorter than its recorded size"))
-                self._offset += sent
-                self._remaining -= sent
-                self._request.sentLength += sent
+        t = self._transport
+        if len(t.dataBuffer) - t.offset or t._tempDataLen:
+            # The headers are still in the transport's buffer: ask to be
+            # resumed (see FileDescriptor.doWrite) when it has been flushed.
+            t.producerPaused = True
+            t.startWriting()
+            return
+        self._started = True
+        socket_fd = os.dup(t.fileno())
+
+        def sent(count):
+            self._request.sentLength += count
             self._finish(None)
-        finally:
-            self._sending = False
+
+        def failed(failure):
+            self._finish(failure.value)
+
+        d = deferToThreadPool(self._reactor, self._reactor.getThreadPool(), _blocking_sendfile, socket_fd, self._fd,
+                              self._offset, self._length, self._timeout)
+        d.addBoth(lambda result: (os.close(socket_fd), result)[1])
+        d.addCallbacks(sent, failed)
 
     def _finish(self, error) -> None:
         if self._done.called:
@@ -180,13 +195,13 @@ class _SendfilePump:
             self._done.errback(error)
 
     def pauseProducing(self):
-        pass  # the socket's EAGAIN already paces us
+        pass  # the worker thread waits on the socket itself
 
     def resumeProducing(self):
-        self._send()
+        self._maybe_send()
 
     def stopProducing(self):
-        self._finish(ConnectionError("the client went away"))
+        pass  # the worker thread sees the closed socket and ends
 
 
 def _sendfile_transport(request):
@@ -197,6 +212,13 @@ def _sendfile_transport(request):
     return None
 
 
+def _abort(request) -> None:
+    transport = getattr(request.channel, "transport", None)
+    abort = getattr(transport, "abortConnection", None) or getattr(transport, "loseConnection", None)
+    if abort is not None:
+        abort()
+
+
 async def send_reader(request, reader, length: int) -> None:
     """Copy ``length`` bytes from a storage reader to the client."""
     source = getattr(reader, "sendfile_source", None)
@@ -205,8 +227,12 @@ async def send_reader(request, reader, length: int) -> None:
         fd, offset = source()
         request.write(b"")  # the headers, ahead of the file
         try:
-            await _SendfilePump(request, transport, fd, offset, length).start()
-        except (OSError, EOFError, ConnectionError):
+            reactor = getattr(getattr(request.channel, "site", None), "reactor", None)
+            if reactor is None:
+                from twisted.internet import reactor
+            timeout = getattr(getattr(request.channel, "site", None), "timeout", None) or 60.0
+            await _SendfilePump(request, transport, fd, offset, length, reactor, timeout).start()
+        except (OSError, EOFError, ConnectionError, TimeoutError):
             request.channel.transport.abortConnection()
         finally:
             await reader.close()
@@ -216,8 +242,17 @@ async def send_reader(request, reader, length: int) -> None:
     try:
         remaining = length
         while remaining > 0 and not pump.stopped:
-            block = await reader.read(min(SEND_BLOCK, remaining))
+            try:
+                block = await reader.read(min(SEND_BLOCK, remaining))
+            except Exception as e:
+                log.warn("a response body broke off after {sent} of {length} bytes: {error}",
+                         sent=length - remaining, length=length, error=e)
+                block = None
             if not block:
+                # The promised Content-Length cannot be met (a storage error, a
+                # pull-through fetch that failed): drop the connection so that the
+                # client sees a broken transfer, never a short or padded body.
+                _abort(request)
                 break
             remaining -= len(block)
             request.write(block)
