@@ -207,6 +207,20 @@ def test_full_disk(small_disk):
         status, _, body = request(registry, "PATCH", headers["location"], too_big,
                                   {"Content-Type": "application/octet-stream"})
         assert status == 507, body
+        request(registry, "DELETE", headers["location"])
+
+        # A body still arriving when the disk fills: the rest is read and
+        # dropped, and the client that keeps sending gets the 507.
+        def slowly(data, piece=1 << 20):
+            for start in range(0, len(data), piece):
+                time.sleep(0.02)
+                yield data[start:start + piece]
+
+        status, second, _ = request(registry, "POST", "/v2/disk/app/blobs/uploads/")
+        status, _, body = request(registry, "PATCH", second["location"], slowly(too_big),
+                                  {"Content-Type": "application/octet-stream", "Content-Length": str(len(too_big))})
+        assert status == 507, body
+        request(registry, "DELETE", second["location"])
 
         # Nothing partial is visible, and pulls still work.
         assert request(registry, "HEAD", f"/v2/disk/app/blobs/{sha256(too_big)}")[0] == 404
@@ -216,7 +230,6 @@ def test_full_disk(small_disk):
 
         # Space freed: pushes work again.
         os.unlink(filler)
-        status, headers, _ = request(registry, "DELETE", headers["location"])
         status, body = push_blob(registry, "disk/app", too_big)
         assert status == 201, body
         status, _, body = request(registry, "GET", f"/v2/disk/app/blobs/{sha256(too_big)}")

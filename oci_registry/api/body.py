@@ -97,8 +97,9 @@ class BodyStream:
         self._maybe_done()
 
     @property
-    def is_complete(self) -> bool:
-        return self._complete or self._failure is not None
+    def is_received(self) -> bool:
+        """The whole body has arrived (a failed write does not count: the rest is still coming)."""
+        return self._complete
 
     # to the handler
 
@@ -283,7 +284,7 @@ class StreamingRequest(server.Request):
         # Answering before the body is in (an error found early) must wait
         # for the rest of the body, or it would be parsed as the next request.
         stream = self.body_stream
-        if stream is not None and not stream.is_complete and not self._disconnected:
+        if stream is not None and not stream.is_received and not self._disconnected:
             stream.discard()
             self._finish_deferred = True
             return None
