@@ -1,0 +1,168 @@
+"""
+The auth settings in force, and password logins against them.
+
+`AuthState` holds the access policy, the htpasswd users and the failed-login
+counts.  It reads the ``auth`` section and the htpasswd file again when
+either file changes (looked at, at most once a second, when a request needs
+them) or when `reload` is called (on SIGHUP).  A section or file that has
+become unusable is logged and the settings in force stay.  Rules, groups,
+admins, the htpasswd path and the rate limits change this way; the mode,
+realm and token settings need a restart.
+
+`PasswordLogin` checks a user name and password: rate limited per client
+address, constant-time, off the reactor thread (bcrypt is slow on purpose),
+with a short-lived cache of successful checks keyed by an HMAC of the
+credentials under a per-process random key (so the cache holds no password,
+and a client sending Basic credentials on every request costs one bcrypt
+check a minute, not one per request).  Passwords never reach a log line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import time
+
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+
+from ..errors import TooManyRequests
+from .config import AuthConfig
+from .htpasswd import HtpasswdFile, verify_hash, verify_unknown
+from .ratelimit import FailedLogins
+from .rules import ANONYMOUS_IDENTITY, Identity
+
+log = Logger()
+
+CACHE_SECONDS = 60.0
+CACHE_SIZE = 4096
+
+
+def client_address(request) -> str:
+    address = request.getClientAddress()
+    return getattr(address, "host", None) or str(address)
+
+
+def _stamp(path: str | None):
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class AuthState:
+    def __init__(self, config: AuthConfig, check_interval: float = 1.0, clock=time.monotonic):
+        self.config = config
+        self.check_interval = check_interval
+        self._clock = clock
+        self.policy = config.policy()
+        self.users = self._users(config.htpasswd)
+        self.limiter = FailedLogins(config.max_failed_logins, config.failed_login_window, clock=clock)
+        self._source_stamp = _stamp(config.source)
+        self._checked = clock()
+
+    def _users(self, path: str | None) -> HtpasswdFile | None:
+        return HtpasswdFile(path, self.check_interval, self._clock) if path else None
+
+    def identity(self, user: str | None) -> Identity:
+        return self.policy.identity(user) if user is not None else ANONYMOUS_IDENTITY
+
+    def maybe_reload(self) -> None:
+        """Read the auth section and the htpasswd file again if they changed."""
+        now = self._clock()
+        if now - self._checked >= self.check_interval:
+            self._checked = now
+            if _stamp(self.config.source) != self._source_stamp:
+                self._reread()
+        if self.users is not None:
+            self.users.maybe_reload()
+
+    def reload(self) -> None:
+        """Read everything again now (SIGHUP)."""
+        log.info("reloading auth settings")
+        self._checked = self._clock()
+        self._reread()
+        if self.users is not None:
+            self.users.load()
+
+    def _reread(self) -> None:
+        self._source_stamp = _stamp(self.config.source)
+        try:
+            new = self.config.reread()
+        except (ValueError, OSError) as e:
+            log.error("auth settings in {source} not applied ({error}); the previous ones stay in force",
+                      source=self.config.source, error=str(e))
+            return
+        if (new.mode, new.realm, new.token) != (self.config.mode, self.config.realm, self.config.token):
+            log.warn("auth mode, realm and token settings changed in {source}: they take effect after a restart",
+                     source=self.config.source)
+        if new.htpasswd != self.config.htpasswd:
+            try:
+                self.users = self._users(new.htpasswd)
+            except ValueError as e:
+                log.error("{error}; keeping the previous users", error=str(e))
+                return
+        self.policy = new.policy()
+        self.limiter.configure(new.max_failed_logins, new.failed_login_window)
+        self.config = new
+        log.info("auth settings read again from {source}: {rules} access rules, {groups} groups, {admins} admins",
+                 source=new.source, rules=len(new.access), groups=len(new.groups), admins=len(new.admins))
+
+
+class PasswordLogin:
+    """Checks user names and passwords for the Basic scheme and the token endpoint."""
+
+    def __init__(self, state: AuthState, reactor=None, clock=time.monotonic, run_blocking=None):
+        self.state = state
+        self._clock = clock
+        self._key = secrets.token_bytes(32)
+        self._cache: dict[bytes, tuple[float, int]] = {}
+        if run_blocking is None:
+            if reactor is None:
+                from twisted.internet import reactor
+            pool = reactor.getThreadPool()
+
+            def run_blocking(f, *args):
+                return deferToThreadPool(reactor, pool, f, *args)
+
+        self._run_blocking = run_blocking
+
+    def refuse_if_limited(self, request) -> str:
+        """The client's address; 429 when it has failed to log in too often lately."""
+        client = client_address(request)
+        retry = self.state.limiter.retry_after(client)
+        if retry is not None:
+            log.warn("refusing credentials from {client}: too many failed logins", client=client)
+            raise TooManyRequests("too many failed logins from this address; try again later",
+                                  headers={"Retry-After": str(retry)})
+        return client
+
+    async def login(self, request, user: str, password: str) -> Identity | None:
+        """The user's `Identity` if the password is right; None (and one more failure counted) if not."""
+        client = self.refuse_if_limited(request)
+        self.state.maybe_reload()
+        users = self.state.users
+        secret = password.encode("utf-8")
+        key = hmac.new(self._key, user.encode("utf-8") + b"\0" + secret, hashlib.sha256).digest()
+        generation = users.generation if users is not None else -1
+        cached = self._cache.get(key)
+        if cached is not None and cached[0] > self._clock() and cached[1] == generation:
+            return self.state.identity(user)
+        stored = users.lookup(user) if users is not None else None
+        if stored is None:
+            ok = await self._run_blocking(verify_unknown, secret)
+        else:
+            ok = await self._run_blocking(verify_hash, stored, secret)
+        if not ok:
+            self.state.limiter.failed(client)
+            log.info("failed login as {user} from {client}", user=user, client=client)
+            return None
+        if len(self._cache) >= CACHE_SIZE:
+            self._cache.clear()
+        self._cache[key] = (self._clock() + CACHE_SECONDS, generation)
+        return self.state.identity(user)
