@@ -1,0 +1,503 @@
+"""
+The cache policy: `ProxyRegistry` serves repositories under a configured
+prefix from an upstream registry, keeping what it fetched in the registry's
+own storage as ordinary content, and hands every other name to the local
+`Registry`.
+
+- Blobs and manifests by digest never change: once stored they are served
+  without asking the upstream again.
+- A tag is served from storage for ``tag_ttl`` seconds after it was last
+  checked; then an upstream ``HEAD`` (free of Docker Hub's pull limit) says
+  whether it still points at the same digest.  A new digest moves the local
+  tag; an upstream 404 removes it and is a 404.
+- When the upstream is unreachable, times out, answers 5xx or keeps rate
+  limiting, what is cached is served anyway (with a log line); what is not
+  is 503 ``UNAVAILABLE``.
+- Pushes and deletes under a proxied prefix are 405 ``UNSUPPORTED``.
+- One blob is fetched once however many clients ask for it at the same time
+  (`oci_registry.proxy.fill`); concurrent requests for the same manifest
+  share one upstream request too.  Both within one process: with several
+  worker processes each may fetch a blob once.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import attr
+from twisted.logger import Logger
+
+from .. import manifest as manifests
+from .. import paths
+from ..errors import (
+    BlobUnknown,
+    Denied,
+    InsufficientStorage,
+    ManifestInvalid,
+    ManifestUnknown,
+    NameUnknown,
+    RegistryError,
+    Unavailable,
+    Unsupported,
+)
+from ..reference import DEFAULT_ALGORITHM, Digest, Name, Tag
+from ..registry import BlobInfo, Registry, StoredManifest
+from ..storage.interfaces import PathNotFound, StorageFull
+from .client import IUpstream, UpstreamClient, UpstreamDenied, UpstreamError, UpstreamNotFound, UpstreamUnavailable
+from .config import UpstreamConfig
+from .fill import BlobFill, _Signal
+
+log = Logger()
+
+#: Every manifest type we store, for requests where the client's choice does not matter.
+ALL_MANIFEST_TYPES = (manifests.OCI_INDEX, manifests.DOCKER_LIST, manifests.OCI_MANIFEST, manifests.DOCKER_MANIFEST,
+                      manifests.OCI_ARTIFACT)
+
+
+class Upstream:
+    """A configured upstream at run time: where its names come from, and its client."""
+
+    def __init__(self, config: UpstreamConfig, client: IUpstream):
+        self.config = config
+        self.client = client
+
+    def __repr__(self) -> str:
+        return f"<Upstream {self.config.prefix or '(mirror)'} -> {self.config.url}>"
+
+    def remote_name(self, name: Name) -> Name | None:
+        """The upstream's name for local ``name``, or None when ``name`` is not under this prefix."""
+        prefix = self.config.prefix
+        if not prefix:
+            rest = name.value
+        elif name.value.startswith(prefix + "/"):
+            rest = name.value[len(prefix) + 1:]
+        else:
+            return None
+        if self.config.default_namespace and "/" not in rest:
+            rest = f"{self.config.default_namespace}/{rest}"
+        return Name(rest)
+
+
+@attr.s(auto_attribs=True, frozen=True, slots=True)
+class Route:
+    upstream: Upstream
+    remote: Name  # the name upstream
+
+    @property
+    def client(self) -> IUpstream:
+        return self.upstream.client
+
+
+class _Coalescer:
+    """Runs one call per key at a time; callers with the same key share its result."""
+
+    def __init__(self):
+        self._running: dict = {}
+
+    async def run(self, key, call):
+        running = self._running.get(key)
+        if running is not None:
+            return await running.wait()
+        self._running[key] = signal = _Signal()
+        try:
+            value = await call()
+        except BaseException as e:
+            del self._running[key]
+            signal.fail(e)
+            raise
+        del self._running[key]
+        signal.fire(value)
+        return value
+
+
+def _upstream_accept(accept: tuple) -> tuple:
+    """What to ask the upstream for: the client's types, or all of ours when it named none (or ``*/*``)."""
+    if not accept or "*/*" in accept:
+        return ALL_MANIFEST_TYPES
+    return tuple(accept)
+
+
+def _acceptable(media_type: str, accept: tuple) -> bool:
+    return not accept or "*/*" in accept or media_type in accept
+
+
+def _canonical(accept: tuple, parsed) -> bool:
+    """
+    Whether an answer for a tag is what every client gets.  A client that
+    takes no index type may be given one platform's manifest instead of the
+    tag's index (Docker Hub does that): such an answer is served and cached
+    by digest, but does not move the tag.
+    """
+    if not accept or "*/*" in accept or parsed.is_index:
+        return True
+    return any(t in accept for t in manifests.INDEX_TYPES)
+
+
+class ProxyRegistry:
+    """
+    A `Registry` whose names under configured prefixes are pull-through
+    caches of upstream registries.  It offers every method `Registry` does,
+    so the HTTP API serves it unchanged; names outside every prefix are
+    passed to the local registry as they are.
+    """
+
+    def __init__(self, local: Registry, upstreams, clock=time.time):
+        self.local = local
+        self.storage = local.storage
+        # Longest prefix first; a mirror (prefix "") takes what no prefix does.
+        self.upstreams = sorted(upstreams, key=lambda u: len(u.config.prefix), reverse=True)
+        self._clock = clock
+        self._fills: dict[Digest, BlobFill] = {}
+        self._manifests = _Coalescer()
+
+    @classmethod
+    def from_config(cls, local: Registry, configs, reactor=None) -> ProxyRegistry:
+        return cls(local, [
+            Upstream(config, UpstreamClient(config, reactor, max_manifest_size=local.max_manifest_size))
+            for config in configs
+        ])
+
+    def __getattr__(self, attribute):
+        # Plain attributes (max_manifest_size, ...) are the local registry's.
+        return getattr(self.local, attribute)
+
+    def route(self, name: Name) -> Route | None:
+        for upstream in self.upstreams:
+            remote = upstream.remote_name(name)
+            if remote is not None:
+                return Route(upstream, remote)
+        return None
+
+    def _local_only(self, name: Name) -> None:
+        route = self.route(name)
+        if route is not None:
+            raise Unsupported(
+                f"{name} is a pull-through cache of {route.upstream.config.url}; it cannot be pushed to or deleted from",
+                message="the repository is a read-only pull-through cache",
+            )
+
+    async def _ask(self, call, not_found: RegistryError):
+        """An upstream call with its failures turned into the registry's errors."""
+        try:
+            return await call
+        except UpstreamNotFound:
+            raise not_found from None
+        except UpstreamDenied as e:
+            raise Denied(f"the upstream registry refused access: {e}") from None
+        except UpstreamError as e:
+            raise Unavailable(f"the upstream registry is unavailable: {e}") from None
+        except StorageFull:
+            raise InsufficientStorage() from None
+
+    # ------------------------------------------------------------------ blobs
+
+    async def has_blob(self, name: Name, digest: Digest) -> bool:
+        return await self.local.has_blob(name, digest)
+
+    async def stat_blob(self, name: Name, digest: Digest, head: bool = False) -> BlobInfo:
+        """
+        The blob's size.  For a GET (``head`` false) of a blob not cached yet,
+        this starts fetching it, and answers as soon as the upstream has said
+        how big it is; a HEAD only asks the upstream.
+        """
+        route = self.route(name)
+        if route is None:
+            return await self.local.stat_blob(name, digest)
+        source = await self._blob_source(route, name, digest, fetch=not head)
+        if isinstance(source, BlobFill):
+            return BlobInfo(digest, await self._ask(source.wait_size(), BlobUnknown(str(digest))))
+        if isinstance(source, int):
+            return BlobInfo(digest, source)
+        return await self.local.stat_blob(name, digest)
+
+    async def open_blob(self, name: Name, digest: Digest, offset: int = 0):
+        route = self.route(name)
+        if route is None:
+            return await self.local.open_blob(name, digest, offset)
+        source = await self._blob_source(route, name, digest, fetch=True)
+        if isinstance(source, BlobFill):
+            await self._ask(source.wait_size(), BlobUnknown(str(digest)))
+            if not source.complete:
+                return source.follow(offset)
+        return await self.local.open_blob(name, digest, offset)
+
+    async def _blob_source(self, route: Route, name: Name, digest: Digest, fetch: bool):
+        """
+        None when the blob is stored and linked into ``name``; a `BlobFill`
+        when it is on its way (started here if need be); for a HEAD of a
+        blob nobody is fetching, its size upstream.
+        """
+        try:
+            await self.local.stat_blob(name, digest)
+            return None
+        except BlobUnknown:
+            pass
+        fill = self._fills.get(digest)
+        if fill is not None and fill.error is not None:
+            fill = None  # failed, and on its way out: this request starts afresh
+        if fill is not None and name in fill.names:
+            return fill
+        if fill is not None or (await self.storage.stat(paths.blob_data(digest))) is not None:
+            # The bytes are here, or on their way, for another repository: link them
+            # into this one once the upstream confirms it holds the blob there too.
+            size = await self._ask(route.client.head_blob(route.remote, digest), BlobUnknown(str(digest)))
+            fill = self._fills.get(digest)
+            if fill is not None and not fill.done:
+                fill.names.add(name)
+                return fill
+            if await self.local.adopt_blob(name, digest):
+                return None
+            if not fetch and size is not None:
+                return size
+        elif not fetch:
+            size = await self._ask(route.client.head_blob(route.remote, digest), BlobUnknown(str(digest)))
+            if size is not None:
+                return size
+        fill = self._fills.get(digest)
+        if fill is not None and not fill.done:
+            fill.names.add(name)
+            return fill
+        fill = BlobFill(self.local, route.client, name, route.remote, digest, on_done=self._fill_done)
+        self._fills[digest] = fill
+        fill.start()
+        return fill
+
+    def _fill_done(self, fill: BlobFill) -> None:
+        if self._fills.get(fill.digest) is fill:
+            del self._fills[fill.digest]
+
+    async def blob_redirect(self, digest: Digest) -> str | None:
+        """The storage's URL for a stored blob; never for one still being fetched (it is not there yet)."""
+        fill = self._fills.get(digest)
+        if fill is not None and not fill.complete:
+            return None
+        return await self.local.blob_redirect(digest)
+
+    async def delete_blob(self, name: Name, digest: Digest) -> None:
+        self._local_only(name)
+        return await self.local.delete_blob(name, digest)
+
+    async def mount_blob(self, name: Name, digest: Digest, source: Name) -> bool:
+        self._local_only(name)
+        return await self.local.mount_blob(name, digest, source)
+
+    async def adopt_blob(self, name: Name, digest: Digest) -> bool:
+        self._local_only(name)
+        return await self.local.adopt_blob(name, digest)
+
+    # ---------------------------------------------------------------- uploads
+
+    async def start_upload(self, name: Name, *args, **kwargs):
+        self._local_only(name)
+        return await self.local.start_upload(name, *args, **kwargs)
+
+    async def upload_status(self, name: Name, *args, **kwargs):
+        self._local_only(name)
+        return await self.local.upload_status(name, *args, **kwargs)
+
+    async def append_upload(self, name: Name, *args, **kwargs):
+        self._local_only(name)
+        return await self.local.append_upload(name, *args, **kwargs)
+
+    async def finish_upload(self, name: Name, *args, **kwargs):
+        self._local_only(name)
+        return await self.local.finish_upload(name, *args, **kwargs)
+
+    async def put_blob(self, name: Name, *args, **kwargs):
+        self._local_only(name)
+        return await self.local.put_blob(name, *args, **kwargs)
+
+    async def cancel_upload(self, name: Name, *args, **kwargs):
+        self._local_only(name)
+        return await self.local.cancel_upload(name, *args, **kwargs)
+
+    # -------------------------------------------------------------- manifests
+
+    async def put_manifest(self, name: Name, *args, **kwargs):
+        self._local_only(name)
+        return await self.local.put_manifest(name, *args, **kwargs)
+
+    async def delete_manifest(self, name: Name, *args, **kwargs):
+        self._local_only(name)
+        return await self.local.delete_manifest(name, *args, **kwargs)
+
+    async def get_manifest(self, name: Name, reference: Digest | Tag, head: bool = False,
+                           accept: tuple = ()) -> StoredManifest:
+        """
+        ``accept``: the client's Accept media types, forwarded upstream (a
+        tag's answer may depend on them; see `_canonical`).
+        """
+        route = self.route(name)
+        if route is None:
+            return await self.local.get_manifest(name, reference, head=head)
+        if isinstance(reference, Digest):
+            try:
+                return await self.local.get_manifest(name, reference, head=head)
+            except ManifestUnknown:
+                pass
+            # The digest pins the bytes, so any type the client did not name is fine too.
+            wanted = tuple(dict.fromkeys(tuple(accept) + ALL_MANIFEST_TYPES))
+            stored = await self._ask(self._fetch_manifest(route, name, reference, wanted),
+                                     ManifestUnknown(str(reference)))
+            return _for(stored, head)
+        return await self._manifest_by_tag(route, name, reference, head, tuple(accept))
+
+    async def _manifest_by_tag(self, route: Route, name: Name, tag: Tag, head: bool, accept: tuple) -> StoredManifest:
+        cached = await self._cached_tag(name, tag, head)
+        usable = cached is not None and _acceptable(cached.media_type, accept)
+        if usable and await self._fresh(route, name, tag):
+            return cached
+        try:
+            if usable:
+                remote = await route.client.head_manifest(route.remote, tag, _upstream_accept(accept))
+                if remote.digest == cached.digest:
+                    await self._checked(name, tag)
+                    return cached
+                if remote.digest is not None:
+                    moved = await self._retag(name, tag, remote.digest, head, accept)
+                    if moved is not None:
+                        return moved
+            stored = await self._fetch_manifest(route, name, tag, _upstream_accept(accept))
+            return _for(stored, head)
+        except UpstreamNotFound:
+            if cached is not None:
+                log.info("{name}:{tag} is gone from {url}: untagged here too", name=str(name), tag=str(tag),
+                         url=route.upstream.config.url)
+                await self.storage.delete(paths.tag_folder(name, tag))
+            raise ManifestUnknown(str(tag)) from None
+        except UpstreamDenied as e:
+            raise Denied(f"the upstream registry refused access: {e}") from None
+        except UpstreamError as e:
+            if cached is None:
+                raise Unavailable(f"the upstream registry is unavailable: {e}") from None
+            log.warn("serving cached {name}:{tag} ({digest}): upstream {url} unavailable: {error}", name=str(name),
+                     tag=str(tag), digest=str(cached.digest), url=route.upstream.config.url, error=str(e))
+            return cached
+
+    async def _cached_tag(self, name: Name, tag: Tag, head: bool) -> StoredManifest | None:
+        try:
+            return await self.local.get_manifest(name, tag, head=head)
+        except ManifestUnknown:
+            return None
+
+    async def _fresh(self, route: Route, name: Name, tag: Tag) -> bool:
+        ttl = route.upstream.config.tag_ttl
+        if ttl <= 0:
+            return False
+        try:
+            checked = float((await self.storage.read_bytes(paths.tag_checked(name, tag))).decode())
+        except (PathNotFound, ValueError):
+            return False
+        return 0 <= self._clock() - checked < ttl
+
+    async def _checked(self, name: Name, tag: Tag) -> None:
+        """Record that the upstream just confirmed the tag (state lives in storage, for every worker)."""
+        await self._write(paths.tag_checked(name, tag), repr(self._clock()).encode())
+
+    async def _retag(self, name: Name, tag: Tag, digest: Digest, head: bool, accept: tuple) -> StoredManifest | None:
+        """Move the tag to ``digest`` when that manifest is cached already (None when it is not)."""
+        try:
+            stored = await self.local.get_manifest(name, digest, head=head)
+        except ManifestUnknown:
+            return None
+        if not _acceptable(stored.media_type, accept):
+            return None
+        await self._write(paths.tag_link(name, tag), str(digest).encode())
+        await self._checked(name, tag)
+        log.info("{name}:{tag} moved to {digest} upstream", name=str(name), tag=str(tag), digest=str(digest))
+        return stored
+
+    async def _fetch_manifest(self, route: Route, name: Name, reference: Digest | Tag, accept: tuple) -> StoredManifest:
+        """GET the manifest upstream (one request for concurrent callers) and store it."""
+        key = (str(name), str(reference), accept)
+        return await self._manifests.run(key, lambda: self._fetch_and_store(route, name, reference, accept))
+
+    async def _fetch_and_store(self, route, name, reference, accept) -> StoredManifest:
+        fetched = await route.client.get_manifest(route.remote, reference, accept)
+        data = fetched.data
+        if len(data) > self.local.max_manifest_size:
+            raise UpstreamUnavailable(f"the upstream's manifest is larger than max_manifest_size "
+                                      f"({self.local.max_manifest_size} bytes)")
+        if isinstance(reference, Digest):
+            digest = Digest.of(data, reference.algorithm)
+            if digest != reference:
+                raise UpstreamUnavailable(f"the upstream sent a manifest with digest {digest} for {reference}")
+        else:
+            digest = Digest.of(data, fetched.digest.algorithm if fetched.digest else DEFAULT_ALGORITHM)
+            if fetched.digest is not None and digest != fetched.digest:
+                raise UpstreamUnavailable(f"the upstream's manifest has digest {digest}, "
+                                          f"not the {fetched.digest} it announced")
+        try:
+            parsed = manifests.parse(data, fetched.media_type)
+        except ManifestInvalid as e:
+            raise UpstreamUnavailable(f"the upstream sent a manifest this registry cannot store: {e.detail}") from None
+        target = paths.blob_data(digest)
+        if (await self.storage.stat(target)) is None:
+            await self._write(target, data)
+        await self._write(paths.manifest_link(name, digest), parsed.media_type.encode())
+        if parsed.subject is not None:
+            descriptor = parsed.referrer_descriptor(digest, len(data))
+            await self._write(paths.referrer(name, parsed.subject.digest, digest),
+                              json.dumps(descriptor.to_json()).encode())
+        if isinstance(reference, Tag) and _canonical(accept, parsed):
+            await self._write(paths.tag_link(name, reference), str(digest).encode())
+            await self._checked(name, reference)
+        log.info("cached manifest {name}@{digest} ({reference}) from {url}", name=str(name), digest=str(digest),
+                 reference=str(reference), url=route.upstream.config.url)
+        return StoredManifest(digest, parsed.media_type, len(data), data)
+
+    async def _write(self, path: str, data: bytes) -> None:
+        try:
+            await self.storage.write_bytes(path, data)
+        except StorageFull:
+            raise InsufficientStorage() from None
+
+    # -------------------------------------------------------------- discovery
+
+    async def repository_exists(self, name: Name) -> bool:
+        return await self.local.repository_exists(name)
+
+    async def list_tags(self, name: Name) -> list[str]:
+        """The upstream's tags; the cached ones when the upstream is unavailable."""
+        route = self.route(name)
+        if route is None:
+            return await self.local.list_tags(name)
+        try:
+            return await route.client.list_tags(route.remote)
+        except UpstreamNotFound:
+            raise NameUnknown(str(name)) from None
+        except UpstreamDenied as e:
+            raise Denied(f"the upstream registry refused access: {e}") from None
+        except UpstreamError as e:
+            log.warn("listing cached tags of {name}: upstream {url} unavailable: {error}", name=str(name),
+                     url=route.upstream.config.url, error=str(e))
+            return await self.local.list_tags(name)
+
+    async def catalog(self) -> list[str]:
+        """Local repositories and the cached ones (the upstreams' catalogs are not merged in)."""
+        return await self.local.catalog()
+
+    async def referrers(self, name: Name, subject: Digest, artifact_type: str | None = None) -> list[dict]:
+        """The upstream's referrers with any cached ones; only the cached ones when the upstream cannot say."""
+        cached = await self.local.referrers(name, subject, artifact_type)
+        route = self.route(name)
+        if route is None:
+            return cached
+        try:
+            remote = await route.client.referrers(route.remote, subject)
+        except UpstreamDenied as e:
+            raise Denied(f"the upstream registry refused access: {e}") from None
+        except UpstreamError as e:
+            # 404 too: an upstream without the referrers API.
+            log.info("referrers of {name}@{subject} from cache only: {error}", name=str(name), subject=str(subject),
+                     error=str(e))
+            return cached
+        if artifact_type is not None:
+            remote = [d for d in remote if d.get("artifactType") == artifact_type]
+        seen = {d.get("digest") for d in remote}
+        return remote + [d for d in cached if d.get("digest") not in seen]
+
+
+def _for(stored: StoredManifest, head: bool) -> StoredManifest:
+    return attr.evolve(stored, data=None) if head else stored

@@ -1,0 +1,67 @@
+"""
+The pull-through cache over S3 storage (SeaweedFS): a file being written
+cannot be read there, so clients that join a fetch late wait for the
+published blob; with ``redirect`` a cached blob is a 307 to a presigned URL,
+an uncached one is streamed (its object does not exist yet).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from image_builder import http_request, push_blob_http, random_bytes
+from proxy_helpers import upstream_requests
+from registry_process import RegistryProcess
+from s3_server import s3_server  # noqa: F401  (the session fixture)
+
+pytestmark = pytest.mark.ociregistry_only
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory):
+    process = RegistryProcess(str(tmp_path_factory.mktemp("upstream"))).start()
+    yield process
+    process.stop()
+
+
+@pytest.mark.parametrize("redirect", [False, True], ids=["streamed", "redirect"])
+def test_concurrent_pulls_over_s3_storage(s3_server, upstream, tmp_path, redirect):  # noqa: F811
+    settings = s3_server.settings(redirect=redirect)
+    config = s3_server.config_file(str(tmp_path), settings, proxies=[f"up={upstream.url}"])
+    proxy = RegistryProcess(str(tmp_path / "unused"), config=config).start()
+    try:
+        data = random_bytes(12 << 20, f"s3-{redirect}")
+        digest = push_blob_http(upstream.url, "team/s3", data)
+        url = f"{proxy.url}/v2/up/team/s3/blobs/{digest}"
+
+        results = {}
+        start = threading.Barrier(5)
+
+        def pull(i, headers=None):
+            start.wait()
+            results[i] = http_request("GET", url, headers=headers)
+
+        threads = [threading.Thread(target=pull, args=(i,)) for i in range(4)]
+        threads.append(threading.Thread(target=pull, args=("range", {"Range": "bytes=5000000-5000999"})))
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        for i in range(4):
+            assert results[i].status == 200  # not a redirect to an object that is not there yet
+            assert results[i].body == data
+        assert results["range"].status == 206
+        assert results["range"].body == data[5000000:5001000]
+        assert upstream_requests(upstream, "GET", digest) == [f"GET /v2/team/s3/blobs/{digest} 200"]
+
+        cached = http_request("GET", url)
+        if redirect:
+            assert cached.status == 307
+            assert http_request("GET", cached.headers["location"]).body == data
+        else:
+            assert cached.status == 200
+            assert cached.body == data
+    finally:
+        proxy.stop()
