@@ -1,0 +1,556 @@
+"""
+A small S3 REST client on Twisted's HTTP client (the `Agent` under treq).
+
+Only what the storage driver needs: objects (head, ranged streaming get,
+put, copy, delete, batch delete), listings, and multipart uploads (create,
+upload and copy parts, complete, abort, list).  Requests are signed with
+SigV4 (`sigv4`), use path-style addressing (``endpoint/bucket/key``: what
+SeaweedFS, MinIO, Ceph and AWS all accept), share a pool of persistent
+connections, and are retried with backoff on connection errors and on the
+5xx/``SlowDown`` answers S3 asks clients to retry; every request the driver
+makes is safe to repeat.
+
+Nothing here blocks the reactor: payload hashes of large bodies are computed
+by the caller in a thread pool and passed in as ``payload_hash``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections import deque
+from datetime import datetime
+from email.utils import parsedate_to_datetime
+from urllib.parse import urlsplit
+from xml.etree import ElementTree
+
+import attr
+from twisted.internet import error as net_error
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import client as web_client
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IBodyProducer
+from zope.interface import implementer
+
+from . import sigv4
+
+log = Logger()
+
+MAX_DELETE_BATCH = 1000  # keys per DeleteObjects request
+SLOW_TIMEOUT = 900.0  # copies and completions: S3 answers them only when done
+_RETRY_CODES = {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "Throttling", "RequestTimeTooSkewed"}
+_RETRY_EXCEPTIONS = (
+    net_error.ConnectError,
+    net_error.ConnectionLost,
+    net_error.ConnectionDone,
+    net_error.TimeoutError,
+    web_client.ResponseFailed,
+    web_client.ResponseNeverReceived,
+    web_client.RequestTransmissionFailed,
+    web_client.RequestNotSent,
+    CancelledError,  # our own per-request timeout
+)
+
+
+class S3Error(Exception):
+    """An error answer from the S3 server."""
+
+    def __init__(self, status: int, code: str, message: str = "", resource: str = ""):
+        super().__init__(f"S3 {status} {code}: {message} ({resource})")
+        self.status = status
+        self.code = code
+        self.message = message
+
+    @property
+    def retryable(self) -> bool:
+        return self.status >= 500 or self.code in _RETRY_CODES
+
+    @property
+    def not_found(self) -> bool:
+        return self.status == 404 or self.code in ("NoSuchKey", "NotFound")
+
+
+@attr.s(auto_attribs=True, frozen=True, slots=True)
+class ObjectInfo:
+    key: str
+    size: int
+    mtime: float
+    etag: str = ""
+    metadata: dict = attr.ib(factory=dict)  # x-amz-meta-* headers, lower-case names without the prefix
+
+
+@implementer(IBodyProducer)
+class _BytesProducer:
+    """A request body already in memory, written in one go."""
+
+    def __init__(self, data: bytes):
+        self._data = data
+        self.length = len(data)
+
+    def startProducing(self, consumer):
+        consumer.write(self._data)
+        return succeed(None)
+
+    def pauseProducing(self):
+        pass
+
+    def resumeProducing(self):
+        pass
+
+    def stopProducing(self):
+        pass
+
+
+def _xml(body: bytes) -> ElementTree.Element:
+    root = ElementTree.fromstring(body)
+    for element in root.iter():
+        if "}" in element.tag:
+            element.tag = element.tag.split("}", 1)[1]
+    return root
+
+
+def _text(element, name: str, default: str = "") -> str:
+    found = element.find(name)
+    return (found.text or default) if found is not None else default
+
+
+def _error_from(status: int, body: bytes, resource: str) -> S3Error:
+    code, message = str(status), ""
+    if body:
+        try:
+            root = _xml(body)
+            code, message = _text(root, "Code", code), _text(root, "Message")
+        except ElementTree.ParseError:
+            message = body[:200].decode("utf-8", "replace")
+    elif status == 404:
+        code = "NoSuchKey"
+    return S3Error(status, code, message, resource)
+
+
+def _header(headers: Headers, name: str) -> str | None:
+    values = headers.getRawHeaders(name.encode())
+    return values[0].decode("latin-1") if values else None
+
+
+def _info_from_headers(key: str, headers: Headers) -> ObjectInfo:
+    metadata = {}
+    for name, values in headers.getAllRawHeaders():
+        lowered = name.decode("latin-1").lower()
+        if lowered.startswith("x-amz-meta-"):
+            metadata[lowered[len("x-amz-meta-"):]] = values[0].decode("latin-1")
+    size = _header(headers, "content-range")
+    if size and "/" in size:  # a ranged GET: bytes a-b/total
+        total = int(size.rsplit("/", 1)[1])
+    else:
+        total = int(_header(headers, "content-length") or 0)
+    modified = _header(headers, "last-modified")
+    mtime = parsedate_to_datetime(modified).timestamp() if modified else 0.0
+    return ObjectInfo(key, total, mtime, (_header(headers, "etag") or "").strip('"'), metadata)
+
+
+class BodyStream(Protocol):
+    """
+    A response body read on demand, with back-pressure: the connection is
+    paused while more than ``high_water`` bytes wait to be read.  A read
+    that waits ``idle_timeout`` seconds for data fails (and drops the
+    connection) rather than hang on a stalled server.
+    """
+
+    def __init__(self, high_water: int = 4 << 20, reactor=None, idle_timeout: float | None = None):
+        self._reactor = reactor
+        self._idle_timeout = idle_timeout
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._high_water = high_water
+        self._paused = False
+        self._done = False
+        self._failure = None
+        self._waiter: Deferred | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._buffered += len(data)
+        if self._buffered > self._high_water and not self._paused:
+            self._paused = True
+            self.transport.pauseProducing()
+        self._wake()
+
+    def connectionLost(self, reason) -> None:
+        self._done = True
+        if self._failure is None and not reason.check(web_client.ResponseDone, web_client.PotentialDataLoss):
+            self._failure = reason
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            waiter.callback(None)
+
+    async def read(self, amount: int) -> bytes:
+        """Up to ``amount`` bytes; ``b""`` at the end of the body."""
+        while not self._chunks:
+            if self._done:
+                if self._failure is not None:
+                    self._failure.raiseException()
+                return b""
+            self._waiter = Deferred()
+            timer = None
+            if self._reactor is not None and self._idle_timeout:
+                timer = self._reactor.callLater(self._idle_timeout, self._stalled)
+            try:
+                await self._waiter
+            finally:
+                if timer is not None and timer.active():
+                    timer.cancel()
+        pieces, size = [], 0
+        while self._chunks and size < amount:
+            chunk = self._chunks.popleft()
+            if size + len(chunk) > amount:
+                cut = amount - size
+                self._chunks.appendleft(chunk[cut:])
+                chunk = chunk[:cut]
+            pieces.append(chunk)
+            size += len(chunk)
+        self._buffered -= size
+        if self._paused and self._buffered < self._high_water // 2:
+            self._paused = False
+            self.transport.resumeProducing()
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def _stalled(self) -> None:
+        self._failure = Failure(net_error.TimeoutError(f"no data from S3 for {self._idle_timeout}s"))
+        self.close()
+        self._wake()
+
+    def close(self) -> None:
+        """Stop reading: the rest of the body is dropped with its connection."""
+        self._chunks.clear()
+        if not self._done and self.transport is not None:
+            self._done = True
+            self.transport.stopProducing()
+
+
+def _split_endpoint(endpoint: str) -> tuple[str, str, str]:
+    """``(scheme, Host header value, path prefix)`` of an endpoint URL."""
+    parts = urlsplit(endpoint)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"S3 endpoint must be an http(s) URL, not {endpoint!r}")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname  # IPv6 literal
+    if parts.port not in (None, 443 if parts.scheme == "https" else 80):
+        host = f"{host}:{parts.port}"
+    return parts.scheme, host, parts.path.rstrip("/")
+
+
+class _Collect(Protocol):
+    """A whole (small) response body, into ``done``."""
+
+    def __init__(self, done: Deferred):
+        self._done = done
+        self._chunks: list[bytes] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        self._chunks.append(data)
+
+    def connectionLost(self, reason) -> None:
+        if reason.check(web_client.ResponseDone, web_client.PotentialDataLoss):
+            self._done.callback(b"".join(self._chunks))
+        else:
+            self._done.errback(reason)
+
+
+class S3Client:
+    """Requests to one bucket of one S3 endpoint."""
+
+    def __init__(
+        self,
+        reactor,
+        endpoint: str,
+        bucket: str,
+        credentials: sigv4.Credentials,
+        region: str = "us-east-1",
+        connections: int = 32,
+        timeout: float = 60.0,
+        attempts: int = 4,
+    ):
+        self._reactor = reactor
+        self._scheme, self._host, self._base_path = _split_endpoint(endpoint)
+        self.bucket = bucket
+        self.region = region
+        self.credentials = credentials
+        self.timeout = timeout
+        self.attempts = attempts
+        self._pool = web_client.HTTPConnectionPool(reactor, persistent=True)
+        self._pool.maxPersistentPerHost = connections
+        self._agent = web_client.Agent(reactor, pool=self._pool, connectTimeout=min(timeout, 30))
+
+    def __repr__(self) -> str:
+        return f"<S3Client {self._scheme}://{self._host}/{self.bucket}>"
+
+    def close(self) -> Deferred:
+        return self._pool.closeCachedConnections()
+
+    # ---------------------------------------------------------------- requests
+
+    def _path(self, key: str | None) -> str:
+        path = f"{self._base_path}/{self.bucket}"
+        return path if key is None else f"{path}/{key}"
+
+    def url(self, key: str | None, query_string: str = "") -> str:
+        url = f"{self._scheme}://{self._host}{sigv4.uri_encode(self._path(key))}"
+        return f"{url}?{query_string}" if query_string else url
+
+    async def _send(self, method, key, query, headers, body, payload_hash, stream, timeout):
+        signed = sigv4.sign_headers(
+            self.credentials, self.region, method, self._host, self._path(key), list(query), headers, payload_hash
+        )
+        url = self.url(key, sigv4.canonical_query(list(query)) if query else "")
+        request = self._agent.request(
+            method.encode(),
+            url.encode("ascii"),
+            Headers({k.encode(): [str(v).encode("latin-1")] for k, v in signed.items()}),
+            _BytesProducer(body) if body or method in ("PUT", "POST") else None,
+        )
+        reading: list[_Collect] = []
+
+        def expire():
+            if reading:  # the answer came, its body is late: drop the connection
+                reading[0].transport.stopProducing()
+            else:
+                request.cancel()
+
+        timer = self._reactor.callLater(timeout, expire)
+        try:
+            response = await request
+            if stream and response.code in (200, 206):
+                return response, None
+            if method == "HEAD":
+                return response, b""
+            done = Deferred()
+            reading.append(_Collect(done))
+            response.deliverBody(reading[0])
+            try:
+                return response, await done
+            except Exception:
+                if not timer.active():
+                    raise net_error.TimeoutError(f"no complete answer within {timeout}s") from None
+                raise
+        finally:
+            if timer.active():
+                timer.cancel()
+
+    async def request(
+        self,
+        method: str,
+        key: str | None = None,
+        query: tuple = (),
+        headers: dict | None = None,
+        body: bytes = b"",
+        payload_hash: str | None = None,
+        ok: tuple = (200,),
+        stream: bool = False,
+        error_in_body: bool = False,
+        timeout: float | None = None,
+    ):
+        """
+        Send a signed request; fire with ``(response, body)`` (``body`` is
+        None when ``stream`` is true: read it with `BodyStream`).  Any status
+        not in ``ok`` raises `S3Error`.  ``error_in_body``: a 200 answer may
+        still carry an ``<Error>`` (CopyObject, UploadPartCopy and
+        CompleteMultipartUpload do that).  ``timeout`` (default: the
+        client's) bounds the whole exchange except a streamed body.
+        """
+        if payload_hash is None:
+            payload_hash = hashlib.sha256(body).hexdigest() if body else sigv4.EMPTY_SHA256
+        headers = dict(headers or {})
+        resource = f"{method} {self._path(key)}"
+        for attempt in range(1, self.attempts + 1):
+            try:
+                response, content = await self._send(
+                    method, key, query, headers, body, payload_hash, stream, timeout or self.timeout
+                )
+                if response.code not in ok:
+                    raise _error_from(response.code, content or b"", resource)
+                if error_in_body and content and _xml(content).tag == "Error":
+                    raise _error_from(500, content, resource)
+                return response, content
+            except S3Error as e:
+                if not e.retryable or attempt == self.attempts:
+                    raise
+                reason = e.code
+            except _RETRY_EXCEPTIONS as e:
+                if attempt == self.attempts:
+                    raise
+                reason = type(e).__name__
+            delay = 0.1 * 4 ** (attempt - 1)
+            log.warn("retrying {resource} in {delay}s after {reason}", resource=resource, delay=delay, reason=reason)
+            await deferLater(self._reactor, delay, lambda: None)
+        raise AssertionError("unreachable")
+
+    # ----------------------------------------------------------------- objects
+
+    async def head(self, key: str) -> ObjectInfo | None:
+        try:
+            response, _ = await self.request("HEAD", key)
+        except S3Error as e:
+            if e.not_found:
+                return None
+            raise
+        return _info_from_headers(key, response.headers)
+
+    async def get(self, key: str, start: int = 0, end: int | None = None, high_water: int = 4 << 20):
+        """
+        Fire with ``(info, stream)`` for the bytes from ``start`` to ``end``
+        (inclusive; None: the end).  ``info.size`` is the whole object's
+        size.  Raises `S3Error` (``not_found``; ``InvalidRange`` when
+        ``start`` is at or past the end).
+        """
+        headers = {}
+        if start or end is not None:
+            headers["Range"] = f"bytes={start}-{'' if end is None else end}"
+        response, _ = await self.request("GET", key, headers=headers, ok=(200, 206), stream=True)
+        stream = BodyStream(high_water, self._reactor, self.timeout)
+        response.deliverBody(stream)
+        return _info_from_headers(key, response.headers), stream
+
+    async def get_bytes(self, key: str) -> tuple[ObjectInfo, bytes]:
+        response, content = await self.request("GET", key)
+        return _info_from_headers(key, response.headers), content
+
+    async def put(self, key: str, data: bytes, payload_hash: str | None = None, metadata: dict | None = None) -> str:
+        headers = {f"x-amz-meta-{k}": v for k, v in (metadata or {}).items()}
+        response, _ = await self.request("PUT", key, headers=headers, body=data, payload_hash=payload_hash)
+        return (_header(response.headers, "etag") or "").strip('"')
+
+    async def copy(self, source: str, key: str) -> None:
+        """Server-side copy of an object of at most 5 GiB (metadata is not copied)."""
+        headers = {
+            "x-amz-copy-source": sigv4.uri_encode(self._path(source)),
+            "x-amz-metadata-directive": "REPLACE",
+        }
+        await self.request("PUT", key, headers=headers, error_in_body=True, timeout=SLOW_TIMEOUT)
+
+    async def delete(self, key: str) -> None:
+        await self.request("DELETE", key, ok=(200, 204, 404))
+
+    async def delete_many(self, keys: list[str]) -> None:
+        for i in range(0, len(keys), MAX_DELETE_BATCH):
+            batch = keys[i : i + MAX_DELETE_BATCH]
+            root = ElementTree.Element("Delete")
+            ElementTree.SubElement(root, "Quiet").text = "true"
+            for key in batch:
+                ElementTree.SubElement(ElementTree.SubElement(root, "Object"), "Key").text = key
+            body = ElementTree.tostring(root, encoding="utf-8")
+            # S3 requires a body checksum on DeleteObjects.
+            headers = {"Content-MD5": base64.b64encode(hashlib.md5(body).digest()).decode()}
+            _, content = await self.request("POST", None, query=(("delete", ""),), headers=headers, body=body)
+            root = _xml(content) if content else None
+            errors = root.findall("Error") if root is not None else []
+            if errors:
+                first = errors[0]
+                raise S3Error(500, _text(first, "Code"), _text(first, "Message"), _text(first, "Key"))
+
+    async def list(self, prefix: str, limit: int | None = None) -> list[ObjectInfo]:
+        """Every object whose key starts with ``prefix`` (at most ``limit``), in key order."""
+        found: list[ObjectInfo] = []
+        token = None
+        while True:
+            query = [("list-type", "2"), ("prefix", prefix)]
+            if limit is not None:
+                query.append(("max-keys", str(min(1000, limit - len(found)))))
+            if token:
+                query.append(("continuation-token", token))
+            _, content = await self.request("GET", None, query=tuple(query))
+            root = _xml(content)
+            for item in root.findall("Contents"):
+                modified = _text(item, "LastModified")
+                found.append(ObjectInfo(
+                    _text(item, "Key"),
+                    int(_text(item, "Size", "0")),
+                    datetime.fromisoformat(modified.replace("Z", "+00:00")).timestamp() if modified else 0.0,
+                    _text(item, "ETag").strip('"'),
+                ))
+            token = _text(root, "NextContinuationToken")
+            if _text(root, "IsTruncated") != "true" or not token or (limit is not None and len(found) >= limit):
+                return found
+
+    # --------------------------------------------------------------- multipart
+
+    async def create_multipart(self, key: str) -> str:
+        _, content = await self.request("POST", key, query=(("uploads", ""),))
+        return _text(_xml(content), "UploadId")
+
+    async def upload_part(self, key: str, upload_id: str, number: int, data: bytes, payload_hash: str | None = None) -> str:
+        response, _ = await self.request(
+            "PUT", key, query=(("partNumber", str(number)), ("uploadId", upload_id)), body=data, payload_hash=payload_hash
+        )
+        return (_header(response.headers, "etag") or "").strip('"')
+
+    async def upload_part_copy(self, key: str, upload_id: str, number: int, source: str, start: int, end: int) -> str:
+        headers = {
+            "x-amz-copy-source": sigv4.uri_encode(self._path(source)),
+            "x-amz-copy-source-range": f"bytes={start}-{end}",
+        }
+        _, content = await self.request(
+            "PUT", key, query=(("partNumber", str(number)), ("uploadId", upload_id)), headers=headers,
+            error_in_body=True, timeout=SLOW_TIMEOUT,
+        )
+        return _text(_xml(content), "ETag").strip('"')
+
+    async def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str]]) -> None:
+        root = ElementTree.Element("CompleteMultipartUpload")
+        for number, etag in parts:
+            part = ElementTree.SubElement(root, "Part")
+            ElementTree.SubElement(part, "PartNumber").text = str(number)
+            ElementTree.SubElement(part, "ETag").text = f'"{etag}"'
+        body = ElementTree.tostring(root, encoding="utf-8")
+        await self.request("POST", key, query=(("uploadId", upload_id),), body=body, error_in_body=True,
+                           timeout=SLOW_TIMEOUT)
+
+    async def abort_multipart(self, key: str, upload_id: str) -> None:
+        await self.request("DELETE", key, query=(("uploadId", upload_id),), ok=(200, 204, 404))
+
+    async def list_multipart(self, prefix: str) -> list[tuple[str, str]]:
+        """``(key, upload id)`` of every multipart upload in progress under ``prefix``."""
+        found = []
+        key_marker = upload_marker = ""
+        while True:
+            query = [("uploads", ""), ("prefix", prefix)]
+            if key_marker:
+                query += [("key-marker", key_marker), ("upload-id-marker", upload_marker)]
+            _, content = await self.request("GET", None, query=tuple(query))
+            root = _xml(content)
+            for upload in root.findall("Upload"):
+                found.append((_text(upload, "Key"), _text(upload, "UploadId")))
+            key_marker, upload_marker = _text(root, "NextKeyMarker"), _text(root, "NextUploadIdMarker")
+            if _text(root, "IsTruncated") != "true" or not key_marker:
+                return found
+
+    # ------------------------------------------------------------------ others
+
+    async def create_bucket(self) -> None:
+        """Create the bucket; fine if this account already owns it."""
+        body = b""
+        if self.region != "us-east-1":
+            body = (
+                b'<CreateBucketConfiguration xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+                b"<LocationConstraint>" + self.region.encode() + b"</LocationConstraint></CreateBucketConfiguration>"
+            )
+        try:
+            await self.request("PUT", None, body=body)
+        except S3Error as e:
+            if e.code != "BucketAlreadyOwnedByYou":
+                raise
+
+    def presigned_url(self, key: str, expires: int, method: str = "GET", endpoint: str | None = None) -> str:
+        """A URL anyone may fetch for ``expires`` seconds; ``endpoint``: the one clients reach S3 at."""
+        if endpoint:
+            scheme, host, base = _split_endpoint(endpoint)
+        else:
+            scheme, host, base = self._scheme, self._host, self._base_path
+        path = f"{base}/{self.bucket}/{key}"
+        query = sigv4.presign(self.credentials, self.region, method, host, path, expires)
+        return f"{scheme}://{host}{sigv4.uri_encode(path)}?{query}"
