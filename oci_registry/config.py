@@ -17,6 +17,9 @@ YAML (every key optional)::
     max_header_size: 16KiB        # request line and headers
     client_timeout: 60s           # idle connections are closed after this
     min_body_rate: 1024           # bytes/s a request body must average over client_timeout (0: off)
+    storage: {s3: {bucket: ...}}  # object storage instead of data_dir: see oci_registry/storage/settings.py
+    auth: {...}                   # users, access rules, tokens: see oci_registry/auth/config.py, docs/auth.md
+    proxies: [{prefix: dockerhub, url: "https://registry-1.docker.io", tag_ttl: 5m}]  # pull-through caches: docs/proxy.md
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import yaml
 
 from .gc import parse_duration
 from .manifest import MAX_MANIFEST_SIZE
+from .storage.settings import S3Settings, parse_storage, storage_values
 
 DEFAULT_LISTEN = "tcp:5000"
 
@@ -71,13 +75,20 @@ class Config:
     max_header_size: int = 16384  # bytes of request line and headers
     client_timeout: float = 60.0  # seconds an idle connection is kept; window for min_body_rate
     min_body_rate: int = 1024  # bytes/s a request body must average over client_timeout; 0: off
+    auth: object = None  # an oci_registry.auth.config.AuthConfig; None: open to anyone
+    storage: S3Settings | None = None  # None: the filesystem under data_dir
+    proxies: tuple = ()  # oci_registry.proxy.config.UpstreamConfig: pull-through caches of other registries
 
     def to_dict(self) -> dict:
-        return {**attr.asdict(self), "listen": list(self.listen)}
+        return {**attr.asdict(self), "listen": list(self.listen), "auth": self.auth.to_dict() if self.auth else None}
 
     @classmethod
-    def load(cls, path: str | None = None, **overrides) -> Config:
-        """Read ``path`` (YAML) if given, then apply the non-None ``overrides``."""
+    def load(cls, path: str | None = None, storage_options: dict | None = None, **overrides) -> Config:
+        """
+        Read ``path`` (YAML) if given, then apply the non-None ``overrides``;
+        ``OCIREGISTRY_S3_*`` variables and ``storage_options`` (s3 keys from
+        the command line) override the file's ``storage: {s3: ...}``.
+        """
         values: dict = {}
         if path:
             try:
@@ -89,10 +100,13 @@ class Config:
                 raise ConfigError(f"config {path} must be a mapping")
             values.update(loaded)
         values.update({k: v for k, v in overrides.items() if v not in (None, [], ())})
-        return cls.from_dict(values)
+        storage = storage_values(values.get("storage"), os.environ, storage_options)
+        if storage is not None:
+            values["storage"] = storage
+        return cls.from_dict(values, source=path)
 
     @classmethod
-    def from_dict(cls, values: dict) -> Config:
+    def from_dict(cls, values: dict, source: str | None = None) -> Config:
         known = {f.name for f in attr.fields(cls)}
         unknown = set(values) - known
         if unknown:
@@ -128,4 +142,23 @@ class Config:
                 values["max_manifest_size"] = parse_size(values["max_manifest_size"])
             except ValueError:
                 raise ConfigError("max_manifest_size must be a number of bytes") from None
+        if "storage" in values:
+            try:
+                values["storage"] = parse_storage(values["storage"])
+            except ValueError as e:
+                raise ConfigError(f"storage: {e}") from None
+        if values.get("auth") is not None:
+            from .auth.config import AuthConfig
+
+            try:
+                values["auth"] = AuthConfig.parse(values["auth"], source=source)
+            except ValueError as e:
+                raise ConfigError(f"auth: {e}") from None
+        if "proxies" in values:
+            from .proxy.config import parse_upstreams
+
+            try:
+                values["proxies"] = parse_upstreams(values["proxies"] or ())
+            except ValueError as e:
+                raise ConfigError(f"proxies: {e}") from None
         return cls(**values)

@@ -8,6 +8,9 @@ Every storage path the registry uses, in one place.
                                                      the link holds its media type
     repositories/<name>/_manifests/tags/<tag>/current/link
                                                      the digest the tag points at
+    repositories/<name>/_manifests/tags/<tag>/checked
+                                                     a cached tag: when the upstream
+                                                     last confirmed it (proxy only)
     repositories/<name>/_referrers/<alg>/<hex>/<alg>-<hex>
                                                      a referrer's descriptor (JSON),
                                                      under its subject's digest
@@ -60,6 +63,11 @@ def tag_link(name: Name, tag: Tag) -> str:
 
 def tag_folder(name: Name, tag: Tag | str) -> str:
     return f"{REPOSITORIES}/{name}/_manifests/tags/{tag}"
+
+
+def tag_checked(name: Name, tag: Tag) -> str:
+    """When a pull-through cache last confirmed the tag upstream (seconds since the epoch)."""
+    return f"{REPOSITORIES}/{name}/_manifests/tags/{tag}/checked"
 
 
 def referrers(name: Name, subject: Digest) -> str:

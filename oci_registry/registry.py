@@ -111,8 +111,12 @@ class Registry:
     async def has_blob(self, name: Name, digest: Digest) -> bool:
         return (await self.storage.stat(paths.layer_link(name, digest))) is not None
 
-    async def stat_blob(self, name: Name, digest: Digest) -> BlobInfo:
-        """The blob's size, if ``name`` holds it; HEAD never opens the data."""
+    async def stat_blob(self, name: Name, digest: Digest, head: bool = False) -> BlobInfo:
+        """
+        The blob's size, if ``name`` holds it; HEAD never opens the data.
+        ``head``: only the size is wanted (a pull-through cache then asks its
+        upstream rather than starting the download a GET needs).
+        """
         if not await self.has_blob(name, digest):
             raise BlobUnknown(str(digest))
         info = await self.storage.stat(paths.blob_data(digest))
@@ -309,7 +313,10 @@ class Registry:
             raise ManifestUnknown(str(reference))
         return Digest.parse(text)
 
-    async def get_manifest(self, name: Name, reference: Digest | Tag, head: bool = False) -> StoredManifest:
+    async def get_manifest(
+        self, name: Name, reference: Digest | Tag, head: bool = False, accept: tuple = ()
+    ) -> StoredManifest:
+        """``accept``: the client's Accept media types; stored manifests are served as they are, whatever it says."""
         digest = await self._resolve(name, reference)
         media_type = await self._read_link(paths.manifest_link(name, digest))
         if media_type is None:

@@ -23,6 +23,7 @@ from twisted.web.resource import IResource
 
 from .api.app import RegistryAPI
 from .api.body import RegistryChannel, StreamingRequest
+from .auth.service import build_auth
 from .config import Config
 from .registry import Registry
 from .storage.filesystem import FilesystemDriver
@@ -32,22 +33,36 @@ log = Logger()
 
 def build_storage(config: Config, reactor=None):
     """The storage driver the config names (the filesystem by default)."""
+    if config.storage is not None:
+        from .storage.s3 import S3Driver
+
+        return S3Driver(config.storage, reactor=reactor)
     return FilesystemDriver(config.data_dir, reactor=reactor)
 
 
 def build_registry(config: Config, reactor=None) -> Registry:
-    return Registry(
+    """The local `Registry`; wrapped in a `ProxyRegistry` when ``proxies`` are configured."""
+    registry = Registry(
         build_storage(config, reactor),
         max_manifest_size=config.max_manifest_size,
         max_upload_size=config.max_upload_size,
     )
+    if config.proxies:
+        from .proxy import ProxyRegistry
+
+        for upstream in config.proxies:
+            log.info("pull-through cache: {prefix} -> {url}", prefix=f"{upstream.prefix}/" if upstream.prefix
+                     else "every other repository", url=upstream.url)
+        registry = ProxyRegistry.from_config(registry, config.proxies, reactor)
+    return registry
 
 
 def registry_resource(data_dir: str | None = None, reactor=None, config: Config | None = None) -> IResource:
     """The registry as an `IResource`, to serve at the root of a `Site`."""
     if config is None:
         config = Config(data_dir=data_dir) if data_dir else Config()
-    return RegistryAPI(build_registry(config, reactor)).resource()
+    auth = build_auth(config, reactor)
+    return auth.wrap(RegistryAPI(build_registry(config, reactor), authorizer=auth.authorizer).resource())
 
 
 class RegistrySite(server.Site):
@@ -95,11 +110,12 @@ class RegistrySite(server.Site):
 
 def build_site(config: Config, reactor=None) -> RegistrySite:
     registry = build_registry(config, reactor)
+    auth = build_auth(config, reactor)
     # A manifest PUT is the largest body twisted.web buffers for us.
     api = RegistryAPI(registry, max_uploads_per_client=config.max_uploads_per_client,
-                      upload_expiry=config.upload_expiry)
+                      upload_expiry=config.upload_expiry, authorizer=auth.authorizer)
     site = RegistrySite(
-        api.resource(),
+        auth.wrap(api.resource()),
         max_body_size=config.max_manifest_size,
         access_log=config.access_log,
         max_header_size=config.max_header_size,
@@ -109,6 +125,7 @@ def build_site(config: Config, reactor=None) -> RegistrySite:
         reactor=reactor,
     )
     site.registry = registry
+    site.auth = auth
     return site
 
 
@@ -147,7 +164,12 @@ def make_service(config: Config, reactor=None) -> MultiService:
             StreamServerEndpointService(endpoint, site).setServiceParent(top)
     if config.gc_interval > 0:
         top.addService(gc_service(config, site.registry.storage))
-    log.info("ociregistry storing data in {data_dir}", data_dir=config.data_dir)
+    log.info("ociregistry storing data in {data_dir}",
+             data_dir=config.storage.describe() if config.storage else config.data_dir)
+    site.auth.announce()
+    reload_service = site.auth.reload_service()  # SIGHUP re-reads the auth settings
+    if reload_service is not None:
+        top.addService(reload_service)
     log.info("ociregistry listening on {listen} with {workers} worker(s)", listen=", ".join(config.listen),
              workers=config.workers)
     return top

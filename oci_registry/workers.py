@@ -27,6 +27,7 @@ from .config import Config, ConfigError
 log = Logger(namespace="oci_registry.workers")
 
 RESTART_DELAY = 1.0
+CONFIG_VARIABLE = "OCIREGISTRY_WORKER_CONFIG"  # the JSON config a worker process starts from
 
 
 def parse_tcp_listen(description: str) -> tuple[int, str, int]:
@@ -107,12 +108,14 @@ class WorkerSupervisor(Service):
 
     def _spawn(self, index: int) -> None:
         worker = _WorkerProtocol(self, index)
+        # The config goes through the environment, not argv: it may hold
+        # secrets (S3 keys), and any local user can read a process's argv.
         payload = json.dumps(self._config.to_dict())
         self._reactor.spawnProcess(
             worker,
             sys.executable,
-            [sys.executable, "-m", "oci_registry.workers", str(index), payload],
-            env=None,
+            [sys.executable, "-m", "oci_registry.workers", str(index)],
+            env={**os.environ, CONFIG_VARIABLE: payload},
             childFDs={0: "w", 1: 1, 2: 2},
         )
         self._workers[index] = worker
@@ -181,7 +184,8 @@ def main(argv=None) -> None:
     from .service import build_site
 
     argv = sys.argv[1:] if argv is None else argv
-    index, payload = int(argv[0]), argv[1]
+    index = int(argv[0])
+    payload = argv[1] if len(argv) > 1 else os.environ.pop(CONFIG_VARIABLE)
     config = Config.from_dict(json.loads(payload))
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
     top = MultiService()

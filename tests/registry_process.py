@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 
 REFERENCE_BINARY = shutil.which("docker-registry") or shutil.which("registry")
@@ -37,9 +38,11 @@ def free_port() -> int:
 class RegistryProcess:
     """A registry listening on 127.0.0.1; ``kind`` is "ociregistry" or "reference"."""
 
-    def __init__(self, data_dir: str, kind: str = "ociregistry", extra_args=(), config: str | None = None):
+    def __init__(self, data_dir: str, kind: str = "ociregistry", extra_args=(), config: str | None = None,
+                 reference_config: str = ""):
         self.data_dir = data_dir
         self.kind = kind
+        self.reference_config = reference_config  # more top-level YAML for the reference, e.g. an auth section
         self.extra_args = list(extra_args)
         self.config = config
         self.port: int | None = None
@@ -63,6 +66,7 @@ class RegistryProcess:
                     "log: {level: warn}\n"
                     f"storage: {{filesystem: {{rootdirectory: {self.data_dir}}}, delete: {{enabled: true}}}}\n"
                     f"http: {{addr: '127.0.0.1:{self.port}'}}\n"
+                    + self.reference_config
                 )
             return [REFERENCE_BINARY, "serve", config]
         command = [
@@ -93,6 +97,10 @@ class RegistryProcess:
                 with urllib.request.urlopen(self.url + "/v2/", timeout=1) as response:
                     if response.status == 200:
                         return self
+            except urllib.error.HTTPError as e:
+                if e.code == 401:  # up, with auth turned on
+                    return self
+                time.sleep(0.05)
             except Exception:
                 time.sleep(0.05)
         self.stop()

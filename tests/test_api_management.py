@@ -23,7 +23,6 @@ from api_helpers import (
     unique_name,
     unique_tag,
     url,
-    with_query,
 )
 
 

@@ -72,6 +72,17 @@ def _content_length(request) -> int | None:
     return int(value) if value and value.isdigit() else None
 
 
+def _accepted_types(request) -> tuple[str, ...]:
+    """The media types of every ``Accept`` header, in order, without parameters (a proxy forwards them)."""
+    types = []
+    for value in request.requestHeaders.getRawHeaders(b"accept", []):
+        for item in value.decode("latin-1").split(","):
+            media_type = item.split(";", 1)[0].strip().lower()
+            if media_type and media_type not in types:
+                types.append(media_type)
+    return tuple(types)
+
+
 def _etag_matches(request, digest: Digest) -> bool:
     wanted = _header(request, "If-None-Match")
     if not wanted:
@@ -164,7 +175,7 @@ class RegistryAPI:
     async def get_blob(self, request, name, digest):
         name, digest = Name.parse(name), Digest.parse(digest)
         await self.auth.authorize(request, [pull(name)])
-        info = await self.registry.stat_blob(name, digest)
+        info = await self.registry.stat_blob(name, digest, head=request.method == b"HEAD")
         _set(request, Docker_Content_Digest=digest, ETag=f'"{digest}"', Accept_Ranges="bytes")
         if _etag_matches(request, digest):
             request.setResponseCode(304)
@@ -327,7 +338,7 @@ class RegistryAPI:
         name, reference = Name.parse(name), _lookup_reference(reference)
         await self.auth.authorize(request, [pull(name)])
         head = request.method == b"HEAD"
-        stored = await self.registry.get_manifest(name, reference, head=head)
+        stored = await self.registry.get_manifest(name, reference, head=head, accept=_accepted_types(request))
         _set(
             request,
             Content_Type=stored.media_type,

@@ -12,18 +12,30 @@ class Options(usage.Options):
         ["config", "c", None, "YAML configuration file; options given here override it."],
         ["max-manifest-size", None, None, "Largest manifest accepted, in bytes (default 4 MiB)."],
         ["workers", "w", None, "Worker processes serving the same tcp port (default 1)."],
+        ["s3-bucket", None, None, "Store in this S3 bucket instead of --data-dir (keys: config file or OCIREGISTRY_S3_* / AWS_* environment)."],
+        ["s3-endpoint", None, None, "S3 endpoint URL, e.g. http://127.0.0.1:8333 (default: AWS for --s3-region)."],
+        ["s3-region", None, None, "S3 region (default us-east-1)."],
+        ["s3-prefix", None, None, "Key prefix inside the S3 bucket (default: none)."],
     ]
-    optFlags = [["no-access-log", None, "Do not log a line per request."]]
+    optFlags = [
+        ["no-access-log", None, "Do not log a line per request."],
+        ["s3-redirect", None, "Answer blob GETs with a 307 to a presigned S3 URL."],
+    ]
 
     def __init__(self):
         super().__init__()
         self["listen"] = []
+        self["proxy"] = []
 
     def opt_listen(self, description):
         """Twisted endpoint to listen on (repeatable), e.g. tcp:5000, ssl:5443:privateKey=k.pem:certKey=c.pem, unix:/run/reg.sock. Default tcp:5000."""
         self["listen"].append(description)
 
     opt_l = opt_listen
+
+    def opt_proxy(self, mapping):
+        """Pull-through cache (repeatable): PREFIX=URL, e.g. dockerhub=https://registry-1.docker.io, ghcr=https://user:token@ghcr.io; an empty PREFIX mirrors a whole registry. Replaces the config file's proxies."""
+        self["proxy"].append(mapping)
 
 
 @implementer(IServiceMaker, IPlugin)
@@ -44,6 +56,14 @@ class RegistryServiceMaker:
                 max_manifest_size=options["max-manifest-size"],
                 workers=options["workers"],
                 access_log=False if options["no-access-log"] else None,
+                proxies=options["proxy"],
+                storage_options={
+                    "bucket": options["s3-bucket"],
+                    "endpoint": options["s3-endpoint"],
+                    "region": options["s3-region"],
+                    "prefix": options["s3-prefix"],
+                    "redirect": True if options["s3-redirect"] else None,
+                },
             )
             return make_service(config)
         except ConfigError as e:
