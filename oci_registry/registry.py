@@ -100,6 +100,11 @@ class Registry:
         self.max_upload_size = max_upload_size  # 0: no limit
         self._live: dict[str, _LiveUpload] = {}
 
+    @property
+    def min_chunk_length(self) -> int | None:
+        """The chunk size below which uploads cost the storage more (``OCI-Chunk-Min-Length``), or None."""
+        return getattr(self.storage, "min_chunk_length", None)
+
     # ------------------------------------------------------------------ blobs
 
     async def _read_link(self, path: str) -> str | None:

@@ -94,6 +94,9 @@ async def test_post_opens_an_upload_session(registry):
     assert reply.header("Docker-Upload-UUID"), reply
     start, _ = parse_range(reply.header("Range"))
     assert start == 0
+    # Optional (storage that prefers large chunks says how large).
+    minimum = reply.header("OCI-Chunk-Min-Length")
+    assert minimum is None or int(minimum) > 0, reply
 
 
 @pytest_twisted.ensureDeferred

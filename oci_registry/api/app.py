@@ -324,6 +324,8 @@ class RegistryAPI:
             Docker_Upload_UUID=status.id,
             Content_Length=0,
         )
+        if self.registry.min_chunk_length:
+            _set(request, OCI_Chunk_Min_Length=self.registry.min_chunk_length)
         return b""
 
     def _blob_created(self, request, name: Name, digest: Digest) -> bytes:

@@ -59,6 +59,8 @@ def _fsync_dir(path: str) -> None:
 class FilesystemDriver:
     """Stores files under ``root``; ``reactor`` and the pool are injectable."""
 
+    min_chunk_length = None  # appends cost the same whatever their size
+
     def __init__(self, root: str, reactor=None, threads: int = 8, inline_reads: bool = True):
         if reactor is None:
             from twisted.internet import reactor

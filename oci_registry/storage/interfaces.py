@@ -64,6 +64,11 @@ class IReader(Interface):
 
 
 class IStorageDriver(Interface):
+    min_chunk_length = Attribute(
+        "The smallest upload chunk the driver stores without re-buffering (bytes), or None for any size: "
+        "sent to clients as OCI-Chunk-Min-Length."
+    )
+
     def read_bytes(path):
         """Fire with the whole content of a small file."""
 

@@ -133,6 +133,7 @@ class S3Driver:
         self.settings = settings
         self.client = client
         self.part_size = settings.part_size
+        self.min_chunk_length = settings.part_size  # smaller PATCHes are re-buffered in the upload state
         self.parts_in_flight = PARTS_IN_FLIGHT
         self.copy_limit = COPY_LIMIT
         self.copy_part_size = COPY_PART_SIZE
