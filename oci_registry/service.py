@@ -153,11 +153,13 @@ def make_service(config: Config, reactor=None) -> MultiService:
         from twisted.internet import reactor
     site = build_site(config, reactor)
     top = MultiService()
+    supervisor = None
     if config.workers > 1:
         from .workers import WorkerSupervisor, add_listeners
 
         add_listeners(top, reactor, config, site)
-        WorkerSupervisor(reactor, config).setServiceParent(top)
+        supervisor = WorkerSupervisor(reactor, config)
+        supervisor.setServiceParent(top)
     else:
         for description in config.listen:
             endpoint = serverFromString(reactor, description)
@@ -167,7 +169,9 @@ def make_service(config: Config, reactor=None) -> MultiService:
     log.info("ociregistry storing data in {data_dir}",
              data_dir=config.storage.describe() if config.storage else config.data_dir)
     site.auth.announce()
-    reload_service = site.auth.reload_service()  # SIGHUP re-reads the auth settings
+    # SIGHUP re-reads the auth settings, here and in every worker.
+    reload_service = site.auth.reload_service(
+        forward=(lambda: supervisor.signal_workers("HUP")) if supervisor is not None else None)
     if reload_service is not None:
         top.addService(reload_service)
     log.info("ociregistry listening on {listen} with {workers} worker(s)", listen=", ".join(config.listen),

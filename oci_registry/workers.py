@@ -120,6 +120,14 @@ class WorkerSupervisor(Service):
         )
         self._workers[index] = worker
 
+    def signal_workers(self, name: str) -> None:
+        """Send every running worker a signal ("HUP", ...)."""
+        for worker in list(self._workers.values()):
+            try:
+                worker.transport.signalProcess(name)
+            except Exception as e:  # it has just ended: it is restarted with fresh settings anyway
+                log.info("could not signal worker {index}: {error}", index=worker.index, error=e)
+
     def ended(self, worker: _WorkerProtocol, reason) -> None:
         self._workers.pop(worker.index, None)
         if self.running:
@@ -189,7 +197,11 @@ def main(argv=None) -> None:
     config = Config.from_dict(json.loads(payload))
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
     top = MultiService()
-    add_listeners(top, reactor, config, build_site(config, reactor))
+    site = build_site(config, reactor)
+    add_listeners(top, reactor, config, site)
+    reload_service = site.auth.reload_service()  # the supervisor passes SIGHUP on
+    if reload_service is not None:
+        top.addService(reload_service)
     reactor.addReader(_ParentWatch(reactor))
     top.startService()
     reactor.addSystemEventTrigger("before", "shutdown", top.stopService)

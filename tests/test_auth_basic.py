@@ -297,10 +297,14 @@ def test_users_and_rules_reload_when_the_files_change(tmp_path):
         process.stop()
 
 
-def test_sighup_reloads_even_when_the_file_looks_unchanged(tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sighup_reloads_even_when_the_file_looks_unchanged(tmp_path, workers):
     write_htpasswd(tmp_path / "htpasswd", {"alice": "first-password"})
-    process = start_registry(tmp_path, "  htpasswd: htpasswd\n  max_failed_logins: 0\n  admins: [alice]\n")
+    process = start_registry(tmp_path, "  htpasswd: htpasswd\n  max_failed_logins: 0\n  admins: [alice]\n",
+                             extra_args=["--workers", str(workers)] if workers > 1 else ())
     try:
+        if workers > 1:
+            assert wait_until(lambda: "worker 1 serving" in process.log())
         assert call(process.url, "GET", "/v2/", headers=basic("alice", "first-password")).status == 200
         path = tmp_path / "htpasswd"
         before = os.stat(path)
@@ -316,10 +320,11 @@ def test_sighup_reloads_even_when_the_file_looks_unchanged(tmp_path):
         assert call(process.url, "GET", "/v2/", headers=basic("alice", "first-password")).status == 200
 
         process.process.send_signal(signal.SIGHUP)
-        assert wait_until(lambda: call(process.url, "GET", "/v2/",
-                                       headers=basic("alice", "other-password")).status == 200)
-        assert call(process.url, "GET", "/v2/", headers=basic("alice", "first-password")).status == 401
-        assert "reloading auth settings" in process.log()
+        assert wait_until(lambda: process.log().count("reloading auth settings") == workers)
+        # Every worker reloaded: each request (a new connection, any worker) sees the new password.
+        for _ in range(12):
+            assert call(process.url, "GET", "/v2/", headers=basic("alice", "other-password")).status == 200
+            assert call(process.url, "GET", "/v2/", headers=basic("alice", "first-password")).status == 401
     finally:
         process.stop()
 

@@ -74,17 +74,22 @@ class Auth:
         if config.mode != "external-token" and not config.access and not config.admins:
             log.warn("auth: no access rules and no admins: nobody may pull or push")
 
-    def reload_service(self) -> Service | None:
-        """Reloads the settings on SIGHUP while running; None when there is nothing to reload."""
-        return SighupReload(self) if self.state is not None else None
+    def reload_service(self, forward=None) -> Service | None:
+        """
+        Reloads the settings on SIGHUP while running; None when there is
+        nothing to reload.  ``forward``, if given, is called after each
+        reload (the worker supervisor passes the signal on to its workers).
+        """
+        return SighupReload(self, forward=forward) if self.state is not None else None
 
 
 class SighupReload(Service):
     name = "auth-reload"
 
-    def __init__(self, auth: Auth, reactor=None):
+    def __init__(self, auth: Auth, reactor=None, forward=None):
         self._auth = auth
         self._reactor = reactor
+        self._forward = forward
         self._previous = None
 
     def startService(self):
@@ -99,7 +104,12 @@ class SighupReload(Service):
             self._previous = None
 
     def _signalled(self, signum, frame):
-        self._reactor.callFromThread(self._auth.reload)
+        self._reactor.callFromThread(self._reload)
+
+    def _reload(self):
+        self._auth.reload()
+        if self._forward is not None:
+            self._forward()
 
     def stopService(self):
         super().stopService()
