@@ -24,6 +24,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
 
+from ..bulk import raise_limits, restore_limits
+
 log = Logger()
 
 UPLOAD_PATH = re.compile(rb"^/v2/.+/blobs/uploads/[^/?]*(\?.*)?$")
@@ -200,6 +202,7 @@ class StreamingRequest(server.Request):
     _finish_deferred = False
     _watchdog = None
     _body_bytes = 0
+    _bulk = None
 
     def gotLength(self, length):
         if length != 0:
@@ -210,6 +213,7 @@ class StreamingRequest(server.Request):
         if command in STREAMED_METHODS and path is not None and UPLOAD_PATH.match(path):
             self.body_stream = BodyStream(self)
             self.content = _LimitedContent(0)
+            self._bulk = raise_limits(channel.transport, read=True)  # a blob is coming
             self._start(command, path, channel._version)
             return
         limit = getattr(getattr(channel, "site", None), "max_body_size", None)
@@ -273,6 +277,8 @@ class StreamingRequest(server.Request):
 
     def requestReceived(self, command, path, version):
         self._stop_watchdog()
+        restore_limits(self._bulk)
+        self._bulk = None
         if self.body_stream is None:
             return super().requestReceived(command, path, version)
         self.body_stream.complete()
@@ -292,6 +298,8 @@ class StreamingRequest(server.Request):
 
     def connectionLost(self, reason):
         self._stop_watchdog()
+        restore_limits(self._bulk)
+        self._bulk = None
         if self.body_stream is not None:
             self.body_stream.fail(reason)
         return super().connectionLost(reason)

@@ -13,11 +13,12 @@ from urllib.parse import urlencode
 
 from twisted.internet import tcp
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from zope.interface import implementer
-from twisted.internet.interfaces import IPushProducer
 
+from ..bulk import raise_limits, restore_limits
 from ..errors import RangeInvalid, RegistryError
 
 log = Logger()
@@ -243,6 +244,7 @@ async def send_reader(request, reader, length: int) -> None:
         return
     pump = _Pump()
     request.registerProducer(pump, True)
+    bulk = raise_limits(getattr(request.channel, "transport", None), send=True)
     try:
         remaining = length
         while remaining > 0 and not pump.stopped:
@@ -264,6 +266,7 @@ async def send_reader(request, reader, length: int) -> None:
             if waiting is not None:
                 await waiting
     finally:
+        restore_limits(bulk)
         await reader.close()
         if not pump.stopped:
             request.unregisterProducer()

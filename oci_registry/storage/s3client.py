@@ -36,6 +36,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
+from ..bulk import raise_limits, restore_limits
 from . import sigv4
 
 log = Logger()
@@ -170,6 +171,10 @@ class BodyStream(Protocol):
         self._done = False
         self._failure = None
         self._waiter: Deferred | None = None
+        self._bulk = None
+
+    def connectionMade(self) -> None:
+        self._bulk = raise_limits(self.transport, read=True)
 
     def dataReceived(self, data: bytes) -> None:
         self._chunks.append(data)
@@ -180,6 +185,8 @@ class BodyStream(Protocol):
         self._wake()
 
     def connectionLost(self, reason) -> None:
+        restore_limits(self._bulk)  # the connection goes back to the pool
+        self._bulk = None
         self._done = True
         if self._failure is None and not reason.check(web_client.ResponseDone, web_client.PotentialDataLoss):
             self._failure = reason
