@@ -160,16 +160,20 @@ async def fetch(method: str, target: str, body: bytes | None = None, headers: di
     Send one request and read the whole response.  ``body=None`` sends no
     body; ``b""`` sends ``Content-Length: 0``; any other body is sent with
     its ``Content-Length`` (a ``Content-Length`` in ``headers`` only states
-    that, and must match).  ``broken_body_ok`` tolerates a response whose
-    body cannot be read in full (the reference registry's 416 answers
-    declare the blob's length but send a shorter body), leaving ``body`` None.
+    that, and must match).  ``body`` may also be a Twisted body producer
+    (one of unknown length goes out with ``Transfer-Encoding: chunked``).
+    A header whose value is a list is sent as one header line per value.
+    ``broken_body_ok`` tolerates a response whose body cannot be read in
+    full (the reference registry's 416 answers declare the blob's length but
+    send a shorter body), leaving ``body`` None.
     """
     headers = dict(headers or {})
     for key in [k for k in headers if k.lower() == "content-length"]:
         # Twisted's client sends Content-Length for every body itself; don't send it twice.
         assert body is not None and headers.pop(key) == str(len(body)), "Content-Length must match the body"
     response = await treq.request(
-        method, target, data=body, headers={k: [v] for k, v in headers.items()},
+        method, target, data=body,
+        headers={k: list(v) if isinstance(v, (list, tuple)) else [v] for k, v in headers.items()},
         persistent=False, allow_redirects=False,
     )
     try:
@@ -195,7 +199,8 @@ async def head(registry, path: str, **kw) -> Reply:
 
 
 async def get_manifest(registry, name: str, reference: str, method: str = "GET",
-                       accept: str | None = MANIFEST_ACCEPT) -> Reply:
+                       accept: str | list[str] | None = MANIFEST_ACCEPT) -> Reply:
+    """GET (or ``method``) a manifest; ``accept`` as a list sends one ``Accept`` line per item."""
     headers = {"Accept": accept} if accept else {}
     return await fetch(method, url(registry, f"/v2/{name}/manifests/{reference}"), headers=headers)
 

@@ -407,6 +407,17 @@ async def test_referrers_of_an_unknown_digest(registry):
 
 @pytest.mark.ociregistry_only
 @pytest_twisted.ensureDeferred
+async def test_referrers_in_an_unknown_repository(registry):
+    """
+    Nor to a repository that does not exist yet: a client asks for referrers
+    before it pushes anything, and an empty index (not 404) means "none".
+    """
+    _, manifests = await referrers(registry, unique_name(), sha256_digest(b"never pushed"))
+    assert manifests == []
+
+
+@pytest.mark.ociregistry_only
+@pytest_twisted.ensureDeferred
 async def test_referrers_artifact_type_from_config(registry):
     """Without ``artifactType``, a referrer's artifactType is its config's mediaType."""
     name = unique_name()

@@ -21,8 +21,10 @@ from api_helpers import (
     MANIFEST_ACCEPT,
     OCI_INDEX,
     OCI_MANIFEST,
+    assert_digest_header,
     assert_error,
     assert_error_shape,
+    encode,
     fetch,
     get,
     get_manifest,
@@ -318,6 +320,37 @@ async def test_sha512_monolithic_post(registry):
     reply = await get(registry, f"/v2/{name}/blobs/{digest}")
     assert reply.status == 200, reply
     assert reply.body == data
+
+
+@ociregistry_only
+@pytest_twisted.ensureDeferred
+async def test_sha512_manifest_and_index(registry):
+    """
+    A manifest and an index PUT by their sha512 digest are served by that
+    digest, which every answer names in Docker-Content-Digest (not a sha256
+    the registry computed instead).  The reference 2.8 digests manifests
+    with sha256 only and answers 400 DIGEST_INVALID to the PUT.
+    """
+    name = unique_name()
+    member = await push_image(registry, name)
+    manifest = image_manifest(member.config, member.layers, annotations={"org.example.digest": "sha512"})
+    index = encode({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [{"mediaType": OCI_MANIFEST, "digest": member.digest, "size": len(member.manifest)}],
+    })
+    for body, media_type in ((manifest, OCI_MANIFEST), (index, OCI_INDEX)):
+        digest = sha512_digest(body)
+        reply = await put_manifest(registry, name, digest, body, media_type)
+        assert reply.status == 201, reply
+        assert_digest_header(reply, digest)
+        for method in ("GET", "HEAD"):
+            reply = await get_manifest(registry, name, digest, method=method)
+            assert reply.status == 200, reply
+            assert reply.header("Content-Type") == media_type, reply
+            assert reply.header("Content-Length") == str(len(body)), reply
+            assert_digest_header(reply, digest)
+        assert (await get_manifest(registry, name, digest)).body == body
 
 
 # ---------------------------------------------------------------- manifests

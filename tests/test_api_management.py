@@ -250,3 +250,22 @@ async def test_delete_image_like_the_conformance_suite(registry):
         assert (await delete(registry, f"/v2/{name}/blobs/{digest}")).status == 202
         assert_error(await get(registry, f"/v2/{name}/blobs/{digest}"), 404, "BLOB_UNKNOWN")
     assert_error(await get_manifest(registry, name, image.digest), 404, "MANIFEST_UNKNOWN")
+
+
+@pytest_twisted.ensureDeferred
+async def test_delete_manifest_after_its_blobs(registry):
+    """
+    The other order: the blobs go first.  A manifest whose blobs are gone
+    can still be deleted (202), and is gone afterwards.
+    """
+    name, tag = unique_name(), unique_tag()
+    image = await push_image(registry, name, tag, layers=2)
+    for data in (image.config, *image.layers):
+        digest = sha256_digest(data)
+        assert (await delete(registry, f"/v2/{name}/blobs/{digest}")).status == 202
+        assert_error(await get(registry, f"/v2/{name}/blobs/{digest}"), 404, "BLOB_UNKNOWN")
+    reply = await delete(registry, f"/v2/{name}/manifests/{image.digest}")
+    assert reply.status == 202, reply
+    assert_api_version(reply)
+    assert_error(await get_manifest(registry, name, image.digest), 404, "MANIFEST_UNKNOWN")
+    assert_error(await get_manifest(registry, name, tag), 404, "MANIFEST_UNKNOWN")

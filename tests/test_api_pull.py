@@ -379,6 +379,27 @@ async def test_get_manifest_without_accept_header(registry):
 
 
 @pytest_twisted.ensureDeferred
+async def test_get_manifest_with_several_accept_lines(registry):
+    """
+    Clients may send each accepted type on an ``Accept`` line of its own;
+    the lines together are the list (RFC 9110).  Here the image manifest's
+    type is only on the first line and the index's only on the second.
+    """
+    name = unique_name()
+    image = await push_image(registry, name, "image")
+    index, index_digest, _ = await push_index(registry, name, "index", [image])
+    accept = [f"{OCI_MANIFEST}, {DOCKER_MANIFEST}", f"{OCI_INDEX}, {DOCKER_LIST}"]
+    for tag, body, digest, media_type in (("image", image.manifest, image.digest, OCI_MANIFEST),
+                                          ("index", index, index_digest, OCI_INDEX)):
+        for method in ("GET", "HEAD"):
+            reply = await get_manifest(registry, name, tag, method=method, accept=accept)
+            assert reply.status == 200, reply
+            assert reply.header("Content-Type") == media_type, reply
+            assert_digest_header(reply, digest)
+            assert reply.body == (body if method == "GET" else b""), reply
+
+
+@pytest_twisted.ensureDeferred
 async def test_get_unknown_tag(registry):
     name = unique_name()
     await push_image(registry, name, unique_tag())

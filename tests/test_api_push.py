@@ -6,11 +6,15 @@ the OCI conformance suite's ``02_push_test.go``.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import io
 import json
 
 import pytest
 import pytest_twisted
+from twisted.web.client import FileBodyProducer
+from twisted.web.iweb import UNKNOWN_LENGTH
 
 from api_helpers import (
     DOCKER_LIST,
@@ -47,6 +51,7 @@ from api_helpers import (
 )
 
 OCTETS = {"Content-Type": "application/octet-stream"}
+OCI_LAYER_NONDISTRIBUTABLE_GZIP = "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
 
 
 def blob_data(label: str, size: int = 0) -> bytes:
@@ -77,6 +82,30 @@ async def patch(session: str, chunk: bytes, start: int | None = None):
     if start is not None:
         headers["Content-Range"] = f"{start}-{start + len(chunk) - 1}"
     return await fetch("PATCH", session, chunk, headers)
+
+
+class _Unmeasurable:
+    """A file Twisted cannot seek in, so it cannot tell the length of the body read from it."""
+
+    def __init__(self, data: bytes):
+        self._file = io.BytesIO(data)
+
+    def read(self, size: int = -1) -> bytes:
+        return self._file.read(size)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def chunked(data: bytes, piece: int = 4096) -> FileBodyProducer:
+    """
+    A request body of unknown length for `fetch`: Twisted's client sends it
+    with ``Transfer-Encoding: chunked`` and no ``Content-Length``, in HTTP
+    chunks of ``piece`` bytes, as docker and containerd stream layers.
+    """
+    producer = FileBodyProducer(_Unmeasurable(data), readSize=piece)
+    assert producer.length is UNKNOWN_LENGTH
+    return producer
 
 
 # ------------------------------------------------------------ upload sessions
@@ -320,6 +349,81 @@ async def test_chunk_content_range_must_match_its_length(registry):
     assert_error(reply, reply.status)
 
 
+@pytest.mark.ociregistry_only
+@pytest_twisted.ensureDeferred
+async def test_first_chunk_must_start_at_zero(registry):
+    """
+    The first PATCH of a fresh session claims to start at 10: 416 (the
+    reference 2.8 ignores Content-Range and appends it).  Nothing was
+    written, so a chunk from 0 is still accepted.
+    """
+    name = unique_name()
+    data = blob_data("skips ahead", 20)
+    session = await open_session(registry, name)
+    reply = await patch(session, data[10:], start=10)
+    assert_error(reply, 416)
+
+    reply = await patch(session, data, start=0)
+    assert reply.status == 202, reply
+    assert parse_range(reply.header("Range")) == (0, 19), reply
+    session = resolve(registry, reply.header("Location"))
+    reply = await fetch("PUT", with_query(session, digest=sha256_digest(data)), b"")
+    assert reply.status == 201, reply
+    await assert_blob(registry, name, sha256_digest(data), data)
+
+
+@pytest.mark.ociregistry_only
+@pytest_twisted.ensureDeferred
+async def test_closing_put_out_of_order(registry):
+    """
+    The closing PUT carries a last chunk whose Content-Range does not
+    continue the upload: 416, and no blob (the reference 2.8 ignores
+    Content-Range).  The session is not finished by it: the missing chunk
+    and then the same PUT complete the upload.
+    """
+    name = unique_name()
+    data = blob_data("closing put out of order", 30)
+    digest = sha256_digest(data)
+    session = await open_session(registry, name)
+    reply = await patch(session, data[:10], start=0)
+    assert reply.status == 202, reply
+    session = resolve(registry, reply.header("Location"))
+
+    last = dict(OCTETS, **{"Content-Range": "20-29", "Content-Length": "10"})
+    reply = await fetch("PUT", with_query(session, digest=digest), data[20:], last)  # skips 10-19
+    assert_error(reply, 416)
+    await assert_no_blob(registry, name, digest)
+
+    status = await fetch("GET", session)
+    assert status.status == 204, status
+    assert parse_range(status.header("Range")) == (0, 9), status
+
+    reply = await patch(session, data[10:20], start=10)
+    assert reply.status == 202, reply
+    session = resolve(registry, reply.header("Location"))
+    reply = await fetch("PUT", with_query(session, digest=digest), data[20:], last)
+    assert reply.status == 201, reply
+    assert_digest_header(reply, digest)
+    await assert_blob(registry, name, digest, data)
+
+
+@pytest_twisted.ensureDeferred
+async def test_chunked_upload_with_wrong_digest(registry):
+    """The chunks all arrived, but the closing PUT names another digest: refused, and no blob under either."""
+    name = unique_name()
+    data = blob_data("chunked, wrong digest", 20)
+    wrong = sha256_digest(b"not the chunks")
+    session = await open_session(registry, name)
+    for start in (0, 10):
+        reply = await patch(session, data[start:start + 10], start=start)
+        assert reply.status == 202, reply
+        session = resolve(registry, reply.header("Location"))
+    reply = await fetch("PUT", with_query(session, digest=wrong), b"")
+    assert_error(reply, 400, "DIGEST_INVALID")
+    await assert_no_blob(registry, name, wrong)
+    await assert_no_blob(registry, name, sha256_digest(data))
+
+
 @pytest_twisted.ensureDeferred
 async def test_streamed_upload(registry):
     """PATCH without Content-Range appends whatever arrives (the "streamed" upload)."""
@@ -342,6 +446,22 @@ async def test_streamed_upload(registry):
 
 
 @pytest_twisted.ensureDeferred
+async def test_streamed_upload_with_wrong_digest(registry):
+    """A streamed PATCH, then a closing PUT (with the rest) naming another digest: refused, and no blob."""
+    name = unique_name()
+    data = blob_data("streamed, wrong digest", 40)
+    wrong = sha256_digest(b"not the stream")
+    session = await open_session(registry, name)
+    reply = await fetch("PATCH", session, data[:30], OCTETS)
+    assert reply.status == 202, reply
+    session = resolve(registry, reply.header("Location"))
+    reply = await fetch("PUT", with_query(session, digest=wrong), data[30:], OCTETS)
+    assert_error(reply, 400, "DIGEST_INVALID")
+    await assert_no_blob(registry, name, wrong)
+    await assert_no_blob(registry, name, sha256_digest(data))
+
+
+@pytest_twisted.ensureDeferred
 async def test_streamed_upload_of_a_large_blob(registry):
     name = unique_name()
     data = hashlib.sha256(b"seed").digest() * (3 * 32768 + 5)  # ~3 MiB
@@ -358,6 +478,27 @@ async def test_streamed_upload_of_a_large_blob(registry):
     got = await get(registry, f"/v2/{name}/blobs/{digest}")
     assert got.status == 200
     assert sha256_digest(got.body) == digest
+
+
+@pytest_twisted.ensureDeferred
+async def test_streamed_upload_with_chunked_transfer_encoding(registry):
+    """
+    How docker and containerd stream a layer: PATCH without Content-Range and
+    without Content-Length, the body in HTTP chunks (``Transfer-Encoding:
+    chunked``); the registry learns the length only at the end of the body.
+    """
+    name = unique_name()
+    data = blob_data("transfer-encoding chunked", 100_000)
+    digest = sha256_digest(data)
+    session = await open_session(registry, name)
+    reply = await fetch("PATCH", session, chunked(data), OCTETS)
+    assert reply.status == 202, reply
+    assert parse_range(reply.header("Range")) == (0, len(data) - 1), reply
+    session = resolve(registry, reply.header("Location"))
+    reply = await fetch("PUT", with_query(session, digest=digest), b"")
+    assert reply.status == 201, reply
+    assert_digest_header(reply, digest)
+    await assert_blob(registry, name, digest, data)
 
 
 # ------------------------------------------------------- cancelling sessions
@@ -636,6 +777,119 @@ async def test_put_manifest_without_layers(registry):
 
 
 @pytest_twisted.ensureDeferred
+async def test_put_manifest_with_chunked_transfer_encoding(registry):
+    """A manifest body without Content-Length, in HTTP chunks: stored as sent."""
+    name, tag = unique_name(), unique_tag()
+    config, layer = await _blobs_for_manifest(registry, name)
+    manifest = image_manifest(config, [layer], annotations={"org.example.sent": "chunked"})
+    digest = sha256_digest(manifest)
+    reply = await put_manifest(registry, name, tag, chunked(manifest, piece=100))
+    assert reply.status == 201, reply
+    assert_digest_header(reply, digest)
+    for reference in (tag, digest):
+        reply = await get_manifest(registry, name, reference)
+        assert reply.status == 200, reply
+        assert reply.body == manifest
+
+
+@pytest_twisted.ensureDeferred
+async def test_put_manifest_without_media_type_field(registry):
+    """
+    ``mediaType`` is optional in an OCI image manifest (image-spec 1.0
+    manifests have none); the Content-Type says what it is, and GET
+    answers with that type.
+    """
+    name = unique_name()
+    config = image_config(unique_tag())
+    await push_blob(registry, name, config)
+    manifest = encode({"schemaVersion": 2, "config": descriptor(OCI_CONFIG, config), "layers": []})
+    reply = await put_manifest(registry, name, "untyped", manifest, OCI_MANIFEST)
+    assert reply.status == 201, reply
+    assert_digest_header(reply, sha256_digest(manifest))
+    for method in ("GET", "HEAD"):
+        reply = await get_manifest(registry, name, "untyped", method=method)
+        assert reply.status == 200, reply
+        assert reply.header("Content-Type") == OCI_MANIFEST, reply
+        assert_digest_header(reply, sha256_digest(manifest))
+    assert (await get_manifest(registry, name, "untyped")).body == manifest
+
+
+@pytest.mark.ociregistry_only
+@pytest_twisted.ensureDeferred
+async def test_put_manifest_with_non_distributable_layer(registry):
+    """
+    A non-distributable layer is fetched from its ``urls``, never pushed:
+    the registry must not require the blob (it does require the others).
+    The reference 2.8 refuses any manifest with ``urls`` (500, with a
+    MANIFEST_BLOB_UNKNOWN among its errors) unless its configuration has
+    ``validation.manifests.urls.allow``.
+    """
+    name = unique_name()
+    config, layer = await _blobs_for_manifest(registry, name)
+    foreign = blob_data("foreign layer, never pushed", 500)
+    manifest = encode({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": descriptor(OCI_CONFIG, config),
+        "layers": [
+            descriptor(OCI_LAYER_NONDISTRIBUTABLE_GZIP, foreign,
+                       urls=[f"https://layers.example.com/{sha256_digest(foreign)}"]),
+            descriptor(OCI_LAYER, layer),
+        ],
+    })
+    reply = await put_manifest(registry, name, "foreign", manifest)
+    assert reply.status == 201, reply
+    assert_digest_header(reply, sha256_digest(manifest))
+    reply = await get_manifest(registry, name, "foreign")
+    assert reply.status == 200, reply
+    assert reply.body == manifest
+    await assert_no_blob(registry, name, sha256_digest(foreign))
+
+
+def embedded(media_type: str, content: bytes, **extra) -> dict:
+    """A descriptor that also carries its content, base64 in ``data`` (image-spec 1.1)."""
+    return {**descriptor(media_type, content), "data": base64.b64encode(content).decode(), **extra}
+
+
+@pytest_twisted.ensureDeferred
+async def test_put_manifests_with_data_and_unknown_fields(registry):
+    """
+    Descriptors may embed their content (``data``) and, like the documents
+    around them, carry fields the image-spec does not define (which
+    implementations MUST ignore, not refuse): a manifest and an index with
+    both are stored byte for byte.
+    """
+    name = unique_name()
+    config, layer = await _blobs_for_manifest(registry, name)
+    manifest = encode({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": embedded(OCI_CONFIG, config, **{"org.example.future": {"nested": [1, 2.5, None]}}),
+        "layers": [embedded(OCI_LAYER, layer, unknownField=True)],
+        "org.example.extension": "manifest",
+    })
+    digest = sha256_digest(manifest)
+    reply = await put_manifest(registry, name, "with-data", manifest)
+    assert reply.status == 201, reply
+    assert_digest_header(reply, digest)
+    index = encode({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [embedded(OCI_MANIFEST, manifest, platform={"architecture": "amd64", "os": "linux"},
+                               unknownField="kept")],
+        "org.example.extension": {"index": True},
+    })
+    reply = await put_manifest(registry, name, "index-with-data", index, OCI_INDEX)
+    assert reply.status == 201, reply
+    assert_digest_header(reply, sha256_digest(index))
+    for reference, body in (("with-data", manifest), (digest, manifest),
+                            ("index-with-data", index), (sha256_digest(index), index)):
+        reply = await get_manifest(registry, name, reference)
+        assert reply.status == 200, reply
+        assert reply.body == body
+
+
+@pytest_twisted.ensureDeferred
 async def test_put_artifact_manifest_with_empty_config(registry):
     """An OCI 1.1 artifact: the empty config ``{}``, an ``artifactType`` and arbitrary layer types."""
     name = unique_name()
@@ -695,6 +949,23 @@ async def test_put_index_of_indexes(registry):
     assert reply.status == 201, reply
     reply = await get_manifest(registry, name, "nested")
     assert reply.body == outer
+
+
+@pytest_twisted.ensureDeferred
+async def test_put_empty_oci_index(registry):
+    """An index listing no manifests at all is valid (``manifests`` is required, not non-empty)."""
+    name = unique_name()
+    index = encode({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []})
+    digest = sha256_digest(index)
+    reply = await put_manifest(registry, name, "empty", index, OCI_INDEX)
+    assert reply.status == 201, reply
+    assert_digest_header(reply, digest)
+    for reference in ("empty", digest):
+        reply = await get_manifest(registry, name, reference)
+        assert reply.status == 200, reply
+        assert reply.body == index
+        assert reply.header("Content-Type") == OCI_INDEX, reply
+        assert reply.json()["manifests"] == []
 
 
 @pytest_twisted.ensureDeferred
