@@ -927,6 +927,10 @@ class Bench:
             }
             if self.r.s3:
                 self.cpu[name]["s3_cpu_s"] = round(self.r.s3.server.cpu_seconds() - s3_cpu, 3)
+            # The peak so far, after each workload: which one set the run's peak RSS.
+            peak_so_far = self.r.peak_rss_mib()[0]
+            if peak_so_far is not None:
+                self.cpu[name]["peak_rss_mib_so_far"] = round(peak_so_far, 1)
         peak, each = self.r.peak_rss_mib()
         self.results["peak_rss_mib"] = round(peak, 1) if peak is not None else None
         self.notes["peak_rss_each_mib"] = ", ".join(f"{v:.1f}" for v in each)
