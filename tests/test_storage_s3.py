@@ -311,6 +311,46 @@ async def test_wrong_secret_is_refused(s3_server):  # noqa: F811
         driver.close()
 
 
+def test_request_bodies_go_to_the_socket_in_slices_as_it_takes_them():
+    """
+    A part is handed to the transport a slice at a time, stopping while the
+    transport pushes back: written whole, it would be copied again when the
+    transport joins its buffer.
+    """
+    from oci_registry.storage.s3client import BODY_SLICE, _BytesProducer
+
+    data = os.urandom(3 * BODY_SLICE + 5)
+    producer = _BytesProducer(data)
+    assert producer.length == len(data)
+
+    class Consumer:
+        def __init__(self, producer):
+            self.producer, self.pieces = producer, []
+
+        def write(self, piece):
+            assert isinstance(piece, bytes) and len(piece) <= BODY_SLICE
+            self.pieces.append(piece)
+            self.producer.pauseProducing()  # a full socket buffer after every slice
+
+    consumer = Consumer(producer)
+    done = producer.startProducing(consumer)
+    assert len(consumer.pieces) == 1 and not done.called
+    for expected in (2, 3, 4):
+        producer.resumeProducing()
+        assert len(consumer.pieces) == expected
+    assert not done.called
+    producer.resumeProducing()  # nothing left: finished
+    assert done.called and b"".join(consumer.pieces) == data
+
+    stopped = _BytesProducer(data)
+    consumer = Consumer(stopped)
+    fired = []
+    stopped.startProducing(consumer).addBoth(fired.append)
+    stopped.stopProducing()
+    stopped.resumeProducing()
+    assert fired == [] and len(consumer.pieces) == 1  # never fired nor written to after a stop
+
+
 def test_body_stream_pauses_and_gives_up_on_a_stalled_server():
     from twisted.internet.error import TimeoutError as StallError
     from twisted.internet.task import Clock

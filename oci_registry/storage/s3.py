@@ -470,6 +470,7 @@ class _Writer:
     async def _send_part(self, number: int, chunks: list[bytes], seen: int) -> None:
         async with self._in_order:  # taken in the order the parts were cut
             data = await self._prepare(chunks, seen)
+            chunks.clear()  # joined into data: not held twice while the part is sent
             if self._upload_id is None:
                 self._upload_id = await self._client.create_multipart(self._key)
         digest = await self._driver.payload_hash(data)

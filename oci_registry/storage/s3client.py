@@ -26,7 +26,7 @@ from xml.etree import ElementTree
 
 import attr
 from twisted.internet import error as net_error
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -42,6 +42,7 @@ from . import sigv4
 log = Logger()
 
 MAX_DELETE_BATCH = 1000  # keys per DeleteObjects request
+BODY_SLICE = 1 << 20  # bytes of a request body handed to the socket at a time
 SLOW_TIMEOUT = 900.0  # copies and completions: S3 answers them only when done
 _RETRY_CODES = {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "Throttling", "RequestTimeTooSkewed"}
 _RETRY_EXCEPTIONS = (
@@ -86,24 +87,47 @@ class ObjectInfo:
 
 @implementer(IBodyProducer)
 class _BytesProducer:
-    """A request body already in memory, written in one go."""
+    """
+    A request body already in memory, written in slices as the socket takes
+    them.  Written in one go, a part would sit in the transport's buffer
+    beside the request headers, and the transport joins what it holds into
+    one string before sending: a second copy of every part in flight.
+    """
 
     def __init__(self, data: bytes):
-        self._data = data
+        self._data = memoryview(data)
         self.length = len(data)
+        self._offset = 0
+        self._paused = False
+        self._consumer = None
+        self._done: Deferred | None = None
 
     def startProducing(self, consumer):
-        consumer.write(self._data)
-        return succeed(None)
+        self._consumer, self._done = consumer, Deferred()
+        self._produce()
+        return self._done
+
+    def _produce(self):
+        while not self._paused and self._done is not None and not self._done.called:
+            if self._offset >= self.length:
+                self._data = memoryview(b"")
+                self._done.callback(None)
+                return
+            piece = self._data[self._offset:self._offset + BODY_SLICE]
+            self._offset += len(piece)
+            self._consumer.write(piece.tobytes())  # may pause us
 
     def pauseProducing(self):
-        pass
+        self._paused = True
 
     def resumeProducing(self):
-        pass
+        if self._paused:
+            self._paused = False
+            self._produce()
 
     def stopProducing(self):
-        pass
+        self._done = None  # never fired now, as IBodyProducer asks
+        self._data = memoryview(b"")
 
 
 def _xml(body: bytes) -> ElementTree.Element:
