@@ -189,8 +189,10 @@ def main(argv=None) -> None:
     from twisted.internet import reactor
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
+    from .bulk import large_buffers_from_mmap
     from .service import build_site
 
+    large_buffers_from_mmap()
     argv = sys.argv[1:] if argv is None else argv
     index = int(argv[0])
     payload = argv[1] if len(argv) > 1 else os.environ.pop(CONFIG_VARIABLE)

@@ -351,6 +351,14 @@ def test_request_bodies_go_to_the_socket_in_slices_as_it_takes_them():
     assert fired == [] and len(consumer.pieces) == 1  # never fired nor written to after a stop
 
 
+def test_large_buffers_come_from_mmap_on_glibc():
+    import platform
+
+    from oci_registry.bulk import large_buffers_from_mmap
+
+    assert large_buffers_from_mmap() is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
+
+
 def test_body_stream_pauses_and_gives_up_on_a_stalled_server():
     from twisted.internet.error import TimeoutError as StallError
     from twisted.internet.task import Clock

@@ -45,8 +45,11 @@ class RegistryServiceMaker:
     options = Options
 
     def makeService(self, options):
+        from oci_registry.bulk import large_buffers_from_mmap
         from oci_registry.config import Config, ConfigError
         from oci_registry.service import make_service
+
+        large_buffers_from_mmap()
 
         try:
             config = Config.load(
