@@ -80,12 +80,21 @@ class PushedManifest:
 
 
 class _LiveUpload:
-    """A running hash of an upload's first ``offset`` bytes, in this process only."""
+    """
+    A running hash of an upload's first ``offset`` bytes, in this process
+    only: trusted while the stored data is still what this process wrote
+    (its size and its storage ``version``), re-hashed from storage otherwise.
+    """
 
     def __init__(self, hasher, offset: int):
         self.hasher = hasher
         self.offset = offset
+        self.version: str | None = None
         self.lock = DeferredLock()
+
+    def matches(self, info) -> bool:
+        """Whether the stored data (a `FileInfo`) is the one this process hashed."""
+        return info is not None and self.offset == info.size and self.version == info.version
 
 
 class Registry:
@@ -179,13 +188,17 @@ class Registry:
         return UploadStatus(name, upload_id, 0)
 
     async def upload_status(self, name: Name, upload_id: str) -> UploadStatus:
+        return (await self._upload_data_status(name, upload_id))[0]
+
+    async def _upload_data_status(self, name: Name, upload_id: str):
+        """The upload's status and the `FileInfo` of its data (None before any byte)."""
         if not is_upload_id(upload_id):
             raise BlobUploadUnknown(upload_id)
         started = await self.storage.stat(paths.upload_started(name, upload_id))
         if started is None:
             raise BlobUploadUnknown(upload_id)
         data = await self.storage.stat(paths.upload_data(name, upload_id))
-        return UploadStatus(name, upload_id, data.size if data else 0)
+        return UploadStatus(name, upload_id, data.size if data else 0), data
 
     def _live_for(self, upload_id: str) -> _LiveUpload:
         live = self._live.get(upload_id)
@@ -208,7 +221,7 @@ class Registry:
         live = self._live_for(upload_id)
         await live.lock.acquire()
         try:
-            status = await self.upload_status(name, upload_id)
+            status, data = await self._upload_data_status(name, upload_id)
             if start is not None and start != status.offset:
                 raise UploadRangeInvalid(
                     f"chunk starts at {start} but the upload has {status.offset} bytes",
@@ -216,7 +229,7 @@ class Registry:
                 )
             # Keep hashing as bytes arrive when this process has hashed every
             # byte before them; otherwise the final step re-hashes from storage.
-            hashing = live.hasher is not None and live.offset == status.offset
+            hashing = live.hasher is not None and live.matches(data)
             if status.offset == 0:
                 live.hasher, hashing = hashlib.new(DEFAULT_ALGORITHM), True
             limit = self.max_upload_size
@@ -231,6 +244,7 @@ class Registry:
             finally:
                 await self._close_writer(writer)
                 live.offset = writer.size if hashing else -1
+                live.version = writer.version
             if length is not None and received != length:
                 raise SizeInvalid(f"received {received} bytes, Content-Length said {length}")
             return UploadStatus(name, upload_id, writer.size)
@@ -263,11 +277,14 @@ class Registry:
         live = self._live_for(upload_id)
         await live.lock.acquire()
         try:
-            status = await self.upload_status(name, upload_id)
+            status, data = await self._upload_data_status(name, upload_id)
             data_path = paths.upload_data(name, upload_id)
             if status.offset == 0:
                 await self._write(data_path, b"")
-            if live.hasher is not None and live.offset == status.offset and live.hasher.name == digest.algorithm:
+            # Another process may have written the same upload meanwhile (a
+            # client appending through two replicas at once): then the data
+            # is not what this process hashed, whatever its size.
+            if live.hasher is not None and live.matches(data) and live.hasher.name == digest.algorithm:
                 actual = Digest.from_hasher(live.hasher)
             else:
                 actual = Digest.from_hasher(await self.storage.hash_file(data_path, digest.hasher()))
@@ -454,6 +471,10 @@ class _CappedWriter:
     @property
     def size(self) -> int:
         return self._writer.size
+
+    @property
+    def version(self):
+        return self._writer.version
 
     def write(self, data):
         if self._writer.size + len(data) > self._limit:

@@ -147,6 +147,37 @@ class StorageSuite:
         assert await driver.read_bytes("f") == b"abcdef"
 
     @pytest_twisted.ensureDeferred
+    async def test_writer_version_tells_another_writers_data_of_the_same_size(self, driver):
+        """
+        What lets a process trust its running hash of an upload: after
+        ``close()``, the writer's ``version`` is the one ``stat`` reports until
+        somebody else writes the file.  Two writers storing different bytes of
+        the same size leave different versions, unless the driver keeps none
+        (None), in which case appends only grow the file and the size tells.
+        """
+        first = await driver.open_writer("uploads/u/data")
+        await first.write(b"a" * 10)
+        await first.close()
+        assert first.version == (await driver.stat("uploads/u/data")).version
+
+        second = await driver.open_writer("uploads/u/data")  # another process's writer, from the start
+        await second.write(b"b" * 10)
+        await second.close()
+        info = await driver.stat("uploads/u/data")
+        assert info.size == 10 and second.version == info.version
+        if first.version is None:
+            assert second.version is None
+        else:
+            assert second.version != first.version
+
+        resumed = await driver.open_writer("uploads/u/data", append=True)
+        assert resumed.version == info.version  # nothing of its own stored yet
+        await resumed.write(b"c" * 10)
+        await resumed.close()
+        assert resumed.version == (await driver.stat("uploads/u/data")).version
+        await driver.delete("uploads/u")
+
+    @pytest_twisted.ensureDeferred
     async def test_writer_cancel(self, driver):
         writer = await driver.open_writer("gone/data")
         await writer.write(b"x" * 100)

@@ -37,6 +37,9 @@ class FileInfo:
     size: int
     mtime: float
     is_dir: bool
+    # Names the file's content as last written (S3: the object's ETag), or
+    # None where the storage keeps none: see ``IWriter.version``.
+    version: str | None = None
 
 
 def _translate(exc: OSError) -> Exception:
@@ -261,6 +264,8 @@ def _remove(full: str) -> None:
 @implementer(IWriter)
 class _Writer:
     """Buffers chunks into blocks; one pool job in flight at a time keeps order."""
+
+    version = None  # appends only grow a file: the size tells one writer's from another's
 
     def __init__(self, driver: FilesystemDriver, full: str, f, size: int, hasher):
         self._driver = driver

@@ -32,6 +32,11 @@ class IWriter(Interface):
     """An append-only writer for one file, obtained from ``open_writer``."""
 
     size = Attribute("Bytes in the file so far, including ones not yet flushed.")
+    version = Attribute(
+        "After close(): the version stat() reports while nobody else has written the file since (S3: the ETag "
+        "of what close() stored), so a process can tell its own write from another's of the same size; None "
+        "where the storage keeps no versions (appends to a local file only grow it, and the size tells)."
+    )
 
     def write(data):
         """

@@ -275,7 +275,7 @@ class S3Driver:
         info = await self.client.head(key)
         if info is not None:
             size = int(info.metadata.get(STATE_HEADER, info.size))
-            return FileInfo(size, info.mtime, False)
+            return FileInfo(size, info.mtime, False, info.etag or None)
         below = await self.client.list(key + "/", limit=1)
         if below:
             return FileInfo(0, below[0].mtime, True)
@@ -335,6 +335,7 @@ class S3Driver:
         info = await self.client.head(key)
         if info is None:
             return writer
+        writer.version = info.etag or None  # until close() stores something of its own
         if STATE_HEADER in info.metadata:
             # Read the state only when there is something to add: a PUT
             # that finishes an upload often comes with an empty body.
@@ -398,6 +399,7 @@ class _Writer:
         self._part_size = driver.part_size
         self._max_in_flight = driver.parts_in_flight
         self.size = 0
+        self.version: str | None = None
         self._upload_id: str | None = None
         self._parts: list[tuple[int, str, int]] = []  # sent: (number, etag, size)
         self._next_number = 1
@@ -572,17 +574,20 @@ class _Writer:
                 return  # nothing was written: the state at the key says it all
             await self._load_state()
         tail = await self._prepare(*self._take())
+        self.version = None
         if self._upload_id is None:
-            await self._client.put(self._key, tail, await self._driver.payload_hash(tail))
+            etag = await self._client.put(self._key, tail, await self._driver.payload_hash(tail))
         elif commit:
             if tail:
                 await self._send_part(self._number(), [tail], len(tail))  # already hashed
             await self._client.complete_multipart(self._key, self._upload_id, [(n, e) for n, e, _ in self._sent()])
+            return
         else:
             body = UploadState(self._upload_id, tuple(self._sent()), self.size).encode(tail)
-            await self._client.put(
+            etag = await self._client.put(
                 self._key, body, await self._driver.payload_hash(body), metadata={STATE_HEADER: str(self.size)}
             )
+        self.version = etag or None
 
     @_deferred
     async def commit(self):
