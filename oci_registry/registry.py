@@ -235,7 +235,7 @@ class Registry:
             limit = self.max_upload_size
             if limit and length is not None and status.offset + length > limit:
                 raise TooLarge(f"an upload may hold at most {limit} bytes")
-            writer = await self._open_upload_writer(name, upload_id, status.offset, live.hasher if hashing else None)
+            writer = await self._open_upload_writer(name, upload_id, live.hasher if hashing else None)
             if limit:
                 writer = _CappedWriter(writer, limit)
             received = 0
@@ -257,9 +257,13 @@ class Registry:
         if live.hasher is None and not live.lock.locked and not live.lock.waiting:
             self._live.pop(upload_id, None)
 
-    async def _open_upload_writer(self, name, upload_id, offset, hasher):
+    async def _open_upload_writer(self, name, upload_id, hasher):
+        # Always an append, also for the first chunk: two processes that both
+        # saw an empty upload then add to it rather than overwrite each
+        # other's bytes, and the size they leave shows that neither holds a
+        # running hash of what is stored.
         try:
-            return await self.storage.open_writer(paths.upload_data(name, upload_id), append=offset > 0, hasher=hasher)
+            return await self.storage.open_writer(paths.upload_data(name, upload_id), append=True, hasher=hasher)
         except StorageFull:
             raise InsufficientStorage() from None
 

@@ -449,6 +449,36 @@ def push_blob_http(base_url: str, name: str, data: bytes) -> str:
     return digest
 
 
+def append_through_both_at_once(a, b, name: str, size: int = 1000) -> tuple[bytes, HTTPResponse]:
+    """
+    A client breaking the protocol: the first chunk of one upload sent through
+    two registry processes ``a`` and ``b`` at once, with different bytes.
+    B's PATCH starts first (its offset checked) but ends last.  Returns A's
+    bytes and the answer to finishing the upload on A with their digest,
+    which must never be a blob holding anything but those bytes.
+    """
+    import socket
+    import time
+    import urllib.parse
+
+    mine, theirs = b"\x0a" * size, b"\x0b" * size
+    started = http_request("POST", f"{a.url}/v2/{name}/blobs/uploads/", b"")
+    assert started.status == 202, (started.status, started.body)
+    path = started.headers["location"]
+    with socket.create_connection(("127.0.0.1", b.port), timeout=30) as slow:
+        slow.sendall(f"PATCH {path} HTTP/1.1\r\nHost: {b.host}\r\nContent-Type: application/octet-stream\r\n"
+                     f"Content-Range: 0-{size - 1}\r\nContent-Length: {size}\r\n\r\n".encode() + theirs[:10])
+        time.sleep(0.5)  # B has checked the offset and is receiving the body
+        patched = http_request("PATCH", urllib.parse.urljoin(a.url, path), mine,
+                               {"Content-Type": "application/octet-stream", "Content-Range": f"0-{size - 1}"})
+        assert patched.status == 202, (patched.status, patched.body)
+        slow.sendall(theirs[10:])
+        answer = slow.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 202"), answer
+    digest = urllib.parse.quote(sha256_digest(mine))
+    return mine, http_request("PUT", urllib.parse.urljoin(a.url, path) + f"?digest={digest}", b"")
+
+
 def push_manifest_http(base_url: str, name: str, reference: str, data: bytes, media_type: str) -> HTTPResponse:
     response = http_request("PUT", f"{base_url}/v2/{name}/manifests/{reference}", data, {"Content-Type": media_type})
     assert response.status == 201, (response.status, response.body)

@@ -19,6 +19,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
+from image_builder import append_through_both_at_once, http_request
 from registry_process import RegistryProcess
 
 pytestmark = pytest.mark.ociregistry_only
@@ -181,6 +182,19 @@ class _PatternBody:
     def stopProducing(self):
         self._stopped = True
         self.resumeProducing()
+
+
+def test_one_upload_appended_through_both_at_once_never_publishes_wrong_bytes(pair):
+    """
+    Both processes append their bytes to the upload's file (appends only grow
+    it), so neither holds a running hash of what is stored: finishing on A
+    re-hashes from storage and refuses A's digest.
+    """
+    a, b = pair
+    mine, finished = append_through_both_at_once(a, b, "processes/race")
+    assert finished.status == 400 and b"DIGEST_INVALID" in finished.body, (finished.status, finished.body)
+    for registry in pair:
+        assert http_request("GET", f"{registry.url}/v2/processes/race/blobs/{sha256(mine)}").status == 404
 
 
 def peak_rss_kib(pid: int) -> int:
