@@ -407,18 +407,29 @@ async def test_closing_put_out_of_order(registry):
     await assert_blob(registry, name, digest, data)
 
 
+@pytest.mark.parametrize("how", ["chunked", "streamed"])
 @pytest_twisted.ensureDeferred
-async def test_chunked_upload_with_wrong_digest(registry):
-    """The chunks all arrived, but the closing PUT names another digest: refused, and no blob under either."""
+async def test_wrong_digest_after_patches(registry, how):
+    """
+    Every byte arrived (in Content-Range chunks, or streamed with a last part
+    in the PUT), but the closing PUT names another digest: refused, and no
+    blob under either digest.
+    """
     name = unique_name()
-    data = blob_data("chunked, wrong digest", 20)
-    wrong = sha256_digest(b"not the chunks")
+    data = blob_data(f"{how}, wrong digest", 40)
+    wrong = sha256_digest(b"not the upload")
     session = await open_session(registry, name)
-    for start in (0, 10):
-        reply = await patch(session, data[start:start + 10], start=start)
+    if how == "chunked":
+        for start in (0, 20):
+            reply = await patch(session, data[start:start + 20], start=start)
+            assert reply.status == 202, reply
+            session = resolve(registry, reply.header("Location"))
+        reply = await fetch("PUT", with_query(session, digest=wrong), b"")
+    else:
+        reply = await fetch("PATCH", session, data[:30], OCTETS)
         assert reply.status == 202, reply
         session = resolve(registry, reply.header("Location"))
-    reply = await fetch("PUT", with_query(session, digest=wrong), b"")
+        reply = await fetch("PUT", with_query(session, digest=wrong), data[30:], OCTETS)
     assert_error(reply, 400, "DIGEST_INVALID")
     await assert_no_blob(registry, name, wrong)
     await assert_no_blob(registry, name, sha256_digest(data))
@@ -443,22 +454,6 @@ async def test_streamed_upload(registry):
     assert reply.status == 201, reply
     assert_digest_header(reply, digest)
     await assert_blob(registry, name, digest, data)
-
-
-@pytest_twisted.ensureDeferred
-async def test_streamed_upload_with_wrong_digest(registry):
-    """A streamed PATCH, then a closing PUT (with the rest) naming another digest: refused, and no blob."""
-    name = unique_name()
-    data = blob_data("streamed, wrong digest", 40)
-    wrong = sha256_digest(b"not the stream")
-    session = await open_session(registry, name)
-    reply = await fetch("PATCH", session, data[:30], OCTETS)
-    assert reply.status == 202, reply
-    session = resolve(registry, reply.header("Location"))
-    reply = await fetch("PUT", with_query(session, digest=wrong), data[30:], OCTETS)
-    assert_error(reply, 400, "DIGEST_INVALID")
-    await assert_no_blob(registry, name, wrong)
-    await assert_no_blob(registry, name, sha256_digest(data))
 
 
 @pytest_twisted.ensureDeferred
