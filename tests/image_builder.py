@@ -479,6 +479,87 @@ def append_through_both_at_once(a, b, name: str, size: int = 1000) -> tuple[byte
     return mine, http_request("PUT", urllib.parse.urljoin(a.url, path) + f"?digest={digest}", b"")
 
 
+def push_same_blob_and_tag_through_both(a, b, name: str, layout_path, blob_size: int) -> None:
+    """
+    Two clients push through ``a`` and ``b`` at once: the same blob, then
+    each its own image under the same tag.  Both pushes succeed, and both
+    processes serve one blob and the tag on one of the two manifests.
+    """
+    import threading
+
+    layout = OCILayout(layout_path)
+    images = [layout.add_image(layers=2, layer_size=64 << 10, seed=f"{name}-{i}") for i in range(2)]
+    shared = b"\x05" * blob_size
+    errors = []
+
+    def push(registry, image):
+        try:
+            push_blob_http(registry.url, name, shared)
+            push_image_http(registry.url, name, layout, image, tag="race")
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=push, args=(r, i)) for r, i in zip((a, b), images)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    tagged = {http_request("HEAD", f"{r.url}/v2/{name}/manifests/race",
+                           headers={"Accept": MEDIA_TYPE_OCI_MANIFEST}).headers["docker-content-digest"]
+              for r in (a, b)}
+    assert len(tagged) == 1 and tagged <= {i.manifest_digest for i in images}
+    for registry in (a, b):
+        blob = http_request("GET", f"{registry.url}/v2/{name}/blobs/{sha256_digest(shared)}")
+        assert blob.status == 200 and blob.body == shared
+
+
+def pull_racing_a_delete(a, b, name: str, collect, size: int = 16 << 20) -> None:
+    """
+    A layer is being pulled through ``a`` when its manifest and the layer are
+    deleted through ``b`` and ``collect()`` collects garbage (and returns the
+    digests whose data it removed, the layer's among them): the pull that had started gets every byte right, then the
+    layer is unknown to both, and it can be pushed again.
+    """
+    import socket
+
+    layer = random_bytes(size, name)
+    config = dump_json({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}})
+    for blob in (config, layer):
+        push_blob_http(a.url, name, blob)
+    manifest = dump_json({"schemaVersion": 2, "mediaType": MEDIA_TYPE_OCI_MANIFEST,
+                          "config": descriptor(MEDIA_TYPE_OCI_CONFIG, config),
+                          "layers": [descriptor(MEDIA_TYPE_OCI_LAYER_GZIP, layer)]})
+    push_manifest_http(a.url, name, "doomed", manifest, MEDIA_TYPE_OCI_MANIFEST)
+    digest = sha256_digest(layer)
+
+    with socket.create_connection(("127.0.0.1", a.port), timeout=30) as pull:
+        pull.sendall(f"GET /v2/{name}/blobs/{digest} HTTP/1.1\r\nHost: {a.host}\r\nConnection: close\r\n\r\n".encode())
+        received = b""
+        while b"\r\n\r\n" not in received or len(received) < (1 << 20):
+            piece = pull.recv(1 << 16)
+            assert piece, received[:200]
+            received += piece
+        head, _, body = received.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), head
+        for path in (f"manifests/{sha256_digest(manifest)}", f"blobs/{digest}"):
+            deleted = http_request("DELETE", f"{b.url}/v2/{name}/{path}")
+            assert deleted.status == 202, (path, deleted.status, deleted.body)
+        assert digest in collect()
+        while True:
+            piece = pull.recv(1 << 20)
+            if not piece:
+                break
+            body += piece
+    assert len(body) == size and sha256_digest(body) == digest
+
+    for registry in (a, b):
+        assert http_request("HEAD", f"{registry.url}/v2/{name}/blobs/{digest}").status == 404
+        assert http_request("GET", f"{registry.url}/v2/{name}/manifests/doomed").status == 404
+    push_blob_http(b.url, name, layer)
+    assert http_request("GET", f"{a.url}/v2/{name}/blobs/{digest}").body == layer
+
+
 def push_manifest_http(base_url: str, name: str, reference: str, data: bytes, media_type: str) -> HTTPResponse:
     response = http_request("PUT", f"{base_url}/v2/{name}/manifests/{reference}", data, {"Content-Type": media_type})
     assert response.status == 201, (response.status, response.body)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import pytest_twisted
@@ -19,8 +21,13 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
-from image_builder import append_through_both_at_once, http_request
-from registry_process import RegistryProcess
+from image_builder import (
+    append_through_both_at_once,
+    http_request,
+    pull_racing_a_delete,
+    push_same_blob_and_tag_through_both,
+)
+from registry_process import RegistryProcess, registry_environment
 
 pytestmark = pytest.mark.ociregistry_only
 
@@ -195,6 +202,26 @@ def test_one_upload_appended_through_both_at_once_never_publishes_wrong_bytes(pa
     assert finished.status == 400 and b"DIGEST_INVALID" in finished.body, (finished.status, finished.body)
     for registry in pair:
         assert http_request("GET", f"{registry.url}/v2/processes/race/blobs/{sha256(mine)}").status == 404
+
+
+def test_same_blob_and_tag_pushed_through_both_at_once(pair, tmp_path):
+    """One blob, and the tag on one of the two manifests, whichever process is asked."""
+    push_same_blob_and_tag_through_both(*pair, "processes/tag-race", tmp_path / "layout", 3_000_000)
+
+
+def test_pull_racing_a_delete_and_garbage_collection(pair):
+    """A pull through A outlives the layer's deletion through B and ``ociregistry gc`` removing its data."""
+    a, _ = pair
+
+    def collect():
+        result = subprocess.run(
+            [sys.executable, "-m", "oci_registry.cli", "gc", "--data-dir", a.data_dir, "--grace", "0s", "--json"],
+            env=registry_environment(), capture_output=True, timeout=60,
+        )
+        assert result.returncode == 0, result.stderr.decode(errors="replace")
+        return {blob["digest"] for blob in json.loads(result.stdout)["blobs_removed"]}
+
+    pull_racing_a_delete(*pair, "processes/deleted", collect)
 
 
 def peak_rss_kib(pid: int) -> int:

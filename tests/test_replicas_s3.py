@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import urllib.parse
 import urllib.request
 
@@ -21,8 +20,10 @@ from image_builder import (
     OCILayout,
     append_through_both_at_once,
     http_request,
+    pull_racing_a_delete,
     push_blob_http,
     push_image_http,
+    push_same_blob_and_tag_through_both,
     sha256_digest,
 )
 from registry_process import RegistryProcess, registry_environment
@@ -186,31 +187,7 @@ def test_tag_pushed_on_one_is_served_by_the_other_at_once(replicas, tmp_path):
 
 def test_same_blob_and_tag_pushed_through_both_at_once(replicas, tmp_path):
     """Racing replicas end in a consistent state: one blob, and the tag on one of the manifests."""
-    layout = OCILayout(tmp_path / "layout")
-    images = [layout.add_image(layers=2, layer_size=64 << 10, seed=f"race-{i}") for i in range(2)]
-    shared = b"\x05" * (6 * MiB)
-    errors = []
-
-    def push(registry, image):
-        try:
-            push_blob_http(registry.url, "replicas/race", shared)
-            push_image_http(registry.url, "replicas/race", layout, image, tag="race")
-        except BaseException as e:  # reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=push, args=(r, i)) for r, i in zip(replicas, images)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert errors == []
-    tagged = {http_request("HEAD", f"{r.url}/v2/replicas/race/manifests/race",
-                           headers={"Accept": MEDIA_TYPE_OCI_MANIFEST}).headers["docker-content-digest"]
-              for r in replicas}
-    assert len(tagged) == 1 and tagged <= {i.manifest_digest for i in images}
-    for registry in replicas:
-        blob = http_request("GET", f"{registry.url}/v2/replicas/race/blobs/{sha256_digest(shared)}")
-        assert blob.status == 200 and blob.body == shared
+    push_same_blob_and_tag_through_both(*replicas, "replicas/race", tmp_path / "layout", 6 * MiB)
 
 
 def test_blob_get_redirects_to_a_presigned_url(replicas, redirecting, s3_server):  # noqa: F811
@@ -229,6 +206,20 @@ def test_blob_get_redirects_to_a_presigned_url(replicas, redirecting, s3_server)
     assert head.status == 200 and int(head.headers["content-length"]) == len(data)
     missing = http_request("GET", f"{redirecting.url}/v2/replicas/redirect/blobs/{sha256_digest(b'nothing')}")
     assert missing.status == 404
+
+
+def test_pull_racing_a_delete_and_garbage_collection(replicas, s3_config):
+    """A pull through A outlives the layer's deletion through B and a collection of the bucket."""
+
+    def collect():
+        result = subprocess.run(
+            [sys.executable, "-m", "oci_registry.cli", "gc", "--config", s3_config, "--grace", "0s", "--json"],
+            env=registry_environment(), capture_output=True, timeout=60,
+        )
+        assert result.returncode == 0, result.stderr.decode(errors="replace")
+        return {blob["digest"] for blob in json.loads(result.stdout)["blobs_removed"]}
+
+    pull_racing_a_delete(*replicas, "replicas/deleted", collect)
 
 
 def test_garbage_collection_on_the_bucket(replicas, s3_config, tmp_path):
