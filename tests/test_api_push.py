@@ -84,6 +84,17 @@ async def patch(session: str, chunk: bytes, start: int | None = None):
     return await fetch("PATCH", session, chunk, headers)
 
 
+async def patch_rest_and_finish(registry, name: str, session: str, data: bytes, start: int) -> None:
+    """PATCH ``data[start:]`` at ``start``, then close the upload with the digest of ``data``: the blob is ``data``."""
+    reply = await patch(session, data[start:], start=start)
+    assert reply.status == 202, reply
+    assert parse_range(reply.header("Range")) == (0, len(data) - 1), reply
+    session = resolve(registry, reply.header("Location"))
+    reply = await fetch("PUT", with_query(session, digest=sha256_digest(data)), b"")
+    assert reply.status == 201, reply
+    await assert_blob(registry, name, sha256_digest(data), data)
+
+
 class _Unmeasurable:
     """A file Twisted cannot seek in, so it cannot tell the length of the body read from it."""
 
@@ -329,13 +340,7 @@ async def test_chunk_out_of_order(registry):
     assert status.status == 204, status
     assert parse_range(status.header("Range")) == (0, 9), status
 
-    reply = await patch(session, data[10:], start=10)
-    assert reply.status == 202, reply
-    assert parse_range(reply.header("Range")) == (0, 29), reply
-    session = resolve(registry, reply.header("Location"))
-    reply = await fetch("PUT", with_query(session, digest=sha256_digest(data)), b"")
-    assert reply.status == 201, reply
-    await assert_blob(registry, name, sha256_digest(data), data)
+    await patch_rest_and_finish(registry, name, session, data, 10)
 
 
 @pytest.mark.ociregistry_only
@@ -363,13 +368,7 @@ async def test_first_chunk_must_start_at_zero(registry):
     reply = await patch(session, data[10:], start=10)
     assert_error(reply, 416)
 
-    reply = await patch(session, data, start=0)
-    assert reply.status == 202, reply
-    assert parse_range(reply.header("Range")) == (0, 19), reply
-    session = resolve(registry, reply.header("Location"))
-    reply = await fetch("PUT", with_query(session, digest=sha256_digest(data)), b"")
-    assert reply.status == 201, reply
-    await assert_blob(registry, name, sha256_digest(data), data)
+    await patch_rest_and_finish(registry, name, session, data, 0)
 
 
 @pytest.mark.ociregistry_only
