@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 
 import pytest
 
@@ -28,10 +27,9 @@ from image_builder import (
     read_tar_gz,
     sha256_digest,
 )
-from test_e2e_skopeo import copy_args, get_manifest, skopeo, skopeo_env  # noqa: F401 (fixtures)
+from test_e2e_skopeo import command_runner, copy_args, get_manifest, skopeo, skopeo_env  # noqa: F401 (fixtures)
 
 PODMAN = shutil.which("podman")
-TIMEOUT = 120
 
 pytestmark = pytest.mark.skipif(PODMAN is None, reason="podman is not installed (apt-get install podman)")
 
@@ -43,16 +41,7 @@ def podman(skopeo_env, tmp_path_factory):  # noqa: F811
     options = ["--root", str(store / "root"), "--runroot", str(store / "run"), "--storage-driver", "vfs",
                "--cgroup-manager", "cgroupfs", "--events-backend", "none"]
     env = dict(skopeo_env, XDG_CONFIG_HOME=str(store / "config"), XDG_RUNTIME_DIR=str(store / "run"))
-
-    def run(*args, check=True):
-        command = [PODMAN, *options, *map(str, args)]
-        result = subprocess.run(command, env=env, capture_output=True, timeout=TIMEOUT)
-        if check and result.returncode != 0:
-            pytest.fail(f"{' '.join(command)} exited with {result.returncode}:\n"
-                        f"{result.stderr.decode(errors='replace')[-4000:]}")
-        return result
-
-    return run
+    return command_runner([PODMAN, *options], env)
 
 
 def layer_files(registry, name: str, manifest: dict) -> list[dict[str, bytes]]:

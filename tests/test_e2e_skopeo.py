@@ -62,13 +62,12 @@ def skopeo_env(tmp_path_factory):
     return env
 
 
-@pytest.fixture
-def skopeo(skopeo_env):
-    """Run ``skopeo --insecure-policy ARGS``; fails the test on a non-zero exit unless ``check=False``."""
+def command_runner(prefix: list[str], env: dict):
+    """``run(*args, check=True)``: run ``prefix + args``; fails the test on a non-zero exit unless ``check=False``."""
 
-    def run(*args, check=True, debug=False):
-        command = [SKOPEO, "--insecure-policy", *(["--debug"] if debug else []), *map(str, args)]
-        result = subprocess.run(command, env=skopeo_env, capture_output=True, timeout=TIMEOUT)
+    def run(*args, check=True):
+        command = [*prefix, *map(str, args)]
+        result = subprocess.run(command, env=env, capture_output=True, timeout=TIMEOUT)
         if check and result.returncode != 0:
             pytest.fail(
                 f"{' '.join(command)} exited with {result.returncode}:\n"
@@ -77,6 +76,17 @@ def skopeo(skopeo_env):
         return result
 
     return run
+
+
+@pytest.fixture
+def skopeo(skopeo_env):
+    """Run ``skopeo --insecure-policy ARGS``; fails the test on a non-zero exit unless ``check=False``."""
+    run = command_runner([SKOPEO, "--insecure-policy"], skopeo_env)
+
+    def skopeo_run(*args, check=True, debug=False):
+        return run(*(["--debug"] if debug else []), *args, check=check)
+
+    return skopeo_run
 
 
 def copy_args(*extra):
