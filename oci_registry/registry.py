@@ -24,6 +24,7 @@ from . import manifest as manifests
 from . import paths
 from .errors import (
     BlobUnknown,
+    BlobUploadInvalid,
     BlobUploadUnknown,
     DigestInvalid,
     InsufficientStorage,
@@ -35,7 +36,7 @@ from .errors import (
     UploadRangeInvalid,
 )
 from .reference import DEFAULT_ALGORITHM, Digest, Name, Tag, is_upload_id
-from .storage.interfaces import IStorageDriver, PathNotFound, StorageFull
+from .storage.interfaces import IStorageDriver, PathNotFound, SourceChanged, StorageFull
 
 log = Logger()
 
@@ -295,21 +296,25 @@ class Registry:
             if actual != digest:
                 await self.cancel_upload(name, upload_id, locked=True)
                 raise DigestInvalid(f"upload has digest {actual}, not {digest}")
-            await self._publish(name, digest, data_path)
+            await self._publish(name, digest, data_path, status.offset)
             await self.storage.delete(paths.upload(name, upload_id))
             return BlobInfo(digest, status.offset)
         finally:
             live.lock.release()
             self._live.pop(upload_id, None)
 
-    async def _publish(self, name: Name, digest: Digest, data_path: str) -> None:
-        """Make verified upload data the blob ``digest`` (atomically) and link it."""
+    async def _publish(self, name: Name, digest: Digest, data_path: str, size: int) -> None:
+        """Make verified upload data (``size`` bytes) the blob ``digest``, atomically, and link it."""
         target = paths.blob_data(digest)
         try:
             if (await self.storage.stat(target)) is None:
-                await self.storage.move(data_path, target)
+                # Only the bytes verified: a client appending to the upload
+                # through another process meanwhile must not slip more in.
+                await self.storage.move(data_path, target, size=size)
         except StorageFull:
             raise InsufficientStorage() from None
+        except SourceChanged:
+            raise BlobUploadInvalid("the upload was appended to while it was being finished") from None
         await self._link_blob(name, digest)
 
     async def put_blob(self, name: Name, digest: Digest, body: Body, length: int | None = None) -> BlobInfo:

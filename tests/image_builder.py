@@ -449,6 +449,24 @@ def push_blob_http(base_url: str, name: str, data: bytes) -> str:
     return digest
 
 
+def _slow_patch(registry, path: str, body: bytes, content_range: str | None = None):
+    """A socket with a PATCH's headers and the first 10 bytes of its body sent; the caller sends the rest."""
+    import socket
+
+    slow = socket.create_connection(("127.0.0.1", registry.port), timeout=30)
+    extra = f"Content-Range: {content_range}\r\n" if content_range else ""
+    slow.sendall(f"PATCH {path} HTTP/1.1\r\nHost: {registry.host}\r\nContent-Type: application/octet-stream\r\n"
+                 f"{extra}Content-Length: {len(body)}\r\n\r\n".encode() + body[:10])
+    return slow
+
+
+def _finish_slow_patch(slow, body: bytes) -> None:
+    with slow:
+        slow.sendall(body[10:])
+        answer = slow.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 202"), answer
+
+
 def append_through_both_at_once(a, b, name: str, size: int = 1000) -> tuple[bytes, HTTPResponse]:
     """
     A client breaking the protocol: the first chunk of one upload sent through
@@ -457,7 +475,6 @@ def append_through_both_at_once(a, b, name: str, size: int = 1000) -> tuple[byte
     bytes and the answer to finishing the upload on A with their digest,
     which must never be a blob holding anything but those bytes.
     """
-    import socket
     import time
     import urllib.parse
 
@@ -465,18 +482,43 @@ def append_through_both_at_once(a, b, name: str, size: int = 1000) -> tuple[byte
     started = http_request("POST", f"{a.url}/v2/{name}/blobs/uploads/", b"")
     assert started.status == 202, (started.status, started.body)
     path = started.headers["location"]
-    with socket.create_connection(("127.0.0.1", b.port), timeout=30) as slow:
-        slow.sendall(f"PATCH {path} HTTP/1.1\r\nHost: {b.host}\r\nContent-Type: application/octet-stream\r\n"
-                     f"Content-Range: 0-{size - 1}\r\nContent-Length: {size}\r\n\r\n".encode() + theirs[:10])
-        time.sleep(0.5)  # B has checked the offset and is receiving the body
-        patched = http_request("PATCH", urllib.parse.urljoin(a.url, path), mine,
-                               {"Content-Type": "application/octet-stream", "Content-Range": f"0-{size - 1}"})
-        assert patched.status == 202, (patched.status, patched.body)
-        slow.sendall(theirs[10:])
-        answer = slow.recv(65536)
-        assert answer.startswith(b"HTTP/1.1 202"), answer
+    slow = _slow_patch(b, path, theirs, f"0-{size - 1}")
+    time.sleep(0.5)  # B has checked the offset and is receiving the body
+    patched = http_request("PATCH", urllib.parse.urljoin(a.url, path), mine,
+                           {"Content-Type": "application/octet-stream", "Content-Range": f"0-{size - 1}"})
+    assert patched.status == 202, (patched.status, patched.body)
+    _finish_slow_patch(slow, theirs)
     digest = urllib.parse.quote(sha256_digest(mine))
     return mine, http_request("PUT", urllib.parse.urljoin(a.url, path) + f"?digest={digest}", b"")
+
+
+def finish_racing_an_append(a, b, name: str, size: int = 1000) -> tuple[bytes, HTTPResponse, HTTPResponse]:
+    """
+    A client breaking the protocol: an upload is finished through ``a`` while
+    more bytes for it are still arriving through ``b``.  Returns the bytes
+    the finishing PUT's digest is of, its answer, and what is then served
+    under that digest (which must be those bytes, or nothing).
+    """
+    import time
+    import urllib.parse
+
+    mine, more = b"\x0c" * size, b"\x0d" * size
+    started = http_request("POST", f"{a.url}/v2/{name}/blobs/uploads/", b"")
+    path = started.headers["location"]
+    patched = http_request("PATCH", urllib.parse.urljoin(a.url, path), mine,
+                           {"Content-Type": "application/octet-stream", "Content-Range": f"0-{size - 1}"})
+    assert patched.status == 202, (patched.status, patched.body)
+    path = patched.headers["location"]
+    slow = _slow_patch(b, path, more)
+    time.sleep(0.5)  # B is appending
+    digest = urllib.parse.quote(sha256_digest(mine))
+    finished = http_request("PUT", urllib.parse.urljoin(a.url, path) + f"?digest={digest}", b"")
+    try:
+        _finish_slow_patch(slow, more)
+    except AssertionError:
+        pass  # B may refuse the rest: the upload is gone
+    served = http_request("GET", f"{a.url}/v2/{name}/blobs/{sha256_digest(mine)}")
+    return mine, finished, served
 
 
 def push_same_blob_and_tag_through_both(a, b, name: str, layout_path, blob_size: int) -> None:

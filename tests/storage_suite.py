@@ -18,7 +18,7 @@ import pytest_twisted
 from twisted.internet.defer import DeferredList
 from zope.interface.verify import verifyObject
 
-from oci_registry.storage.interfaces import IReader, IStorageDriver, IWriter, PathNotFound
+from oci_registry.storage.interfaces import IReader, IStorageDriver, IWriter, PathNotFound, SourceChanged
 
 
 async def _write_file(driver, path, chunks, hasher=None):
@@ -176,6 +176,39 @@ class StorageSuite:
         await resumed.close()
         assert resumed.version == (await driver.stat("uploads/u/data")).version
         await driver.delete("uploads/u")
+
+    @pytest_twisted.ensureDeferred
+    async def test_move_with_a_size_moves_only_those_bytes(self, driver):
+        """
+        ``move(size=n)`` publishes exactly the ``n`` bytes a caller verified:
+        of another size it refuses; with a writer appending meanwhile, it
+        refuses or moves the bytes from before the writer (which then
+        cannot add to the destination).
+        """
+        await _write_file(driver, "up/a/data", [b"x" * 10])
+        with pytest.raises(SourceChanged):
+            await driver.move("up/a/data", "blobs/a", size=9)
+        assert await driver.stat("blobs/a") is None
+        await driver.move("up/a/data", "blobs/a", size=10)
+        assert await driver.read_bytes("blobs/a") == b"x" * 10
+        assert await driver.stat("up/a/data") is None
+
+        await _write_file(driver, "up/b/data", [b"x" * 10])
+        writer = await driver.open_writer("up/b/data", append=True)
+        await writer.write(b"y" * 10)
+        try:
+            await driver.move("up/b/data", "blobs/b", size=10)
+            moved = True
+        except SourceChanged:
+            moved = False
+        await writer.close()
+        if moved:
+            assert await driver.read_bytes("blobs/b") == b"x" * 10
+        else:
+            assert await driver.stat("blobs/b") is None
+            assert await driver.read_bytes("up/b/data") == b"x" * 10 + b"y" * 10
+        await driver.delete("up")
+        await driver.delete("blobs")
 
     @pytest_twisted.ensureDeferred
     async def test_writer_cancel(self, driver):

@@ -23,6 +23,7 @@ from zope.interface import implementer
 
 from image_builder import (
     append_through_both_at_once,
+    finish_racing_an_append,
     http_request,
     pull_racing_a_delete,
     push_same_blob_and_tag_through_both,
@@ -202,6 +203,16 @@ def test_one_upload_appended_through_both_at_once_never_publishes_wrong_bytes(pa
     assert finished.status == 400 and b"DIGEST_INVALID" in finished.body, (finished.status, finished.body)
     for registry in pair:
         assert http_request("GET", f"{registry.url}/v2/processes/race/blobs/{sha256(mine)}").status == 404
+
+
+def test_an_upload_finished_while_another_process_appends_to_it(pair):
+    """
+    B holds the upload's file open for an append: A's finishing PUT is
+    refused rather than publish a file that B can still write into.
+    """
+    mine, finished, served = finish_racing_an_append(*pair, "processes/finish-race")
+    assert finished.status == 400 and b"BLOB_UPLOAD_INVALID" in finished.body, (finished.status, finished.body)
+    assert served.status == 404
 
 
 def test_same_blob_and_tag_pushed_through_both_at_once(pair, tmp_path):

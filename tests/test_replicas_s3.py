@@ -19,6 +19,7 @@ from image_builder import (
     MEDIA_TYPE_OCI_MANIFEST,
     OCILayout,
     append_through_both_at_once,
+    finish_racing_an_append,
     http_request,
     pull_racing_a_delete,
     push_blob_http,
@@ -150,6 +151,16 @@ def test_one_upload_appended_through_both_at_once_never_publishes_wrong_bytes(re
     assert finished.status == 400 and b"DIGEST_INVALID" in finished.body, (finished.status, finished.body)
     for registry in replicas:
         assert http_request("GET", f"{registry.url}/v2/replicas/race/blobs/{sha256_digest(mine)}").status == 404
+
+
+def test_an_upload_finished_while_another_replica_appends_to_it(replicas):
+    """
+    S3 objects are replaced whole: A publishes the bytes it verified, and
+    what B stores afterwards lands at the finished upload's path, not in the blob.
+    """
+    mine, finished, served = finish_racing_an_append(*replicas, "replicas/finish-race")
+    assert finished.status == 201, (finished.status, finished.body)
+    assert served.status == 200 and served.body == mine
 
 
 @pytest.mark.skipif(SKOPEO is None, reason="skopeo is not installed")

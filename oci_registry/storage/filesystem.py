@@ -15,6 +15,7 @@ disk is behind.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import uuid
 
@@ -24,7 +25,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from .interfaces import IReader, IStorageDriver, IWriter, PathNotFound, StorageFull
+from .interfaces import IReader, IStorageDriver, IWriter, PathNotFound, SourceChanged, StorageFull
 
 TEMP_PREFIX = ".tmp-"
 BLOCK = 1 << 20  # bytes handed to the pool per write job
@@ -181,7 +182,7 @@ class FilesystemDriver:
     def delete(self, path):
         return self._call(_remove, path)
 
-    def move(self, source, destination):
+    def move(self, source, destination, size=None):
         try:
             src, dst = self._path(source), self._path(destination)
         except ValueError:
@@ -189,7 +190,21 @@ class FilesystemDriver:
 
         def move():
             os.makedirs(os.path.dirname(dst), exist_ok=True)
-            os.replace(src, dst)
+            if size is None:
+                os.replace(src, dst)
+            else:
+                # Writers (of this or another process) hold a shared lock on
+                # the file while they append: with the exclusive one, nobody
+                # can add bytes between the size check and the rename, nor
+                # afterwards through a descriptor opened before it.
+                with open(src, "rb") as f:
+                    try:
+                        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        raise SourceChanged(f"{source} is being written to") from None
+                    if os.fstat(f.fileno()).st_size != size:
+                        raise SourceChanged(f"{source} no longer holds {size} bytes")
+                    os.replace(src, dst)
             _fsync_dir(os.path.dirname(dst))
 
         return self._run(move)
@@ -197,8 +212,18 @@ class FilesystemDriver:
     def open_writer(self, path, append=False, hasher=None):
         def open_(full):
             os.makedirs(os.path.dirname(full), exist_ok=True)
-            f = open(full, "ab" if append else "wb")
-            return _Writer(self, full, f, f.tell(), hasher)
+            for _ in range(10):
+                f = open(full, "ab" if append else "wb")
+                # Shared with other writers, excluded by a `move` with a size
+                # (which waits for nobody: it refuses while a writer holds it).
+                fcntl.flock(f, fcntl.LOCK_SH)
+                try:
+                    if os.stat(full).st_ino == os.fstat(f.fileno()).st_ino:
+                        return _Writer(self, full, f, f.tell(), hasher)
+                except FileNotFoundError:
+                    pass
+                f.close()  # moved away before the lock was ours: open what is at the path now
+            raise OSError(errno.EAGAIN, f"{full} keeps being replaced")
 
         return self._call(open_, path)
 

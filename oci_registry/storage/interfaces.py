@@ -28,6 +28,10 @@ class StorageFull(Exception):
     """The storage has no room left for a write."""
 
 
+class SourceChanged(Exception):
+    """A `move` with a ``size`` found the source of another size, or being written to."""
+
+
 class IWriter(Interface):
     """An append-only writer for one file, obtained from ``open_writer``."""
 
@@ -92,8 +96,13 @@ class IStorageDriver(Interface):
     def delete(path):
         """Delete a file or a whole folder, if it exists."""
 
-    def move(source, destination):
-        """Atomically move a file to a path, replacing what was there."""
+    def move(source, destination, size=None):
+        """
+        Atomically move a file to a path, replacing what was there.  With
+        ``size``, only while the source holds exactly that many bytes and
+        no writer is appending to it, so that what lands at the destination
+        is what the caller verified (else `SourceChanged`, and nothing moves).
+        """
 
     def open_writer(path, append=False, hasher=None):
         """

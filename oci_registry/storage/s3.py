@@ -44,7 +44,7 @@ from zope.interface import implementer
 
 from . import sigv4
 from .filesystem import FileInfo
-from .interfaces import IReader, IStorageDriver, IWriter, PathNotFound, StorageFull
+from .interfaces import IReader, IStorageDriver, IWriter, PathNotFound, SourceChanged, StorageFull
 from .s3client import S3Client, S3Error
 from .settings import MIN_PART_SIZE, S3Settings
 
@@ -309,13 +309,23 @@ class S3Driver:
                 await self.client.abort_multipart(upload_key, upload_id)
 
     @_deferred
-    async def move(self, source, destination):
+    async def move(self, source, destination, size=None):
         src, dst = self._key(source), self._key(destination)
         info = await self._plain_head(src)
         if info is None:
             raise PathNotFound(source)
+        if size is not None and info.size != size:
+            # Objects are replaced whole, never written in place: a writer
+            # that appended meanwhile left an object of another size.
+            raise SourceChanged(f"{source} no longer holds {size} bytes")
         if info.size <= self.copy_limit:
-            await self.client.copy(src, dst)
+            # And the copy takes the version just checked (or fails).
+            try:
+                await self.client.copy(src, dst, if_match=info.etag if size is not None else None)
+            except S3Error as e:
+                if e.code != "PreconditionFailed":
+                    raise
+                raise SourceChanged(f"{source} was replaced while it was being moved") from None
         else:
             upload_id = await self.client.create_multipart(dst)
             try:

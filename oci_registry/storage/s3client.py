@@ -456,12 +456,17 @@ class S3Client:
         response, _ = await self.request("PUT", key, headers=headers, body=data, payload_hash=payload_hash)
         return (_header(response.headers, "etag") or "").strip('"')
 
-    async def copy(self, source: str, key: str) -> None:
-        """Server-side copy of an object of at most 5 GiB (metadata is not copied)."""
+    async def copy(self, source: str, key: str, if_match: str | None = None) -> None:
+        """
+        Server-side copy of an object of at most 5 GiB (metadata is not
+        copied); with ``if_match``, only of the source version with that ETag.
+        """
         headers = {
             "x-amz-copy-source": sigv4.uri_encode(self._path(source)),
             "x-amz-metadata-directive": "REPLACE",
         }
+        if if_match:
+            headers["x-amz-copy-source-if-match"] = f'"{if_match}"'
         await self.request("PUT", key, headers=headers, error_in_body=True, timeout=SLOW_TIMEOUT)
 
     async def delete(self, key: str) -> None:
