@@ -20,7 +20,11 @@ from registry_process import RegistryProcess
 
 pytestmark = pytest.mark.ociregistry_only
 
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+# The suite replays the same 150 examples per test; OCIREGISTRY_FUZZ_EXAMPLES=N
+# runs N fresh random ones instead (a longer hunt, by hand or on a schedule).
+_EXAMPLES = os.environ.get("OCIREGISTRY_FUZZ_EXAMPLES")
+FUZZ = settings(max_examples=int(_EXAMPLES or 150), deadline=None, suppress_health_check=list(HealthCheck),
+                derandomize=_EXAMPLES is None)
 
 
 @pytest.fixture(scope="module")
