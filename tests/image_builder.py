@@ -467,13 +467,13 @@ def _finish_slow_patch(slow, body: bytes) -> None:
     assert answer.startswith(b"HTTP/1.1 202"), answer
 
 
-def append_through_both_at_once(a, b, name: str, size: int = 1000) -> tuple[bytes, HTTPResponse]:
+def append_through_both_at_once(a, b, name: str, size: int = 1000) -> None:
     """
     A client breaking the protocol: the first chunk of one upload sent through
     two registry processes ``a`` and ``b`` at once, with different bytes.
-    B's PATCH starts first (its offset checked) but ends last.  Returns A's
-    bytes and the answer to finishing the upload on A with their digest,
-    which must never be a blob holding anything but those bytes.
+    B's PATCH starts first (its offset checked) but ends last.  Finishing the
+    upload on A with the digest of A's bytes is refused (what is stored is
+    not those bytes alone), and no blob appears under that digest.
     """
     import time
     import urllib.parse
@@ -489,7 +489,10 @@ def append_through_both_at_once(a, b, name: str, size: int = 1000) -> tuple[byte
     assert patched.status == 202, (patched.status, patched.body)
     _finish_slow_patch(slow, theirs)
     digest = urllib.parse.quote(sha256_digest(mine))
-    return mine, http_request("PUT", urllib.parse.urljoin(a.url, path) + f"?digest={digest}", b"")
+    finished = http_request("PUT", urllib.parse.urljoin(a.url, path) + f"?digest={digest}", b"")
+    assert finished.status == 400 and b"DIGEST_INVALID" in finished.body, (finished.status, finished.body)
+    for registry in (a, b):
+        assert http_request("GET", f"{registry.url}/v2/{name}/blobs/{sha256_digest(mine)}").status == 404
 
 
 def finish_racing_an_append(a, b, name: str, size: int = 1000) -> tuple[bytes, HTTPResponse, HTTPResponse]:
