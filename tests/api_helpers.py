@@ -205,6 +205,14 @@ async def get_manifest(registry, name: str, reference: str, method: str = "GET",
     return await fetch(method, url(registry, f"/v2/{name}/manifests/{reference}"), headers=headers)
 
 
+async def assert_manifest_body(registry, name: str, references, body: bytes) -> None:
+    """A GET of the manifest by each of ``references`` (tags, digests) answers 200 with exactly ``body``."""
+    for reference in references:
+        reply = await get_manifest(registry, name, reference)
+        assert reply.status == 200, reply
+        assert reply.body == body
+
+
 async def put_manifest(registry, name: str, reference: str, body: bytes, media_type: str = OCI_MANIFEST) -> Reply:
     return await fetch("PUT", url(registry, f"/v2/{name}/manifests/{reference}"), body,
                        {"Content-Type": media_type})

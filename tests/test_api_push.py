@@ -17,6 +17,7 @@ from twisted.web.client import FileBodyProducer
 from twisted.web.iweb import UNKNOWN_LENGTH
 
 from api_helpers import (
+    assert_manifest_body,
     DOCKER_LIST,
     DOCKER_MANIFEST,
     OCI_CONFIG,
@@ -651,10 +652,7 @@ async def test_put_manifest_by_tag(registry):
     located = await fetch("GET", resolve(registry, location), headers={"Accept": OCI_MANIFEST})
     assert located.status == 200, located
     assert located.body == manifest
-    for reference in (tag, digest):
-        reply = await get_manifest(registry, name, reference)
-        assert reply.status == 200, reply
-        assert reply.body == manifest
+    await assert_manifest_body(registry, name, (tag, digest), manifest)
 
 
 @pytest_twisted.ensureDeferred
@@ -780,10 +778,7 @@ async def test_put_manifest_with_chunked_transfer_encoding(registry):
     reply = await put_manifest(registry, name, tag, chunked(manifest, piece=100))
     assert reply.status == 201, reply
     assert_digest_header(reply, digest)
-    for reference in (tag, digest):
-        reply = await get_manifest(registry, name, reference)
-        assert reply.status == 200, reply
-        assert reply.body == manifest
+    await assert_manifest_body(registry, name, (tag, digest), manifest)
 
 
 @pytest_twisted.ensureDeferred
