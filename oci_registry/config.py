@@ -47,7 +47,7 @@ def parse_size(value) -> int:
     text = str(value).strip()
     units = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
     number = text.rstrip("BbIiKkMmGgTt ")
-    unit = text[len(number):].strip().lower().replace("ib", "").replace("b", "")
+    unit = text[len(number) :].strip().lower().replace("ib", "").replace("b", "")
     try:
         return int(float(number) * units[unit])
     except (KeyError, ValueError):

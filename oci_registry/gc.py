@@ -292,8 +292,9 @@ async def usage(storage: IStorageDriver) -> list[dict]:
         mine = [d for d, h in holders.items() if repo in h]
         unique = sum(sizes[d] for d in mine if len(holders[d]) == 1)
         shared = sum(sizes[d] for d in mine if len(holders[d]) > 1)
-        rows.append({"repository": repo, "total": unique + shared, "unique": unique, "shared": shared,
-                     "blobs": len(mine)})
+        rows.append(
+            {"repository": repo, "total": unique + shared, "unique": unique, "shared": shared, "blobs": len(mine)}
+        )
     return rows
 
 
@@ -309,6 +310,3 @@ def parse_duration(text) -> float:
         return float(text)
     except ValueError:
         raise ValueError(f"not a duration: {text!r} (use e.g. 90s, 15m, 24h, 7d)") from None
-
-
-

@@ -35,11 +35,7 @@ class Name:
 
     @classmethod
     def parse(cls, text: str) -> Name:
-        if (
-            not isinstance(text, str)
-            or len(text) > MAX_NAME_LENGTH
-            or not NAME_RE.fullmatch(text)
-        ):
+        if not isinstance(text, str) or len(text) > MAX_NAME_LENGTH or not NAME_RE.fullmatch(text):
             raise NameInvalid(text)
         return cls(text)
 

@@ -434,7 +434,9 @@ class Registry:
     async def list_tags(self, name: Name) -> list[str]:
         # Only tags whose link is in place: a push cut short may leave a bare folder.
         tags = sorted(
-            path.split("/", 1)[0] for path in await self.storage.walk(paths.tags(name)) if path.endswith("/current/link")
+            path.split("/", 1)[0]
+            for path in await self.storage.walk(paths.tags(name))
+            if path.endswith("/current/link")
         )
         if not tags and not await self.repository_exists(name):
             raise NameUnknown(str(name))

@@ -51,8 +51,11 @@ def build_registry(config: Config, reactor=None) -> Registry:
         from .proxy import ProxyRegistry
 
         for upstream in config.proxies:
-            log.info("pull-through cache: {prefix} -> {url}", prefix=f"{upstream.prefix}/" if upstream.prefix
-                     else "every other repository", url=upstream.url)
+            log.info(
+                "pull-through cache: {prefix} -> {url}",
+                prefix=f"{upstream.prefix}/" if upstream.prefix else "every other repository",
+                url=upstream.url,
+            )
         registry = ProxyRegistry.from_config(registry, config.proxies, reactor)
     return registry
 
@@ -112,8 +115,12 @@ def build_site(config: Config, reactor=None) -> RegistrySite:
     registry = build_registry(config, reactor)
     auth = build_auth(config, reactor)
     # A manifest PUT is the largest body twisted.web buffers for us.
-    api = RegistryAPI(registry, max_uploads_per_client=config.max_uploads_per_client,
-                      upload_expiry=config.upload_expiry, authorizer=auth.authorizer)
+    api = RegistryAPI(
+        registry,
+        max_uploads_per_client=config.max_uploads_per_client,
+        upload_expiry=config.upload_expiry,
+        authorizer=auth.authorizer,
+    )
     site = RegistrySite(
         auth.wrap(api.resource()),
         max_body_size=config.max_manifest_size,
@@ -135,8 +142,9 @@ def gc_service(config: Config, storage):
 
     from .gc import GCOptions, collect
 
-    options = GCOptions(grace=config.gc_grace, upload_expiry=config.upload_expiry,
-                        delete_untagged=config.gc_delete_untagged)
+    options = GCOptions(
+        grace=config.gc_grace, upload_expiry=config.upload_expiry, delete_untagged=config.gc_delete_untagged
+    )
 
     def run():
         d = Deferred.fromCoroutine(collect(storage, options))
@@ -166,14 +174,20 @@ def make_service(config: Config, reactor=None) -> MultiService:
             StreamServerEndpointService(endpoint, site).setServiceParent(top)
     if config.gc_interval > 0:
         top.addService(gc_service(config, site.registry.storage))
-    log.info("ociregistry storing data in {data_dir}",
-             data_dir=config.storage.describe() if config.storage else config.data_dir)
+    log.info(
+        "ociregistry storing data in {data_dir}",
+        data_dir=config.storage.describe() if config.storage else config.data_dir,
+    )
     site.auth.announce()
     # SIGHUP re-reads the auth settings, here and in every worker.
     reload_service = site.auth.reload_service(
-        forward=(lambda: supervisor.signal_workers("HUP")) if supervisor is not None else None)
+        forward=(lambda: supervisor.signal_workers("HUP")) if supervisor is not None else None
+    )
     if reload_service is not None:
         top.addService(reload_service)
-    log.info("ociregistry listening on {listen} with {workers} worker(s)", listen=", ".join(config.listen),
-             workers=config.workers)
+    log.info(
+        "ociregistry listening on {listen} with {workers} worker(s)",
+        listen=", ".join(config.listen),
+        workers=config.workers,
+    )
     return top

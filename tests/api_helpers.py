@@ -154,8 +154,9 @@ class Reply:
         return f"<Reply {self.method} {self.url} -> {self.status} {headers} {body!r}>"
 
 
-async def fetch(method: str, target: str, body: bytes | None = None, headers: dict | None = None,
-                broken_body_ok: bool = False) -> Reply:
+async def fetch(
+    method: str, target: str, body: bytes | None = None, headers: dict | None = None, broken_body_ok: bool = False
+) -> Reply:
     """
     Send one request and read the whole response.  ``body=None`` sends no
     body; ``b""`` sends ``Content-Length: 0``; any other body is sent with
@@ -172,9 +173,12 @@ async def fetch(method: str, target: str, body: bytes | None = None, headers: di
         # Twisted's client sends Content-Length for every body itself; don't send it twice.
         assert body is not None and headers.pop(key) == str(len(body)), "Content-Length must match the body"
     response = await treq.request(
-        method, target, data=body,
+        method,
+        target,
+        data=body,
         headers={k: list(v) if isinstance(v, (list, tuple)) else [v] for k, v in headers.items()},
-        persistent=False, allow_redirects=False,
+        persistent=False,
+        allow_redirects=False,
     )
     try:
         content = await treq.content(response)
@@ -198,8 +202,9 @@ async def head(registry, path: str, **kw) -> Reply:
     return await fetch("HEAD", url(registry, path), **kw)
 
 
-async def get_manifest(registry, name: str, reference: str, method: str = "GET",
-                       accept: str | list[str] | None = MANIFEST_ACCEPT) -> Reply:
+async def get_manifest(
+    registry, name: str, reference: str, method: str = "GET", accept: str | list[str] | None = MANIFEST_ACCEPT
+) -> Reply:
     """GET (or ``method``) a manifest; ``accept`` as a list sends one ``Accept`` line per item."""
     headers = {"Accept": accept} if accept else {}
     return await fetch(method, url(registry, f"/v2/{name}/manifests/{reference}"), headers=headers)
@@ -214,8 +219,7 @@ async def assert_manifest_body(registry, name: str, references, body: bytes) -> 
 
 
 async def put_manifest(registry, name: str, reference: str, body: bytes, media_type: str = OCI_MANIFEST) -> Reply:
-    return await fetch("PUT", url(registry, f"/v2/{name}/manifests/{reference}"), body,
-                       {"Content-Type": media_type})
+    return await fetch("PUT", url(registry, f"/v2/{name}/manifests/{reference}"), body, {"Content-Type": media_type})
 
 
 # ------------------------------------------------------------------ uploads
@@ -242,8 +246,12 @@ async def push_blob(registry, name: str, data: bytes) -> str:
     """
     session = await start_upload(registry, name)
     digest = sha256_digest(data)
-    reply = await fetch("PUT", with_query(resolve(registry, session.header("Location")), digest=digest), data,
-                        {"Content-Type": "application/octet-stream"})
+    reply = await fetch(
+        "PUT",
+        with_query(resolve(registry, session.header("Location")), digest=digest),
+        data,
+        {"Content-Type": "application/octet-stream"},
+    )
     assert reply.status == 201, reply
     assert reply.header("Docker-Content-Digest") == digest, reply
     return digest
@@ -267,8 +275,9 @@ class Image:
     reply: Reply  # the manifest PUT's answer
 
 
-def image_manifest(config: bytes, layers: list[bytes], *, docker: bool = False, config_media_type: str | None = None,
-                   **extra) -> bytes:
+def image_manifest(
+    config: bytes, layers: list[bytes], *, docker: bool = False, config_media_type: str | None = None, **extra
+) -> bytes:
     """An image manifest (OCI, or Docker schema 2 with ``docker=True``) for these blobs, serialised."""
     if docker:
         document = {
@@ -289,12 +298,26 @@ def image_manifest(config: bytes, layers: list[bytes], *, docker: bool = False, 
 
 
 def image_config(seed: str) -> bytes:
-    return encode({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []},
-                   "config": {"Labels": {"seed": seed}}})
+    return encode(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": []},
+            "config": {"Labels": {"seed": seed}},
+        }
+    )
 
 
-async def push_image(registry, name: str, reference: str | None = None, *, seed: str | None = None,
-                     layers: int = 1, docker: bool = False, **extra) -> Image:
+async def push_image(
+    registry,
+    name: str,
+    reference: str | None = None,
+    *,
+    seed: str | None = None,
+    layers: int = 1,
+    docker: bool = False,
+    **extra,
+) -> Image:
     """
     Push a config, ``layers`` layer blobs and an image manifest referencing
     them to ``name``, under ``reference`` (a tag; by default the manifest's
@@ -313,16 +336,21 @@ async def push_image(registry, name: str, reference: str | None = None, *, seed:
     return Image(name, reference or digest, manifest, digest, config, layer_blobs, media_type, reply)
 
 
-async def push_index(registry, name: str, reference: str | None, manifests: list[Image], *, docker: bool = False,
-                     **extra) -> tuple[bytes, str, Reply]:
+async def push_index(
+    registry, name: str, reference: str | None, manifests: list[Image], *, docker: bool = False, **extra
+) -> tuple[bytes, str, Reply]:
     """Push an OCI index (or Docker manifest list) of already-pushed images."""
     media_type = DOCKER_LIST if docker else OCI_INDEX
     document = {
         "schemaVersion": 2,
         "mediaType": media_type,
         "manifests": [
-            {"mediaType": image.media_type, "digest": image.digest, "size": len(image.manifest),
-             "platform": {"architecture": arch, "os": "linux"}}
+            {
+                "mediaType": image.media_type,
+                "digest": image.digest,
+                "size": len(image.manifest),
+                "platform": {"architecture": arch, "os": "linux"},
+            }
             for image, arch in zip(manifests, ["amd64", "arm64", "s390x", "ppc64le", "riscv64", "386"])
         ],
     }

@@ -60,8 +60,9 @@ def write_htpasswd(path, users: dict[str, str], cost: int = 5) -> None:
     lines = []
     for user, password in users.items():
         if HTPASSWD:
-            out = subprocess.run([HTPASSWD, "-nbB", "-C", str(cost), user, password], check=True,
-                                 capture_output=True, text=True).stdout
+            out = subprocess.run(
+                [HTPASSWD, "-nbB", "-C", str(cost), user, password], check=True, capture_output=True, text=True
+            ).stdout
             lines.append(out.strip())
         else:
             hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(cost)).decode().replace("$2b$", "$2y$", 1)
@@ -108,8 +109,9 @@ def bearer(token: str) -> dict:
     return {"Authorization": f"Bearer {token}"}
 
 
-def call(base: str, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
-         cafile: str | None = None) -> Reply:
+def call(
+    base: str, method: str, path: str, body: bytes | None = None, headers: dict | None = None, cafile: str | None = None
+) -> Reply:
     """One request on a fresh connection to ``base`` (http:// or https://)."""
     parts = urlsplit(base)
     if parts.scheme == "https":
@@ -136,20 +138,28 @@ def push_blob(base: str, name: str, data: bytes, headers: dict) -> Reply:
         return started
     location = started.headers["location"]
     separator = "&" if "?" in location else "?"
-    return call(base, "PUT", f"{location}{separator}digest={sha256_digest(data)}", data,
-                {**headers, "Content-Type": "application/octet-stream"})
+    return call(
+        base,
+        "PUT",
+        f"{location}{separator}digest={sha256_digest(data)}",
+        data,
+        {**headers, "Content-Type": "application/octet-stream"},
+    )
 
 
 def image(seed: str) -> tuple[bytes, bytes, bytes]:
     """``(config, layer, manifest)`` of a one-layer OCI image, distinct per seed."""
     config = json.dumps({"architecture": "amd64", "os": "linux", "seed": seed}).encode()
     layer = f"layer of {seed}".encode() * 10
-    manifest = json.dumps({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": OCI_CONFIG, "digest": sha256_digest(config), "size": len(config)},
-        "layers": [{"mediaType": OCI_LAYER, "digest": sha256_digest(layer), "size": len(layer)}],
-    }, indent=2).encode()
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": OCI_CONFIG, "digest": sha256_digest(config), "size": len(config)},
+            "layers": [{"mediaType": OCI_LAYER, "digest": sha256_digest(layer), "size": len(layer)}],
+        },
+        indent=2,
+    ).encode()
     return config, layer, manifest
 
 
@@ -167,8 +177,9 @@ def get_manifest(base: str, name: str, tag: str, headers: dict) -> Reply:
     return call(base, "GET", f"/v2/{name}/manifests/{tag}", None, {**headers, "Accept": OCI_MANIFEST})
 
 
-def get_token(base: str, scopes=(), headers: dict | None = None, service: str | None = "test-service",
-              cafile: str | None = None) -> Reply:
+def get_token(
+    base: str, scopes=(), headers: dict | None = None, service: str | None = "test-service", cafile: str | None = None
+) -> Reply:
     query = [("service", service)] if service else []
     query += [("scope", s) for s in scopes]
     return call(base, "GET", "/token?" + urlencode(query), None, headers, cafile=cafile)
@@ -229,15 +240,20 @@ def self_signed_certificate(directory) -> tuple[str, str]:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                                                    x509.DNSName("localhost")]), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
+            critical=False,
+        )
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
     key_path, cert_path = os.path.join(directory, "key.pem"), os.path.join(directory, "cert.pem")
     with open(key_path, "wb") as f:
-        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-                                  serialization.NoEncryption()))
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+            )
+        )
     with open(cert_path, "wb") as f:
         f.write(cert.public_bytes(serialization.Encoding.PEM))
     return key_path, cert_path

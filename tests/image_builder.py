@@ -303,8 +303,7 @@ class OCILayout:
             },
             "rootfs": {"type": "layers", "diff_ids": [layer.diff_id for layer in built_layers]},
             "history": [
-                {"created": CREATED, "created_by": f"image_builder: layer {i} of {seed}"}
-                for i in range(layers)
+                {"created": CREATED, "created_by": f"image_builder: layer {i} of {seed}"} for i in range(layers)
             ],
         }
         config_bytes = dump_json(config)
@@ -411,8 +410,9 @@ class HTTPResponse:
         return json.loads(self.body)
 
 
-def http_request(method: str, url: str, body: bytes | None = None, headers: dict | None = None,
-                 timeout: float = 30) -> HTTPResponse:
+def http_request(
+    method: str, url: str, body: bytes | None = None, headers: dict | None = None, timeout: float = 30
+) -> HTTPResponse:
     """One request with urllib; error statuses are returned, not raised, and redirects are not followed."""
     import urllib.error
     import urllib.request
@@ -425,8 +425,7 @@ def http_request(method: str, url: str, body: bytes | None = None, headers: dict
     request = urllib.request.Request(url, data=body, method=method, headers=dict(headers or {}))
     try:
         with opener.open(request, timeout=timeout) as response:
-            return HTTPResponse(response.status, {k.lower(): v for k, v in response.headers.items()},
-                                response.read())
+            return HTTPResponse(response.status, {k.lower(): v for k, v in response.headers.items()}, response.read())
     except urllib.error.HTTPError as error:
         with error:
             return HTTPResponse(error.code, {k.lower(): v for k, v in error.headers.items()}, error.read())
@@ -442,7 +441,9 @@ def push_blob_http(base_url: str, name: str, data: bytes) -> str:
     location = urllib.parse.urljoin(base_url + "/", started.headers["location"])
     separator = "&" if "?" in location else "?"
     finished = http_request(
-        "PUT", f"{location}{separator}digest={urllib.parse.quote(digest)}", data,
+        "PUT",
+        f"{location}{separator}digest={urllib.parse.quote(digest)}",
+        data,
         {"Content-Type": "application/octet-stream"},
     )
     assert finished.status == 201, (finished.status, finished.body)
@@ -455,8 +456,11 @@ def _slow_patch(registry, path: str, body: bytes, content_range: str | None = No
 
     slow = socket.create_connection(("127.0.0.1", registry.port), timeout=30)
     extra = f"Content-Range: {content_range}\r\n" if content_range else ""
-    slow.sendall(f"PATCH {path} HTTP/1.1\r\nHost: {registry.host}\r\nContent-Type: application/octet-stream\r\n"
-                 f"{extra}Content-Length: {len(body)}\r\n\r\n".encode() + body[:10])
+    slow.sendall(
+        f"PATCH {path} HTTP/1.1\r\nHost: {registry.host}\r\nContent-Type: application/octet-stream\r\n"
+        f"{extra}Content-Length: {len(body)}\r\n\r\n".encode()
+        + body[:10]
+    )
     return slow
 
 
@@ -484,8 +488,12 @@ def append_through_both_at_once(a, b, name: str, size: int = 1000) -> None:
     path = started.headers["location"]
     slow = _slow_patch(b, path, theirs, f"0-{size - 1}")
     time.sleep(0.5)  # B has checked the offset and is receiving the body
-    patched = http_request("PATCH", urllib.parse.urljoin(a.url, path), mine,
-                           {"Content-Type": "application/octet-stream", "Content-Range": f"0-{size - 1}"})
+    patched = http_request(
+        "PATCH",
+        urllib.parse.urljoin(a.url, path),
+        mine,
+        {"Content-Type": "application/octet-stream", "Content-Range": f"0-{size - 1}"},
+    )
     assert patched.status == 202, (patched.status, patched.body)
     _finish_slow_patch(slow, theirs)
     digest = urllib.parse.quote(sha256_digest(mine))
@@ -508,8 +516,12 @@ def finish_racing_an_append(a, b, name: str, size: int = 1000) -> tuple[bytes, H
     mine, more = b"\x0c" * size, b"\x0d" * size
     started = http_request("POST", f"{a.url}/v2/{name}/blobs/uploads/", b"")
     path = started.headers["location"]
-    patched = http_request("PATCH", urllib.parse.urljoin(a.url, path), mine,
-                           {"Content-Type": "application/octet-stream", "Content-Range": f"0-{size - 1}"})
+    patched = http_request(
+        "PATCH",
+        urllib.parse.urljoin(a.url, path),
+        mine,
+        {"Content-Type": "application/octet-stream", "Content-Range": f"0-{size - 1}"},
+    )
     assert patched.status == 202, (patched.status, patched.body)
     path = patched.headers["location"]
     slow = _slow_patch(b, path, more)
@@ -550,9 +562,12 @@ def push_same_blob_and_tag_through_both(a, b, name: str, layout_path, blob_size:
     for thread in threads:
         thread.join(60)
     assert errors == []
-    tagged = {http_request("HEAD", f"{r.url}/v2/{name}/manifests/race",
-                           headers={"Accept": MEDIA_TYPE_OCI_MANIFEST}).headers["docker-content-digest"]
-              for r in (a, b)}
+    tagged = {
+        http_request("HEAD", f"{r.url}/v2/{name}/manifests/race", headers={"Accept": MEDIA_TYPE_OCI_MANIFEST}).headers[
+            "docker-content-digest"
+        ]
+        for r in (a, b)
+    }
     assert len(tagged) == 1 and tagged <= {i.manifest_digest for i in images}
     for registry in (a, b):
         blob = http_request("GET", f"{registry.url}/v2/{name}/blobs/{sha256_digest(shared)}")
@@ -572,9 +587,14 @@ def pull_racing_a_delete(a, b, name: str, collect, size: int = 16 << 20) -> None
     config = dump_json({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}})
     for blob in (config, layer):
         push_blob_http(a.url, name, blob)
-    manifest = dump_json({"schemaVersion": 2, "mediaType": MEDIA_TYPE_OCI_MANIFEST,
-                          "config": descriptor(MEDIA_TYPE_OCI_CONFIG, config),
-                          "layers": [descriptor(MEDIA_TYPE_OCI_LAYER_GZIP, layer)]})
+    manifest = dump_json(
+        {
+            "schemaVersion": 2,
+            "mediaType": MEDIA_TYPE_OCI_MANIFEST,
+            "config": descriptor(MEDIA_TYPE_OCI_CONFIG, config),
+            "layers": [descriptor(MEDIA_TYPE_OCI_LAYER_GZIP, layer)],
+        }
+    )
     push_manifest_http(a.url, name, "doomed", manifest, MEDIA_TYPE_OCI_MANIFEST)
     digest = sha256_digest(layer)
 
@@ -615,7 +635,8 @@ def push_image_http(base_url: str, name: str, layout: OCILayout, image: BuiltIma
     """Push ``image`` from ``layout`` with plain HTTP, tagged ``tag`` (else by digest); return its digest."""
     for digest in image.blob_digests:
         push_blob_http(base_url, name, layout.read_blob(digest))
-    response = push_manifest_http(base_url, name, tag or image.manifest_digest, image.manifest_bytes,
-                                  MEDIA_TYPE_OCI_MANIFEST)
+    response = push_manifest_http(
+        base_url, name, tag or image.manifest_digest, image.manifest_bytes, MEDIA_TYPE_OCI_MANIFEST
+    )
     assert response.headers.get("docker-content-digest") == image.manifest_digest
     return image.manifest_digest

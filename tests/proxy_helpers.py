@@ -105,8 +105,11 @@ class _TokenHandler(_Handler):
             user, _, password = base64.b64decode(header[6:]).decode().partition(":")
             if owner.users.get(user) != password:
                 owner.requests.append(("refused", user, query.get("scope", [])))
-                return self.reply(401, b'{"details": "wrong credentials"}',
-                                  {"WWW-Authenticate": 'Basic realm="token"', "Content-Type": "application/json"})
+                return self.reply(
+                    401,
+                    b'{"details": "wrong credentials"}',
+                    {"WWW-Authenticate": 'Basic realm="token"', "Content-Type": "application/json"},
+                )
         scopes = query.get("scope", [])
         owner.requests.append(("issued", user, scopes))
         access = []
@@ -116,8 +119,14 @@ class _TokenHandler(_Handler):
             allowed = {"pull", "push", "delete", "*"} if user else {"pull"}
             access.append({"type": kind, "name": name, "actions": [a for a in actions.split(",") if a in allowed]})
         token = owner.sign(user or "", access)
-        body = json.dumps({"token": token, "access_token": token, "expires_in": owner.expires_in,
-                           "issued_at": datetime.datetime.now(datetime.timezone.utc).isoformat()}).encode()
+        body = json.dumps(
+            {
+                "token": token,
+                "access_token": token,
+                "expires_in": owner.expires_in,
+                "issued_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            }
+        ).encode()
         self.reply(200, body, {"Content-Type": "application/json"})
 
 
@@ -134,9 +143,13 @@ class TokenServer(_ThreadedServer):
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ISSUER)])
         now = datetime.datetime.now(datetime.timezone.utc)
         self._cert = (
-            x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-            .public_key(self._key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=1))
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(self._key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .sign(self._key, hashes.SHA256())
         )
@@ -150,20 +163,32 @@ class TokenServer(_ThreadedServer):
 
     def reference_auth(self) -> str:
         """The reference registry's config section trusting this server."""
-        return (f"auth: {{token: {{realm: '{self.realm}', service: {SERVICE}, issuer: {ISSUER}, "
-                f"rootcertbundle: '{self.cert_path}'}}}}\n")
+        return (
+            f"auth: {{token: {{realm: '{self.realm}', service: {SERVICE}, issuer: {ISSUER}, "
+            f"rootcertbundle: '{self.cert_path}'}}}}\n"
+        )
 
     def ociregistry_auth(self) -> str:
         """ociregistry's config section trusting this server (docs/auth.md, external token server)."""
-        return (f"auth: {{token: {{realm: '{self.realm}', service: {SERVICE}, issuer: {ISSUER}, "
-                f"public_key: '{self.cert_path}'}}}}\n")
+        return (
+            f"auth: {{token: {{realm: '{self.realm}', service: {SERVICE}, issuer: {ISSUER}, "
+            f"public_key: '{self.cert_path}'}}}}\n"
+        )
 
     def sign(self, subject: str, access: list) -> str:
         der = base64.b64encode(self._cert.public_bytes(serialization.Encoding.DER)).decode("ascii")
         header = {"typ": "JWT", "alg": "ES256", "x5c": [der]}
         now = int(time.time())
-        claims = {"iss": ISSUER, "sub": subject, "aud": SERVICE, "exp": now + self.expires_in, "nbf": now - 1,
-                  "iat": now, "jti": uuid.uuid4().hex, "access": access}
+        claims = {
+            "iss": ISSUER,
+            "sub": subject,
+            "aud": SERVICE,
+            "exp": now + self.expires_in,
+            "nbf": now - 1,
+            "iat": now,
+            "jti": uuid.uuid4().hex,
+            "access": access,
+        }
         signing_input = f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}"
         r, s = decode_dss_signature(self._key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256())))
         return f"{signing_input}.{_b64url(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
@@ -181,8 +206,10 @@ def htpasswd_auth(directory, users: dict[str, str]) -> str:
     """A bcrypt htpasswd file for ``users`` and the reference registry's config section using it."""
     path = os.path.join(str(directory), "htpasswd")
     with open(path, "w") as f:
-        f.writelines(f"{user}:{bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()}\n"
-                     for user, password in users.items())
+        f.writelines(
+            f"{user}:{bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()}\n"
+            for user, password in users.items()
+        )
     return f"auth: {{htpasswd: {{realm: test-basic, path: '{path}'}}}}\n"
 
 
@@ -199,8 +226,12 @@ def push_blob(base_url: str, name: str, data: bytes, headers: dict) -> str:
     assert started.status == 202, (started.status, started.body)
     location = urllib.parse.urljoin(base_url + "/", started.headers["location"])
     separator = "&" if "?" in location else "?"
-    finished = http_request("PUT", f"{location}{separator}digest={urllib.parse.quote(digest)}", data,
-                            {**headers, "Content-Type": "application/octet-stream"})
+    finished = http_request(
+        "PUT",
+        f"{location}{separator}digest={urllib.parse.quote(digest)}",
+        data,
+        {**headers, "Content-Type": "application/octet-stream"},
+    )
     assert finished.status == 201, (finished.status, finished.body)
     return digest
 
@@ -209,14 +240,17 @@ def push_image(base_url: str, name: str, layout, image, tag: str | None = None, 
     headers = dict(headers or {})
     for digest in image.blob_digests:
         push_blob(base_url, name, layout.read_blob(digest), headers)
-    return push_manifest(base_url, name, tag or image.manifest_digest, image.manifest_bytes,
-                         MEDIA_TYPE_OCI_MANIFEST, headers)
+    return push_manifest(
+        base_url, name, tag or image.manifest_digest, image.manifest_bytes, MEDIA_TYPE_OCI_MANIFEST, headers
+    )
 
 
-def push_manifest(base_url: str, name: str, reference: str, data: bytes, media_type: str,
-                  headers: dict | None = None) -> str:
-    response = http_request("PUT", f"{base_url}/v2/{name}/manifests/{reference}", data,
-                            {**(headers or {}), "Content-Type": media_type})
+def push_manifest(
+    base_url: str, name: str, reference: str, data: bytes, media_type: str, headers: dict | None = None
+) -> str:
+    response = http_request(
+        "PUT", f"{base_url}/v2/{name}/manifests/{reference}", data, {**(headers or {}), "Content-Type": media_type}
+    )
     assert response.status == 201, (response.status, response.body)
     return response.headers["docker-content-digest"]
 
@@ -252,25 +286,35 @@ class _EdgeHandler(_Handler):
             return self.reply(edge.failing, b"upstream connect error", {"Content-Type": "text/plain"})
         if "/manifests/" in self.path and edge.rate_limit > 0:
             edge.rate_limit -= 1
-            return self.reply(429, b'{"errors": [{"code": "TOOMANYREQUESTS"}]}',
-                              {"Retry-After": str(edge.retry_after), "Content-Type": "application/json"})
+            return self.reply(
+                429,
+                b'{"errors": [{"code": "TOOMANYREQUESTS"}]}',
+                {"Retry-After": str(edge.retry_after), "Content-Type": "application/json"},
+            )
         blob = re.fullmatch(r"/v2/.+/blobs/(sha256:[a-f0-9]{64})", self.path)
         if blob and self.command == "GET" and edge.store is not None and "Authorization" in self.headers:
             # Like Docker Hub: the registry checks the token, then sends the client to object storage.
             check = self._upstream("HEAD")
             if check.status != 200:
-                return self.reply(check.status, b"", {k: v for k, v in check.getheaders()
-                                                      if k.lower() in ("www-authenticate", "content-type")})
+                return self.reply(
+                    check.status,
+                    b"",
+                    {k: v for k, v in check.getheaders() if k.lower() in ("www-authenticate", "content-type")},
+                )
             return self.reply(307, b"", {"Location": f"{edge.store.url}/blobs/{blob.group(1)}?signature=test"})
         response = self._upstream(self.command)
         body = response.read()
-        headers = {k: v for k, v in response.getheaders() if k.lower() not in ("content-length", "connection",
-                                                                                 "transfer-encoding")}
+        headers = {
+            k: v
+            for k, v in response.getheaders()
+            if k.lower() not in ("content-length", "connection", "transfer-encoding")
+        }
         self.send_response(response.status)
         for key, value in headers.items():
             self.send_header(key, value)
-        self.send_header("Content-Length", str(len(body) if self.command != "HEAD" else
-                                                response.getheader("Content-Length", "0")))
+        self.send_header(
+            "Content-Length", str(len(body) if self.command != "HEAD" else response.getheader("Content-Length", "0"))
+        )
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
@@ -310,8 +354,9 @@ class _StoreHandler(_Handler):
         if match is None:
             return self.reply(404)
         if "Authorization" in self.headers:
-            return self.reply(400, b"<Error><Code>InvalidArgument</Code>"
-                                   b"<Message>Only one auth mechanism allowed</Message></Error>")
+            return self.reply(
+                400, b"<Error><Code>InvalidArgument</Code><Message>Only one auth mechanism allowed</Message></Error>"
+            )
         hex_ = match.group(1)
         path = os.path.join(store.root, "docker", "registry", "v2", "blobs", "sha256", hex_[:2], hex_, "data")
         try:
@@ -330,7 +375,7 @@ class _StoreHandler(_Handler):
             if store.stall_after is not None and offset >= store.stall_after:
                 time.sleep(5)  # a connection that goes quiet, as over a bad WAN link
                 return
-            self.wfile.write(data[offset:offset + block])
+            self.wfile.write(data[offset : offset + block])
             if store.rate:
                 time.sleep(block / store.rate)
 
@@ -347,5 +392,14 @@ class BlobStore(_ThreadedServer):
         self.requests: list[tuple] = []
 
 
-__all__ = ["BlobStore", "Edge", "HTTPResponse", "TokenServer", "basic", "htpasswd_auth", "push_image",
-           "push_manifest", "upstream_requests"]
+__all__ = [
+    "BlobStore",
+    "Edge",
+    "HTTPResponse",
+    "TokenServer",
+    "basic",
+    "htpasswd_auth",
+    "push_image",
+    "push_manifest",
+    "upstream_requests",
+]

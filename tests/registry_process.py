@@ -38,8 +38,14 @@ def free_port() -> int:
 class RegistryProcess:
     """A registry listening on 127.0.0.1; ``kind`` is "ociregistry" or "reference"."""
 
-    def __init__(self, data_dir: str, kind: str = "ociregistry", extra_args=(), config: str | None = None,
-                 reference_config: str = ""):
+    def __init__(
+        self,
+        data_dir: str,
+        kind: str = "ociregistry",
+        extra_args=(),
+        config: str | None = None,
+        reference_config: str = "",
+    ):
         self.data_dir = data_dir
         self.kind = kind
         self.reference_config = reference_config  # more top-level YAML for the reference, e.g. an auth section
@@ -65,15 +71,20 @@ class RegistryProcess:
                     "version: 0.1\n"
                     "log: {level: warn}\n"
                     f"storage: {{filesystem: {{rootdirectory: {self.data_dir}}}, delete: {{enabled: true}}}}\n"
-                    f"http: {{addr: '127.0.0.1:{self.port}'}}\n"
-                    + self.reference_config
+                    f"http: {{addr: '127.0.0.1:{self.port}'}}\n" + self.reference_config
                 )
             return [REFERENCE_BINARY, "serve", config]
         command = [
-            sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-            "-n", "--pidfile=", "ociregistry",
-            "--listen", f"tcp:{self.port}:interface=127.0.0.1",
-            "--data-dir", self.data_dir,
+            sys.executable,
+            "-c",
+            "from twisted.scripts.twistd import run; run()",
+            "-n",
+            "--pidfile=",
+            "ociregistry",
+            "--listen",
+            f"tcp:{self.port}:interface=127.0.0.1",
+            "--data-dir",
+            self.data_dir,
         ]
         if self.config:
             command += ["--config", self.config]
@@ -87,7 +98,11 @@ class RegistryProcess:
         self.port = self.port or free_port()
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            self._command(), stdout=log, stderr=subprocess.STDOUT, env=registry_environment(), cwd=os.path.dirname(self.log_path)
+            self._command(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=registry_environment(),
+            cwd=os.path.dirname(self.log_path),
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -63,40 +63,72 @@ class SeaweedFS:
     def _command(self) -> list[str]:
         config = os.path.join(self.dir, "s3.json")
         with open(config, "w") as f:
-            json.dump({"identities": [{
-                "name": "tests",
-                "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
-                "actions": ["Admin", "Read", "List", "Tagging", "Write"],
-            }]}, f)
+            json.dump(
+                {
+                    "identities": [
+                        {
+                            "name": "tests",
+                            "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+                            "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+                        }
+                    ]
+                },
+                f,
+            )
         data = os.path.join(self.dir, "data")
         os.makedirs(data)
         ports = {name: free_port() for name in ("master", "volume", "filer")}
         grpc = {name: free_port() for name in ("master", "volume", "filer", "s3")}
         self._ports = [self.port, *ports.values(), *grpc.values()]
         return [
-            self.binary, "server", "-s3", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            f"-master.port={ports['master']}", f"-master.port.grpc={grpc['master']}",
-            f"-volume.port={ports['volume']}", f"-volume.port.grpc={grpc['volume']}",
-            f"-filer.port={ports['filer']}", f"-filer.port.grpc={grpc['filer']}",
-            f"-s3.port={self.port}", f"-s3.port.grpc={grpc['s3']}", f"-s3.config={config}",
-            "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
-            "-master.volumeSizeLimitMB=256", "-volume.max=0", "-volume.preStopSeconds=0",
+            self.binary,
+            "server",
+            "-s3",
+            f"-dir={data}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-master.port={ports['master']}",
+            f"-master.port.grpc={grpc['master']}",
+            f"-volume.port={ports['volume']}",
+            f"-volume.port.grpc={grpc['volume']}",
+            f"-filer.port={ports['filer']}",
+            f"-filer.port.grpc={grpc['filer']}",
+            f"-s3.port={self.port}",
+            f"-s3.port.grpc={grpc['s3']}",
+            f"-s3.config={config}",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-master.telemetry=false",
+            "-master.volumeSizeLimitMB=256",
+            "-volume.max=0",
+            "-volume.preStopSeconds=0",
         ]
 
-    def request(self, method: str, key: str | None = None, body: bytes = b"", query: str = "",
-                timeout: float = 10) -> tuple[int, bytes]:
+    def request(
+        self, method: str, key: str | None = None, body: bytes = b"", query: str = "", timeout: float = 10
+    ) -> tuple[int, bytes]:
         """A signed request to the test bucket, without the reactor (for setup)."""
         import hashlib
 
         path = f"/{BUCKET}" + (f"/{key}" if key else "")
         params = [tuple(p.split("=", 1)) for p in query.split("&")] if query else []
         headers = sigv4.sign_headers(
-            sigv4.Credentials(ACCESS_KEY, SECRET_KEY), REGION, method, f"127.0.0.1:{self.port}", path,
-            params, {}, hashlib.sha256(body).hexdigest(),
+            sigv4.Credentials(ACCESS_KEY, SECRET_KEY),
+            REGION,
+            method,
+            f"127.0.0.1:{self.port}",
+            path,
+            params,
+            {},
+            hashlib.sha256(body).hexdigest(),
         )
         url = self.endpoint + sigv4.uri_encode(path) + (f"?{sigv4.canonical_query(params)}" if params else "")
-        request = urllib.request.Request(url, data=body if method in ("PUT", "POST") else None, method=method,
-                                         headers={k: v for k, v in headers.items() if k != "host"})
+        request = urllib.request.Request(
+            url,
+            data=body if method in ("PUT", "POST") else None,
+            method=method,
+            headers={k: v for k, v in headers.items() if k != "host"},
+        )
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 return response.status, response.read()
@@ -161,8 +193,14 @@ class SeaweedFS:
 
     def settings(self, prefix: str | None = None, **overrides) -> S3Settings:
         """Settings for the shared bucket under a fresh prefix (or ``prefix``)."""
-        values = {"endpoint": self.endpoint, "bucket": BUCKET, "region": REGION, "access_key": ACCESS_KEY,
-                  "secret_key": SECRET_KEY, "prefix": prefix or f"t-{uuid.uuid4().hex[:12]}"}
+        values = {
+            "endpoint": self.endpoint,
+            "bucket": BUCKET,
+            "region": REGION,
+            "access_key": ACCESS_KEY,
+            "secret_key": SECRET_KEY,
+            "prefix": prefix or f"t-{uuid.uuid4().hex[:12]}",
+        }
         values.update(overrides)
         return S3Settings.from_dict(values)
 

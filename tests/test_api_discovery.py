@@ -273,8 +273,16 @@ async def push_subject(registry, name: str):
     return await push_image(registry, name, "subject")
 
 
-async def push_artifact(registry, name: str, subject, *, artifact_type: str | None = "application/vnd.example.sbom",
-                        config_media_type: str | None = None, annotations: dict | None = None, tag: str | None = None):
+async def push_artifact(
+    registry,
+    name: str,
+    subject,
+    *,
+    artifact_type: str | None = "application/vnd.example.sbom",
+    config_media_type: str | None = None,
+    annotations: dict | None = None,
+    tag: str | None = None,
+):
     """
     An artifact manifest (the OCI 1.1 way: an image manifest with the empty
     config, ``artifactType`` and ``subject``) referring to ``subject``.
@@ -337,13 +345,15 @@ async def test_referrers(registry):
     annotations = {"org.opencontainers.image.created": "2024-01-01T00:00:00Z", "org.example.kind": "sbom"}
     body, digest, _ = await push_artifact(registry, name, subject, annotations=annotations)
     _, manifests = await referrers(registry, name, subject.digest)
-    assert manifests == [{
-        "mediaType": OCI_MANIFEST,
-        "digest": digest,
-        "size": len(body),
-        "artifactType": "application/vnd.example.sbom",
-        "annotations": annotations,
-    }]
+    assert manifests == [
+        {
+            "mediaType": OCI_MANIFEST,
+            "digest": digest,
+            "size": len(body),
+            "artifactType": "application/vnd.example.sbom",
+            "annotations": annotations,
+        }
+    ]
 
 
 @pytest.mark.ociregistry_only
@@ -352,8 +362,11 @@ async def test_referrers_lists_every_referrer(registry):
     name = unique_name()
     subject = await push_subject(registry, name)
     pushed = {}
-    for artifact_type in ("application/vnd.example.sbom", "application/vnd.example.signature",
-                          "application/vnd.example.sbom"):
+    for artifact_type in (
+        "application/vnd.example.sbom",
+        "application/vnd.example.signature",
+        "application/vnd.example.sbom",
+    ):
         body, digest, _ = await push_artifact(registry, name, subject, artifact_type=artifact_type)
         pushed[digest] = (artifact_type, len(body))
     _, manifests = await referrers(registry, name, subject.digest)
@@ -373,8 +386,9 @@ async def test_referrers_artifact_type_filter(registry):
     assert [m["digest"] for m in manifests] == [sbom]
     assert reply.header("OCI-Filters-Applied") == "artifactType", reply
 
-    reply, manifests = await referrers(registry, name, subject.digest,
-                                       "?artifactType=application%2Fvnd.example.signature")
+    reply, manifests = await referrers(
+        registry, name, subject.digest, "?artifactType=application%2Fvnd.example.signature"
+    )
     assert [m["digest"] for m in manifests] == [signature]
     assert reply.header("OCI-Filters-Applied") == "artifactType", reply
 
@@ -422,13 +436,15 @@ async def test_referrers_artifact_type_from_config(registry):
     """Without ``artifactType``, a referrer's artifactType is its config's mediaType."""
     name = unique_name()
     subject = await push_subject(registry, name)
-    _, digest, _ = await push_artifact(registry, name, subject, artifact_type=None,
-                                       config_media_type="application/vnd.example.config.v1+json")
+    _, digest, _ = await push_artifact(
+        registry, name, subject, artifact_type=None, config_media_type="application/vnd.example.config.v1+json"
+    )
     _, manifests = await referrers(registry, name, subject.digest)
     assert [(m["digest"], m["artifactType"]) for m in manifests] == [(digest, "application/vnd.example.config.v1+json")]
     # "+" must travel as %2B: in a query string a bare "+" means a space.
-    reply, manifests = await referrers(registry, name, subject.digest,
-                                       "?artifactType=application/vnd.example.config.v1%2Bjson")
+    reply, manifests = await referrers(
+        registry, name, subject.digest, "?artifactType=application/vnd.example.config.v1%2Bjson"
+    )
     assert [m["digest"] for m in manifests] == [digest]
 
 
@@ -448,25 +464,29 @@ async def test_referrers_include_an_index_with_subject(registry):
     name = unique_name()
     subject = await push_subject(registry, name)
     member = await push_image(registry, name)
-    index = encode({
-        "schemaVersion": 2,
-        "mediaType": OCI_INDEX,
-        "artifactType": "application/vnd.example.bundle",
-        "manifests": [{"mediaType": OCI_MANIFEST, "digest": member.digest, "size": len(member.manifest)}],
-        "subject": {"mediaType": OCI_MANIFEST, "digest": subject.digest, "size": len(subject.manifest)},
-        "annotations": {"bundle": "yes"},
-    })
+    index = encode(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "artifactType": "application/vnd.example.bundle",
+            "manifests": [{"mediaType": OCI_MANIFEST, "digest": member.digest, "size": len(member.manifest)}],
+            "subject": {"mediaType": OCI_MANIFEST, "digest": subject.digest, "size": len(subject.manifest)},
+            "annotations": {"bundle": "yes"},
+        }
+    )
     reply = await put_manifest(registry, name, sha256_digest(index), index, OCI_INDEX)
     assert reply.status == 201, reply
     assert reply.header("OCI-Subject") == subject.digest, reply
     _, manifests = await referrers(registry, name, subject.digest)
-    assert manifests == [{
-        "mediaType": OCI_INDEX,
-        "digest": sha256_digest(index),
-        "size": len(index),
-        "artifactType": "application/vnd.example.bundle",
-        "annotations": {"bundle": "yes"},
-    }]
+    assert manifests == [
+        {
+            "mediaType": OCI_INDEX,
+            "digest": sha256_digest(index),
+            "size": len(index),
+            "artifactType": "application/vnd.example.bundle",
+            "annotations": {"bundle": "yes"},
+        }
+    ]
 
 
 @pytest.mark.ociregistry_only

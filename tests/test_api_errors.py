@@ -130,9 +130,22 @@ async def test_invalid_name_in_mount_source(registry):
         assert_error(reply, 400, "NAME_INVALID")
 
 
-@pytest.mark.parametrize("name", [
-    "a", "a0", "0", "a.b", "a_b", "a__b", "a-b", "a---b", "a.b/c_d/e--f", "a" * 255, "ab/" * 84 + "abc",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "a",
+        "a0",
+        "0",
+        "a.b",
+        "a_b",
+        "a__b",
+        "a-b",
+        "a---b",
+        "a.b/c_d/e--f",
+        "a" * 255,
+        "ab/" * 84 + "abc",
+    ],
+)
 @pytest_twisted.ensureDeferred
 async def test_valid_names(registry, name):
     """Unusual names that are valid: an upload opens and a blob can be pushed."""
@@ -208,8 +221,9 @@ async def test_malformed_blob_digest(registry, image, digest):
 @pytest_twisted.ensureDeferred
 async def test_malformed_digest_finishing_an_upload(registry, image, digest):
     session = resolve(registry, (await start_upload(registry, image.name)).header("Location"))
-    reply = await fetch("PUT", with_query(session, digest=digest), b"some data",
-                        {"Content-Type": "application/octet-stream"})
+    reply = await fetch(
+        "PUT", with_query(session, digest=digest), b"some data", {"Content-Type": "application/octet-stream"}
+    )
     assert_error(reply, 400, "DIGEST_INVALID")
 
 
@@ -233,8 +247,9 @@ async def test_malformed_manifest_digest_delete(registry, image, digest):
 async def test_malformed_manifest_digest(registry, image, digest):
     """The reference answers GET and PUT of these with 500."""
     for method in ("GET", "HEAD"):
-        reply = await fetch(method, url(registry, f"/v2/{image.name}/manifests/{digest}"),
-                            headers={"Accept": MANIFEST_ACCEPT})
+        reply = await fetch(
+            method, url(registry, f"/v2/{image.name}/manifests/{digest}"), headers={"Accept": MANIFEST_ACCEPT}
+        )
         assert_error(reply, 400, "DIGEST_INVALID")
     reply = await put_manifest(registry, image.name, digest, image.manifest)
     assert_error(reply, 400, "DIGEST_INVALID")
@@ -247,8 +262,12 @@ async def test_malformed_manifest_digest(registry, image, digest):
 @pytest_twisted.ensureDeferred
 async def test_malformed_digest_in_monolithic_post(registry, image, digest):
     """The reference ignores ``?digest=`` on POST (it opens a session)."""
-    reply = await fetch("POST", with_query(url(registry, f"/v2/{image.name}/blobs/uploads/"), digest=digest),
-                        b"some data", {"Content-Type": "application/octet-stream"})
+    reply = await fetch(
+        "POST",
+        with_query(url(registry, f"/v2/{image.name}/blobs/uploads/"), digest=digest),
+        b"some data",
+        {"Content-Type": "application/octet-stream"},
+    )
     assert_error(reply, 400, "DIGEST_INVALID")
 
 
@@ -288,11 +307,19 @@ async def test_sha512_blob_chunked_upload(registry):
     data = b"chunked sha512 " * 100
     digest = sha512_digest(data)
     session = resolve(registry, (await start_upload(registry, name)).header("Location"))
-    reply = await fetch("PATCH", session, data[:700], {"Content-Type": "application/octet-stream",
-                                                       "Content-Range": "0-699", "Content-Length": "700"})
+    reply = await fetch(
+        "PATCH",
+        session,
+        data[:700],
+        {"Content-Type": "application/octet-stream", "Content-Range": "0-699", "Content-Length": "700"},
+    )
     assert reply.status == 202, reply
-    reply = await fetch("PUT", with_query(resolve(registry, reply.header("Location")), digest=digest), data[700:],
-                        {"Content-Type": "application/octet-stream"})
+    reply = await fetch(
+        "PUT",
+        with_query(resolve(registry, reply.header("Location")), digest=digest),
+        data[700:],
+        {"Content-Type": "application/octet-stream"},
+    )
     assert reply.status == 201, reply
     reply = await get(registry, f"/v2/{name}/blobs/{digest}")
     assert reply.status == 200, reply
@@ -303,8 +330,12 @@ async def test_sha512_blob_chunked_upload(registry):
 async def test_sha512_upload_with_wrong_digest(registry):
     name = unique_name()
     session = resolve(registry, (await start_upload(registry, name)).header("Location"))
-    reply = await fetch("PUT", with_query(session, digest=sha512_digest(b"other")), b"data",
-                        {"Content-Type": "application/octet-stream"})
+    reply = await fetch(
+        "PUT",
+        with_query(session, digest=sha512_digest(b"other")),
+        b"data",
+        {"Content-Type": "application/octet-stream"},
+    )
     assert_error(reply, 400, "DIGEST_INVALID")
 
 
@@ -314,8 +345,12 @@ async def test_sha512_monolithic_post(registry):
     name = unique_name()
     data = b"monolithic sha512 " + unique_name().encode()
     digest = sha512_digest(data)
-    reply = await fetch("POST", with_query(url(registry, f"/v2/{name}/blobs/uploads/"), digest=digest), data,
-                        {"Content-Type": "application/octet-stream"})
+    reply = await fetch(
+        "POST",
+        with_query(url(registry, f"/v2/{name}/blobs/uploads/"), digest=digest),
+        data,
+        {"Content-Type": "application/octet-stream"},
+    )
     assert reply.status == 201, reply
     reply = await get(registry, f"/v2/{name}/blobs/{digest}")
     assert reply.status == 200, reply
@@ -334,11 +369,13 @@ async def test_sha512_manifest_and_index(registry):
     name = unique_name()
     member = await push_image(registry, name)
     manifest = image_manifest(member.config, member.layers, annotations={"org.example.digest": "sha512"})
-    index = encode({
-        "schemaVersion": 2,
-        "mediaType": OCI_INDEX,
-        "manifests": [{"mediaType": OCI_MANIFEST, "digest": member.digest, "size": len(member.manifest)}],
-    })
+    index = encode(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [{"mediaType": OCI_MANIFEST, "digest": member.digest, "size": len(member.manifest)}],
+        }
+    )
     for body, media_type in ((manifest, OCI_MANIFEST), (index, OCI_INDEX)):
         digest = sha512_digest(body)
         reply = await put_manifest(registry, name, digest, body, media_type)
@@ -372,22 +409,32 @@ async def test_manifest_not_an_object(registry, image):
 
 @pytest_twisted.ensureDeferred
 async def test_manifest_with_wrongly_typed_fields(registry, image):
-    for body in (b'{"schemaVersion": "2", "mediaType": "%s"}' % OCI_MANIFEST.encode(),
-                 b'{"schemaVersion": 2, "mediaType": "%s", "config": {}, "layers": {}}' % OCI_MANIFEST.encode()):
+    for body in (
+        b'{"schemaVersion": "2", "mediaType": "%s"}' % OCI_MANIFEST.encode(),
+        b'{"schemaVersion": 2, "mediaType": "%s", "config": {}, "layers": {}}' % OCI_MANIFEST.encode(),
+    ):
         reply = await put_manifest(registry, image.name, "wrong-types", body)
         assert_error(reply, 400, "MANIFEST_INVALID")
 
 
 @ociregistry_only
-@pytest.mark.parametrize("body", [
-    pytest.param(b"null", id="null"),
-    pytest.param(b"{}", id="empty-object"),
-    pytest.param(b'{"schemaVersion": 1, "name": "x", "tag": "y", "fsLayers": []}', id="schema1"),
-    pytest.param(b'{"schemaVersion": 2, "mediaType": "%s"}' % OCI_MANIFEST.encode(), id="no-config"),
-    pytest.param(b'{"schemaVersion": 2, "mediaType": "%s", "config": {"mediaType": "x", "digest": "sha256:zz",'
-                 b' "size": -1}, "layers": []}' % OCI_MANIFEST.encode(), id="bad-descriptor"),
-    pytest.param(b'{"schemaVersion": 2, "mediaType": "%s", "manifests": "no"}' % OCI_INDEX.encode(), id="bad-index"),
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b"null", id="null"),
+        pytest.param(b"{}", id="empty-object"),
+        pytest.param(b'{"schemaVersion": 1, "name": "x", "tag": "y", "fsLayers": []}', id="schema1"),
+        pytest.param(b'{"schemaVersion": 2, "mediaType": "%s"}' % OCI_MANIFEST.encode(), id="no-config"),
+        pytest.param(
+            b'{"schemaVersion": 2, "mediaType": "%s", "config": {"mediaType": "x", "digest": "sha256:zz",'
+            b' "size": -1}, "layers": []}' % OCI_MANIFEST.encode(),
+            id="bad-descriptor",
+        ),
+        pytest.param(
+            b'{"schemaVersion": 2, "mediaType": "%s", "manifests": "no"}' % OCI_INDEX.encode(), id="bad-index"
+        ),
+    ],
+)
 @pytest_twisted.ensureDeferred
 async def test_invalid_manifest_documents(registry, image, body):
     """The reference answers each of these with 500 (or 400 with odd codes)."""
@@ -438,8 +485,15 @@ async def test_manifest_over_4_mib_is_413_by_digest(registry, image):
 
 # ---------------------------------------------------- unknown routes, methods
 
-UNKNOWN_ROUTES = ["/nonsense", "/v3/", "/v2/name/nonsense", "/v2/name/blobs", "/v2/name/manifests/",
-                  "/v2/name/tags", "/v2/name/blobs/uploads/id/extra"]
+UNKNOWN_ROUTES = [
+    "/nonsense",
+    "/v3/",
+    "/v2/name/nonsense",
+    "/v2/name/blobs",
+    "/v2/name/manifests/",
+    "/v2/name/tags",
+    "/v2/name/blobs/uploads/id/extra",
+]
 
 
 @pytest.mark.parametrize("path", UNKNOWN_ROUTES)
@@ -500,8 +554,13 @@ def error_requests(image):
         ("DELETE", f"/v2/{name}/manifests/{ZERO}", None, {}, 404),
         ("PUT", f"/v2/{name}/manifests/bad", b"{nope", {"Content-Type": OCI_MANIFEST}, 400),
         ("PUT", f"/v2/{name}/manifests/{ZERO}", image.manifest, {"Content-Type": OCI_MANIFEST}, 400),
-        ("PUT", f"/v2/{name}/manifests/missing-blob",
-         image_manifest(image.config, [b"missing"]), {"Content-Type": OCI_MANIFEST}, 400),
+        (
+            "PUT",
+            f"/v2/{name}/manifests/missing-blob",
+            image_manifest(image.config, [b"missing"]),
+            {"Content-Type": OCI_MANIFEST},
+            400,
+        ),
         ("GET", f"/v2/{unique_name()}/tags/list", None, {}, 404),
         ("GET", f"/v2/{name}/blobs/uploads/00000000000000000000000000000000", None, {}, 404),
     ]
@@ -549,8 +608,7 @@ ODD_REQUESTS = [
     pytest.param("GET", "/v2/{name}/blobs/{config}", None, {"Range": "bytes="}, id="range-empty"),
     pytest.param("GET", "/v2/{name}/blobs/{config}", None, {"Range": "bytes=-0"}, id="range-suffix-zero"),
     pytest.param("GET", "/v2/{name}/blobs/{config}", None, {"Range": "bytes=0-1,4-5"}, id="range-multiple"),
-    pytest.param("GET", "/v2/{name}/blobs/{config}", None, {"Range": "bytes=99999999999999999999-"},
-                 id="range-huge"),
+    pytest.param("GET", "/v2/{name}/blobs/{config}", None, {"Range": "bytes=99999999999999999999-"}, id="range-huge"),
     pytest.param("GET", "/v2/{name}/tags/list?n=abc", None, {}, id="tags-n-garbage"),
     pytest.param("GET", "/v2/{name}/tags/list?n=-1", None, {}, id="tags-n-negative"),
     pytest.param("GET", "/v2/{name}/tags/list?last=%ff%fe", None, {}, id="tags-last-binary"),
@@ -559,20 +617,55 @@ ODD_REQUESTS = [
     pytest.param("GET", "/v2/_catalog?n=99999999999999999999999", None, {}, id="catalog-n-huge"),
     pytest.param("GET", "/v2/_catalog?last=%ff", None, {}, id="catalog-last-binary"),
     pytest.param("PUT", "/v2/{name}/manifests/odd", b"[]", {"Content-Type": OCI_MANIFEST}, id="manifest-array"),
-    pytest.param("PUT", "/v2/{name}/manifests/odd", b"\x00\x01\x02", {"Content-Type": OCI_MANIFEST},
-                 id="manifest-binary"),
-    pytest.param("PUT", "/v2/{name}/manifests/odd", b'{"a": ' * 10000, {"Content-Type": OCI_MANIFEST},
-                 id="manifest-deeply-nested"),
-    pytest.param("PUT", "/v2/{name}/manifests/odd", b"{}", {"Content-Type": "application/x-nonsense"},
-                 id="manifest-unknown-content-type"),
-    pytest.param("PUT", "/v2/{name}/manifests/odd", b"null", {"Content-Type": OCI_MANIFEST},
-                 id="manifest-null", marks=ociregistry_only),
-    pytest.param("PUT", "/v2/{name}/manifests/odd", b"{}", {"Content-Type": OCI_MANIFEST},
-                 id="manifest-empty-object", marks=ociregistry_only),
-    pytest.param("PUT", "/v2/{name}/manifests/odd", b'{"schemaVersion": 1}', {"Content-Type": OCI_MANIFEST},
-                 id="manifest-schema1", marks=ociregistry_only),
-    pytest.param("GET", "/v2/{name}/manifests/sha256:abc", None, {"Accept": MANIFEST_ACCEPT},
-                 id="manifest-bad-digest", marks=ociregistry_only),
+    pytest.param(
+        "PUT", "/v2/{name}/manifests/odd", b"\x00\x01\x02", {"Content-Type": OCI_MANIFEST}, id="manifest-binary"
+    ),
+    pytest.param(
+        "PUT",
+        "/v2/{name}/manifests/odd",
+        b'{"a": ' * 10000,
+        {"Content-Type": OCI_MANIFEST},
+        id="manifest-deeply-nested",
+    ),
+    pytest.param(
+        "PUT",
+        "/v2/{name}/manifests/odd",
+        b"{}",
+        {"Content-Type": "application/x-nonsense"},
+        id="manifest-unknown-content-type",
+    ),
+    pytest.param(
+        "PUT",
+        "/v2/{name}/manifests/odd",
+        b"null",
+        {"Content-Type": OCI_MANIFEST},
+        id="manifest-null",
+        marks=ociregistry_only,
+    ),
+    pytest.param(
+        "PUT",
+        "/v2/{name}/manifests/odd",
+        b"{}",
+        {"Content-Type": OCI_MANIFEST},
+        id="manifest-empty-object",
+        marks=ociregistry_only,
+    ),
+    pytest.param(
+        "PUT",
+        "/v2/{name}/manifests/odd",
+        b'{"schemaVersion": 1}',
+        {"Content-Type": OCI_MANIFEST},
+        id="manifest-schema1",
+        marks=ociregistry_only,
+    ),
+    pytest.param(
+        "GET",
+        "/v2/{name}/manifests/sha256:abc",
+        None,
+        {"Accept": MANIFEST_ACCEPT},
+        id="manifest-bad-digest",
+        marks=ociregistry_only,
+    ),
     pytest.param("GET", "/v2/" + "a" * 300 + "/tags/list", None, {}, id="name-300-chars", marks=ociregistry_only),
     pytest.param("GET", "/v2/" + "a/" * 300 + "b/tags/list", None, {}, id="name-deep", marks=ociregistry_only),
     pytest.param("GET", "/v2/{name}/manifests/" + "a" * 5000, None, {}, id="tag-5000-chars"),
@@ -598,13 +691,15 @@ async def test_odd_requests_never_get_a_server_error(registry, image, method, pa
         assert_error_shape(reply)
 
 
-@pytest.mark.parametrize("content_range",
-                         ["garbage", "bytes=0-2", "5-7", "0-1", "2-0", "-1-2", "0-99999999999999999999"])
+@pytest.mark.parametrize(
+    "content_range", ["garbage", "bytes=0-2", "5-7", "0-1", "2-0", "-1-2", "0-99999999999999999999"]
+)
 @pytest_twisted.ensureDeferred
 async def test_odd_content_range_never_gets_a_server_error(registry, image, content_range):
     session = resolve(registry, (await start_upload(registry, image.name)).header("Location"))
-    reply = await fetch("PATCH", session, b"abc", {"Content-Type": "application/octet-stream",
-                                                   "Content-Range": content_range})
+    reply = await fetch(
+        "PATCH", session, b"abc", {"Content-Type": "application/octet-stream", "Content-Range": content_range}
+    )
     assert reply.status < 500, reply
     if reply.status >= 400:
         assert reply.status in (400, 416), reply
@@ -617,7 +712,8 @@ async def test_odd_content_range_never_gets_a_server_error(registry, image, cont
 async def test_bad_content_range_is_refused(registry, image, content_range):
     """The reference ignores Content-Range and appends; ociregistry refuses what does not fit."""
     session = resolve(registry, (await start_upload(registry, image.name)).header("Location"))
-    reply = await fetch("PATCH", session, b"abc", {"Content-Type": "application/octet-stream",
-                                                   "Content-Range": content_range})
+    reply = await fetch(
+        "PATCH", session, b"abc", {"Content-Type": "application/octet-stream", "Content-Range": content_range}
+    )
     assert reply.status in (400, 416), reply
     assert_error_shape(reply)

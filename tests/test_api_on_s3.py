@@ -26,18 +26,23 @@ def test_api_suite_passes_on_s3(s3_server, tmp_path):  # noqa: F811
     settings = s3_server.settings()
     env = dict(os.environ)
     env.pop("OCIREGISTRY_TEST_TARGET", None)
-    env.update({
-        "OCIREGISTRY_S3_BUCKET": BUCKET,
-        "OCIREGISTRY_S3_ENDPOINT": s3_server.endpoint,
-        "OCIREGISTRY_S3_ACCESS_KEY": ACCESS_KEY,
-        "OCIREGISTRY_S3_SECRET_KEY": SECRET_KEY,
-        "OCIREGISTRY_S3_PREFIX": settings.prefix,
-    })
+    env.update(
+        {
+            "OCIREGISTRY_S3_BUCKET": BUCKET,
+            "OCIREGISTRY_S3_ENDPOINT": s3_server.endpoint,
+            "OCIREGISTRY_S3_ACCESS_KEY": ACCESS_KEY,
+            "OCIREGISTRY_S3_SECRET_KEY": SECRET_KEY,
+            "OCIREGISTRY_S3_PREFIX": settings.prefix,
+        }
+    )
     modules = sorted(glob.glob(os.path.join(REPOSITORY_ROOT, "tests", "test_api_*.py")))
     modules = [m for m in modules if not m.endswith("test_api_on_s3.py")]
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--basetemp", str(tmp_path / "run"), *modules],
-        env=env, cwd=REPOSITORY_ROOT, capture_output=True, timeout=600,
+        env=env,
+        cwd=REPOSITORY_ROOT,
+        capture_output=True,
+        timeout=600,
     )
     output = result.stdout.decode(errors="replace")
     assert result.returncode == 0, output[-6000:] + result.stderr.decode(errors="replace")[-2000:]

@@ -389,8 +389,10 @@ async def test_get_manifest_with_several_accept_lines(registry):
     image = await push_image(registry, name, "image")
     index, index_digest, _ = await push_index(registry, name, "index", [image])
     accept = [f"{OCI_MANIFEST}, {DOCKER_MANIFEST}", f"{OCI_INDEX}, {DOCKER_LIST}"]
-    for tag, body, digest, media_type in (("image", image.manifest, image.digest, OCI_MANIFEST),
-                                          ("index", index, index_digest, OCI_INDEX)):
+    for tag, body, digest, media_type in (
+        ("image", image.manifest, image.digest, OCI_MANIFEST),
+        ("index", index, index_digest, OCI_INDEX),
+    ):
         for method in ("GET", "HEAD"):
             reply = await get_manifest(registry, name, tag, method=method, accept=accept)
             assert reply.status == 200, reply

@@ -292,8 +292,12 @@ async def test_chunked_upload(registry):
     session = resolve(registry, status.header("Location") or session)
 
     # the last chunk travels with the closing PUT
-    reply = await fetch("PUT", with_query(session, digest=digest), data[20:],
-                        dict(OCTETS, **{"Content-Range": "20-24", "Content-Length": "5"}))
+    reply = await fetch(
+        "PUT",
+        with_query(session, digest=digest),
+        data[20:],
+        dict(OCTETS, **{"Content-Range": "20-24", "Content-Length": "5"}),
+    )
     assert reply.status == 201, reply
     assert_digest_header(reply, digest)
     located = await fetch("GET", resolve(registry, reply.header("Location")))
@@ -308,7 +312,7 @@ async def test_chunked_upload_closed_by_empty_put(registry):
     digest = sha256_digest(data)
     session = await open_session(registry, name)
     for start in range(0, len(data), 1024):
-        reply = await patch(session, data[start:start + 1024], start=start)
+        reply = await patch(session, data[start : start + 1024], start=start)
         assert reply.status == 202, reply
         assert parse_range(reply.header("Range")) == (0, min(start + 1024, len(data)) - 1), reply
         session = resolve(registry, reply.header("Location"))
@@ -349,8 +353,9 @@ async def test_chunk_out_of_order(registry):
 async def test_chunk_content_range_must_match_its_length(registry):
     name = unique_name()
     session = await open_session(registry, name)
-    reply = await fetch("PATCH", session, b"0123456789",
-                        dict(OCTETS, **{"Content-Range": "0-19", "Content-Length": "10"}))
+    reply = await fetch(
+        "PATCH", session, b"0123456789", dict(OCTETS, **{"Content-Range": "0-19", "Content-Length": "10"})
+    )
     assert reply.status in (400, 416), reply
     assert_error(reply, reply.status)
 
@@ -421,7 +426,7 @@ async def test_wrong_digest_after_patches(registry, how):
     session = await open_session(registry, name)
     if how == "chunked":
         for start in (0, 20):
-            reply = await patch(session, data[start:start + 20], start=start)
+            reply = await patch(session, data[start : start + 20], start=start)
             assert reply.status == 202, reply
             session = resolve(registry, reply.header("Location"))
         reply = await fetch("PUT", with_query(session, digest=wrong), b"")
@@ -464,7 +469,7 @@ async def test_streamed_upload_of_a_large_blob(registry):
     session = await open_session(registry, name)
     chunk = 1 << 20
     for start in range(0, len(data), chunk):
-        reply = await fetch("PATCH", session, data[start:start + chunk], OCTETS)
+        reply = await fetch("PATCH", session, data[start : start + chunk], OCTETS)
         assert reply.status == 202, reply
         session = resolve(registry, reply.header("Location"))
     assert parse_range(reply.header("Range")) == (0, len(data) - 1)
@@ -816,16 +821,21 @@ async def test_put_manifest_with_non_distributable_layer(registry):
     name = unique_name()
     config, layer = await _blobs_for_manifest(registry, name)
     foreign = blob_data("foreign layer, never pushed", 500)
-    manifest = encode({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": descriptor(OCI_CONFIG, config),
-        "layers": [
-            descriptor(OCI_LAYER_NONDISTRIBUTABLE_GZIP, foreign,
-                       urls=[f"https://layers.example.com/{sha256_digest(foreign)}"]),
-            descriptor(OCI_LAYER, layer),
-        ],
-    })
+    manifest = encode(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": descriptor(OCI_CONFIG, config),
+            "layers": [
+                descriptor(
+                    OCI_LAYER_NONDISTRIBUTABLE_GZIP,
+                    foreign,
+                    urls=[f"https://layers.example.com/{sha256_digest(foreign)}"],
+                ),
+                descriptor(OCI_LAYER, layer),
+            ],
+        }
+    )
     reply = await put_manifest(registry, name, "foreign", manifest)
     assert reply.status == 201, reply
     assert_digest_header(reply, sha256_digest(manifest))
@@ -850,29 +860,38 @@ async def test_put_manifests_with_data_and_unknown_fields(registry):
     """
     name = unique_name()
     config, layer = await _blobs_for_manifest(registry, name)
-    manifest = encode({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": embedded(OCI_CONFIG, config, **{"org.example.future": {"nested": [1, 2.5, None]}}),
-        "layers": [embedded(OCI_LAYER, layer, unknownField=True)],
-        "org.example.extension": "manifest",
-    })
+    manifest = encode(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": embedded(OCI_CONFIG, config, **{"org.example.future": {"nested": [1, 2.5, None]}}),
+            "layers": [embedded(OCI_LAYER, layer, unknownField=True)],
+            "org.example.extension": "manifest",
+        }
+    )
     digest = sha256_digest(manifest)
     reply = await put_manifest(registry, name, "with-data", manifest)
     assert reply.status == 201, reply
     assert_digest_header(reply, digest)
-    index = encode({
-        "schemaVersion": 2,
-        "mediaType": OCI_INDEX,
-        "manifests": [embedded(OCI_MANIFEST, manifest, platform={"architecture": "amd64", "os": "linux"},
-                               unknownField="kept")],
-        "org.example.extension": {"index": True},
-    })
+    index = encode(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [
+                embedded(OCI_MANIFEST, manifest, platform={"architecture": "amd64", "os": "linux"}, unknownField="kept")
+            ],
+            "org.example.extension": {"index": True},
+        }
+    )
     reply = await put_manifest(registry, name, "index-with-data", index, OCI_INDEX)
     assert reply.status == 201, reply
     assert_digest_header(reply, sha256_digest(index))
-    for reference, body in (("with-data", manifest), (digest, manifest),
-                            ("index-with-data", index), (sha256_digest(index), index)):
+    for reference, body in (
+        ("with-data", manifest),
+        (digest, manifest),
+        ("index-with-data", index),
+        (sha256_digest(index), index),
+    ):
         reply = await get_manifest(registry, name, reference)
         assert reply.status == 200, reply
         assert reply.body == body
@@ -884,14 +903,16 @@ async def test_put_artifact_manifest_with_empty_config(registry):
     name = unique_name()
     payload = blob_data("artifact payload")
     await push_blobs(registry, name, b"{}", payload)
-    manifest = encode({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "artifactType": "application/vnd.example.thing",
-        "config": descriptor(OCI_EMPTY, b"{}"),
-        "layers": [descriptor("application/vnd.example.thing.layer", payload)],
-        "annotations": {"org.opencontainers.image.title": "thing"},
-    })
+    manifest = encode(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": "application/vnd.example.thing",
+            "config": descriptor(OCI_EMPTY, b"{}"),
+            "layers": [descriptor("application/vnd.example.thing.layer", payload)],
+            "annotations": {"org.opencontainers.image.title": "thing"},
+        }
+    )
     reply = await put_manifest(registry, name, "artifact", manifest)
     assert reply.status == 201, reply
     assert_digest_header(reply, sha256_digest(manifest))
@@ -929,11 +950,13 @@ async def test_put_index_of_indexes(registry):
     name = unique_name()
     images = [await push_image(registry, name) for _ in range(2)]
     inner, inner_digest, _ = await push_index(registry, name, None, images)
-    outer = encode({
-        "schemaVersion": 2,
-        "mediaType": OCI_INDEX,
-        "manifests": [{"mediaType": OCI_INDEX, "digest": inner_digest, "size": len(inner)}],
-    })
+    outer = encode(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [{"mediaType": OCI_INDEX, "digest": inner_digest, "size": len(inner)}],
+        }
+    )
     reply = await put_manifest(registry, name, "nested", outer, OCI_INDEX)
     assert reply.status == 201, reply
     reply = await get_manifest(registry, name, "nested")
@@ -1015,14 +1038,16 @@ async def test_put_index_with_missing_manifest(registry):
     name = unique_name()
     image = await push_image(registry, name)
     missing = image_manifest(image_config("missing " + unique_tag()), [])
-    index = encode({
-        "schemaVersion": 2,
-        "mediaType": OCI_INDEX,
-        "manifests": [
-            {"mediaType": OCI_MANIFEST, "digest": image.digest, "size": len(image.manifest)},
-            descriptor(OCI_MANIFEST, missing),
-        ],
-    })
+    index = encode(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [
+                {"mediaType": OCI_MANIFEST, "digest": image.digest, "size": len(image.manifest)},
+                descriptor(OCI_MANIFEST, missing),
+            ],
+        }
+    )
     reply = await put_manifest(registry, name, "sparse", index, OCI_INDEX)
     assert_error(reply, 400, "MANIFEST_BLOB_UNKNOWN")
 

@@ -31,15 +31,17 @@ async def test_put_by_digest_with_tag_parameters(registry):
     await push_blobs(registry, name, config, layer)
     manifest = image_manifest(config, [layer])
     digest = sha256_digest(manifest)
-    reply = await fetch("PUT", url(registry, f"/v2/{name}/manifests/{digest}?tag=a&tag=b"), manifest,
-                        {"Content-Type": OCI_MANIFEST})
+    reply = await fetch(
+        "PUT", url(registry, f"/v2/{name}/manifests/{digest}?tag=a&tag=b"), manifest, {"Content-Type": OCI_MANIFEST}
+    )
     assert reply.status == 201, reply
     assert sorted(reply.header_values("OCI-Tag")) == ["a", "b"]
     assert sorted((await get(registry, f"/v2/{name}/tags/list")).json()["tags"]) == ["a", "b"]
     for tag in ("a", "b"):
         assert (await get(registry, f"/v2/{name}/manifests/{tag}")).body == manifest
-    reply = await fetch("PUT", url(registry, f"/v2/{name}/manifests/{digest}?tag=-bad"), manifest,
-                        {"Content-Type": OCI_MANIFEST})
+    reply = await fetch(
+        "PUT", url(registry, f"/v2/{name}/manifests/{digest}?tag=-bad"), manifest, {"Content-Type": OCI_MANIFEST}
+    )
     assert_error(reply, 400, "TAG_INVALID")
 
 

@@ -135,8 +135,13 @@ def test_push_anonymous_refused(registry):
     assert_challenge(push_image(registry.url, "public/anon", "v1", ANONYMOUS))
     # Even with a whole body sent along, the connection stays usable and nothing is stored.
     data = b"x" * 300_000
-    reply = call(registry.url, "POST", f"/v2/public/anon/blobs/uploads/?digest={sha256_digest(data)}", data,
-                 {"Content-Type": "application/octet-stream"})
+    reply = call(
+        registry.url,
+        "POST",
+        f"/v2/public/anon/blobs/uploads/?digest={sha256_digest(data)}",
+        data,
+        {"Content-Type": "application/octet-stream"},
+    )
     assert_challenge(reply)
     assert call(registry.url, "HEAD", f"/v2/public/anon/blobs/{sha256_digest(data)}").status in (401, 404)
 
@@ -149,8 +154,13 @@ def test_push_forbidden(registry):
     assert_denied(push_image(registry.url, "team-a/carols", "v1", basic("carol")))
     assert_denied(push_image(registry.url, "public/bobs", "v1", basic("bob")))  # bob may pull public, not push
     _, _, manifest = image("x")
-    reply = call(registry.url, "PUT", "/v2/shared/tools/manifests/v2", manifest,
-                 {**basic("carol"), "Content-Type": "application/vnd.oci.image.manifest.v1+json"})
+    reply = call(
+        registry.url,
+        "PUT",
+        "/v2/shared/tools/manifests/v2",
+        manifest,
+        {**basic("carol"), "Content-Type": "application/vnd.oci.image.manifest.v1+json"},
+    )
     assert_denied(reply)
 
 
@@ -169,14 +179,19 @@ def test_mount_needs_pull_on_the_source(registry):
     config = image("team-a/app:v1")[0]
     digest = sha256_digest(config)
     # alice may pull team-a/app: mounted.
-    reply = call(registry.url, "POST", f"/v2/public/mounted/blobs/uploads/?mount={digest}&from=team-a/app",
-                 b"", basic("alice"))
+    reply = call(
+        registry.url, "POST", f"/v2/public/mounted/blobs/uploads/?mount={digest}&from=team-a/app", b"", basic("alice")
+    )
     assert reply.status == 201
     # alice may not pull private/secret: no mount, an ordinary upload starts instead.
     secret_config = image("private/secret:v1")[0]
-    reply = call(registry.url, "POST",
-                 f"/v2/public/mounted/blobs/uploads/?mount={sha256_digest(secret_config)}&from=private/secret",
-                 b"", basic("alice"))
+    reply = call(
+        registry.url,
+        "POST",
+        f"/v2/public/mounted/blobs/uploads/?mount={sha256_digest(secret_config)}&from=private/secret",
+        b"",
+        basic("alice"),
+    )
     assert reply.status == 202
     assert call(registry.url, "HEAD", f"/v2/public/mounted/blobs/{sha256_digest(secret_config)}").status == 404
 
@@ -187,19 +202,23 @@ def test_mount_needs_pull_on_the_source(registry):
 def test_delete_allowed(registry):
     assert push_image(registry.url, "team-a/doomed", "v1", basic("bob")).status == 201
     manifest = image("team-a/doomed:v1")[2]
-    reply = call(registry.url, "DELETE", f"/v2/team-a/doomed/manifests/{sha256_digest(manifest)}",
-                 headers=basic("alice"))
+    reply = call(
+        registry.url, "DELETE", f"/v2/team-a/doomed/manifests/{sha256_digest(manifest)}", headers=basic("alice")
+    )
     assert reply.status == 202
     layer = image("team-a/doomed:v1")[1]
-    assert call(registry.url, "DELETE", f"/v2/team-a/doomed/blobs/{sha256_digest(layer)}",
-                headers=basic("alice")).status == 202
+    assert (
+        call(registry.url, "DELETE", f"/v2/team-a/doomed/blobs/{sha256_digest(layer)}", headers=basic("alice")).status
+        == 202
+    )
 
 
 def test_delete_by_admin_everywhere(registry):
     assert push_image(registry.url, "public/admin-deletes", "v1", basic("alice")).status == 201
     manifest = image("public/admin-deletes:v1")[2]
-    reply = call(registry.url, "DELETE", f"/v2/public/admin-deletes/manifests/{sha256_digest(manifest)}",
-                 headers=basic("olivia"))
+    reply = call(
+        registry.url, "DELETE", f"/v2/public/admin-deletes/manifests/{sha256_digest(manifest)}", headers=basic("olivia")
+    )
     assert reply.status == 202
 
 
@@ -210,18 +229,17 @@ def test_delete_anonymous_refused(registry):
 
 def test_delete_wrong_password(registry):
     manifest = image("team-a/app:v1")[2]
-    assert_challenge(call(registry.url, "DELETE", f"/v2/team-a/app/manifests/{sha256_digest(manifest)}",
-                          headers=WRONG))
+    assert_challenge(call(registry.url, "DELETE", f"/v2/team-a/app/manifests/{sha256_digest(manifest)}", headers=WRONG))
 
 
 def test_delete_forbidden(registry):
     manifest = image("team-a/app:v1")[2]
     # bob may pull and push in team-a, but not delete.
-    assert_denied(call(registry.url, "DELETE", f"/v2/team-a/app/manifests/{sha256_digest(manifest)}",
-                       headers=basic("bob")))
+    assert_denied(
+        call(registry.url, "DELETE", f"/v2/team-a/app/manifests/{sha256_digest(manifest)}", headers=basic("bob"))
+    )
     layer = image("team-a/app:v1")[1]
-    assert_denied(call(registry.url, "DELETE", f"/v2/team-a/app/blobs/{sha256_digest(layer)}",
-                       headers=basic("carol")))
+    assert_denied(call(registry.url, "DELETE", f"/v2/team-a/app/blobs/{sha256_digest(layer)}", headers=basic("carol")))
     assert get_manifest(registry.url, "team-a/app", "v1", basic("bob")).status == 200
 
 
@@ -280,8 +298,9 @@ def test_users_and_rules_reload_when_the_files_change(tmp_path):
 
         config = tmp_path / "config.yaml"
         config.write_text(config.read_text() + "    - {repository: 'b/**', pull: [dave]}\n")
-        assert wait_until(lambda: call(process.url, "GET", "/v2/b/x/tags/list",
-                                       headers=basic("dave", "two")).status == 404)
+        assert wait_until(
+            lambda: call(process.url, "GET", "/v2/b/x/tags/list", headers=basic("dave", "two")).status == 404
+        )
 
         # A broken file is logged and the settings in force stay.
         config.write_text(config.read_text() + "  nonsense: [\n")
@@ -300,8 +319,11 @@ def test_users_and_rules_reload_when_the_files_change(tmp_path):
 @pytest.mark.parametrize("workers", [1, 2])
 def test_sighup_reloads_even_when_the_file_looks_unchanged(tmp_path, workers):
     write_htpasswd(tmp_path / "htpasswd", {"alice": "first-password"})
-    process = start_registry(tmp_path, "  htpasswd: htpasswd\n  max_failed_logins: 0\n  admins: [alice]\n",
-                             extra_args=["--workers", str(workers)] if workers > 1 else ())
+    process = start_registry(
+        tmp_path,
+        "  htpasswd: htpasswd\n  max_failed_logins: 0\n  admins: [alice]\n",
+        extra_args=["--workers", str(workers)] if workers > 1 else (),
+    )
     try:
         if workers > 1:
             assert wait_until(lambda: "worker 1 serving" in process.log())
@@ -309,7 +331,7 @@ def test_sighup_reloads_even_when_the_file_looks_unchanged(tmp_path, workers):
         path = tmp_path / "htpasswd"
         before = os.stat(path)
         # Same inode, same size, same mtime: only a signal tells the registry.
-        replacement = (tmp_path / "other")
+        replacement = tmp_path / "other"
         write_htpasswd(replacement, {"alice": "other-password"})
         new_line = replacement.read_bytes()
         assert len(new_line) == before.st_size
@@ -334,8 +356,10 @@ def test_sighup_reloads_even_when_the_file_looks_unchanged(tmp_path, workers):
 
 def test_failed_logins_are_rate_limited_per_address(tmp_path):
     write_htpasswd(tmp_path / "htpasswd", {"alice": "right"})
-    auth = ("  htpasswd: htpasswd\n  max_failed_logins: 3\n  failed_login_window: 2s\n"
-            "  access:\n    - {repository: 'public/**', pull: [anonymous], push: [alice]}\n")
+    auth = (
+        "  htpasswd: htpasswd\n  max_failed_logins: 3\n  failed_login_window: 2s\n"
+        "  access:\n    - {repository: 'public/**', pull: [anonymous], push: [alice]}\n"
+    )
     process = start_registry(tmp_path, auth)
     try:
         for _ in range(3):

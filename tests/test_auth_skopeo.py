@@ -114,20 +114,40 @@ class Skopeo:
 
     def __call__(self, *args, check=True, stdin: str | None = None) -> subprocess.CompletedProcess:
         command = [SKOPEO, "--insecure-policy", *map(str, args)]
-        result = subprocess.run(command, env=self.env, capture_output=True, timeout=TIMEOUT, input=stdin, check=False,
-                                text=True)
+        result = subprocess.run(
+            command, env=self.env, capture_output=True, timeout=TIMEOUT, input=stdin, check=False, text=True
+        )
         if check and result.returncode != 0:
             pytest.fail(f"{' '.join(command)} exited with {result.returncode}:\n{result.stderr[-3000:]}")
         return result
 
-    def login(self, host: str, user: str, password: str | None = None, tls_args=("--tls-verify=false",),
-              check=True):
-        return self("login", "--authfile", self.authfile(user), *tls_args, "-u", user, "--password-stdin", host,
-                    stdin=PASSWORDS[user] if password is None else password, check=check)
+    def login(self, host: str, user: str, password: str | None = None, tls_args=("--tls-verify=false",), check=True):
+        return self(
+            "login",
+            "--authfile",
+            self.authfile(user),
+            *tls_args,
+            "-u",
+            user,
+            "--password-stdin",
+            host,
+            stdin=PASSWORDS[user] if password is None else password,
+            check=check,
+        )
 
     def copy(self, source: str, destination: str, user: str | None, *tls_args: str, check=True):
-        return self("copy", "--quiet", "--retry-times", "0", "--authfile", self.authfile(user or "anonymous"),
-                    *tls_args, source, destination, check=check)
+        return self(
+            "copy",
+            "--quiet",
+            "--retry-times",
+            "0",
+            "--authfile",
+            self.authfile(user or "anonymous"),
+            *tls_args,
+            source,
+            destination,
+            check=check,
+        )
 
 
 @pytest.fixture
@@ -191,8 +211,9 @@ def test_basic_over_tls(basic_registry, skopeo, layout, tls, tmp_path):
     pulled = OCILayout(tmp_path / "pulled")
     skopeo.copy(f"docker://{host}/team-a/tls:v1", pulled.reference("v1"), "alice", "--src-cert-dir", cert_dir)
     assert pulled.resolve("v1")["digest"] == layout.resolve("v1")["digest"]
-    result = skopeo.copy(f"docker://{host}/team-a/tls:v1", pulled.reference("v2"), None, "--src-cert-dir", cert_dir,
-                         check=False)
+    result = skopeo.copy(
+        f"docker://{host}/team-a/tls:v1", pulled.reference("v2"), None, "--src-cert-dir", cert_dir, check=False
+    )
     assert refused(result, "unauthorized", "authentication required", "401"), result.stderr
     # The same registry, seen with Python's TLS client and the certificate as the only trust anchor.
     reply = call(f"https://{host}", "GET", "/v2/team-a/tls/tags/list", headers=basic("alice"), cafile=cert)
@@ -235,8 +256,9 @@ def test_token_over_tls(token_registry, skopeo, layout, tls, tmp_path):
     pulled = OCILayout(tmp_path / "pulled")
     skopeo.copy(f"docker://{host}/team-a/tls:v1", pulled.reference("v1"), "alice", "--src-cert-dir", cert_dir)
     assert pulled.resolve("v1")["digest"] == layout.resolve("v1")["digest"]
-    result = skopeo.copy(f"docker://{host}/team-a/tls:v1", pulled.reference("v2"), None, "--src-cert-dir", cert_dir,
-                         check=False)
+    result = skopeo.copy(
+        f"docker://{host}/team-a/tls:v1", pulled.reference("v2"), None, "--src-cert-dir", cert_dir, check=False
+    )
     assert refused(result, "unauthorized", "authentication required", "401"), result.stderr
     # Over TLS the challenge names this registry's own https token endpoint.
     reply = call(f"https://{host}", "GET", "/v2/", cafile=cert)

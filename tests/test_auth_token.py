@@ -48,8 +48,9 @@ SERVICE = "test-service"
 def registry(tmp_path_factory):
     root = tmp_path_factory.mktemp("token-auth")
     write_htpasswd(root / "htpasswd", PASSWORDS)
-    process = start_registry(root, "  htpasswd: htpasswd\n  token: {service: test-service, issuer: test-issuer}\n"
-                             + RULES)
+    process = start_registry(
+        root, "  htpasswd: htpasswd\n  token: {service: test-service, issuer: test-issuer}\n" + RULES
+    )
     process.key_path = root / "data" / "auth" / "token-key.pem"
     yield process
     process.stop()
@@ -105,8 +106,11 @@ def test_basic_credentials_are_not_enough_in_token_mode(registry):
 
 
 def test_token_endpoint_grants_the_intersection(registry):
-    reply = get_token(registry.url, ["repository:team-a/app:pull,push,delete", "repository:private/x:pull",
-                                     "registry:catalog:*"], basic("bob"))
+    reply = get_token(
+        registry.url,
+        ["repository:team-a/app:pull,push,delete", "repository:private/x:pull", "registry:catalog:*"],
+        basic("bob"),
+    )
     assert reply.status == 200
     body = reply.json()
     assert body["token"] == body["access_token"]
@@ -146,16 +150,25 @@ def test_admin_token_and_star(registry):
 
 
 def test_password_grant(registry):
-    form = urlencode({"grant_type": "password", "username": "alice", "password": PASSWORDS["alice"],
-                      "service": SERVICE, "scope": "repository:team-a/app:pull repository:public/x:push",
-                      "client_id": "test"}).encode()
+    form = urlencode(
+        {
+            "grant_type": "password",
+            "username": "alice",
+            "password": PASSWORDS["alice"],
+            "service": SERVICE,
+            "scope": "repository:team-a/app:pull repository:public/x:push",
+            "client_id": "test",
+        }
+    ).encode()
     headers = {"Content-Type": "application/x-www-form-urlencoded"}
     reply = call(registry.url, "POST", "/token", form, headers)
     assert reply.status == 200, reply.body
     body = reply.json()
     assert body["token_type"] == "Bearer" and body["expires_in"] == 300
     assert access_of(registry, body["access_token"]) == {
-        ("repository", "team-a/app"): ["pull"], ("repository", "public/x"): ["push"]}
+        ("repository", "team-a/app"): ["pull"],
+        ("repository", "public/x"): ["push"],
+    }
     wrong = urlencode({"grant_type": "password", "username": "alice", "password": "nope"}).encode()
     reply = call(registry.url, "POST", "/token", wrong, headers)
     assert reply.status == 401 and reply.json()["error"] == "invalid_grant"
@@ -174,10 +187,16 @@ def test_setup_images(registry):
 
 
 def test_pull_with_tokens(registry):
-    assert get_manifest(registry.url, "team-a/app", "v1",
-                        with_token(registry, "bob", "repository:team-a/app:pull")).status == 200
-    assert get_manifest(registry.url, "public/base", "v1",
-                        with_token(registry, None, "repository:public/base:pull")).status == 200
+    assert (
+        get_manifest(registry.url, "team-a/app", "v1", with_token(registry, "bob", "repository:team-a/app:pull")).status
+        == 200
+    )
+    assert (
+        get_manifest(
+            registry.url, "public/base", "v1", with_token(registry, None, "repository:public/base:pull")
+        ).status
+        == 200
+    )
     # An anonymous token does not open team-a/app: 401, so the client may log in.
     reply = get_manifest(registry.url, "team-a/app", "v1", with_token(registry, None, "repository:team-a/app:pull"))
     assert reply.status == 401
@@ -208,8 +227,10 @@ def test_delete_with_tokens(registry):
     path = f"/v2/team-a/app/manifests/{sha256_digest(manifest)}"
     bob = with_token(registry, "bob", "repository:team-a/app:delete")
     assert call(registry.url, "DELETE", path, headers=bob).status == 403
-    assert call(registry.url, "DELETE", path, headers=with_token(registry, None, "repository:team-a/app:delete")
-                ).status == 401
+    assert (
+        call(registry.url, "DELETE", path, headers=with_token(registry, None, "repository:team-a/app:delete")).status
+        == 401
+    )
     alice = with_token(registry, "alice", "repository:team-a/app:delete")
     assert call(registry.url, "DELETE", path, headers=alice).status == 202
 
@@ -231,6 +252,7 @@ def test_catalog_with_tokens(registry):
 
 def hmac_token(claims: dict, public_key) -> str:
     """The algorithm-confusion attack: HS256 keyed with the verifier's own public key."""
+
     def b64(data: bytes) -> str:
         return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
@@ -249,8 +271,9 @@ def test_bad_tokens_are_refused(registry):
     cases = {
         "tampered": good[:-4] + ("AAAA" if not good.endswith("AAAA") else "BBBB"),
         "other key": jwt.encode(claims, other_key, algorithm="ES256"),
-        "expired": jwt.encode({**claims, "exp": now - 3600, "iat": now - 4000, "nbf": now - 4000}, key,
-                              algorithm="ES256"),
+        "expired": jwt.encode(
+            {**claims, "exp": now - 3600, "iat": now - 4000, "nbf": now - 4000}, key, algorithm="ES256"
+        ),
         "wrong audience": jwt.encode({**claims, "aud": "elsewhere"}, key, algorithm="ES256"),
         "wrong issuer": jwt.encode({**claims, "iss": "mallory"}, key, algorithm="ES256"),
         "hmac with the public key": hmac_token(claims, key.public_key()),
@@ -276,12 +299,22 @@ def external(tmp_path_factory):
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "token-server")])
     now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(1).not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
     (root / "token-server.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    process = start_registry(root, "  token:\n    realm: https://auth.example.com/token\n    service: registry\n"
-                                   "    issuer: auth.example.com\n    public_key: token-server.pem\n")
+    process = start_registry(
+        root,
+        "  token:\n    realm: https://auth.example.com/token\n    service: registry\n"
+        "    issuer: auth.example.com\n    public_key: token-server.pem\n",
+    )
     process.signing_key = key
     yield process
     process.stop()
@@ -289,8 +322,17 @@ def external(tmp_path_factory):
 
 def external_token(external, access, **overrides):
     now = int(time.time())
-    claims = {"iss": "auth.example.com", "sub": "someone", "aud": "registry", "exp": now + 300, "nbf": now,
-              "iat": now, "jti": uuid.uuid4().hex, "access": access, **overrides}
+    claims = {
+        "iss": "auth.example.com",
+        "sub": "someone",
+        "aud": "registry",
+        "exp": now + 300,
+        "nbf": now,
+        "iat": now,
+        "jti": uuid.uuid4().hex,
+        "access": access,
+        **overrides,
+    }
     return jwt.encode(claims, external.signing_key, algorithm="RS256")
 
 
@@ -298,8 +340,7 @@ def test_external_challenge_and_no_token_endpoint(external):
     reply = call(external.url, "GET", "/v2/x/y/tags/list")
     assert reply.status == 401
     _, params = parse_challenge(reply.headers["www-authenticate"])
-    assert params == {"realm": "https://auth.example.com/token", "service": "registry",
-                      "scope": "repository:x/y:pull"}
+    assert params == {"realm": "https://auth.example.com/token", "service": "registry", "scope": "repository:x/y:pull"}
     assert call(external.url, "GET", "/token").status == 404
 
 
@@ -315,8 +356,12 @@ def test_external_tokens_are_trusted(external):
     assert call(external.url, "GET", "/v2/_catalog", headers=bearer(catalog)).json()["repositories"] == ["ext/app"]
     everything = external_token(external, [{"type": "repository", "name": "ext/app", "actions": ["*"]}])
     manifest = image("ext/app:v1")[2]
-    assert call(external.url, "DELETE", f"/v2/ext/app/manifests/{sha256_digest(manifest)}",
-                headers=bearer(everything)).status == 202
+    assert (
+        call(
+            external.url, "DELETE", f"/v2/ext/app/manifests/{sha256_digest(manifest)}", headers=bearer(everything)
+        ).status
+        == 202
+    )
 
 
 def test_external_tokens_are_checked(external):
@@ -325,8 +370,10 @@ def test_external_tokens_are_checked(external):
         "wrong issuer": external_token(external, access, iss="mallory"),
         "wrong audience": external_token(external, access, aud="other"),
         "expired": external_token(external, access, exp=int(time.time()) - 600),
-        "unknown key": jwt.encode({"iss": "auth.example.com", "aud": "registry", "exp": int(time.time()) + 60,
-                                   "access": access},
-                                  rsa.generate_private_key(public_exponent=65537, key_size=2048), algorithm="RS256"),
+        "unknown key": jwt.encode(
+            {"iss": "auth.example.com", "aud": "registry", "exp": int(time.time()) + 60, "access": access},
+            rsa.generate_private_key(public_exponent=65537, key_size=2048),
+            algorithm="RS256",
+        ),
     }.items():
         assert call(external.url, "GET", "/v2/ext/app/tags/list", headers=bearer(token)).status == 401, what

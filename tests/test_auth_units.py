@@ -60,12 +60,14 @@ def messages(events) -> str:
 
 
 @needs_htpasswd
-@pytest.mark.parametrize("flag, kind", [("-B", "bcrypt"), ("-m", "apr1"), ("-2", "sha256-crypt"),
-                                        ("-5", "sha512-crypt"), ("-s", "sha1")])
+@pytest.mark.parametrize(
+    "flag, kind", [("-B", "bcrypt"), ("-m", "apr1"), ("-2", "sha256-crypt"), ("-5", "sha512-crypt"), ("-s", "sha1")]
+)
 @pytest.mark.parametrize("password", ["pass", "ünïcödé and spaces", "x" * 80, ""])
 def test_every_format_htpasswd_writes_is_verified(flag, kind, password):
-    line = subprocess.run([HTPASSWD, "-nb" + flag[1:], "user", password], capture_output=True, text=True,
-                          check=True).stdout.strip()
+    line = subprocess.run(
+        [HTPASSWD, "-nb" + flag[1:], "user", password], capture_output=True, text=True, check=True
+    ).stdout.strip()
     stored = line.split(":", 1)[1]
     assert hash_kind(stored) == kind
     assert verify_hash(stored, password.encode())
@@ -75,8 +77,9 @@ def test_every_format_htpasswd_writes_is_verified(flag, kind, password):
 @needs_htpasswd
 @pytest.mark.parametrize("flag, why", [("-d", "DES crypt"), ("-p", "plain-text")])
 def test_weak_formats_are_refused_with_a_log_line(tmp_path, flag, why):
-    out = subprocess.run([HTPASSWD, "-nb" + flag[1:], "olduser", "pass"], capture_output=True, text=True,
-                         check=False).stdout
+    out = subprocess.run(
+        [HTPASSWD, "-nb" + flag[1:], "olduser", "pass"], capture_output=True, text=True, check=False
+    ).stdout
     path = tmp_path / "htpasswd"
     path.write_text(out)
     with capturedLogs() as events:
@@ -123,20 +126,23 @@ def test_htpasswd_file_reloads_on_change_and_keeps_users_when_broken(tmp_path):
 # ------------------------------------------------------------------- rules
 
 
-@pytest.mark.parametrize("pattern, name, matches", [
-    ("team-a/**", "team-a/app", True),
-    ("team-a/**", "team-a/x/y", True),
-    ("team-a/**", "team-a", False),
-    ("team-a/**", "team-ab/app", False),
-    ("team-a/*", "team-a/app", True),
-    ("team-a/*", "team-a/x/y", False),
-    ("**", "anything/at/all", True),
-    ("*/app", "x/app", True),
-    ("*/app", "x/y/app", False),
-    ("app?", "app1", True),
-    ("a.b", "axb", False),
-    ("lib/[x]", "lib/[x]", True),
-])
+@pytest.mark.parametrize(
+    "pattern, name, matches",
+    [
+        ("team-a/**", "team-a/app", True),
+        ("team-a/**", "team-a/x/y", True),
+        ("team-a/**", "team-a", False),
+        ("team-a/**", "team-ab/app", False),
+        ("team-a/*", "team-a/app", True),
+        ("team-a/*", "team-a/x/y", False),
+        ("**", "anything/at/all", True),
+        ("*/app", "x/app", True),
+        ("*/app", "x/y/app", False),
+        ("app?", "app1", True),
+        ("a.b", "axb", False),
+        ("lib/[x]", "lib/[x]", True),
+    ],
+)
 def test_globs(pattern, name, matches):
     assert bool(glob_to_regex(pattern).fullmatch(name)) is matches
 
@@ -210,8 +216,10 @@ def test_config_errors_name_the_problem(tmp_path):
 def test_config_paths_and_round_trip(tmp_path):
     config_path = tmp_path / "etc" / "config.yaml"
     config_path.parent.mkdir()
-    config_path.write_text("auth:\n  htpasswd: users\n  token: {service: reg}\n" +
-                           "  access:\n    - {repository: 'a/**', pull: [anonymous]}\n")
+    config_path.write_text(
+        "auth:\n  htpasswd: users\n  token: {service: reg}\n"
+        + "  access:\n    - {repository: 'a/**', pull: [anonymous]}\n"
+    )
     config = Config.load(str(config_path), data_dir=str(tmp_path / "data"))
     assert config.auth.htpasswd == str(tmp_path / "etc" / "users")
     assert config.auth.mode == "token" and config.auth.token.service == "reg"
@@ -258,9 +266,10 @@ def test_failed_logins_per_address_on_a_clock():
 
 def test_scopes():
     assert parse_scope("repository:team-a/app:pull,push registry:catalog:*") == [
-        Access("repository", "team-a/app", ("pull", "push")), Access("registry", "catalog", ("*",))]
-    assert parse_scope("repository:localhost:5000/app:pull") == [
-        Access("repository", "localhost:5000/app", ("pull",))]
+        Access("repository", "team-a/app", ("pull", "push")),
+        Access("registry", "catalog", ("*",)),
+    ]
+    assert parse_scope("repository:localhost:5000/app:pull") == [Access("repository", "localhost:5000/app", ("pull",))]
     assert parse_scope("repository(plugin):x:pull junk") == [Access("repository", "x", ("pull",))]
     granted = [Access("repository", "a", ("pull",)), Access("repository", "a", ("push",))]
     assert covers(granted, push("a")) and not covers(granted, delete("a"))
@@ -276,8 +285,7 @@ def test_tokens_round_trip_and_refusals(tmp_path):
     issuer = TokenIssuer(key, "me", "svc", 300, clock=lambda: now[0])
     issued = issuer.issue("alice", [Access("repository", "a/b", ("pull",))])
     assert issued.issued_at == "2023-11-14T22:13:20Z" and issued.expires_in == 300
-    verifier = TokenVerifier(load_public_keys(str(tmp_path / "auth" / "key.pem")), "me", "svc",
-                             clock=lambda: now[0])
+    verifier = TokenVerifier(load_public_keys(str(tmp_path / "auth" / "key.pem")), "me", "svc", clock=lambda: now[0])
     # PyJWT checks exp against the real clock: issue one for now.
     fresh = TokenIssuer(key, "me", "svc", 300).issue("alice", [Access("repository", "a/b", ("pull",))])
     verified = verifier.verify(fresh.token)
@@ -314,8 +322,10 @@ def basic_header(user, password):
 
 @pytest.fixture
 def state(tmp_path):
-    (tmp_path / "htpasswd").write_text("alice:{SHA}nU4eI71bcnBGqeO0t9tXvY1u5oQ=\n"  # pass
-                                       "carol:{SHA}nU4eI71bcnBGqeO0t9tXvY1u5oQ=\n")
+    (tmp_path / "htpasswd").write_text(
+        "alice:{SHA}nU4eI71bcnBGqeO0t9tXvY1u5oQ=\n"  # pass
+        "carol:{SHA}nU4eI71bcnBGqeO0t9tXvY1u5oQ=\n"
+    )
     section = {**POLICY_YAML, "htpasswd": str(tmp_path / "htpasswd"), "max_failed_logins": 2}
     return AuthState(AuthConfig.parse(section))
 
@@ -349,8 +359,9 @@ async def test_basic_authorizer_answers(state):
         await authorizer.authorize(request_with(basic_header("alice", "pass")), [])
     assert error.value.headers["Retry-After"] == "60"
     await authorizer.authorize(request_with(basic_header("alice", "pass"), client="10.0.0.2"), [])
-    names = await authorizer.filter_repositories(request_with(basic_header("carol", "pass"), client="10.0.0.3"),
-                                                 ["public/a", "team-a/b", "other"])
+    names = await authorizer.filter_repositories(
+        request_with(basic_header("carol", "pass"), client="10.0.0.3"), ["public/a", "team-a/b", "other"]
+    )
     assert names == ["public/a", "team-a/b", "other"]  # "**" lets every user pull
     names = await authorizer.filter_repositories(request_with(client="10.0.0.3"), ["public/a", "team-a/b", "other"])
     assert names == ["public/a"]
@@ -362,8 +373,10 @@ async def test_token_endpoint_in_memory(state, tmp_path):
     issuer = TokenIssuer(key, "ociregistry", "svc")
     server = TokenServer(state, sync_login(state), issuer)
     client = StubTreq(TokenRoute(OpenAccess_resource(), server))
-    response = await client.get("http://registry/token?service=svc&scope=repository:team-a/app:pull,push,delete",
-                                headers=basic_header("alice", "pass"))
+    response = await client.get(
+        "http://registry/token?service=svc&scope=repository:team-a/app:pull,push,delete",
+        headers=basic_header("alice", "pass"),
+    )
     assert response.code == 200
     body = json.loads(await response.content())
     claims = jwt.decode(body["token"], key.public_key(), algorithms=["ES256"], audience="svc")

@@ -44,15 +44,27 @@ def push_image(registry, name, tag, layer):
     config = json.dumps({"os": "linux", "architecture": "amd64", "tag": tag}).encode()
     for blob in (config, layer):
         assert push_blob(registry, name, blob)[0] == 201
-    manifest = json.dumps({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(config),
-                   "size": len(config)},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": sha256(layer),
-                    "size": len(layer)}],
-    }).encode()
-    status, _, body = request(registry, "PUT", f"/v2/{name}/manifests/{tag}", manifest,
-                              {"Content-Type": "application/vnd.oci.image.manifest.v1+json"})
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": sha256(config),
+                "size": len(config),
+            },
+            "layers": [
+                {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": sha256(layer), "size": len(layer)}
+            ],
+        }
+    ).encode()
+    status, _, body = request(
+        registry,
+        "PUT",
+        f"/v2/{name}/manifests/{tag}",
+        manifest,
+        {"Content-Type": "application/vnd.oci.image.manifest.v1+json"},
+    )
     return status, manifest
 
 
@@ -72,8 +84,10 @@ def verify_store(data_dir: str) -> int:
 def stream_patch(registry, location, total, block, stop_after=None):
     """PATCH ``total`` bytes of ``block`` repeated over a raw socket; may be cut off by the server dying."""
     sock = socket.create_connection(("127.0.0.1", registry.port))
-    head = (f"PATCH {location} HTTP/1.1\r\nHost: {registry.host}\r\nContent-Type: application/octet-stream\r\n"
-            f"Content-Length: {total}\r\n\r\n").encode()
+    head = (
+        f"PATCH {location} HTTP/1.1\r\nHost: {registry.host}\r\nContent-Type: application/octet-stream\r\n"
+        f"Content-Length: {total}\r\n\r\n"
+    ).encode()
     sent = 0
     try:
         sock.sendall(head)
@@ -112,15 +126,27 @@ def test_sigkill_mid_upload_then_resume(fresh_registry):
     received = int(headers["range"].split("-")[1]) + 1
     assert 0 < received <= total
     # Resume from the reported Range with the rest of the same stream.
-    remainder_first = block[received % len(block):]
-    status, headers, body = request(registry, "PATCH", location, remainder_first, {
-        "Content-Range": f"{received}-{received + len(remainder_first) - 1}",
-        "Content-Type": "application/octet-stream"})
+    remainder_first = block[received % len(block) :]
+    status, headers, body = request(
+        registry,
+        "PATCH",
+        location,
+        remainder_first,
+        {
+            "Content-Range": f"{received}-{received + len(remainder_first) - 1}",
+            "Content-Type": "application/octet-stream",
+        },
+    )
     assert status == 202, body
     offset = received + len(remainder_first)
     while offset < total:
-        status, headers, body = request(registry, "PATCH", headers.get("location", location), block, {
-            "Content-Range": f"{offset}-{offset + len(block) - 1}", "Content-Type": "application/octet-stream"})
+        status, headers, body = request(
+            registry,
+            "PATCH",
+            headers.get("location", location),
+            block,
+            {"Content-Range": f"{offset}-{offset + len(block) - 1}", "Content-Type": "application/octet-stream"},
+        )
         assert status == 202, body
         offset += len(block)
     digest = "sha256:" + expected.hexdigest()
@@ -204,8 +230,9 @@ def test_full_disk(small_disk):
 
         # Chunked too: the PATCH fails cleanly.
         status, headers, _ = request(registry, "POST", "/v2/disk/app/blobs/uploads/")
-        status, _, body = request(registry, "PATCH", headers["location"], too_big,
-                                  {"Content-Type": "application/octet-stream"})
+        status, _, body = request(
+            registry, "PATCH", headers["location"], too_big, {"Content-Type": "application/octet-stream"}
+        )
         assert status == 507, body
         request(registry, "DELETE", headers["location"])
 
@@ -214,11 +241,16 @@ def test_full_disk(small_disk):
         def slowly(data, piece=1 << 20):
             for start in range(0, len(data), piece):
                 time.sleep(0.02)
-                yield data[start:start + piece]
+                yield data[start : start + piece]
 
         status, second, _ = request(registry, "POST", "/v2/disk/app/blobs/uploads/")
-        status, _, body = request(registry, "PATCH", second["location"], slowly(too_big),
-                                  {"Content-Type": "application/octet-stream", "Content-Length": str(len(too_big))})
+        status, _, body = request(
+            registry,
+            "PATCH",
+            second["location"],
+            slowly(too_big),
+            {"Content-Type": "application/octet-stream", "Content-Length": str(len(too_big))},
+        )
         assert status == 507, body
         request(registry, "DELETE", second["location"])
 

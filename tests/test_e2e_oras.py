@@ -114,8 +114,10 @@ def test_push_and_pull_files(registry, client, workdir, tmp_path):
     assert manifest["annotations"] == {"org.opencontainers.image.description": "two files", "org.example.key": "value"}
     assert manifest["config"]["mediaType"] == "application/vnd.example.config.v1+json"
     assert manifest["config"]["digest"] == sha256_digest(b'{"kind": "example"}')
-    layers = [(layer["mediaType"], layer["annotations"][TITLE], layer["digest"], layer["size"])
-              for layer in manifest["layers"]]
+    layers = [
+        (layer["mediaType"], layer["annotations"][TITLE], layer["digest"], layer["size"])
+        for layer in manifest["layers"]
+    ]
     assert layers == [
         ("text/plain", "hello.txt", sha256_digest(files["hello.txt"]), len(files["hello.txt"])),
         ("application/vnd.example.data.v1", "data.bin", sha256_digest(files["data.bin"]), len(files["data.bin"])),
@@ -149,7 +151,9 @@ def test_push_and_pull_directory(registry, client, workdir, tmp_path):
     assert layer["annotations"][TITLE] == "site"
     # oras' empty config: "{}" under the "unknown" config media type.
     assert manifest["config"] == {
-        "mediaType": "application/vnd.unknown.config.v1+json", "size": 2, "digest": sha256_digest(b"{}")
+        "mediaType": "application/vnd.unknown.config.v1+json",
+        "size": 2,
+        "digest": sha256_digest(b"{}"),
     }
 
 
@@ -164,8 +168,12 @@ def test_tags_of_the_same_artifact(registry, client, workdir):
     assert sorted(client.get_tags(f"{registry.host}/e2e/oras-tags")) == ["latest", "v1", "v2"]
     assert client.delete_tag(f"{registry.host}/e2e/oras-tags", "v2")
     # Deleting by tag resolves the tag to a digest and deletes the manifest: every tag on it goes.
-    assert http_request("GET", f"{registry.url}/v2/e2e/oras-tags/manifests/v1",
-                        headers={"Accept": MEDIA_TYPE_OCI_MANIFEST}).status == 404
+    assert (
+        http_request(
+            "GET", f"{registry.url}/v2/e2e/oras-tags/manifests/v1", headers={"Accept": MEDIA_TYPE_OCI_MANIFEST}
+        ).status
+        == 404
+    )
 
 
 def empty_config_descriptor(client, container) -> dict:
@@ -248,7 +256,9 @@ def test_push_artifact_with_subject(registry, client, workdir, tmp_path):
 
     manifest = get_manifest(registry, "e2e/oras-subject", digest).json()
     assert manifest["subject"] == {
-        "mediaType": MEDIA_TYPE_OCI_MANIFEST, "digest": image.manifest_digest, "size": image.manifest_size
+        "mediaType": MEDIA_TYPE_OCI_MANIFEST,
+        "digest": image.manifest_digest,
+        "size": image.manifest_size,
     }
     assert get_manifest(registry, "e2e/oras-subject", "v1").body == image.manifest_bytes
 
@@ -280,7 +290,10 @@ def test_referrers(registry, client, workdir, tmp_path):
 
     # ...and one OCI 1.1 artifact with an artifactType, pushed by digest only.
     sbom = push_artifact_manifest(
-        client, f"{registry.host}/{name}:sbom", {"sbom.json": b'{"sbom": true}'}, "application/spdx+json",
+        client,
+        f"{registry.host}/{name}:sbom",
+        {"sbom.json": b'{"sbom": true}'},
+        "application/spdx+json",
         subject={"mediaType": MEDIA_TYPE_OCI_MANIFEST, "digest": image.manifest_digest, "size": image.manifest_size},
         annotations={"org.example.kind": "sbom"},
     )

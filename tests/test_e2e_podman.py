@@ -38,8 +38,18 @@ pytestmark = pytest.mark.skipif(PODMAN is None, reason="podman is not installed 
 def podman(skopeo_env, tmp_path_factory):  # noqa: F811
     """Run ``podman ARGS`` on a store of this module's own; fails the test on a non-zero exit unless ``check=False``."""
     store = tmp_path_factory.mktemp("podman")
-    options = ["--root", str(store / "root"), "--runroot", str(store / "run"), "--storage-driver", "vfs",
-               "--cgroup-manager", "cgroupfs", "--events-backend", "none"]
+    options = [
+        "--root",
+        str(store / "root"),
+        "--runroot",
+        str(store / "run"),
+        "--storage-driver",
+        "vfs",
+        "--cgroup-manager",
+        "cgroupfs",
+        "--events-backend",
+        "none",
+    ]
     env = dict(skopeo_env, XDG_CONFIG_HOME=str(store / "config"), XDG_RUNTIME_DIR=str(store / "run"))
     return command_runner([PODMAN, *options], env)
 
@@ -73,8 +83,10 @@ def test_pull_push_and_pull_back(registry, skopeo, podman, tmp_path):  # noqa: F
     assert inspected["Config"]["Labels"]["org.example.seed"] == "podman"
 
     # Push under another name, in both manifest formats podman writes.
-    for tag, push_format, media_type in (("docker", "v2s2", MEDIA_TYPE_DOCKER_MANIFEST),
-                                         ("oci", "oci", MEDIA_TYPE_OCI_MANIFEST)):
+    for tag, push_format, media_type in (
+        ("docker", "v2s2", MEDIA_TYPE_DOCKER_MANIFEST),
+        ("oci", "oci", MEDIA_TYPE_OCI_MANIFEST),
+    ):
         target = f"{registry.host}/e2e/podman-pushed:{tag}"
         podman("tag", f"{registry.host}/e2e/podman:v1", target)
         podman("push", "--tls-verify=false", "--format", push_format, target)

@@ -39,12 +39,14 @@ TIMEOUT = 120
 pytestmark = pytest.mark.skipif(SKOPEO is None, reason="skopeo is not installed")
 
 # What skopeo may send as Accept for a manifest: the types a user's client takes.
-ACCEPT_ALL = ", ".join([
-    MEDIA_TYPE_OCI_MANIFEST,
-    MEDIA_TYPE_OCI_INDEX,
-    MEDIA_TYPE_DOCKER_MANIFEST,
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-])
+ACCEPT_ALL = ", ".join(
+    [
+        MEDIA_TYPE_OCI_MANIFEST,
+        MEDIA_TYPE_OCI_INDEX,
+        MEDIA_TYPE_DOCKER_MANIFEST,
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+    ]
+)
 
 
 @pytest.fixture(scope="module")
@@ -229,21 +231,34 @@ def test_multi_arch_index_with_all(registry, skopeo, tmp_path):
 
     assert_manifest_served(registry, "e2e/multi", "v1", index.index_bytes, MEDIA_TYPE_OCI_INDEX)
     for image in index.images:
-        assert_manifest_served(registry, "e2e/multi", image.manifest_digest, image.manifest_bytes,
-                               MEDIA_TYPE_OCI_MANIFEST)
+        assert_manifest_served(
+            registry, "e2e/multi", image.manifest_digest, image.manifest_bytes, MEDIA_TYPE_OCI_MANIFEST
+        )
         assert_blobs_served(registry, "e2e/multi", source, image.blob_digests)
 
     # A user on arm64 pulling the tag gets the arm64 image and only its blobs.
     arm64 = index.image_for("arm64")
-    inspected = json.loads(skopeo(
-        "--override-os", "linux", "--override-arch", "arm64", "--override-variant", "v8",
-        *inspect_args(f"docker://{registry.host}/e2e/multi:v1"),
-    ).stdout)
+    inspected = json.loads(
+        skopeo(
+            "--override-os",
+            "linux",
+            "--override-arch",
+            "arm64",
+            "--override-variant",
+            "v8",
+            *inspect_args(f"docker://{registry.host}/e2e/multi:v1"),
+        ).stdout
+    )
     assert inspected["Architecture"] == "arm64"
     assert inspected["Layers"] == arm64.layer_digests
     single = OCILayout(tmp_path / "arm64")
     skopeo(
-        "--override-os", "linux", "--override-arch", "arm64", "--override-variant", "v8",
+        "--override-os",
+        "linux",
+        "--override-arch",
+        "arm64",
+        "--override-variant",
+        "v8",
         *copy_args("--preserve-digests", f"docker://{registry.host}/e2e/multi:v1", single.reference("arm64")),
     )
     assert single.resolve("arm64")["digest"] == arm64.manifest_digest
@@ -303,8 +318,14 @@ def test_list_tags(registry, skopeo, tmp_path):
     for tag, image in [("v1", first), ("1.0.0", first), ("v2", second), ("latest", second)]:
         assert skopeo(*inspect_args("--raw", f"{base}:{tag}")).stdout == image.manifest_bytes
 
-    result = skopeo("list-tags", "--retry-times", "0", "--tls-verify=false",
-                    f"docker://{registry.host}/e2e/no-such-repository", check=False)
+    result = skopeo(
+        "list-tags",
+        "--retry-times",
+        "0",
+        "--tls-verify=false",
+        f"docker://{registry.host}/e2e/no-such-repository",
+        check=False,
+    )
     assert result.returncode != 0
 
 
@@ -333,8 +354,11 @@ def test_cross_repository_mount(registry, skopeo, tmp_path):
 
     # Registry to registry, into a third repository.
     copied = skopeo(
-        *copy_args("--preserve-digests", f"docker://{registry.host}/e2e/app-mount:v1",
-                   f"docker://{registry.host}/e2e/other-copy:v1"),
+        *copy_args(
+            "--preserve-digests",
+            f"docker://{registry.host}/e2e/app-mount:v1",
+            f"docker://{registry.host}/e2e/other-copy:v1",
+        ),
         debug=True,
     )
     assert mounted_blobs(copied.stderr) == len(image.layers), copied.stderr.decode(errors="replace")[-4000:]
@@ -349,8 +373,9 @@ def test_mount_over_http(registry, skopeo, tmp_path):
     skopeo(*copy_args("--preserve-digests", source.reference("v1"), f"docker://{registry.host}/e2e/mount-from:v1"))
     layer = image.layer_digests[0]
 
-    mounted = http_request("POST", f"{registry.url}/v2/e2e/mount-to/blobs/uploads/?mount={layer}&from=e2e/mount-from",
-                           b"")
+    mounted = http_request(
+        "POST", f"{registry.url}/v2/e2e/mount-to/blobs/uploads/?mount={layer}&from=e2e/mount-from", b""
+    )
     assert mounted.status == 201, mounted.body
     assert mounted.headers["docker-content-digest"] == layer
     assert mounted.headers["location"].endswith(f"/v2/e2e/mount-to/blobs/{layer}")

@@ -48,14 +48,19 @@ async def test_application_and_registry_side_by_side(served):
     config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
     r = await treq.post(served + f"/v2/embedded/app/blobs/uploads/?digest={config_digest}", data=config)
     assert r.code == 201
-    manifest = json.dumps({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": 2},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest, "size": len(blob)}],
-    }).encode()
-    r = await treq.put(served + "/v2/embedded/app/manifests/v1", data=manifest,
-                       headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"})
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": 2},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest, "size": len(blob)}],
+        }
+    ).encode()
+    r = await treq.put(
+        served + "/v2/embedded/app/manifests/v1",
+        data=manifest,
+        headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"},
+    )
     assert r.code == 201, await r.text()
 
     r = await treq.get(served + "/v2/embedded/app/manifests/v1")

@@ -23,8 +23,12 @@ pytestmark = pytest.mark.ociregistry_only
 # The suite replays the same 150 examples per test; OCIREGISTRY_FUZZ_EXAMPLES=N
 # runs N fresh random ones instead (a longer hunt, by hand or on a schedule).
 _EXAMPLES = os.environ.get("OCIREGISTRY_FUZZ_EXAMPLES")
-FUZZ = settings(max_examples=int(_EXAMPLES or 150), deadline=None, suppress_health_check=list(HealthCheck),
-                derandomize=_EXAMPLES is None)
+FUZZ = settings(
+    max_examples=int(_EXAMPLES or 150),
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    derandomize=_EXAMPLES is None,
+)
 
 
 @pytest.fixture(scope="module")
@@ -36,15 +40,31 @@ def target(tmp_path_factory):
     config = b"{}"
     for data in (blob, config):
         send(registry, "POST", f"/v2/fuzz/app/blobs/uploads/?digest=sha256:{hashlib.sha256(data).hexdigest()}", data)
-    manifest = json.dumps({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                   "digest": f"sha256:{hashlib.sha256(config).hexdigest()}", "size": 2},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
-                    "digest": f"sha256:{hashlib.sha256(blob).hexdigest()}", "size": len(blob)}],
-    }).encode()
-    status, _, _ = send(registry, "PUT", "/v2/fuzz/app/manifests/v1", manifest,
-                        {"Content-Type": "application/vnd.oci.image.manifest.v1+json"})
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": f"sha256:{hashlib.sha256(config).hexdigest()}",
+                "size": 2,
+            },
+            "layers": [
+                {
+                    "mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "digest": f"sha256:{hashlib.sha256(blob).hexdigest()}",
+                    "size": len(blob),
+                }
+            ],
+        }
+    ).encode()
+    status, _, _ = send(
+        registry,
+        "PUT",
+        "/v2/fuzz/app/manifests/v1",
+        manifest,
+        {"Content-Type": "application/vnd.oci.image.manifest.v1+json"},
+    )
     assert status == 201
     registry.blob_digest = f"sha256:{hashlib.sha256(blob).hexdigest()}"
     registry.root = str(root)
@@ -87,22 +107,43 @@ segment = st.one_of(
 name = st.lists(segment, min_size=1, max_size=4).map("/".join)
 digest = st.one_of(
     st.just("sha256:" + "0" * 64),
-    st.builds(lambda a, h: f"{a}:{h}", st.sampled_from(["sha256", "sha512", "md5", "SHA256", ""]),
-              st.text(alphabet="0123456789abcdefABCDEF", max_size=130)),
+    st.builds(
+        lambda a, h: f"{a}:{h}",
+        st.sampled_from(["sha256", "sha512", "md5", "SHA256", ""]),
+        st.text(alphabet="0123456789abcdefABCDEF", max_size=130),
+    ),
     segment,
 )
 reference = st.one_of(st.sampled_from(["v1", "latest", "-bad", "a" * 200]), digest, segment)
 header_value = st.one_of(
-    st.sampled_from(["bytes=0-1", "bytes=5-2", "bytes=-0", "bytes=99999999999999999999-", "0-10", "bytes=0-0,2-3",
-                     "application/vnd.oci.image.manifest.v1+json", "*/*", "-1", "0-", "1-0", "bytes */*", ""]),
+    st.sampled_from(
+        [
+            "bytes=0-1",
+            "bytes=5-2",
+            "bytes=-0",
+            "bytes=99999999999999999999-",
+            "0-10",
+            "bytes=0-0,2-3",
+            "application/vnd.oci.image.manifest.v1+json",
+            "*/*",
+            "-1",
+            "0-",
+            "1-0",
+            "bytes */*",
+            "",
+        ]
+    ),
     st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=40),
 )
-headers = st.dictionaries(st.sampled_from(["Range", "Content-Range", "Accept", "Content-Type", "If-None-Match"]),
-                          header_value, max_size=3)
+headers = st.dictionaries(
+    st.sampled_from(["Range", "Content-Range", "Accept", "Content-Type", "If-None-Match"]), header_value, max_size=3
+)
 body = st.one_of(st.none(), st.binary(max_size=2000), st.sampled_from([b"{}", b"[]", b'{"schemaVersion":2}', b"\xff"]))
-query = st.dictionaries(st.sampled_from(["digest", "mount", "from", "n", "last", "artifactType"]),
-                        st.one_of(digest, segment, st.sampled_from(["-1", "0", "10", "99999999999999999999"])),
-                        max_size=3)
+query = st.dictionaries(
+    st.sampled_from(["digest", "mount", "from", "n", "last", "artifactType"]),
+    st.one_of(digest, segment, st.sampled_from(["-1", "0", "10", "99999999999999999999"])),
+    max_size=3,
+)
 
 
 def path_for(kind: str, n: str, ref: str, q: dict) -> str:
@@ -123,7 +164,11 @@ def path_for(kind: str, n: str, ref: str, q: dict) -> str:
 @given(
     method=st.sampled_from(["GET", "HEAD", "PUT", "POST", "PATCH", "DELETE", "OPTIONS"]),
     kind=st.sampled_from(["blob", "manifest", "upload", "uploads", "tags", "referrers", "catalog", "raw"]),
-    n=name, ref=reference, q=query, h=headers, data=body,
+    n=name,
+    ref=reference,
+    q=query,
+    h=headers,
+    data=body,
 )
 def test_random_requests(target, method, kind, n, ref, q, h, data):
     path = path_for(kind, n, ref, q)
@@ -145,11 +190,29 @@ def test_ranges_on_a_real_blob(target, h):
 
 manifest_like = st.recursive(
     st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=20)),
-    lambda children: st.one_of(st.lists(children, max_size=4),
-                               st.dictionaries(st.sampled_from(
-                                   ["schemaVersion", "mediaType", "config", "layers", "manifests", "subject",
-                                    "digest", "size", "annotations", "artifactType", "blobs", "urls"]),
-                                   children, max_size=6)),
+    lambda children: st.one_of(
+        st.lists(children, max_size=4),
+        st.dictionaries(
+            st.sampled_from(
+                [
+                    "schemaVersion",
+                    "mediaType",
+                    "config",
+                    "layers",
+                    "manifests",
+                    "subject",
+                    "digest",
+                    "size",
+                    "annotations",
+                    "artifactType",
+                    "blobs",
+                    "urls",
+                ]
+            ),
+            children,
+            max_size=6,
+        ),
+    ),
     max_leaves=20,
 )
 
@@ -158,8 +221,7 @@ manifest_like = st.recursive(
 @given(doc=manifest_like, content_type=header_value, tag=st.sampled_from(["fz", "v1", "sha256:" + "1" * 64]))
 def test_random_manifests(target, doc, content_type, tag):
     data = json.dumps(doc).encode()
-    status, headers_, body = send(target, "PUT", f"/v2/fuzz/app/manifests/{tag}", data,
-                                  {"Content-Type": content_type})
+    status, headers_, body = send(target, "PUT", f"/v2/fuzz/app/manifests/{tag}", data, {"Content-Type": content_type})
     check("PUT", status, headers_, body)
     assert status in (201, 400, 404, 413)
     # The existing image is untouched.
@@ -168,8 +230,10 @@ def test_random_manifests(target, doc, content_type, tag):
 
 
 @FUZZ
-@given(chunks=st.lists(st.tuples(st.binary(min_size=0, max_size=300), header_value), min_size=1, max_size=4),
-       final=st.one_of(st.none(), st.binary(max_size=100)))
+@given(
+    chunks=st.lists(st.tuples(st.binary(min_size=0, max_size=300), header_value), min_size=1, max_size=4),
+    final=st.one_of(st.none(), st.binary(max_size=100)),
+)
 def test_random_chunked_uploads(target, chunks, final):
     status, headers_, body = send(target, "POST", "/v2/fuzz/up/blobs/uploads/")
     assert status == 202

@@ -57,8 +57,9 @@ def image_manifest(config: Digest, layers: list[tuple[Digest, int]], subject=Non
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": str(config), "size": 2},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": str(d), "size": s}
-                   for d, s in layers],
+        "layers": [
+            {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": str(d), "size": s} for d, s in layers
+        ],
         **extra,
     }
     if subject is not None:
@@ -142,16 +143,25 @@ async def test_shared_blob_kept_while_any_repository_uses_it(registry):
 @pytest_twisted.ensureDeferred
 async def test_delete_untagged_keeps_index_children_and_referrers(registry):
     child, child_layer, child_data = await push_image(registry, "app", None, b"child image")
-    index = json.dumps({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": str(child),
-                       "size": len(child_data), "platform": {"os": "linux", "architecture": "amd64"}}],
-    }).encode()
+    index = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [
+                {
+                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                    "digest": str(child),
+                    "size": len(child_data),
+                    "platform": {"os": "linux", "architecture": "amd64"},
+                }
+            ],
+        }
+    ).encode()
     pushed = await registry.put_manifest(Name("app"), Tag("multi"), index, "application/vnd.oci.image.index.v1+json")
-    subject = {"mediaType": "application/vnd.oci.image.index.v1+json", "digest": str(pushed.digest),
-               "size": len(index)}
-    signature, sig_layer, _ = await push_image(registry, "app", None, b"signature", subject=subject,
-                                               artifactType="application/vnd.example.sig")
+    subject = {"mediaType": "application/vnd.oci.image.index.v1+json", "digest": str(pushed.digest), "size": len(index)}
+    signature, sig_layer, _ = await push_image(
+        registry, "app", None, b"signature", subject=subject, artifactType="application/vnd.example.sig"
+    )
     untagged, untagged_layer, _ = await push_image(registry, "app", None, b"nobody tags me")
 
     options = GCOptions(delete_untagged=True)
@@ -206,14 +216,34 @@ async def test_usage_unique_and_shared(registry):
 
 
 def run_cli(*args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "oci_registry.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=registry_environment())
+    return subprocess.run(
+        [sys.executable, "-m", "oci_registry.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=registry_environment(),
+    )
 
 
 def skopeo_copy(src, dst):
-    subprocess.run(["skopeo", "--insecure-policy", "copy", "-q", "--retry-times", "0", "--preserve-digests",
-                    "--src-tls-verify=false", "--dest-tls-verify=false", src, dst],
-                   check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            "skopeo",
+            "--insecure-policy",
+            "copy",
+            "-q",
+            "--retry-times",
+            "0",
+            "--preserve-digests",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            src,
+            dst,
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
 
 
 def age_everything(data_dir: str, days: float) -> None:
@@ -235,8 +265,9 @@ def test_gc_during_concurrent_pushes(tmp_path):
         for i in range(5):
             blob = os.urandom(50_000) + bytes([i])
             digest = "sha256:" + hashlib.sha256(blob).hexdigest()
-            req = urllib.request.Request(f"{registry.url}/v2/old/blobs/uploads/?digest={digest}", data=blob,
-                                         method="POST")
+            req = urllib.request.Request(
+                f"{registry.url}/v2/old/blobs/uploads/?digest={digest}", data=blob, method="POST"
+            )
             assert urllib.request.urlopen(req).status == 201
             orphans.append(digest)
         age_everything(data, 3)
@@ -310,8 +341,15 @@ def test_cli_dry_run_and_du(tmp_path):
     assert "du/one" in result.stdout and "SHARED" in result.stdout
 
     age_everything(data, 3)
-    subprocess.run(["rm", "-r", os.path.join(data, "repositories", "du", "one", "_manifests"),
-                    os.path.join(data, "repositories", "du", "two", "_manifests")], check=True)
+    subprocess.run(
+        [
+            "rm",
+            "-r",
+            os.path.join(data, "repositories", "du", "one", "_manifests"),
+            os.path.join(data, "repositories", "du", "two", "_manifests"),
+        ],
+        check=True,
+    )
     result = run_cli("gc", "--data-dir", data, "--dry-run")
     assert result.returncode == 0, result.stderr
     assert "would remove" in result.stdout and "would be freed" in result.stdout

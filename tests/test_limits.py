@@ -49,20 +49,21 @@ def test_upload_size_limit(limited):
     assert status == 413 and b"SIZE_INVALID" in body
     status, headers, _ = call(limited, "POST", "/v2/lim/a/blobs/uploads/")
     location = headers["location"]
-    half = big[: 600_000]
+    half = big[:600_000]
     assert call(limited, "PATCH", location, half, {"Content-Range": f"0-{len(half) - 1}"})[0] == 202
     status, _, body = call(limited, "PATCH", location, half, {"Content-Range": f"600000-{600000 + len(half) - 1}"})
     assert status == 413
     # Streamed with no length: refused once it passes the limit.
     c = http.client.HTTPConnection("127.0.0.1", limited.port, timeout=20)
-    c.request("PATCH", location, body=iter([half, half]), encode_chunked=True,
-              headers={"Transfer-Encoding": "chunked"})
+    c.request("PATCH", location, body=iter([half, half]), encode_chunked=True, headers={"Transfer-Encoding": "chunked"})
     r = c.getresponse()
     assert r.status == 413
     c.close()
     assert call(limited, "DELETE", location)[0] == 204
     ok = os.urandom(1000)
-    assert call(limited, "POST", f"/v2/lim/a/blobs/uploads/?digest=sha256:{hashlib.sha256(ok).hexdigest()}", ok)[0] == 201
+    assert (
+        call(limited, "POST", f"/v2/lim/a/blobs/uploads/?digest=sha256:{hashlib.sha256(ok).hexdigest()}", ok)[0] == 201
+    )
 
 
 def test_open_sessions_per_client(limited):
@@ -81,8 +82,13 @@ def test_open_sessions_per_client(limited):
 
 
 def test_manifest_size_limit(limited):
-    status, _, body = call(limited, "PUT", "/v2/lim/m/manifests/big", b"{" + b" " * (65 << 10) + b"}",
-                           {"Content-Type": "application/vnd.oci.image.manifest.v1+json"})
+    status, _, body = call(
+        limited,
+        "PUT",
+        "/v2/lim/m/manifests/big",
+        b"{" + b" " * (65 << 10) + b"}",
+        {"Content-Type": "application/vnd.oci.image.manifest.v1+json"},
+    )
     assert status == 413 and b"SIZE_INVALID" in body
 
 
@@ -103,8 +109,10 @@ def test_idle_connection_times_out(limited):
 
 def test_trickling_body_is_dropped_while_others_are_served(limited):
     sock = socket.create_connection(("127.0.0.1", limited.port))
-    sock.sendall(f"PATCH /v2/lim/slow/blobs/uploads/0123456789abcdef0123456789abcdef HTTP/1.1\r\n"
-                 f"Host: {limited.host}\r\nContent-Length: 100000\r\n\r\n".encode())
+    sock.sendall(
+        f"PATCH /v2/lim/slow/blobs/uploads/0123456789abcdef0123456789abcdef HTTP/1.1\r\n"
+        f"Host: {limited.host}\r\nContent-Length: 100000\r\n\r\n".encode()
+    )
     started = time.monotonic()
     dropped = False
     while time.monotonic() - started < 10:

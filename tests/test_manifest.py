@@ -43,9 +43,19 @@ def test_mismatched_content_type():
 
 @pytest.mark.parametrize(
     "data",
-    [b"not json", b"[]", b"{}", doc(schemaVersion=1), doc(config={"digest": "x"}), doc(layers="nope"),
-     doc(layers=[{**LAYER, "size": -1}]), doc(layers=[{**LAYER, "digest": "sha256:short"}]),
-     doc(annotations={"a": 1}), doc(mediaType="application/unknown"), b"\xff\xfe"],
+    [
+        b"not json",
+        b"[]",
+        b"{}",
+        doc(schemaVersion=1),
+        doc(config={"digest": "x"}),
+        doc(layers="nope"),
+        doc(layers=[{**LAYER, "size": -1}]),
+        doc(layers=[{**LAYER, "digest": "sha256:short"}]),
+        doc(annotations={"a": 1}),
+        doc(mediaType="application/unknown"),
+        b"\xff\xfe",
+    ],
 )
 def test_invalid(data):
     with pytest.raises(ManifestInvalid):
@@ -53,8 +63,12 @@ def test_invalid(data):
 
 
 def test_index_children():
-    child = {"mediaType": manifest.OCI_MANIFEST, "digest": str(Digest.of(b"c")), "size": 1,
-             "platform": {"os": "linux", "architecture": "amd64"}}
+    child = {
+        "mediaType": manifest.OCI_MANIFEST,
+        "digest": str(Digest.of(b"c")),
+        "size": 1,
+        "platform": {"os": "linux", "architecture": "amd64"},
+    }
     data = json.dumps({"schemaVersion": 2, "mediaType": manifest.OCI_INDEX, "manifests": [child]}).encode()
     m = manifest.parse(data, manifest.OCI_INDEX)
     assert m.is_index and [str(c.digest) for c in m.manifests] == [child["digest"]]
@@ -71,7 +85,10 @@ def test_referrer_descriptor_artifact_type():
 
 
 def test_foreign_layers_are_not_required():
-    foreign = {**LAYER, "mediaType": "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
-               "urls": ["https://example.invalid/layer"]}
+    foreign = {
+        **LAYER,
+        "mediaType": "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+        "urls": ["https://example.invalid/layer"],
+    }
     m = manifest.parse(doc(mediaType=None, layers=[foreign]), manifest.DOCKER_MANIFEST)
     assert m.blobs[1].is_foreign

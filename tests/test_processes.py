@@ -55,14 +55,26 @@ async def push_manifest(registry, name, tag, layers):
     for blob in [config, *layers]:
         r = await treq.post(f"{registry.url}/v2/{name}/blobs/uploads/?digest={sha256(blob)}", data=blob)
         assert r.code == 201, await r.text()
-    manifest = json.dumps({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(config), "size": len(config)},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": sha256(b), "size": len(b)} for b in layers],
-    }).encode()
-    r = await treq.put(f"{registry.url}/v2/{name}/manifests/{tag}", data=manifest,
-                       headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"})
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": sha256(config),
+                "size": len(config),
+            },
+            "layers": [
+                {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": sha256(b), "size": len(b)}
+                for b in layers
+            ],
+        }
+    ).encode()
+    r = await treq.put(
+        f"{registry.url}/v2/{name}/manifests/{tag}",
+        data=manifest,
+        headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"},
+    )
     assert r.code == 201, await r.text()
     return manifest
 
@@ -78,10 +90,14 @@ async def test_chunked_upload_alternating_between_processes(pair):
     offset = 0
     for i, chunk in enumerate(chunks):
         target = (a, b)[i % 2]
-        r = await treq.patch(absolute(target, location), data=chunk, headers={
-            "Content-Type": "application/octet-stream",
-            "Content-Range": f"{offset}-{offset + len(chunk) - 1}",
-        })
+        r = await treq.patch(
+            absolute(target, location),
+            data=chunk,
+            headers={
+                "Content-Type": "application/octet-stream",
+                "Content-Range": f"{offset}-{offset + len(chunk) - 1}",
+            },
+        )
         assert r.code == 202, await r.text()
         offset += len(chunk)
         assert r.headers.getRawHeaders("Range") == [f"0-{offset - 1}"]
@@ -119,8 +135,11 @@ async def test_upload_survives_restart(fresh_registry):
     registry.start()
     r = await treq.get(absolute(registry, location))
     assert r.code == 204 and r.headers.getRawHeaders("Range") == [f"0-{len(first) - 1}"]
-    r = await treq.put(absolute(registry, location) + f"?digest={sha256(first + second)}", data=second,
-                       headers={"Content-Range": f"{len(first)}-{len(first) + len(second) - 1}"})
+    r = await treq.put(
+        absolute(registry, location) + f"?digest={sha256(first + second)}",
+        data=second,
+        headers={"Content-Range": f"{len(first)}-{len(first) + len(second) - 1}"},
+    )
     assert r.code == 201, await r.text()
     r = await treq.get(f"{registry.url}/v2/restart/app/blobs/{sha256(first + second)}")
     assert await r.content() == first + second
@@ -130,10 +149,13 @@ async def test_upload_survives_restart(fresh_registry):
 async def test_same_blob_pushed_concurrently(pair):
     a, b = pair
     blob = os.urandom(3_000_000)
-    results = await gatherResults([
-        treq.post(f"{registry.url}/v2/race/{i}/blobs/uploads/?digest={sha256(blob)}", data=blob)
-        for i in range(6) for registry in (a, b)
-    ])
+    results = await gatherResults(
+        [
+            treq.post(f"{registry.url}/v2/race/{i}/blobs/uploads/?digest={sha256(blob)}", data=blob)
+            for i in range(6)
+            for registry in (a, b)
+        ]
+    )
     assert [r.code for r in results] == [201] * 12
     for i in range(6):
         r = await treq.get(f"{a.url}/v2/race/{i}/blobs/{sha256(blob)}")
@@ -222,7 +244,9 @@ def test_pull_racing_a_delete_and_garbage_collection(pair):
     def collect():
         result = subprocess.run(
             [sys.executable, "-m", "oci_registry.cli", "gc", "--data-dir", a.data_dir, "--grace", "0s", "--json"],
-            env=registry_environment(), capture_output=True, timeout=60,
+            env=registry_environment(),
+            capture_output=True,
+            timeout=60,
         )
         assert result.returncode == 0, result.stderr.decode(errors="replace")
         return {blob["digest"] for blob in json.loads(result.stdout)["blobs_removed"]}
@@ -249,8 +273,9 @@ async def test_large_upload_is_streamed_not_buffered(fresh_registry):
     r = await treq.post(f"{registry.url}/v2/big/blob/blobs/uploads/")
     location = absolute(registry, r.headers.getRawHeaders("Location")[0])
     agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
-    r = await treq.request("PATCH", location, data=body, agent=agent,
-                           headers={"Content-Type": "application/octet-stream"})
+    r = await treq.request(
+        "PATCH", location, data=body, agent=agent, headers={"Content-Type": "application/octet-stream"}
+    )
     assert r.code == 202, await r.text()
     location = absolute(registry, r.headers.getRawHeaders("Location")[0])
     r = await treq.put(f"{location}?digest={body.digest}")

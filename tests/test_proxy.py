@@ -46,9 +46,14 @@ from registry_process import RegistryProcess, registry_environment
 pytestmark = pytest.mark.ociregistry_only
 
 USERS = {"pusher": "push-secret", "proxyuser": "proxy-secret"}
-ACCEPT = ", ".join([MEDIA_TYPE_OCI_MANIFEST, MEDIA_TYPE_OCI_INDEX,
-                    "application/vnd.docker.distribution.manifest.v2+json",
-                    "application/vnd.docker.distribution.manifest.list.v2+json"])
+ACCEPT = ", ".join(
+    [
+        MEDIA_TYPE_OCI_MANIFEST,
+        MEDIA_TYPE_OCI_INDEX,
+        "application/vnd.docker.distribution.manifest.v2+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+    ]
+)
 TTL = 1.0  # the tag_ttl of the oci/ prefix
 
 
@@ -61,8 +66,9 @@ def token_server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def token_upstream(tmp_path_factory, token_server):
-    process = RegistryProcess(str(tmp_path_factory.mktemp("token-upstream")), kind="reference",
-                              reference_config=token_server.reference_auth()).start()
+    process = RegistryProcess(
+        str(tmp_path_factory.mktemp("token-upstream")), kind="reference", reference_config=token_server.reference_auth()
+    ).start()
     yield process
     process.stop()
 
@@ -70,8 +76,11 @@ def token_upstream(tmp_path_factory, token_server):
 @pytest.fixture(scope="module")
 def basic_upstream(tmp_path_factory):
     directory = tmp_path_factory.mktemp("basic-upstream")
-    process = RegistryProcess(str(directory / "data"), kind="reference",
-                              reference_config=htpasswd_auth(directory, {"proxyuser": "proxy-secret"})).start()
+    process = RegistryProcess(
+        str(directory / "data"),
+        kind="reference",
+        reference_config=htpasswd_auth(directory, {"proxyuser": "proxy-secret"}),
+    ).start()
     yield process
     process.stop()
 
@@ -172,12 +181,14 @@ def test_token_auth_pull_through_fetches_each_thing_once(proxy, token_upstream, 
     # The first request met the challenge; the token was then fetched once, with the credentials.
     assert asked[0] == "GET /v2/team/app/manifests/v1 401"
     assert upstream_requests(token_upstream, "GET", "/manifests/") == [
-        "GET /v2/team/app/manifests/v1 401", "GET /v2/team/app/manifests/v1 200"]
+        "GET /v2/team/app/manifests/v1 401",
+        "GET /v2/team/app/manifests/v1 200",
+    ]
     for digest in image.blob_digests:
-        assert upstream_requests(token_upstream, contains=digest, settle=0) == [
-            f"GET /v2/team/app/blobs/{digest} 200"]
+        assert upstream_requests(token_upstream, contains=digest, settle=0) == [f"GET /v2/team/app/blobs/{digest} 200"]
     assert [r for r in token_server.issued() if r[2] == ["repository:team/app:pull"]] == [
-        ("issued", "proxyuser", ["repository:team/app:pull"])]
+        ("issued", "proxyuser", ["repository:team/app:pull"])
+    ]
 
     # Anonymous pulls through another prefix get their own (anonymous) token.  The blobs are
     # stored already: the upstream only confirms (HEAD) that this repository holds them too.
@@ -185,7 +196,9 @@ def test_token_auth_pull_through_fetches_each_thing_once(proxy, token_upstream, 
     assert ("issued", None, ["repository:team/app:pull"]) in token_server.issued()
     for digest in image.blob_digests:
         assert upstream_requests(token_upstream, contains=digest, settle=0) == [
-            f"GET /v2/team/app/blobs/{digest} 200", f"HEAD /v2/team/app/blobs/{digest} 200"]
+            f"GET /v2/team/app/blobs/{digest} 200",
+            f"HEAD /v2/team/app/blobs/{digest} 200",
+        ]
 
 
 def test_token_auth_upstream_that_is_ociregistry(proxy, oci_token_upstream, token_server, tmp_path):
@@ -196,10 +209,13 @@ def test_token_auth_upstream_that_is_ociregistry(proxy, oci_token_upstream, toke
     assert_image_served(proxy, "ocitok/team/oci", "v1", layout, image)
     assert_image_served(proxy, "ocitok/team/oci", "v1", layout, image)
     assert upstream_requests(oci_token_upstream) == [
-        "GET /v2/team/oci/manifests/v1 401", "GET /v2/team/oci/manifests/v1 200",
-        *(f"GET /v2/team/oci/blobs/{digest} 200" for digest in image.blob_digests)]
+        "GET /v2/team/oci/manifests/v1 401",
+        "GET /v2/team/oci/manifests/v1 200",
+        *(f"GET /v2/team/oci/blobs/{digest} 200" for digest in image.blob_digests),
+    ]
     assert [r for r in token_server.issued() if r[2] == ["repository:team/oci:pull"]] == [
-        ("issued", "proxyuser", ["repository:team/oci:pull"])]
+        ("issued", "proxyuser", ["repository:team/oci:pull"])
+    ]
 
 
 def test_refused_credentials_are_denied(proxy, token_upstream, token_server, tmp_path):
@@ -363,8 +379,12 @@ def test_pushes_and_deletes_under_a_proxied_prefix_are_refused(proxy, tmp_path):
         http_request("POST", f"{proxy.url}/v2/tok/team/app/blobs/uploads/", b""),
         http_request("POST", f"{proxy.url}/v2/tok/team/app/blobs/uploads/?digest={digest}", layout.read_blob(digest)),
         http_request("POST", f"{proxy.url}/v2/tok/team/app/blobs/uploads/?mount={digest}&from=local/app", b""),
-        http_request("PUT", f"{proxy.url}/v2/tok/team/app/manifests/v1", image.manifest_bytes,
-                     {"Content-Type": MEDIA_TYPE_OCI_MANIFEST}),
+        http_request(
+            "PUT",
+            f"{proxy.url}/v2/tok/team/app/manifests/v1",
+            image.manifest_bytes,
+            {"Content-Type": MEDIA_TYPE_OCI_MANIFEST},
+        ),
         http_request("DELETE", f"{proxy.url}/v2/tok/team/app/manifests/v1"),
         http_request("DELETE", f"{proxy.url}/v2/tok/team/app/blobs/{digest}"),
     ]
@@ -400,7 +420,8 @@ def test_what_the_upstream_does_not_have_is_a_404(proxy, token_upstream, token_s
 
 
 def test_tags_revalidate_after_their_ttl_and_stale_content_is_served_when_upstream_is_down(
-        proxy, oci_upstream, tmp_path):
+    proxy, oci_upstream, tmp_path
+):
     layout = OCILayout(tmp_path / "image")
     first = layout.add_image("a", layers=2, layer_size=32 << 10, seed="ttl-first")
     second = layout.add_image("b", layers=2, layer_size=32 << 10, seed="ttl-second")
@@ -417,9 +438,13 @@ def test_tags_revalidate_after_their_ttl_and_stale_content_is_served_when_upstre
     time.sleep(TTL + 0.1)
     assert_image_served(proxy, "oci/team/ttl", "v1", layout, second)
     assert upstream_requests(oci_upstream, contains="/manifests/") == [
-        "GET /v2/team/ttl/manifests/v1 200", "HEAD /v2/team/ttl/manifests/v1 200", "GET /v2/team/ttl/manifests/v1 200"]
-    tag_link = os.path.join(proxy.data_dir, "repositories", "oci", "team", "ttl", "_manifests", "tags", "v1",
-                            "current", "link")
+        "GET /v2/team/ttl/manifests/v1 200",
+        "HEAD /v2/team/ttl/manifests/v1 200",
+        "GET /v2/team/ttl/manifests/v1 200",
+    ]
+    tag_link = os.path.join(
+        proxy.data_dir, "repositories", "oci", "team", "ttl", "_manifests", "tags", "v1", "current", "link"
+    )
     with open(tag_link) as f:
         assert f.read() == second.manifest_digest
 
@@ -435,8 +460,10 @@ def test_tags_revalidate_after_their_ttl_and_stale_content_is_served_when_upstre
         assert_image_served(proxy, "oci/team/ttl", first.manifest_digest, layout, first)
         assert "serving cached oci/team/ttl:v1" in proxy.log()
         assert http_request("GET", f"{proxy.url}/v2/oci/team/ttl/tags/list").json()["tags"] == ["v1"]
-        for response in (get_manifest(proxy, "oci/team/ttl", "other"),
-                         get_blob(proxy, "oci/team/ttl", never_pulled.layer_digests[0])):
+        for response in (
+            get_manifest(proxy, "oci/team/ttl", "other"),
+            get_blob(proxy, "oci/team/ttl", never_pulled.layer_digests[0]),
+        ):
             assert response.status == 503, response.body
             assert error_code(response) == "UNAVAILABLE"
 
@@ -458,8 +485,9 @@ def test_tags_revalidate_after_their_ttl_and_stale_content_is_served_when_upstre
     assert get_manifest(proxy, "oci/team/ttl", second.manifest_digest).status == 200
 
 
-def test_an_upstream_answering_5xx_is_unavailable_and_the_cache_serves(proxy, edge, token_upstream, token_server,
-                                                                      tmp_path):
+def test_an_upstream_answering_5xx_is_unavailable_and_the_cache_serves(
+    proxy, edge, token_upstream, token_server, tmp_path
+):
     layout = OCILayout(tmp_path / "image")
     image = layout.add_image("v1", layers=1, layer_size=4096, seed="5xx")
     push_image(token_upstream.url, "team/5xx", layout, image, "v1", token_server.bearer("team/5xx"))
@@ -505,7 +533,8 @@ def test_redirects_to_object_storage_and_rate_limits(proxy, edge, token_upstream
     assert time.monotonic() - started >= edge.retry_after  # it waited as Retry-After said
     # The first answer was 429; it was asked again.
     assert [r for r in edge.requests if r[1] == "/v2/team/edge/manifests/v1"][:2] == [
-        ("GET", "/v2/team/edge/manifests/v1")] * 2
+        ("GET", "/v2/team/edge/manifests/v1")
+    ] * 2
     assert "rate limited" in proxy.log()
     # The client's Accept header went upstream as it was.
     manifest_requests = [h for (_, path), h in zip(edge.requests, edge.headers) if "/manifests/" in path]
@@ -531,7 +560,9 @@ def test_a_mirror_with_docker_hubs_library_namespace(tmp_path, oci_upstream):
         assert_image_served(mirror, "library/alpine", "3.20", layout, image)  # Docker's registry-mirrors
         assert_image_served(mirror, "bitnami/redis", "7", layout, image)
         assert upstream_requests(oci_upstream, contains="/manifests/3.20") == [
-            "GET /v2/library/alpine/manifests/3.20 200", "GET /v2/library/alpine/manifests/3.20 200"]
+            "GET /v2/library/alpine/manifests/3.20 200",
+            "GET /v2/library/alpine/manifests/3.20 200",
+        ]
         response = http_request("POST", f"{mirror.url}/v2/anything/blobs/uploads/", b"")
         assert response.status == 405
     finally:
@@ -543,21 +574,30 @@ def test_referrers_come_from_upstream_and_cache(proxy, oci_upstream, tmp_path):
     image = layout.add_image("v1", layers=1, layer_size=1024, seed="referred")
     push_image_http(oci_upstream.url, "team/signed", layout, image, "v1")
     empty = push_blob_http(oci_upstream.url, "team/signed", b"{}")
-    signature = json.dumps({
-        "schemaVersion": 2, "mediaType": MEDIA_TYPE_OCI_MANIFEST, "artifactType": "application/vnd.example.signature",
-        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2},
-        "layers": [{"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2}],
-        "subject": {"mediaType": MEDIA_TYPE_OCI_MANIFEST, "digest": image.manifest_digest,
-                    "size": image.manifest_size},
-    }).encode()
+    signature = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": MEDIA_TYPE_OCI_MANIFEST,
+            "artifactType": "application/vnd.example.signature",
+            "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2},
+            "layers": [{"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2}],
+            "subject": {
+                "mediaType": MEDIA_TYPE_OCI_MANIFEST,
+                "digest": image.manifest_digest,
+                "size": image.manifest_size,
+            },
+        }
+    ).encode()
     signature_digest = sha256_digest(signature)
     push_manifest_http(oci_upstream.url, "team/signed", signature_digest, signature, MEDIA_TYPE_OCI_MANIFEST)
 
     listed = http_request("GET", f"{proxy.url}/v2/oci/team/signed/referrers/{image.manifest_digest}").json()
     assert [d["digest"] for d in listed["manifests"]] == [signature_digest]
     assert listed["manifests"][0]["artifactType"] == "application/vnd.example.signature"
-    filtered = http_request("GET", f"{proxy.url}/v2/oci/team/signed/referrers/{image.manifest_digest}"
-                                   "?artifactType=application/vnd.example.sbom").json()
+    filtered = http_request(
+        "GET",
+        f"{proxy.url}/v2/oci/team/signed/referrers/{image.manifest_digest}?artifactType=application/vnd.example.sbom",
+    ).json()
     assert filtered["manifests"] == []
 
     # Pulled once, the signature is cached with its subject link: listed even with the upstream down.
@@ -576,9 +616,22 @@ def test_cached_content_is_in_the_catalog_and_collected_like_the_rest(proxy):
         assert name in catalog
 
     result = subprocess.run(
-        [sys.executable, "-c", "from oci_registry.cli import main; main()", "gc", "--data-dir", proxy.data_dir,
-         "--grace", "0", "--dry-run", "--json"],
-        capture_output=True, env=registry_environment(), timeout=60, check=False,
+        [
+            sys.executable,
+            "-c",
+            "from oci_registry.cli import main; main()",
+            "gc",
+            "--data-dir",
+            proxy.data_dir,
+            "--grace",
+            "0",
+            "--dry-run",
+            "--json",
+        ],
+        capture_output=True,
+        env=registry_environment(),
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 0, result.stderr.decode(errors="replace")
     report = json.loads(result.stdout)
@@ -588,4 +641,3 @@ def test_cached_content_is_in_the_catalog_and_collected_like_the_rest(proxy):
     tagged = get_manifest(proxy, "tok/team/app", "v1").json()
     kept = {tagged["config"]["digest"], *(layer["digest"] for layer in tagged["layers"])}
     assert not kept & removed
-

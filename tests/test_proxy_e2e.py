@@ -22,8 +22,9 @@ USERS = {"pusher": "push-secret", "proxyuser": "proxy-secret"}
 @pytest.fixture
 def upstream(tmp_path):
     tokens = TokenServer(tmp_path, USERS).start()
-    process = RegistryProcess(str(tmp_path / "upstream"), kind="reference",
-                              reference_config=tokens.reference_auth()).start()
+    process = RegistryProcess(
+        str(tmp_path / "upstream"), kind="reference", reference_config=tokens.reference_auth()
+    ).start()
     yield process
     process.stop()
     tokens.stop()
@@ -33,8 +34,10 @@ def upstream(tmp_path):
 def proxy(tmp_path, upstream):
     config = tmp_path / "proxy.yaml"
     # tag_ttl 0: every pull by tag asks the upstream, so the second pull shows stale serving.
-    config.write_text(f"proxies: [{{prefix: hub, url: '{upstream.url}', username: proxyuser, "
-                      f"password: proxy-secret, tag_ttl: 0, timeout: 10s}}]\n")
+    config.write_text(
+        f"proxies: [{{prefix: hub, url: '{upstream.url}', username: proxyuser, "
+        f"password: proxy-secret, tag_ttl: 0, timeout: 10s}}]\n"
+    )
     process = RegistryProcess(str(tmp_path / "proxy"), config=str(config)).start()
     yield process
     process.stop()
@@ -45,10 +48,18 @@ def test_skopeo_pulls_images_through_the_cache_then_without_the_upstream(skopeo,
     image = source.add_image("app", layers=4, layer_size=1 << 20, seed="proxy-e2e")
     index = source.add_index("multi", platforms=[("linux", "amd64"), ("linux", "arm64", "v8")], seed="proxy-multi")
     credentials = ["--dest-creds", "pusher:push-secret"]
-    skopeo(*copy_args(*credentials, "--preserve-digests", source.reference("app"),
-                      f"docker://{upstream.host}/team/app:v1"))
-    skopeo(*copy_args(*credentials, "--all", "--preserve-digests", source.reference("multi"),
-                      f"docker://{upstream.host}/team/multi:v1"))
+    skopeo(
+        *copy_args(*credentials, "--preserve-digests", source.reference("app"), f"docker://{upstream.host}/team/app:v1")
+    )
+    skopeo(
+        *copy_args(
+            *credentials,
+            "--all",
+            "--preserve-digests",
+            source.reference("multi"),
+            f"docker://{upstream.host}/team/multi:v1",
+        )
+    )
 
     pulls = []
     for attempt in ("first", "upstream-stopped"):
@@ -56,8 +67,11 @@ def test_skopeo_pulls_images_through_the_cache_then_without_the_upstream(skopeo,
             upstream.stop()
         pulled = OCILayout(tmp_path / f"pulled-{attempt}")
         skopeo(*copy_args("--preserve-digests", f"docker://{proxy.host}/hub/team/app:v1", pulled.reference("app")))
-        skopeo(*copy_args("--all", "--preserve-digests", f"docker://{proxy.host}/hub/team/multi:v1",
-                          pulled.reference("multi")))
+        skopeo(
+            *copy_args(
+                "--all", "--preserve-digests", f"docker://{proxy.host}/hub/team/multi:v1", pulled.reference("multi")
+            )
+        )
         assert pulled.resolve("app")["digest"] == image.manifest_digest
         assert pulled.resolve("app")["mediaType"] == MEDIA_TYPE_OCI_MANIFEST
         assert pulled.resolve("multi")["digest"] == index.index_digest
@@ -72,8 +86,10 @@ def test_skopeo_pulls_images_through_the_cache_then_without_the_upstream(skopeo,
     blobs = image.blob_digests + [d for i in index.images for d in i.blob_digests]
     for digest in blobs:
         assert upstream_requests(upstream, "GET", f"/blobs/{digest}", settle=0) == [
-            f"GET /v2/team/{'app' if digest in image.blob_digests else 'multi'}/blobs/{digest} 200"]
+            f"GET /v2/team/{'app' if digest in image.blob_digests else 'multi'}/blobs/{digest} 200"
+        ]
     manifests = [r for r in upstream_requests(upstream, "GET", "/manifests/", settle=0) if r.endswith(" 200")]
     assert sorted(manifests) == sorted(
         ["GET /v2/team/app/manifests/v1 200", "GET /v2/team/multi/manifests/v1 200"]
-        + [f"GET /v2/team/multi/manifests/{i.manifest_digest} 200" for i in index.images])
+        + [f"GET /v2/team/multi/manifests/{i.manifest_digest} 200" for i in index.images]
+    )

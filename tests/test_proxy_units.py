@@ -40,28 +40,48 @@ def test_prefix_equals_url_and_credentials_in_the_url():
 
 def test_docker_hub_defaults_to_the_library_namespace():
     assert UpstreamConfig.parse("hub=https://registry-1.docker.io").default_namespace == "library"
-    assert UpstreamConfig.parse({"prefix": "hub", "url": "https://registry-1.docker.io",
-                                 "default_namespace": None}).default_namespace is None
-    assert UpstreamConfig.parse({"prefix": "", "url": "http://127.0.0.1:5001",
-                                 "default_namespace": "library"}).default_namespace == "library"
+    assert (
+        UpstreamConfig.parse(
+            {"prefix": "hub", "url": "https://registry-1.docker.io", "default_namespace": None}
+        ).default_namespace
+        is None
+    )
+    assert (
+        UpstreamConfig.parse(
+            {"prefix": "", "url": "http://127.0.0.1:5001", "default_namespace": "library"}
+        ).default_namespace
+        == "library"
+    )
 
 
 def test_yaml_mapping_with_durations():
-    config = UpstreamConfig.parse({"prefix": "hub", "url": "http://127.0.0.1:5001", "tag_ttl": "2m",
-                                   "timeout": "5s", "username": "u", "password": "p", "max_retry_wait": 3})
+    config = UpstreamConfig.parse(
+        {
+            "prefix": "hub",
+            "url": "http://127.0.0.1:5001",
+            "tag_ttl": "2m",
+            "timeout": "5s",
+            "username": "u",
+            "password": "p",
+            "max_retry_wait": 3,
+        }
+    )
     assert (config.tag_ttl, config.timeout, config.max_retry_wait) == (120.0, 5.0, 3.0)
 
 
-@pytest.mark.parametrize("value, message", [
-    ("no-equals-sign", "PREFIX=URL"),
-    ("hub=ftp://example.com", "http(s)"),
-    ("hub=https://example.com/some/path", "must not have a path"),
-    ("Hub=https://example.com", "not a repository name prefix"),
-    ({"prefix": "hub"}, "url is required"),
-    ({"prefix": "hub", "url": "https://example.com", "colour": "red"}, "unknown keys colour"),
-    ({"prefix": "hub", "url": "https://example.com", "username": "u"}, "both username and password"),
-    ({"prefix": "hub", "url": "https://example.com", "tag_ttl": "soon"}, "not a duration"),
-])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("no-equals-sign", "PREFIX=URL"),
+        ("hub=ftp://example.com", "http(s)"),
+        ("hub=https://example.com/some/path", "must not have a path"),
+        ("Hub=https://example.com", "not a repository name prefix"),
+        ({"prefix": "hub"}, "url is required"),
+        ({"prefix": "hub", "url": "https://example.com", "colour": "red"}, "unknown keys colour"),
+        ({"prefix": "hub", "url": "https://example.com", "username": "u"}, "both username and password"),
+        ({"prefix": "hub", "url": "https://example.com", "tag_ttl": "soon"}, "not a duration"),
+    ],
+)
 def test_invalid_proxies_are_refused_with_a_reason(value, message):
     with pytest.raises(ConfigError, match=r"proxies\[0\]: .*" + message.replace("(", r"\(").replace(")", r"\)")):
         Config.from_dict({"proxies": [value]})
@@ -73,8 +93,14 @@ def test_two_proxies_with_one_prefix_are_refused():
 
 
 def test_config_round_trips_through_json_for_worker_processes():
-    config = Config.from_dict({"proxies": ["hub=https://u:p@registry-1.docker.io",
-                                           {"prefix": "", "url": "http://127.0.0.1:5001", "tag_ttl": 0}]})
+    config = Config.from_dict(
+        {
+            "proxies": [
+                "hub=https://u:p@registry-1.docker.io",
+                {"prefix": "", "url": "http://127.0.0.1:5001", "tag_ttl": 0},
+            ]
+        }
+    )
     again = Config.from_dict(json.loads(json.dumps(config.to_dict())))
     assert again.proxies == config.proxies
 
@@ -91,8 +117,10 @@ def test_the_twistd_option_is_repeatable(tmp_path):
     config_file.write_text("proxies: [{prefix: quay, url: 'https://quay.io'}]\n")
     assert [p.prefix for p in Config.load(str(config_file)).proxies] == ["quay"]
     config = Config.load(str(config_file), proxies=options["proxy"])
-    assert [(p.prefix, p.url) for p in config.proxies] == [("hub", "https://registry-1.docker.io"),
-                                                           ("ghcr", "https://ghcr.io")]
+    assert [(p.prefix, p.url) for p in config.proxies] == [
+        ("hub", "https://registry-1.docker.io"),
+        ("ghcr", "https://ghcr.io"),
+    ]
 
 
 # -- names ---------------------------------------------------------------------------
@@ -136,10 +164,21 @@ def test_manifest_accept_rules():
     assert _upstream_accept((manifests.DOCKER_MANIFEST,)) == (manifests.DOCKER_MANIFEST,)
     assert _acceptable(manifests.OCI_INDEX, ())
     assert not _acceptable(manifests.OCI_INDEX, (manifests.DOCKER_MANIFEST,))
-    image = manifests.parse(json.dumps({"schemaVersion": 2, "mediaType": manifests.OCI_MANIFEST, "config": {
-        "mediaType": "application/vnd.oci.image.config.v1+json", "size": 2,
-        "digest": "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"}, "layers": []}).encode(),
-        None)
+    image = manifests.parse(
+        json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": manifests.OCI_MANIFEST,
+                "config": {
+                    "mediaType": "application/vnd.oci.image.config.v1+json",
+                    "size": 2,
+                    "digest": "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a",
+                },
+                "layers": [],
+            }
+        ).encode(),
+        None,
+    )
     # An image answered to a client that takes no index may be one platform of a multi-arch tag.
     assert not _canonical((manifests.DOCKER_MANIFEST,), image)
     assert _canonical((manifests.DOCKER_MANIFEST, manifests.DOCKER_LIST), image)
@@ -150,8 +189,10 @@ def test_manifest_accept_rules():
 
 
 def test_docker_hub_challenge():
-    header = ('Bearer realm="https://auth.docker.io/token",service="registry.docker.io",'
-              'scope="repository:library/alpine:pull"')
+    header = (
+        'Bearer realm="https://auth.docker.io/token",service="registry.docker.io",'
+        'scope="repository:library/alpine:pull"'
+    )
     [challenge] = parse_challenges([header])
     assert challenge.scheme == "bearer"
     assert challenge.realm == "https://auth.docker.io/token"

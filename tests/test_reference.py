@@ -8,8 +8,24 @@ from oci_registry.errors import DigestInvalid, NameInvalid, TagInvalid
 from oci_registry.reference import Digest, Name, Tag, parse_reference
 
 GOOD_NAMES = ["a", "library/alpine", "a/b/c/d", "my-app", "a.b_c__d--e", "0", "x" * 255]
-BAD_NAMES = ["", "A", "a/", "/a", "a//b", "..", "a/../b", "_a", "a_", "a/_uploads", "a___b", "a..b",
-             "a/-b", "x" * 256, "a b", "a/b\x00"]
+BAD_NAMES = [
+    "",
+    "A",
+    "a/",
+    "/a",
+    "a//b",
+    "..",
+    "a/../b",
+    "_a",
+    "a_",
+    "a/_uploads",
+    "a___b",
+    "a..b",
+    "a/-b",
+    "x" * 256,
+    "a b",
+    "a/b\x00",
+]
 
 
 @pytest.mark.parametrize("text", GOOD_NAMES)
@@ -44,8 +60,16 @@ def test_digests():
 
 @pytest.mark.parametrize(
     "text",
-    ["sha256:abc", "sha256:" + "A" * 64, "md5:" + "0" * 32, "sha256" + "0" * 64, "sha512:" + "0" * 64,
-     ":" + "0" * 64, "sha256:" + "0" * 65, "sha256:" + "g" * 64],
+    [
+        "sha256:abc",
+        "sha256:" + "A" * 64,
+        "md5:" + "0" * 32,
+        "sha256" + "0" * 64,
+        "sha512:" + "0" * 64,
+        ":" + "0" * 64,
+        "sha256:" + "0" * 65,
+        "sha256:" + "g" * 64,
+    ],
 )
 def test_bad_digests(text):
     with pytest.raises(DigestInvalid):

@@ -96,7 +96,9 @@ def test_chunked_upload_alternating_between_replicas(replicas, s3_server, s3_set
     offset = 0
     for registry, chunk in zip((b, a, b), chunks):
         response = http_request(
-            "PATCH", absolute(registry, path), chunk,
+            "PATCH",
+            absolute(registry, path),
+            chunk,
             {"Content-Type": "application/octet-stream", "Content-Range": f"{offset}-{offset + len(chunk) - 1}"},
         )
         assert response.status == 202, (registry.url, response.status, response.body)
@@ -108,7 +110,9 @@ def test_chunked_upload_alternating_between_replicas(replicas, s3_server, s3_set
     assert status.status == 204 and status.headers["range"] == f"0-{offset - 1}"
 
     finished = http_request(
-        "PUT", with_digest(absolute(a, path), digest), last,
+        "PUT",
+        with_digest(absolute(a, path), digest),
+        last,
         {"Content-Type": "application/octet-stream", "Content-Range": f"{offset}-{offset + len(last) - 1}"},
     )
     assert finished.status == 201, finished.body
@@ -130,8 +134,9 @@ def test_wrong_digest_publishes_nothing(replicas, s3_server, s3_settings):  # no
     a, b = replicas
     data = b"\x07" * (5 * MiB + 1)
     started = http_request("POST", f"{b.url}/v2/replicas/wrong/blobs/uploads/", b"")
-    patched = http_request("PATCH", absolute(b, started.headers["location"]), data,
-                           {"Content-Type": "application/octet-stream"})
+    patched = http_request(
+        "PATCH", absolute(b, started.headers["location"]), data, {"Content-Type": "application/octet-stream"}
+    )
     assert patched.status == 202
     wrong = sha256_digest(b"something else")
     finished = http_request("PUT", with_digest(absolute(a, patched.headers["location"]), wrong), b"")
@@ -180,13 +185,15 @@ def test_tag_pushed_on_one_is_served_by_the_other_at_once(replicas, tmp_path):
     second = layout.add_image(layers=1, layer_size=1000, seed="tag-2")
 
     push_image_http(a.url, "replicas/tags", layout, first, tag="latest")
-    served = http_request("GET", f"{b.url}/v2/replicas/tags/manifests/latest",
-                          headers={"Accept": MEDIA_TYPE_OCI_MANIFEST})
+    served = http_request(
+        "GET", f"{b.url}/v2/replicas/tags/manifests/latest", headers={"Accept": MEDIA_TYPE_OCI_MANIFEST}
+    )
     assert served.status == 200 and served.body == first.manifest_bytes
 
     push_image_http(b.url, "replicas/tags", layout, second, tag="latest")
-    served = http_request("GET", f"{a.url}/v2/replicas/tags/manifests/latest",
-                          headers={"Accept": MEDIA_TYPE_OCI_MANIFEST})
+    served = http_request(
+        "GET", f"{a.url}/v2/replicas/tags/manifests/latest", headers={"Accept": MEDIA_TYPE_OCI_MANIFEST}
+    )
     assert served.headers["docker-content-digest"] == second.manifest_digest
     listed = http_request("GET", f"{a.url}/v2/replicas/tags/tags/list")
     assert json.loads(listed.body)["tags"] == ["latest"]
@@ -221,7 +228,9 @@ def test_pull_racing_a_delete_and_garbage_collection(replicas, s3_config):
     def collect():
         result = subprocess.run(
             [sys.executable, "-m", "oci_registry.cli", "gc", "--config", s3_config, "--grace", "0s", "--json"],
-            env=registry_environment(), capture_output=True, timeout=60,
+            env=registry_environment(),
+            capture_output=True,
+            timeout=60,
         )
         assert result.returncode == 0, result.stderr.decode(errors="replace")
         return {blob["digest"] for blob in json.loads(result.stdout)["blobs_removed"]}
@@ -239,7 +248,9 @@ def test_garbage_collection_on_the_bucket(replicas, s3_config, tmp_path):
 
     result = subprocess.run(
         [sys.executable, "-m", "oci_registry.cli", "gc", "--config", s3_config, "--grace", "0s", "--json"],
-        env=registry_environment(), capture_output=True, timeout=60,
+        env=registry_environment(),
+        capture_output=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr.decode(errors="replace")
     removed = {blob["digest"] for blob in json.loads(result.stdout)["blobs_removed"]}

@@ -15,8 +15,9 @@ def signature(headers):
 
 
 def test_get_object():
-    headers = sign_headers(CREDENTIALS, "us-east-1", "GET", HOST, "/test.txt", [], {"Range": "bytes=0-9"},
-                           EMPTY_SHA256, NOW)
+    headers = sign_headers(
+        CREDENTIALS, "us-east-1", "GET", HOST, "/test.txt", [], {"Range": "bytes=0-9"}, EMPTY_SHA256, NOW
+    )
     assert "SignedHeaders=host;range;x-amz-content-sha256;x-amz-date," in headers["Authorization"]
     assert signature(headers) == "f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41"
 
@@ -24,9 +25,15 @@ def test_get_object():
 def test_put_object_with_a_path_to_encode():
     body = b"Welcome to Amazon S3."
     headers = sign_headers(
-        CREDENTIALS, "us-east-1", "PUT", HOST, "/test$file.text", [],
+        CREDENTIALS,
+        "us-east-1",
+        "PUT",
+        HOST,
+        "/test$file.text",
+        [],
         {"Date": "Fri, 24 May 2013 00:00:00 GMT", "x-amz-storage-class": "REDUCED_REDUNDANCY"},
-        hashlib.sha256(body).hexdigest(), NOW,
+        hashlib.sha256(body).hexdigest(),
+        NOW,
     )
     assert signature(headers) == "98ad721746da40c64f1a55b78f14c238d841ea1380cd77a1b5971af0ece108bd"
 
@@ -34,8 +41,9 @@ def test_put_object_with_a_path_to_encode():
 def test_subresource_and_query():
     lifecycle = sign_headers(CREDENTIALS, "us-east-1", "GET", HOST, "/", [("lifecycle", "")], {}, EMPTY_SHA256, NOW)
     assert signature(lifecycle) == "fea454ca298b7da1c68078a5d1bdbfbbe0d65c699e0f91ac7a200a0136783543"
-    listing = sign_headers(CREDENTIALS, "us-east-1", "GET", HOST, "/", [("prefix", "J"), ("max-keys", "2")], {},
-                           EMPTY_SHA256, NOW)
+    listing = sign_headers(
+        CREDENTIALS, "us-east-1", "GET", HOST, "/", [("prefix", "J"), ("max-keys", "2")], {}, EMPTY_SHA256, NOW
+    )
     assert signature(listing) == "34b48302e7b5fa45bde8084f4b7868a86f0a534bc59db6670ed5711ef69dc6f7"
 
 

@@ -430,8 +430,9 @@ def flaky():
         resource = _Flaky(**kwargs)
         port = reactor.listenTCP(0, Site(resource), interface="127.0.0.1")
         made.append(port)
-        client = S3Client(reactor, f"http://127.0.0.1:{port.getHost().port}", "b", Credentials("k", "s"),
-                          timeout=0.5, attempts=3)
+        client = S3Client(
+            reactor, f"http://127.0.0.1:{port.getHost().port}", "b", Credentials("k", "s"), timeout=0.5, attempts=3
+        )
         return resource, client
 
     yield serve
@@ -475,8 +476,14 @@ def test_config_file_environment_and_options(tmp_path, monkeypatch):
         if name.startswith(("OCIREGISTRY_S3_", "AWS_")):
             monkeypatch.delenv(name)
     config = Config.load(str(path))
-    assert config.storage == S3Settings(bucket="from-file", endpoint="http://127.0.0.1:9", access_key="AK",
-                                        secret_key="SK", prefix="reg", part_size=16 << 20)
+    assert config.storage == S3Settings(
+        bucket="from-file",
+        endpoint="http://127.0.0.1:9",
+        access_key="AK",
+        secret_key="SK",
+        prefix="reg",
+        part_size=16 << 20,
+    )
     assert "SK" not in repr(config.storage)
     monkeypatch.setenv("OCIREGISTRY_S3_BUCKET", "from-env")
     monkeypatch.setenv("OCIREGISTRY_S3_REDIRECT", "true")
@@ -501,15 +508,18 @@ def test_config_from_environment_only(monkeypatch):
     assert storage.endpoint_url == "https://s3.us-east-1.amazonaws.com"
 
 
-@pytest.mark.parametrize("storage, message", [
-    ({"s3": {}}, "needs a bucket"),
-    ({"s3": {"bucket": "b"}}, "needs access_key and secret_key"),
-    ({"s3": {"bucket": "b", "colour": 1}}, "unknown s3 keys: colour"),
-    ({"s3": {"bucket": "b", "access_key": "a", "secret_key": "s", "part_size": "1MiB"}}, "part_size"),
-    ({"s3": {"bucket": "b", "access_key": "a", "secret_key": "s", "redirect_expiry": "8d"}}, "redirect_expiry"),
-    ({"gcs": {}}, "unknown storage"),
-    ({"filesystem": {"root": "/x"}}, "takes no options"),
-])
+@pytest.mark.parametrize(
+    "storage, message",
+    [
+        ({"s3": {}}, "needs a bucket"),
+        ({"s3": {"bucket": "b"}}, "needs access_key and secret_key"),
+        ({"s3": {"bucket": "b", "colour": 1}}, "unknown s3 keys: colour"),
+        ({"s3": {"bucket": "b", "access_key": "a", "secret_key": "s", "part_size": "1MiB"}}, "part_size"),
+        ({"s3": {"bucket": "b", "access_key": "a", "secret_key": "s", "redirect_expiry": "8d"}}, "redirect_expiry"),
+        ({"gcs": {}}, "unknown storage"),
+        ({"filesystem": {"root": "/x"}}, "takes no options"),
+    ],
+)
 def test_config_errors(storage, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         Config.from_dict({"storage": storage})
@@ -530,11 +540,27 @@ def test_twistd_options_reach_the_config(monkeypatch, tmp_path):
     monkeypatch.setenv("OCIREGISTRY_S3_SECRET_KEY", "SK")
     plugin = importlib.import_module("twisted.plugins.ociregistry_plugin")
     options = plugin.Options()
-    options.parseOptions(["--s3-bucket", "b", "--s3-endpoint", "http://127.0.0.1:9", "--s3-prefix", "p",
-                          "--s3-redirect", "--data-dir", str(tmp_path)])
+    options.parseOptions(
+        [
+            "--s3-bucket",
+            "b",
+            "--s3-endpoint",
+            "http://127.0.0.1:9",
+            "--s3-prefix",
+            "p",
+            "--s3-redirect",
+            "--data-dir",
+            str(tmp_path),
+        ]
+    )
     made = {}
     monkeypatch.setattr("oci_registry.service.make_service", lambda config: made.setdefault("config", config))
     plugin.serviceMaker.makeService(options)
     storage = made["config"].storage
     assert (storage.bucket, storage.endpoint, storage.prefix, storage.redirect, storage.secret_key) == (
-        "b", "http://127.0.0.1:9", "p", True, "SK")
+        "b",
+        "http://127.0.0.1:9",
+        "p",
+        True,
+        "SK",
+    )

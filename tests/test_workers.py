@@ -51,8 +51,9 @@ def test_connections_spread_over_workers(workers):
         c.request("GET", "/v2/")
         assert c.getresponse().read() == b"{}"
         connections.append(c)
-    out = subprocess.run(["ss", "-tnpH", "state", "established", f"( sport = :{workers.port} )"],
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["ss", "-tnpH", "state", "established", f"( sport = :{workers.port} )"], capture_output=True, text=True
+    ).stdout
     serving = {int(p) for p in re.findall(r"pid=(\d+)", out)}
     assert serving == {parent, *children_of(parent)}
     for c in connections:
@@ -95,11 +96,14 @@ def test_parent_killed_takes_workers_down(workers):
     assert wait_for(lambda: len(children_of(parent)) == 1)
     (child,) = children_of(parent)
     workers.kill()
-    assert wait_for(lambda: not os.path.exists(f"/proc/{child}") or open(f"/proc/{child}/stat").read().split()[2] == "Z")
+    assert wait_for(
+        lambda: not os.path.exists(f"/proc/{child}") or open(f"/proc/{child}/stat").read().split()[2] == "Z"
+    )
 
 
 def test_workers_need_tcp(tmp_path):
-    registry = RegistryProcess(str(tmp_path / "data"),
-                               extra_args=["--workers", "2", "--listen", f"unix:{tmp_path}/s.sock"])
+    registry = RegistryProcess(
+        str(tmp_path / "data"), extra_args=["--workers", "2", "--listen", f"unix:{tmp_path}/s.sock"]
+    )
     with pytest.raises(RuntimeError, match="tcp"):
         registry.start(timeout=10)

@@ -249,8 +249,9 @@ class RegistryAPI:
         for upload_id in [u for u, started in sessions.items() if started < cutoff]:
             del sessions[upload_id]
         if self.max_uploads_per_client and len(sessions) >= self.max_uploads_per_client:
-            raise TooManyRequests(f"{len(sessions)} upload sessions are open from {client}",
-                                  headers={"Retry-After": "60"})
+            raise TooManyRequests(
+                f"{len(sessions)} upload sessions are open from {client}", headers={"Retry-After": "60"}
+            )
         return client
 
     def _close_upload(self, upload_id: str) -> None:
@@ -362,7 +363,12 @@ class RegistryAPI:
         data = read_small_body(request)
         pushed = await self.registry.put_manifest(name, reference, data, _header(request, "Content-Type"), tags)
         request.setResponseCode(201)
-        _set(request, Location=f"/v2/{name}/manifests/{pushed.digest}", Docker_Content_Digest=pushed.digest, Content_Length=0)
+        _set(
+            request,
+            Location=f"/v2/{name}/manifests/{pushed.digest}",
+            Docker_Content_Digest=pushed.digest,
+            Content_Length=0,
+        )
         if tags:
             request.responseHeaders.setRawHeaders(b"OCI-Tag", [str(t).encode() for t in tags])
         if pushed.subject is not None:
@@ -428,4 +434,3 @@ class _APIResource(Resource):
         request.prepath = []
         request.postpath = request.path.split(b"/")[1:]
         return self._klein.render(request)
-

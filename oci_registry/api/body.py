@@ -254,8 +254,11 @@ class StreamingRequest(server.Request):
             if self.body_stream is not None and self.body_stream._paused:
                 return
             if received < rate * window:
-                log.warn("dropping {client}: request body arrives at {rate:.0f} B/s", client=self.getClientAddress(),
-                         rate=received / window)
+                log.warn(
+                    "dropping {client}: request body arrives at {rate:.0f} B/s",
+                    client=self.getClientAddress(),
+                    rate=received / window,
+                )
                 self._stop_watchdog()
                 self.channel.transport.abortConnection()
 
@@ -322,7 +325,6 @@ def read_small_body(request) -> bytes:
     return content.read()
 
 
-
 class RegistryChannel(http.HTTPChannel):
     """
     An `HTTPChannel` that refuses a TLS handshake at once.  Clients such as
@@ -349,7 +351,9 @@ class RegistryChannel(http.HTTPChannel):
         if self._first:
             self._first = False
             if data[:2] == b"\x16\x03":
-                self.transport.write(b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n")
+                self.transport.write(
+                    b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
+                )
                 self.transport.loseConnection()
                 return
         return super().dataReceived(data)

@@ -184,8 +184,16 @@ class _SendfilePump:
         def failed(failure):
             self._finish(failure.value)
 
-        d = deferToThreadPool(self._reactor, self._reactor.getThreadPool(), _blocking_sendfile, socket_fd, self._fd,
-                              self._offset, self._length, self._timeout)
+        d = deferToThreadPool(
+            self._reactor,
+            self._reactor.getThreadPool(),
+            _blocking_sendfile,
+            socket_fd,
+            self._fd,
+            self._offset,
+            self._length,
+            self._timeout,
+        )
         d.addBoth(lambda result: (os.close(socket_fd), result)[1])
         d.addCallbacks(sent, failed)
 
@@ -251,8 +259,12 @@ async def send_reader(request, reader, length: int) -> None:
             try:
                 block = await reader.read(min(SEND_BLOCK, remaining))
             except Exception as e:
-                log.warn("a response body broke off after {sent} of {length} bytes: {error}",
-                         sent=length - remaining, length=length, error=e)
+                log.warn(
+                    "a response body broke off after {sent} of {length} bytes: {error}",
+                    sent=length - remaining,
+                    length=length,
+                    error=e,
+                )
                 block = None
             if not block:
                 # The promised Content-Length cannot be met (a storage error, a

@@ -76,8 +76,11 @@ class TokenAuthorizer:
         try:
             return self.verifier.verify(token)
         except InvalidToken as e:
-            raise Unauthorized(scope_detail(scopes), message=f"invalid token: {e}",
-                               headers=self.challenge(request, scopes, "invalid_token")) from None
+            raise Unauthorized(
+                scope_detail(scopes),
+                message=f"invalid token: {e}",
+                headers=self.challenge(request, scopes, "invalid_token"),
+            ) from None
 
     def _policy(self) -> AccessPolicy | None:
         if self.state is None:
@@ -99,8 +102,11 @@ class TokenAuthorizer:
             identity = policy.identity(token.subject)
             if not all(policy.allows(identity, scope) for scope in missing):
                 raise Denied(scope_detail(missing))
-        raise Unauthorized(scope_detail(missing), message="the token does not grant this access",
-                           headers=self.challenge(request, scopes, "insufficient_scope"))
+        raise Unauthorized(
+            scope_detail(missing),
+            message="the token does not grant this access",
+            headers=self.challenge(request, scopes, "insufficient_scope"),
+        )
 
     def filter_repositories(self, request, names):
         return Deferred.fromCoroutine(self._filter(request, names))
@@ -114,8 +120,7 @@ class TokenAuthorizer:
         """
         token = getattr(request, "auth_token", None) or self._token(request, [])
         names = list(names)
-        granted = {a.name for a in token.access
-                   if a.type == "repository" and ("pull" in a.actions or "*" in a.actions)}
+        granted = {a.name for a in token.access if a.type == "repository" and ("pull" in a.actions or "*" in a.actions)}
         catalog = covers(list(token.access), ("registry", "catalog", ("*",)))
         policy = self._policy()
         if catalog and policy is None:

@@ -38,8 +38,18 @@ import yaml
 from ..gc import parse_duration
 from .rules import ACTIONS, ANONYMOUS, AUTHENTICATED, AccessPolicy, AccessRule, parse_access, parse_admins, parse_groups
 
-_AUTH_KEYS = {"htpasswd", "realm", "groups", "admins", "access", "max_failed_logins", "failed_login_window",
-              "token", "source", "source_key"}
+_AUTH_KEYS = {
+    "htpasswd",
+    "realm",
+    "groups",
+    "admins",
+    "access",
+    "max_failed_logins",
+    "failed_login_window",
+    "token",
+    "source",
+    "source_key",
+}
 _TOKEN_KEYS = {"service", "issuer", "expiry", "key", "realm", "public_key"}
 
 
@@ -181,8 +191,10 @@ class AuthConfig:
         if ANONYMOUS in self.admins or AUTHENTICATED in self.admins:
             raise ValueError("admins must be users or @groups, not anonymous or authenticated")
         if self.mode == "external-token" and (self.htpasswd or self.access or self.admins or self.groups):
-            raise ValueError("with an external token server (token.public_key) the token server decides who may "
-                             "do what: htpasswd, groups, admins and access do not apply here")
+            raise ValueError(
+                "with an external token server (token.public_key) the token server decides who may "
+                "do what: htpasswd, groups, admins and access do not apply here"
+            )
 
     def to_dict(self) -> dict:
         """The YAML form; `parse` reads it back (worker processes get their config this way)."""
@@ -207,8 +219,9 @@ class AuthConfig:
         if self.source_key is None:
             return AuthConfig._from_mapping(loaded, self.source, None)
         if not isinstance(loaded, Mapping) or not loaded.get(self.source_key):
-            raise ValueError(f"{self.source} has no {self.source_key} section any more; "
-                             "turning auth off needs a restart")
+            raise ValueError(
+                f"{self.source} has no {self.source_key} section any more; turning auth off needs a restart"
+            )
         return AuthConfig.parse(loaded[self.source_key], source=self.source)
 
 

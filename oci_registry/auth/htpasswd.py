@@ -146,11 +146,41 @@ def apr1_md5(password: bytes, salt: bytes) -> str:
     return f"$apr1${salt.decode('ascii', 'replace')}${encoded}"
 
 
-_SHA256_ORDER = ((0, 10, 20), (21, 1, 11), (12, 22, 2), (3, 13, 23), (24, 4, 14), (15, 25, 5), (6, 16, 26),
-                 (27, 7, 17), (18, 28, 8), (9, 19, 29))
-_SHA512_ORDER = ((0, 21, 42), (22, 43, 1), (44, 2, 23), (3, 24, 45), (25, 46, 4), (47, 5, 26), (6, 27, 48),
-                 (28, 49, 7), (50, 8, 29), (9, 30, 51), (31, 52, 10), (53, 11, 32), (12, 33, 54), (34, 55, 13),
-                 (56, 14, 35), (15, 36, 57), (37, 58, 16), (59, 17, 38), (18, 39, 60), (40, 61, 19), (62, 20, 41))
+_SHA256_ORDER = (
+    (0, 10, 20),
+    (21, 1, 11),
+    (12, 22, 2),
+    (3, 13, 23),
+    (24, 4, 14),
+    (15, 25, 5),
+    (6, 16, 26),
+    (27, 7, 17),
+    (18, 28, 8),
+    (9, 19, 29),
+)
+_SHA512_ORDER = (
+    (0, 21, 42),
+    (22, 43, 1),
+    (44, 2, 23),
+    (3, 24, 45),
+    (25, 46, 4),
+    (47, 5, 26),
+    (6, 27, 48),
+    (28, 49, 7),
+    (50, 8, 29),
+    (9, 30, 51),
+    (31, 52, 10),
+    (53, 11, 32),
+    (12, 33, 54),
+    (34, 55, 13),
+    (56, 14, 35),
+    (15, 36, 57),
+    (37, 58, 16),
+    (59, 17, 38),
+    (18, 39, 60),
+    (40, 61, 19),
+    (62, 20, 41),
+)
 
 
 def _repeat(block: bytes, length: int) -> bytes:
@@ -246,18 +276,30 @@ class HtpasswdFile:
         except (OSError, UnicodeDecodeError, HtpasswdError) as e:
             if initial:
                 raise HtpasswdError(f"cannot read htpasswd file {self.path}: {e}") from None
-            log.error("cannot read htpasswd file {path} ({error}); keeping the {count} users read before",
-                      path=self.path, error=str(e), count=len(self._users))
+            log.error(
+                "cannot read htpasswd file {path} ({error}); keeping the {count} users read before",
+                path=self.path,
+                error=str(e),
+                count=len(self._users),
+            )
             self._checked = self._clock()
             return
         for user, why in sorted(refused.items()):
             if self._refused.get(user) != why or initial:
-                log.warn("htpasswd {path}: user {user} has {why}; hash the password with `htpasswd -B` "
-                         "to let them log in", path=self.path, user=user, why=why)
+                log.warn(
+                    "htpasswd {path}: user {user} has {why}; hash the password with `htpasswd -B` to let them log in",
+                    path=self.path,
+                    user=user,
+                    why=why,
+                )
         for user, stored in sorted(users.items()):
             if hash_kind(stored) == "sha1" and self._users.get(user) != stored:
-                log.warn("htpasswd {path}: user {user} has an unsalted SHA-1 hash (htpasswd -s); "
-                         "prefer bcrypt (htpasswd -B)", path=self.path, user=user)
+                log.warn(
+                    "htpasswd {path}: user {user} has an unsalted SHA-1 hash (htpasswd -s); "
+                    "prefer bcrypt (htpasswd -B)",
+                    path=self.path,
+                    user=user,
+                )
         if not initial:
             log.info("htpasswd {path} read again: {count} users", path=self.path, count=len(users))
         self._users, self._refused, self._stamp = users, refused, stamp

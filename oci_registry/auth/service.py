@@ -32,8 +32,14 @@ def default_token_key(data_dir: str) -> str:
 class Auth:
     """What `build_auth` made: ``authorizer`` for `RegistryAPI`, `wrap` for its resource."""
 
-    def __init__(self, config: AuthConfig | None, authorizer: IAuthorizer, state: AuthState | None = None,
-                 token_server: TokenServer | None = None, key_path: str | None = None):
+    def __init__(
+        self,
+        config: AuthConfig | None,
+        authorizer: IAuthorizer,
+        state: AuthState | None = None,
+        token_server: TokenServer | None = None,
+        key_path: str | None = None,
+    ):
         self.config = config
         self.authorizer = authorizer
         self.state = state
@@ -54,23 +60,40 @@ class Auth:
         """Say at start-up who may do what."""
         config = self.config
         if config is None:
-            log.warn("no auth configured: the registry is open to anyone who can reach it "
-                     "(anyone may pull, push and delete); see docs/auth.md")
+            log.warn(
+                "no auth configured: the registry is open to anyone who can reach it "
+                "(anyone may pull, push and delete); see docs/auth.md"
+            )
             return
         users = len(self.state.users) if self.state and self.state.users is not None else 0
         if config.mode == "basic":
-            log.info("auth: HTTP Basic, realm {realm!r}, {users} users from {htpasswd}, {rules} access rules",
-                     realm=config.realm, users=users, htpasswd=config.htpasswd or "(no htpasswd file)",
-                     rules=len(config.access))
+            log.info(
+                "auth: HTTP Basic, realm {realm!r}, {users} users from {htpasswd}, {rules} access rules",
+                realm=config.realm,
+                users=users,
+                htpasswd=config.htpasswd or "(no htpasswd file)",
+                rules=len(config.access),
+            )
         elif config.mode == "token":
-            log.info("auth: bearer tokens from the built-in /token endpoint (service {service!r}, issuer "
-                     "{issuer!r}, key {key}), {users} users from {htpasswd}, {rules} access rules",
-                     service=config.token.service, issuer=config.token.issuer, key=self.key_path, users=users,
-                     htpasswd=config.htpasswd or "(no htpasswd file)", rules=len(config.access))
+            log.info(
+                "auth: bearer tokens from the built-in /token endpoint (service {service!r}, issuer "
+                "{issuer!r}, key {key}), {users} users from {htpasswd}, {rules} access rules",
+                service=config.token.service,
+                issuer=config.token.issuer,
+                key=self.key_path,
+                users=users,
+                htpasswd=config.htpasswd or "(no htpasswd file)",
+                rules=len(config.access),
+            )
         else:
-            log.info("auth: bearer tokens from the external token server {realm} (issuer {issuer!r}, service "
-                     "{service!r}, keys from {key})", realm=config.token.realm, issuer=config.token.issuer,
-                     service=config.token.service, key=config.token.public_key)
+            log.info(
+                "auth: bearer tokens from the external token server {realm} (issuer {issuer!r}, service "
+                "{service!r}, keys from {key})",
+                realm=config.token.realm,
+                issuer=config.token.issuer,
+                service=config.token.service,
+                key=config.token.public_key,
+            )
         if config.mode != "external-token" and not config.access and not config.admins:
             log.warn("auth: no access rules and no admins: nobody may pull or push")
 

@@ -95,12 +95,17 @@ class AuthState:
         try:
             new = self.config.reread()
         except (ValueError, OSError) as e:
-            log.error("auth settings in {source} not applied ({error}); the previous ones stay in force",
-                      source=self.config.source, error=str(e))
+            log.error(
+                "auth settings in {source} not applied ({error}); the previous ones stay in force",
+                source=self.config.source,
+                error=str(e),
+            )
             return
         if (new.mode, new.realm, new.token) != (self.config.mode, self.config.realm, self.config.token):
-            log.warn("auth mode, realm and token settings changed in {source}: they take effect after a restart",
-                     source=self.config.source)
+            log.warn(
+                "auth mode, realm and token settings changed in {source}: they take effect after a restart",
+                source=self.config.source,
+            )
         if new.htpasswd != self.config.htpasswd:
             try:
                 self.users = self._users(new.htpasswd)
@@ -110,8 +115,13 @@ class AuthState:
         self.policy = new.policy()
         self.limiter.configure(new.max_failed_logins, new.failed_login_window)
         self.config = new
-        log.info("auth settings read again from {source}: {rules} access rules, {groups} groups, {admins} admins",
-                 source=new.source, rules=len(new.access), groups=len(new.groups), admins=len(new.admins))
+        log.info(
+            "auth settings read again from {source}: {rules} access rules, {groups} groups, {admins} admins",
+            source=new.source,
+            rules=len(new.access),
+            groups=len(new.groups),
+            admins=len(new.admins),
+        )
 
 
 class PasswordLogin:
@@ -138,8 +148,9 @@ class PasswordLogin:
         retry = self.state.limiter.retry_after(client)
         if retry is not None:
             log.warn("refusing credentials from {client}: too many failed logins", client=client)
-            raise TooManyRequests("too many failed logins from this address; try again later",
-                                  headers={"Retry-After": str(retry)})
+            raise TooManyRequests(
+                "too many failed logins from this address; try again later", headers={"Retry-After": str(retry)}
+            )
         return client
 
     async def login(self, request, user: str, password: str) -> Identity | None:

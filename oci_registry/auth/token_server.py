@@ -110,8 +110,15 @@ class TokenServer:
             if identity is None:
                 raise Unauthorized(message="incorrect username or password", headers=challenge)
         issued = self._issue(identity, requested)
-        return _json(request, {"token": issued.token, "access_token": issued.token,
-                               "expires_in": issued.expires_in, "issued_at": issued.issued_at})
+        return _json(
+            request,
+            {
+                "token": issued.token,
+                "access_token": issued.token,
+                "expires_in": issued.expires_in,
+                "issued_at": issued.issued_at,
+            },
+        )
 
     @app.route("/token", methods=["POST"])
     async def post_token(self, request):
@@ -131,9 +138,16 @@ class TokenServer:
             raise _OAuthError(401, "invalid_grant", "incorrect username or password")
         requested = [a for value in _args(request, "scope") for a in parse_scope(value)]
         issued = self._issue(identity, requested)
-        return _json(request, {"access_token": issued.token, "token_type": "Bearer",
-                               "expires_in": issued.expires_in, "issued_at": issued.issued_at,
-                               "scope": " ".join(map(str, requested))})
+        return _json(
+            request,
+            {
+                "access_token": issued.token,
+                "token_type": "Bearer",
+                "expires_in": issued.expires_in,
+                "issued_at": issued.issued_at,
+                "scope": " ".join(map(str, requested)),
+            },
+        )
 
     @app.route("/token", methods=["HEAD", "PUT", "PATCH", "DELETE", "OPTIONS"])
     def other_methods(self, request):
@@ -141,8 +155,11 @@ class TokenServer:
 
     def _issue(self, identity: Identity, requested: list[Access]):
         access = grant(self.state, identity, requested)
-        log.info("token for {who} granting {access}", who=identity.name or "anonymous",
-                 access=" ".join(map(str, access)) or "nothing")
+        log.info(
+            "token for {who} granting {access}",
+            who=identity.name or "anonymous",
+            access=" ".join(map(str, access)) or "nothing",
+        )
         return self.issuer.issue(identity.name or "", access)
 
 

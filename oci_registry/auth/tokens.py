@@ -98,7 +98,7 @@ def libtrust_key_id(public_key) -> str:
     """The ``kid`` CNCF Distribution derives from a key: base32 of SHA-256 of the DER key, in 4-char groups."""
     der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     encoded = base64.b32encode(hashlib.sha256(der).digest()[:30]).decode()
-    return ":".join(encoded[i:i + 4] for i in range(0, 48, 4))
+    return ":".join(encoded[i : i + 4] for i in range(0, 48, 4))
 
 
 def algorithm_for(private_key) -> str:
@@ -130,8 +130,7 @@ def load_or_create_signing_key(path: str):
         pass
     os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
     key = ec.generate_private_key(ec.SECP256R1())
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     temporary = f"{path}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
@@ -220,8 +219,9 @@ class TokenIssuer:
             "jti": secrets.token_urlsafe(16),
             "access": [a.to_claim() for a in access],
         }
-        token = jwt.encode(claims, self.private_key, algorithm=self.algorithm,
-                           headers={"kid": self.key_id, "typ": "JWT"})
+        token = jwt.encode(
+            claims, self.private_key, algorithm=self.algorithm, headers={"kid": self.key_id, "typ": "JWT"}
+        )
         return IssuedToken(token, self.expiry, rfc3339(now))
 
 
@@ -256,8 +256,13 @@ class TokenVerifier:
         for key in candidates:
             try:
                 claims = jwt.decode(
-                    token, key, algorithms=_algorithms_for(key), audience=self.audience, issuer=self.issuer,
-                    leeway=self.leeway, options={"require": ["exp", "iss", "aud"], "verify_iat": False},
+                    token,
+                    key,
+                    algorithms=_algorithms_for(key),
+                    audience=self.audience,
+                    issuer=self.issuer,
+                    leeway=self.leeway,
+                    options={"require": ["exp", "iss", "aud"], "verify_iat": False},
                 )
             except jwt.InvalidSignatureError:
                 continue

@@ -56,7 +56,7 @@ def parse_challenges(values: list[str]) -> list[Challenge]:
             match = re.match(r"([A-Za-z][A-Za-z0-9_-]*)(?:\s+|$)", rest)
             if match is None:
                 break
-            scheme, rest = match.group(1).lower(), rest[match.end():]
+            scheme, rest = match.group(1).lower(), rest[match.end() :]
             params = {}
             while rest:
                 param = _PARAM.match(rest)
@@ -64,7 +64,7 @@ def parse_challenges(values: list[str]) -> list[Challenge]:
                     break
                 key, quoted, bare = param.groups()
                 params[key.lower()] = re.sub(r"\\(.)", r"\1", quoted) if quoted is not None else bare
-                rest = rest[param.end():]
+                rest = rest[param.end() :]
             found.append(Challenge(scheme, params))
             rest = rest.lstrip(", ")
     return found

@@ -51,8 +51,13 @@ from .fill import BlobFill, _Signal
 log = Logger()
 
 #: Every manifest type we store, for requests where the client's choice does not matter.
-ALL_MANIFEST_TYPES = (manifests.OCI_INDEX, manifests.DOCKER_LIST, manifests.OCI_MANIFEST, manifests.DOCKER_MANIFEST,
-                      manifests.OCI_ARTIFACT)
+ALL_MANIFEST_TYPES = (
+    manifests.OCI_INDEX,
+    manifests.DOCKER_LIST,
+    manifests.OCI_MANIFEST,
+    manifests.DOCKER_MANIFEST,
+    manifests.OCI_ARTIFACT,
+)
 
 
 class Upstream:
@@ -71,7 +76,7 @@ class Upstream:
         if not prefix:
             rest = name.value
         elif name.value.startswith(prefix + "/"):
-            rest = name.value[len(prefix) + 1:]
+            rest = name.value[len(prefix) + 1 :]
         else:
             return None
         if self.config.default_namespace and "/" not in rest:
@@ -153,10 +158,13 @@ class ProxyRegistry:
 
     @classmethod
     def from_config(cls, local: Registry, configs, reactor=None) -> ProxyRegistry:
-        return cls(local, [
-            Upstream(config, UpstreamClient(config, reactor, max_manifest_size=local.max_manifest_size))
-            for config in configs
-        ])
+        return cls(
+            local,
+            [
+                Upstream(config, UpstreamClient(config, reactor, max_manifest_size=local.max_manifest_size))
+                for config in configs
+            ],
+        )
 
     def __getattr__(self, attribute):
         # Plain attributes (max_manifest_size, ...) are the local registry's.
@@ -322,8 +330,9 @@ class ProxyRegistry:
         self._local_only(name)
         return await self.local.delete_manifest(name, *args, **kwargs)
 
-    async def get_manifest(self, name: Name, reference: Digest | Tag, head: bool = False,
-                           accept: tuple = ()) -> StoredManifest:
+    async def get_manifest(
+        self, name: Name, reference: Digest | Tag, head: bool = False, accept: tuple = ()
+    ) -> StoredManifest:
         """
         ``accept``: the client's Accept media types, forwarded upstream (a
         tag's answer may depend on them; see `_canonical`).
@@ -338,8 +347,9 @@ class ProxyRegistry:
                 pass
             # The digest pins the bytes, so any type the client did not name is fine too.
             wanted = tuple(dict.fromkeys(tuple(accept) + ALL_MANIFEST_TYPES))
-            stored = await self._ask(self._fetch_manifest(route, name, reference, wanted),
-                                     ManifestUnknown(str(reference)))
+            stored = await self._ask(
+                self._fetch_manifest(route, name, reference, wanted), ManifestUnknown(str(reference))
+            )
             return _for(stored, head)
         return await self._manifest_by_tag(route, name, reference, head, tuple(accept))
 
@@ -362,8 +372,12 @@ class ProxyRegistry:
             return _for(stored, head)
         except UpstreamNotFound:
             if cached is not None:
-                log.info("{name}:{tag} is gone from {url}: untagged here too", name=str(name), tag=str(tag),
-                         url=route.upstream.config.url)
+                log.info(
+                    "{name}:{tag} is gone from {url}: untagged here too",
+                    name=str(name),
+                    tag=str(tag),
+                    url=route.upstream.config.url,
+                )
                 await self.storage.delete(paths.tag_folder(name, tag))
             raise ManifestUnknown(str(tag)) from None
         except UpstreamDenied as e:
@@ -371,8 +385,14 @@ class ProxyRegistry:
         except UpstreamError as e:
             if cached is None:
                 raise Unavailable(f"the upstream registry is unavailable: {e}") from None
-            log.warn("serving cached {name}:{tag} ({digest}): upstream {url} unavailable: {error}", name=str(name),
-                     tag=str(tag), digest=str(cached.digest), url=route.upstream.config.url, error=str(e))
+            log.warn(
+                "serving cached {name}:{tag} ({digest}): upstream {url} unavailable: {error}",
+                name=str(name),
+                tag=str(tag),
+                digest=str(cached.digest),
+                url=route.upstream.config.url,
+                error=str(e),
+            )
             return cached
 
     async def _cached_tag(self, name: Name, tag: Tag, head: bool) -> StoredManifest | None:
@@ -417,8 +437,9 @@ class ProxyRegistry:
         fetched = await route.client.get_manifest(route.remote, reference, accept)
         data = fetched.data
         if len(data) > self.local.max_manifest_size:
-            raise UpstreamUnavailable(f"the upstream's manifest is larger than max_manifest_size "
-                                      f"({self.local.max_manifest_size} bytes)")
+            raise UpstreamUnavailable(
+                f"the upstream's manifest is larger than max_manifest_size ({self.local.max_manifest_size} bytes)"
+            )
         if isinstance(reference, Digest):
             digest = Digest.of(data, reference.algorithm)
             if digest != reference:
@@ -426,8 +447,9 @@ class ProxyRegistry:
         else:
             digest = Digest.of(data, fetched.digest.algorithm if fetched.digest else DEFAULT_ALGORITHM)
             if fetched.digest is not None and digest != fetched.digest:
-                raise UpstreamUnavailable(f"the upstream's manifest has digest {digest}, "
-                                          f"not the {fetched.digest} it announced")
+                raise UpstreamUnavailable(
+                    f"the upstream's manifest has digest {digest}, not the {fetched.digest} it announced"
+                )
         try:
             parsed = manifests.parse(data, fetched.media_type)
         except ManifestInvalid as e:
@@ -438,13 +460,19 @@ class ProxyRegistry:
         await self._write(paths.manifest_link(name, digest), parsed.media_type.encode())
         if parsed.subject is not None:
             descriptor = parsed.referrer_descriptor(digest, len(data))
-            await self._write(paths.referrer(name, parsed.subject.digest, digest),
-                              json.dumps(descriptor.to_json()).encode())
+            await self._write(
+                paths.referrer(name, parsed.subject.digest, digest), json.dumps(descriptor.to_json()).encode()
+            )
         if isinstance(reference, Tag) and _canonical(accept, parsed):
             await self._write(paths.tag_link(name, reference), str(digest).encode())
             await self._checked(name, reference)
-        log.info("cached manifest {name}@{digest} ({reference}) from {url}", name=str(name), digest=str(digest),
-                 reference=str(reference), url=route.upstream.config.url)
+        log.info(
+            "cached manifest {name}@{digest} ({reference}) from {url}",
+            name=str(name),
+            digest=str(digest),
+            reference=str(reference),
+            url=route.upstream.config.url,
+        )
         return StoredManifest(digest, parsed.media_type, len(data), data)
 
     async def _write(self, path: str, data: bytes) -> None:
@@ -470,8 +498,12 @@ class ProxyRegistry:
         except UpstreamDenied as e:
             raise Denied(f"the upstream registry refused access: {e}") from None
         except UpstreamError as e:
-            log.warn("listing cached tags of {name}: upstream {url} unavailable: {error}", name=str(name),
-                     url=route.upstream.config.url, error=str(e))
+            log.warn(
+                "listing cached tags of {name}: upstream {url} unavailable: {error}",
+                name=str(name),
+                url=route.upstream.config.url,
+                error=str(e),
+            )
             return await self.local.list_tags(name)
 
     async def catalog(self) -> list[str]:
@@ -490,8 +522,12 @@ class ProxyRegistry:
             raise Denied(f"the upstream registry refused access: {e}") from None
         except UpstreamError as e:
             # 404 too: an upstream without the referrers API.
-            log.info("referrers of {name}@{subject} from cache only: {error}", name=str(name), subject=str(subject),
-                     error=str(e))
+            log.info(
+                "referrers of {name}@{subject} from cache only: {error}",
+                name=str(name),
+                subject=str(subject),
+                error=str(e),
+            )
             return cached
         if artifact_type is not None:
             remote = [d for d in remote if d.get("artifactType") == artifact_type]

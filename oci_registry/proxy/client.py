@@ -295,8 +295,14 @@ class _QuietPool(HTTPConnectionPool):
 class UpstreamClient:
     """The `IUpstream` for a configured upstream, over treq."""
 
-    def __init__(self, config: UpstreamConfig, reactor=None, http=None, tokens: TokenCache | None = None,
-                 max_manifest_size: int = MAX_MANIFEST_SIZE):
+    def __init__(
+        self,
+        config: UpstreamConfig,
+        reactor=None,
+        http=None,
+        tokens: TokenCache | None = None,
+        max_manifest_size: int = MAX_MANIFEST_SIZE,
+    ):
         if reactor is None:
             from twisted.internet import reactor
         self.config = config
@@ -324,7 +330,11 @@ class UpstreamClient:
     async def _send(self, method: str, url: str, headers: dict):
         try:
             return await self._http.request(
-                method, url, headers=headers, allow_redirects=False, unbuffered=True,
+                method,
+                url,
+                headers=headers,
+                allow_redirects=False,
+                unbuffered=True,
                 timeout=self.config.timeout or None,
             )
         except Exception as e:
@@ -358,8 +368,9 @@ class UpstreamClient:
         headers = {"User-Agent": [USER_AGENT], "Accept": ["application/json"]}
         credentials = self._credentials()
         if credentials and urlsplit(realm).scheme == "http" and urlsplit(self.url).scheme == "https":
-            raise UpstreamDenied(f"{self.url} sends us to the plain-http token realm {realm}: "
-                                 "the credentials are not sent there")
+            raise UpstreamDenied(
+                f"{self.url} sends us to the plain-http token realm {realm}: the credentials are not sent there"
+            )
         if credentials:
             query.append(("account", credentials[0]))
             headers["Authorization"] = [basic_authorization(*credentials)]
@@ -381,15 +392,19 @@ class UpstreamClient:
             token = None
         if not isinstance(token, str) or not token:
             raise UpstreamUnavailable(f"the token server {realm} sent no token")
-        log.debug("token for {scope} from {realm}, valid {expires_in}s", scope=scope, realm=realm, expires_in=expires_in)
+        log.debug(
+            "token for {scope} from {realm}, valid {expires_in}s", scope=scope, realm=realm, expires_in=expires_in
+        )
         return token, expires_in
 
     def _learn(self, response, sent: str | None, scope: str) -> bool:
         """Take a 401's challenge; True when a retry with new credentials may succeed."""
-        challenges = parse_challenges([
-            v.decode("latin-1") if isinstance(v, bytes) else v
-            for v in response.headers.getRawHeaders("WWW-Authenticate", [])
-        ])
+        challenges = parse_challenges(
+            [
+                v.decode("latin-1") if isinstance(v, bytes) else v
+                for v in response.headers.getRawHeaders("WWW-Authenticate", [])
+            ]
+        )
         usable = [c for c in challenges if c.scheme == "bearer" and c.realm]
         usable += [c for c in challenges if c.scheme == "basic" and self._credentials()]
         if not usable:
@@ -439,8 +454,9 @@ class UpstreamClient:
                     if wait > self.config.max_retry_wait or rate_limited >= MAX_RATE_LIMIT_RETRIES:
                         raise UpstreamUnavailable(f"{self.url} is rate limiting us (Retry-After {wait:g}s)")
                     rate_limited += 1
-                    log.info("upstream {url} rate limited {path}; retrying in {wait}s", url=self.url, path=path,
-                             wait=wait)
+                    log.info(
+                        "upstream {url} rate limited {path}; retrying in {wait}s", url=self.url, path=path, wait=wait
+                    )
                     await _sleep(self._reactor, wait)
                     continue
                 break

@@ -80,8 +80,13 @@ class UpstreamConfig:
         namespace = value.get("default_namespace", "library" if urlsplit(url).hostname in DOCKER_HUB_HOSTS else None)
         if namespace is not None and (not isinstance(namespace, str) or not NAME_RE.fullmatch(namespace)):
             raise ValueError(f"default_namespace {namespace!r} is not a repository name")
-        values = {"prefix": prefix, "url": url, "username": username, "password": password,
-                  "default_namespace": namespace or None}
+        values = {
+            "prefix": prefix,
+            "url": url,
+            "username": username,
+            "password": password,
+            "default_namespace": namespace or None,
+        }
         for key in ("tag_ttl", "timeout", "max_retry_wait"):
             if key in value:
                 values[key] = parse_duration(value[key])

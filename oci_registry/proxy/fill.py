@@ -177,12 +177,21 @@ class BlobFill:
                     await self.registry.adopt_blob(name, self.digest)
                     linked.add(name)
             self.complete = True
-            log.info("cached {digest} ({size} bytes) from {upstream} for {names}", digest=str(self.digest),
-                     size=self.size, upstream=self.upstream.url, names=", ".join(sorted(map(str, self.names))))
+            log.info(
+                "cached {digest} ({size} bytes) from {upstream} for {names}",
+                digest=str(self.digest),
+                size=self.size,
+                upstream=self.upstream.url,
+                names=", ".join(sorted(map(str, self.names))),
+            )
         except Exception as e:
             self.error = e
-            log.warn("fetching {digest} from {upstream} failed: {error}", digest=str(self.digest),
-                     upstream=self.upstream.url, error=e)
+            log.warn(
+                "fetching {digest} from {upstream} failed: {error}",
+                digest=str(self.digest),
+                upstream=self.upstream.url,
+                error=e,
+            )
             if writer is not None:
                 try:
                     await writer.cancel()

@@ -100,7 +100,9 @@ class UploadState:
         doc = json.loads(header)
         if doc.get("version") != 1:
             raise ValueError(f"unknown upload state version {doc.get('version')!r}")
-        state = cls(str(doc["upload_id"]), tuple((int(n), str(e), int(s)) for n, e, s in doc["parts"]), int(doc["size"]))
+        state = cls(
+            str(doc["upload_id"]), tuple((int(n), str(e), int(s)) for n, e, s in doc["parts"]), int(doc["size"])
+        )
         if sum(p[2] for p in state.parts) + len(tail) != state.size:
             raise ValueError("upload state does not add up")
         return state, tail
@@ -127,7 +129,9 @@ class S3Driver:
             from twisted.internet import reactor
         if client is None:
             if not settings.access_key or not settings.secret_key:
-                raise ValueError("s3 storage needs access_key and secret_key (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)")
+                raise ValueError(
+                    "s3 storage needs access_key and secret_key (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+                )
             credentials = sigv4.Credentials(settings.access_key, settings.secret_key, settings.session_token)
             client = S3Client(reactor, settings.endpoint_url, settings.bucket, credentials, settings.region)
         self.settings = settings
@@ -286,12 +290,12 @@ class S3Driver:
         # A listing without a delimiter: some servers (SeaweedFS) keep
         # reporting emptied "folders" as common prefixes.
         key = self._key(path) + "/"
-        return sorted({info.key[len(key):].split("/", 1)[0] for info in await self.client.list(key)})
+        return sorted({info.key[len(key) :].split("/", 1)[0] for info in await self.client.list(key)})
 
     @_deferred
     async def walk(self, path):
         key = self._key(path) + "/"
-        return sorted(info.key[len(key):] for info in await self.client.list(key))
+        return sorted(info.key[len(key) :] for info in await self.client.list(key))
 
     @_deferred
     async def delete(self, path):

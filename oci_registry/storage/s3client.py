@@ -44,7 +44,14 @@ log = Logger()
 MAX_DELETE_BATCH = 1000  # keys per DeleteObjects request
 BODY_SLICE = 1 << 20  # bytes of a request body handed to the socket at a time
 SLOW_TIMEOUT = 900.0  # copies and completions: S3 answers them only when done
-_RETRY_CODES = {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "Throttling", "RequestTimeTooSkewed"}
+_RETRY_CODES = {
+    "SlowDown",
+    "RequestTimeout",
+    "InternalError",
+    "ServiceUnavailable",
+    "Throttling",
+    "RequestTimeTooSkewed",
+}
 _RETRY_EXCEPTIONS = (
     net_error.ConnectError,
     net_error.ConnectionLost,
@@ -113,7 +120,7 @@ class _BytesProducer:
                 self._data = memoryview(b"")
                 self._done.callback(None)
                 return
-            piece = self._data[self._offset:self._offset + BODY_SLICE]
+            piece = self._data[self._offset : self._offset + BODY_SLICE]
             self._offset += len(piece)
             self._consumer.write(piece.tobytes())  # may pause us
 
@@ -166,7 +173,7 @@ def _info_from_headers(key: str, headers: Headers) -> ObjectInfo:
     for name, values in headers.getAllRawHeaders():
         lowered = name.decode("latin-1").lower()
         if lowered.startswith("x-amz-meta-"):
-            metadata[lowered[len("x-amz-meta-"):]] = values[0].decode("latin-1")
+            metadata[lowered[len("x-amz-meta-") :]] = values[0].decode("latin-1")
     size = _header(headers, "content-range")
     if size and "/" in size:  # a ranged GET: bytes a-b/total
         total = int(size.rsplit("/", 1)[1])
@@ -503,12 +510,14 @@ class S3Client:
             root = _xml(content)
             for item in root.findall("Contents"):
                 modified = _text(item, "LastModified")
-                found.append(ObjectInfo(
-                    _text(item, "Key"),
-                    int(_text(item, "Size", "0")),
-                    datetime.fromisoformat(modified.replace("Z", "+00:00")).timestamp() if modified else 0.0,
-                    _text(item, "ETag").strip('"'),
-                ))
+                found.append(
+                    ObjectInfo(
+                        _text(item, "Key"),
+                        int(_text(item, "Size", "0")),
+                        datetime.fromisoformat(modified.replace("Z", "+00:00")).timestamp() if modified else 0.0,
+                        _text(item, "ETag").strip('"'),
+                    )
+                )
             token = _text(root, "NextContinuationToken")
             if _text(root, "IsTruncated") != "true" or not token or (limit is not None and len(found) >= limit):
                 return found
@@ -519,9 +528,15 @@ class S3Client:
         _, content = await self.request("POST", key, query=(("uploads", ""),))
         return _text(_xml(content), "UploadId")
 
-    async def upload_part(self, key: str, upload_id: str, number: int, data: bytes, payload_hash: str | None = None) -> str:
+    async def upload_part(
+        self, key: str, upload_id: str, number: int, data: bytes, payload_hash: str | None = None
+    ) -> str:
         response, _ = await self.request(
-            "PUT", key, query=(("partNumber", str(number)), ("uploadId", upload_id)), body=data, payload_hash=payload_hash
+            "PUT",
+            key,
+            query=(("partNumber", str(number)), ("uploadId", upload_id)),
+            body=data,
+            payload_hash=payload_hash,
         )
         return (_header(response.headers, "etag") or "").strip('"')
 
@@ -531,8 +546,12 @@ class S3Client:
             "x-amz-copy-source-range": f"bytes={start}-{end}",
         }
         _, content = await self.request(
-            "PUT", key, query=(("partNumber", str(number)), ("uploadId", upload_id)), headers=headers,
-            error_in_body=True, timeout=SLOW_TIMEOUT,
+            "PUT",
+            key,
+            query=(("partNumber", str(number)), ("uploadId", upload_id)),
+            headers=headers,
+            error_in_body=True,
+            timeout=SLOW_TIMEOUT,
         )
         return _text(_xml(content), "ETag").strip('"')
 
@@ -543,8 +562,9 @@ class S3Client:
             ElementTree.SubElement(part, "PartNumber").text = str(number)
             ElementTree.SubElement(part, "ETag").text = f'"{etag}"'
         body = ElementTree.tostring(root, encoding="utf-8")
-        await self.request("POST", key, query=(("uploadId", upload_id),), body=body, error_in_body=True,
-                           timeout=SLOW_TIMEOUT)
+        await self.request(
+            "POST", key, query=(("uploadId", upload_id),), body=body, error_in_body=True, timeout=SLOW_TIMEOUT
+        )
 
     async def abort_multipart(self, key: str, upload_id: str) -> None:
         await self.request("DELETE", key, query=(("uploadId", upload_id),), ok=(200, 204, 404))

@@ -73,8 +73,10 @@ class S3Settings:
         if not values.get("bucket"):
             raise ValueError("s3 storage needs a bucket")
         if not values.get("access_key") or not values.get("secret_key"):
-            raise ValueError("s3 storage needs access_key and secret_key "
-                             "(or OCIREGISTRY_S3_ACCESS_KEY/_SECRET_KEY, or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)")
+            raise ValueError(
+                "s3 storage needs access_key and secret_key "
+                "(or OCIREGISTRY_S3_ACCESS_KEY/_SECRET_KEY, or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)"
+            )
         if "redirect" in values and not isinstance(values["redirect"], bool):
             values["redirect"] = str(values["redirect"]).strip().lower() in ("1", "true", "yes", "on")
         if "redirect_expiry" in values:
@@ -100,7 +102,7 @@ def parse_storage(value) -> S3Settings | None:
         return S3Settings.from_dict(value)
     if not isinstance(value, Mapping) or len(value) != 1:
         raise ValueError("storage must be a mapping with one key: s3 or filesystem")
-    (kind, options), = value.items()
+    ((kind, options),) = value.items()
     if kind == "filesystem":
         if options:
             raise ValueError("storage: filesystem takes no options (use data_dir)")
@@ -121,9 +123,9 @@ def storage_values(from_file, environ: Mapping[str, str], options: Mapping | Non
     """
     names = {f.name for f in attr.fields(S3Settings)}
     from_env = {
-        key[len(ENV_PREFIX):].lower(): value
+        key[len(ENV_PREFIX) :].lower(): value
         for key, value in environ.items()
-        if key.startswith(ENV_PREFIX) and key[len(ENV_PREFIX):].lower() in names
+        if key.startswith(ENV_PREFIX) and key[len(ENV_PREFIX) :].lower() in names
     }
     from_options = {k: v for k, v in (options or {}).items() if v is not None}
     file_s3 = None

@@ -51,14 +51,16 @@ def _signature(credentials, now, region, service, method, path, query, headers, 
     amz_date, date = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
     canonical_headers = sorted((k.lower(), " ".join(str(v).split())) for k, v in headers.items())
     signed = ";".join(k for k, _ in canonical_headers)
-    canonical = "\n".join([
-        method,
-        uri_encode(path),
-        canonical_query(query),
-        "".join(f"{k}:{v}\n" for k, v in canonical_headers),
-        signed,
-        payload_hash,
-    ])
+    canonical = "\n".join(
+        [
+            method,
+            uri_encode(path),
+            canonical_query(query),
+            "".join(f"{k}:{v}\n" for k, v in canonical_headers),
+            signed,
+            payload_hash,
+        ]
+    )
     scope = f"{date}/{region}/{service}/aws4_request"
     to_sign = "\n".join([ALGORITHM, amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
     key = _signing_key(credentials.secret_key, date, region, service)

@@ -12,7 +12,12 @@ class Options(usage.Options):
         ["config", "c", None, "YAML configuration file; options given here override it."],
         ["max-manifest-size", None, None, "Largest manifest accepted, in bytes (default 4 MiB)."],
         ["workers", "w", None, "Worker processes serving the same tcp port (default 1)."],
-        ["s3-bucket", None, None, "Store in this S3 bucket instead of --data-dir (keys: config file or OCIREGISTRY_S3_* / AWS_* environment)."],
+        [
+            "s3-bucket",
+            None,
+            None,
+            "Store in this S3 bucket instead of --data-dir (keys: config file or OCIREGISTRY_S3_* / AWS_* environment).",
+        ],
         ["s3-endpoint", None, None, "S3 endpoint URL, e.g. http://127.0.0.1:8333 (default: AWS for --s3-region)."],
         ["s3-region", None, None, "S3 region (default us-east-1)."],
         ["s3-prefix", None, None, "Key prefix inside the S3 bucket (default: none)."],
