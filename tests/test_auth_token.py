@@ -38,6 +38,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
+from proxy_helpers import TokenServer
+from registry_process import RegistryProcess
 
 pytestmark = pytest.mark.ociregistry_only
 
@@ -250,6 +252,46 @@ def test_catalog_with_tokens(registry):
     assert reply.status == 401
 
 
+def challenged_scopes(reply) -> set[str]:
+    """The scopes a 401's Bearer challenge asks for, each with its actions sorted (Distribution's order varies)."""
+    scheme, params = parse_challenge(reply.headers["www-authenticate"])
+    assert scheme == "bearer" and params.get("error") == "insufficient_scope", reply.headers["www-authenticate"]
+    scopes = set()
+    for scope in params["scope"].split():
+        kind_and_name, _, actions = scope.rpartition(":")
+        scopes.add(f"{kind_and_name}:{','.join(sorted(actions.split(',')))}")
+    return scopes
+
+
+def test_a_mount_needs_a_token_that_may_pull_its_source(registry):
+    olivia = bearer(
+        token_for(registry, "olivia", "repository:private/mine:pull,push", "repository:team-a/src:pull,push")
+    )
+    for name in ("private/mine", "team-a/src"):
+        assert push_image(registry.url, name, "v1", olivia).status == 201
+    bob = ("repository:team-a/dst:pull,push", "registry:catalog:*")
+
+    # bob may pull team-a/src by the rules, but his token does not say so: 401, for a wider token.
+    layer = image("team-a/src:v1")[1]
+    mount = f"/v2/team-a/dst/blobs/uploads/?mount={sha256_digest(layer)}&from=team-a/src"
+    token = with_token(registry, "bob", " ".join(bob))
+    reply = call(registry.url, "POST", mount, b"", token)
+    assert reply.status == 401 and reply.error_codes == ["UNAUTHORIZED"]
+    assert challenged_scopes(reply) == {"repository:team-a/dst:pull,push", "repository:team-a/src:pull"}
+    assert call(registry.url, "HEAD", f"/v2/team-a/dst/blobs/{sha256_digest(layer)}", headers=token).status == 404
+    wider = with_token(registry, "bob", " ".join(bob) + " repository:team-a/src:pull")
+    assert call(registry.url, "POST", mount, b"", wider).status == 201
+    assert call(registry.url, "GET", f"/v2/team-a/dst/blobs/{sha256_digest(layer)}", headers=wider).body == layer
+
+    # The rules do not let bob pull private/mine: no wider token would help, so an ordinary upload starts.
+    secret = image("private/mine:v1")[1]
+    mount = f"/v2/team-a/dst/blobs/uploads/?mount={sha256_digest(secret)}&from=private/mine"
+    wanting = with_token(registry, "bob", " ".join(bob) + " repository:private/mine:pull")
+    reply = call(registry.url, "POST", mount, b"", wanting)
+    assert reply.status == 202 and reply.headers["location"].startswith("/v2/team-a/dst/blobs/uploads/")
+    assert call(registry.url, "HEAD", f"/v2/team-a/dst/blobs/{sha256_digest(secret)}", headers=wanting).status == 404
+
+
 def hmac_token(claims: dict, public_key) -> str:
     """The algorithm-confusion attack: HS256 keyed with the verifier's own public key."""
 
@@ -377,3 +419,42 @@ def test_external_tokens_are_checked(external):
         ),
     }.items():
         assert call(external.url, "GET", "/v2/ext/app/tags/list", headers=bearer(token)).status == 401, what
+
+
+@pytest.fixture(scope="module", params=["ociregistry", "reference"])
+def trusting(request, tmp_path_factory):
+    """ociregistry, then the reference registry, trusting the same kind of external token server."""
+    root = tmp_path_factory.mktemp(f"trusting-{request.param}")
+    server = TokenServer(root, {}).start()
+    if request.param == "reference":
+        process = RegistryProcess(str(root / "data"), kind="reference", reference_config=server.reference_auth())
+    else:
+        (root / "config.yaml").write_text(server.ociregistry_auth())
+        process = RegistryProcess(str(root / "data"), config=str(root / "config.yaml"))
+    process.start()
+    process.sign = server.sign
+    yield process
+    process.stop()
+    server.stop()
+
+
+def test_the_catalog_scope_opens_no_repository(trusting):
+    """A mount reads ``from``: it needs pull there, whatever else the token holds (a catalog scope lists names)."""
+    owner = bearer(trusting.sign("owner", [{"type": "repository", "name": "private/app", "actions": ["pull", "push"]}]))
+    assert push_image(trusting.url, "private/app", "v1", owner).status == 201
+    layer = image("private/app:v1")[1]
+    blob = f"/v2/bob/x/blobs/{sha256_digest(layer)}"
+    mount = f"/v2/bob/x/blobs/uploads/?mount={sha256_digest(layer)}&from=private/app"
+    bob = [{"type": "repository", "name": "bob/x", "actions": ["pull", "push"]}]
+    catalog = [{"type": "registry", "name": "catalog", "actions": ["*"]}]
+    for access in (bob + catalog, bob):
+        token = bearer(trusting.sign("bob", access))
+        reply = call(trusting.url, "POST", mount, b"", token)
+        assert reply.status == 401 and reply.error_codes == ["UNAUTHORIZED"], (reply.status, reply.body)
+        assert challenged_scopes(reply) == {"repository:bob/x:pull,push", "repository:private/app:pull"}
+        assert call(trusting.url, "GET", blob, headers=token).status == 404
+    reply = call(trusting.url, "GET", "/v2/private/app/manifests/v1", headers=bearer(trusting.sign("bob", catalog)))
+    assert reply.status == 401
+    wider = bearer(trusting.sign("bob", [*bob, {"type": "repository", "name": "private/app", "actions": ["pull"]}]))
+    assert call(trusting.url, "POST", mount, b"", wider).status == 201
+    assert call(trusting.url, "GET", blob, headers=wider).body == layer

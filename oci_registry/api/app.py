@@ -16,16 +16,18 @@ from werkzeug.routing import PathConverter
 from werkzeug.exceptions import NotFound as RouteNotFound
 
 from ..errors import (
+    Denied,
     DigestInvalid,
     InsufficientStorage,
     NotFound,
     RegistryError,
     TooLarge,
     TooManyRequests,
+    Unauthorized,
     Unsupported,
     UploadRangeInvalid,
 )
-from ..auth import CATALOG, IAuthorizer, OpenAccess, delete, pull, push
+from ..auth import CATALOG, IAuthorizer, InsufficientScope, OpenAccess, delete, pull, push
 from ..manifest import OCI_INDEX
 from ..errors import ManifestUnknown, TagInvalid
 from ..reference import Digest, Name, Tag, parse_reference
@@ -218,7 +220,7 @@ class RegistryAPI:
         mount, source = _arg(request, "mount"), _arg(request, "from")
         if mount is not None:
             mount = Digest.parse(mount)
-            if source and await self._may_pull(request, Name.parse(source)):
+            if source and await self._may_mount_from(request, name, Name.parse(source)):
                 if await self.registry.mount_blob(name, mount, Name.parse(source)):
                     return self._blob_created(request, name, mount)
             elif not source and self.anonymous_mounts and await self.registry.adopt_blob(name, mount):
@@ -236,9 +238,20 @@ class RegistryAPI:
         request.setResponseCode(202)
         return self._upload_headers(request, status)
 
-    async def _may_pull(self, request, name: Name) -> bool:
-        """Whether a mount may read from ``name``; if not, the push falls back to an upload."""
-        return bool(await self.auth.filter_repositories(request, [str(name)]))
+    async def _may_mount_from(self, request, name: Name, source: Name) -> bool:
+        """
+        Whether a mount may read from ``source``: it needs pull there, as a
+        pull would.  A token lacking that scope gets 401 insufficient_scope
+        (the client may fetch a wider one, as CNCF Distribution asks); any
+        other refusal starts an ordinary upload instead.
+        """
+        try:
+            await self.auth.authorize(request, [push(name), pull(source)])
+        except InsufficientScope:
+            raise
+        except (Denied, Unauthorized):
+            return False
+        return True
 
     def _admit_upload(self, request) -> str:
         """Per-client cap on open upload sessions (429 past it); expired sessions do not count."""

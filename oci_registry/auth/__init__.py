@@ -6,7 +6,8 @@ the access it needs as scopes in the Docker token specification's terms
 (``("repository", "team/app", ("pull", "push"))``, ``("registry",
 "catalog", ("*",))``).  The authorizer answers by returning (access granted),
 or by raising `Unauthorized` (401, with the ``WWW-Authenticate`` challenge
-in its headers) or `Denied` (403).  `OpenAccess`, the default, grants
+in its headers), `InsufficientScope` (a 401 for a valid token that does not
+cover the request) or `Denied` (403).  `OpenAccess`, the default, grants
 everything.
 """
 
@@ -14,6 +15,15 @@ from __future__ import annotations
 
 from twisted.internet.defer import succeed
 from zope.interface import Interface, implementer
+
+from ..errors import Unauthorized
+
+
+class InsufficientScope(Unauthorized):
+    """
+    401 for a valid token that lacks some of the access asked for: the
+    challenge names the scopes needed, so the client may fetch a wider token.
+    """
 
 
 class IAuthorizer(Interface):
@@ -24,7 +34,10 @@ class IAuthorizer(Interface):
         """
 
     def filter_repositories(request, names):
-        """Fire with the subset of repository ``names`` the request may pull."""
+        """
+        Fire with the subset of repository ``names`` the request may see in
+        the catalog.  A listing: being listed grants no access.
+        """
 
 
 @implementer(IAuthorizer)

@@ -80,7 +80,8 @@ class BasicAuthorizer:
         return Deferred.fromCoroutine(self._authorize(request, scopes))
 
     async def _authorize(self, request, scopes) -> None:
-        identity = await self.identify(request)
+        # A request asks again (a mount checks its source): who it is was settled the first time.
+        identity = getattr(request, "auth_identity", None) or await self.identify(request)
         if not scopes and identity.anonymous:
             raise Unauthorized(headers=self._challenge())
         policy = self.state.policy

@@ -20,7 +20,7 @@ from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from ..errors import Denied, Unauthorized
-from . import IAuthorizer
+from . import IAuthorizer, InsufficientScope
 from .basic import scope_detail
 from .rules import AccessPolicy
 from .state import AuthState
@@ -102,7 +102,7 @@ class TokenAuthorizer:
             identity = policy.identity(token.subject)
             if not all(policy.allows(identity, scope) for scope in missing):
                 raise Denied(scope_detail(missing))
-        raise Unauthorized(
+        raise InsufficientScope(
             scope_detail(missing),
             message="the token does not grant this access",
             headers=self.challenge(request, scopes, "insufficient_scope"),
@@ -113,10 +113,12 @@ class TokenAuthorizer:
 
     async def _filter(self, request, names) -> list[str]:
         """
-        With the built-in token server: what the token's subject may pull by
-        the rules, for a token holding the catalog scope; plus what the token
-        itself grants pull on.  With an external one, a token holding the
-        catalog scope sees every repository (as in CNCF Distribution).
+        The catalog's names, for listing only.  With the built-in token
+        server: what the token's subject may pull by the rules, for a token
+        holding the catalog scope; plus what the token itself grants pull on.
+        With an external one, a token holding the catalog scope sees every
+        repository (as in CNCF Distribution).  Access to any of them is
+        still decided by the token's repository scopes alone (`authorize`).
         """
         token = getattr(request, "auth_token", None) or self._token(request, [])
         names = list(names)
