@@ -385,3 +385,24 @@ def test_without_auth_the_log_says_the_registry_is_open(tmp_path):
         assert "open to anyone" in process.log()
     finally:
         process.stop()
+
+
+# ------------------------------------------------------------------ timing
+
+
+def test_an_unknown_user_takes_as_long_as_a_wrong_password(tmp_path):
+    """No user enumeration by timing: the check for an unknown name costs what the users' own hashes cost."""
+    write_htpasswd(tmp_path / "htpasswd", {"alice": "right"}, cost=12)
+    process = start_registry(tmp_path, "  htpasswd: htpasswd\n  max_failed_logins: 0\n")
+    try:
+
+        def seconds(user):
+            started = time.monotonic()
+            assert call(process.url, "GET", "/v2/", headers=basic(user, "wrong")).status == 401
+            return time.monotonic() - started
+
+        known = sorted(seconds("alice") for _ in range(3))[1]
+        unknown = sorted(seconds("mallory") for _ in range(3))[1]
+        assert unknown >= 0.5 * known, (known, unknown)
+    finally:
+        process.stop()

@@ -123,6 +123,22 @@ def test_htpasswd_file_reloads_on_change_and_keeps_users_when_broken(tmp_path):
         HtpasswdFile(str(tmp_path / "missing"))
 
 
+def test_an_unknown_users_check_costs_what_the_costliest_bcrypt_hash_costs(tmp_path):
+    import bcrypt
+
+    path = tmp_path / "htpasswd"
+    path.write_text("alice:{SHA}nU4eI71bcnBGqeO0t9tXvY1u5oQ=\n")
+    users = HtpasswdFile(str(path), check_interval=0)
+    assert users.dummy_cost == 5  # htpasswd -B's default, when no hash says more
+    hashes = [bcrypt.hashpw(b"x", bcrypt.gensalt(cost)).decode().replace("$2b$", "$2y$") for cost in (4, 7)]
+    path.write_text(f"alice:{hashes[0]}\nbob:{hashes[1]}\n")
+    users.load()
+    assert users.dummy_cost == 7
+    path.write_text(f"alice:{hashes[0]}\n")
+    users.load()
+    assert users.dummy_cost == 4
+
+
 # ------------------------------------------------------------------- rules
 
 

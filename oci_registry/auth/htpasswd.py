@@ -44,8 +44,10 @@ _DES = re.compile(r"^[./A-Za-z0-9]{13}$")
 
 BCRYPT_MAX_PASSWORD = 72  # bcrypt uses the first 72 bytes, as htpasswd does
 
-# Checked for unknown users, so that a wrong name takes as long as a wrong password.
-_DUMMY_HASH = bcrypt.hashpw(b"not a password", bcrypt.gensalt(5)).decode()
+# An unknown user's password is hashed with bcrypt at the cost of the costliest
+# bcrypt hash in the file, so that a wrong name takes as long as a wrong password.
+DEFAULT_DUMMY_COST = 5  # htpasswd -B's own default, for a file without bcrypt hashes
+MAX_DUMMY_COST = 17  # htpasswd -C accepts 4 to 17
 
 
 class HtpasswdError(ValueError):
@@ -98,9 +100,15 @@ def verify_hash(stored: str, password: bytes) -> bool:
     return False
 
 
-def verify_unknown(password: bytes) -> bool:
-    """The work of a bcrypt check for a user who does not exist; always False."""
-    verify_hash(_DUMMY_HASH, password)
+def bcrypt_cost(stored: str) -> int | None:
+    """The cost (log2 of the rounds) of a bcrypt hash; None for other formats."""
+    return int(stored.split("$")[2]) if _BCRYPT.match(stored) else None
+
+
+def verify_unknown(password: bytes, cost: int = DEFAULT_DUMMY_COST) -> bool:
+    """The work of a bcrypt check at ``cost`` for a user who does not exist; always False. Blocking."""
+    # Hashing with a fresh salt is the work checkpw does: one bcrypt at that cost.
+    bcrypt.hashpw(password[:BCRYPT_MAX_PASSWORD], bcrypt.gensalt(cost))
     return False
 
 
@@ -258,6 +266,7 @@ class HtpasswdFile:
         self._stamp = None
         self._checked = float("-inf")
         self.generation = 0  # changes whenever the users change (`PasswordLogin` caches per generation)
+        self.dummy_cost = DEFAULT_DUMMY_COST  # of the check for an unknown user: the costliest bcrypt hash
         self.load(initial=True)
 
     def __len__(self) -> int:
@@ -303,6 +312,8 @@ class HtpasswdFile:
         if not initial:
             log.info("htpasswd {path} read again: {count} users", path=self.path, count=len(users))
         self._users, self._refused, self._stamp = users, refused, stamp
+        costs = [c for c in map(bcrypt_cost, users.values()) if c is not None]
+        self.dummy_cost = min(max(costs, default=DEFAULT_DUMMY_COST), MAX_DUMMY_COST)
         self._checked = self._clock()
         self.generation = next(_GENERATIONS)
 

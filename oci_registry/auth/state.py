@@ -30,7 +30,7 @@ from twisted.logger import Logger
 
 from ..errors import TooManyRequests
 from .config import AuthConfig
-from .htpasswd import HtpasswdFile, verify_hash, verify_unknown
+from .htpasswd import DEFAULT_DUMMY_COST, HtpasswdFile, verify_hash, verify_unknown
 from .ratelimit import FailedLogins
 from .rules import ANONYMOUS_IDENTITY, Identity
 
@@ -166,7 +166,8 @@ class PasswordLogin:
             return self.state.identity(user)
         stored = users.lookup(user) if users is not None else None
         if stored is None:
-            ok = await self._run_blocking(verify_unknown, secret)
+            cost = users.dummy_cost if users is not None else DEFAULT_DUMMY_COST
+            ok = await self._run_blocking(verify_unknown, secret, cost)
         else:
             ok = await self._run_blocking(verify_hash, stored, secret)
         if not ok:
