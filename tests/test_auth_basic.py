@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from auth_helpers import (
@@ -374,6 +376,32 @@ def test_failed_logins_are_rate_limited_per_address(tmp_path):
         time.sleep(2.1)
         assert call(process.url, "GET", "/v2/", headers=basic("alice", "right")).status == 200
         assert "too many failed logins" in process.log()
+    finally:
+        process.stop()
+
+
+def test_guesses_sent_at_once_count_while_they_are_checked(tmp_path):
+    """150 guesses at once with a limit of 10: at most 10 are checked, the rest (and then the right password) get 429."""
+    write_htpasswd(tmp_path / "htpasswd", {"alice": "right"}, cost=10)
+    process = start_registry(tmp_path, "  htpasswd: htpasswd\n  max_failed_logins: 10\n  failed_login_window: 60s\n")
+    try:
+        guesses = 150
+        ready = threading.Barrier(guesses, timeout=30)
+
+        def guess(number):
+            ready.wait()
+            if number == guesses - 1:  # the right password, sent last, while the others are being checked
+                time.sleep(0.3)
+                return call(process.url, "GET", "/v2/", headers=basic("alice", "right"))
+            return call(process.url, "GET", "/v2/", headers=basic("alice", f"guess-{number}"))
+
+        with ThreadPoolExecutor(guesses) as pool:
+            replies = list(pool.map(guess, range(guesses), timeout=60))
+        statuses = [reply.status for reply in replies[:-1]]
+        assert set(statuses) <= {401, 429}, statuses
+        assert 1 <= statuses.count(401) <= 10, statuses.count(401)
+        assert replies[-1].status == 429 and int(replies[-1].headers["retry-after"]) >= 1
+        assert all(r.error_codes == ["TOOMANYREQUESTS"] for r in replies if r.status == 429)
     finally:
         process.stop()
 

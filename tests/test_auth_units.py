@@ -277,6 +277,68 @@ def test_failed_logins_per_address_on_a_clock():
     assert FailedLogins(limit=0).retry_after("x") is None
 
 
+def test_checks_in_flight_count_towards_the_limit():
+    now = [100.0]
+    limiter = FailedLogins(limit=3, window=10.0, clock=lambda: now[0])
+    assert [limiter.begin("1.2.3.4") for _ in range(3)] == [None, None, None]
+    assert limiter.begin("1.2.3.4") == 1  # three in flight: refused, not counted
+    assert limiter.begin("5.6.7.8") is None
+    assert limiter.end("1.2.3.4", failed=False) is False  # a right password frees its place
+    assert limiter.begin("1.2.3.4") is None
+    assert [limiter.end("1.2.3.4", failed=True) for _ in range(3)] == [False, False, True]
+    assert limiter.checking("1.2.3.4") == 0
+    assert limiter.retry_after("1.2.3.4") == 10 and limiter.begin("1.2.3.4") == 10
+    unlimited = FailedLogins(limit=0)
+    assert all(unlimited.begin("x") is None for _ in range(100))
+
+
+def test_the_failed_login_table_forgets_the_address_that_failed_least_recently(monkeypatch):
+    from oci_registry.auth import ratelimit
+
+    monkeypatch.setattr(ratelimit, "MAX_TRACKED", 3)
+    limiter = FailedLogins(limit=1, window=60.0)
+    for client in ("a", "b", "c"):
+        limiter.failed(client)
+    limiter.failed("a")  # a failed again: b is now the oldest
+    limiter.failed("d")
+    assert limiter.retry_after("b") is None
+    assert all(limiter.retry_after(client) for client in ("a", "c", "d"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_same_credentials_at_once_share_one_check(state):
+    from twisted.internet.defer import Deferred
+
+    jobs = []
+
+    def run_blocking(f, *args):
+        job = Deferred()
+        jobs.append((job, f, args))
+        return job
+
+    login = PasswordLogin(state, run_blocking=run_blocking)
+    state.limiter.configure(1, 60.0)
+    right = [Deferred.fromCoroutine(login.login(request_with(), "alice", "pass")) for _ in range(5)]
+    assert len(jobs) == 1  # five requests, one check; and the limit of one is not exceeded
+    with pytest.raises(TooManyRequests):  # another password from that address while one is checked: refused
+        await login.login(request_with(), "alice", "guess")
+    hung_up = Deferred.fromCoroutine(login.login(request_with(), "alice", "pass"))
+    hung_up.cancel()
+    hung_up.addErrback(lambda _: None)
+    job, f, args = jobs[0]
+    job.callback(f(*args))
+    assert [(await d).name for d in right] == ["alice"] * 5
+    assert state.limiter.checking("10.0.0.1") == 0
+    # A check counts until its thread is done, even when its only client hung up.
+    first = Deferred.fromCoroutine(login.login(request_with(client="10.0.0.9"), "carol", "wrong"))
+    first.cancel()
+    first.addErrback(lambda _: None)
+    assert state.limiter.checking("10.0.0.9") == 1
+    job, f, args = jobs[1]
+    job.callback(f(*args))
+    assert state.limiter.checking("10.0.0.9") == 0 and state.limiter.retry_after("10.0.0.9") == 60
+
+
 # ------------------------------------------------------------------ tokens
 
 

@@ -25,8 +25,10 @@ import os
 import secrets
 import time
 
+from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from ..errors import TooManyRequests
 from .config import AuthConfig
@@ -43,6 +45,12 @@ CACHE_SIZE = 4096
 def client_address(request) -> str:
     address = request.getClientAddress()
     return getattr(address, "host", None) or str(address)
+
+
+def printable(name: str) -> str:
+    """A name from a request, for a log line: at most 100 characters, and quoted if it holds control characters."""
+    name = name[:100]
+    return name if name.isprintable() else repr(name)
 
 
 def _stamp(path: str | None):
@@ -132,6 +140,7 @@ class PasswordLogin:
         self._clock = clock
         self._key = secrets.token_bytes(32)
         self._cache: dict[bytes, tuple[float, int]] = {}
+        self._checking: dict[bytes, list[Deferred]] = {}  # credentials being checked -> who waits for the answer
         if run_blocking is None:
             if reactor is None:
                 from twisted.internet import reactor
@@ -147,10 +156,7 @@ class PasswordLogin:
         client = client_address(request)
         retry = self.state.limiter.retry_after(client)
         if retry is not None:
-            log.warn("refusing credentials from {client}: too many failed logins", client=client)
-            raise TooManyRequests(
-                "too many failed logins from this address; try again later", headers={"Retry-After": str(retry)}
-            )
+            raise _too_many(retry)
         return client
 
     async def login(self, request, user: str, password: str) -> Identity | None:
@@ -164,17 +170,66 @@ class PasswordLogin:
         cached = self._cache.get(key)
         if cached is not None and cached[0] > self._clock() and cached[1] == generation:
             return self.state.identity(user)
-        stored = users.lookup(user) if users is not None else None
-        if stored is None:
-            cost = users.dummy_cost if users is not None else DEFAULT_DUMMY_COST
-            ok = await self._run_blocking(verify_unknown, secret, cost)
+        answer: Deferred = Deferred()
+        waiters = self._checking.get(key)
+        if waiters is not None:
+            # The same credentials are being checked (a client's parallel requests): share that check.
+            waiters.append(answer)
         else:
-            ok = await self._run_blocking(verify_hash, stored, secret)
-        if not ok:
-            self.state.limiter.failed(client)
-            log.info("failed login as {user} from {client}", user=user, client=client)
+            self._start_check(client, key, user, secret, answer)
+        if not await answer:
             return None
         if len(self._cache) >= CACHE_SIZE:
             self._cache.clear()
         self._cache[key] = (self._clock() + CACHE_SECONDS, generation)
         return self.state.identity(user)
+
+    def _start_check(self, client: str, key: bytes, user: str, secret: bytes, answer: Deferred) -> None:
+        """
+        Check a password in a thread, counted towards the client's limit from
+        now until the thread is done (even when every waiter has hung up).
+        """
+        limiter = self.state.limiter
+        retry = limiter.begin(client)
+        if retry is not None:
+            raise _too_many(retry)
+        self._checking[key] = [answer]
+        users = self.state.users
+        stored = users.lookup(user) if users is not None else None
+        try:
+            if stored is None:
+                cost = users.dummy_cost if users is not None else DEFAULT_DUMMY_COST
+                job = self._run_blocking(verify_unknown, secret, cost)
+            else:
+                job = self._run_blocking(verify_hash, stored, secret)
+        except BaseException:
+            del self._checking[key]
+            limiter.end(client, failed=False)
+            raise
+        job.addBoth(self._checked, client, key, user)
+
+    def _checked(self, result, client: str, key: bytes, user: str) -> None:
+        limiter = self.state.limiter
+        waiters = self._checking.pop(key)
+        failed = result is False
+        if limiter.end(client, failed=failed):
+            log.warn(
+                "too many failed logins from {client} ({limit} within {window:.0f}s): its credentials are "
+                "refused for now",
+                client=client,
+                limit=limiter.limit,
+                window=limiter.window,
+            )
+        if failed:
+            log.info("failed login as {user} from {client}", user=printable(user), client=client)
+        for waiter in waiters:
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(result)
+
+
+def _too_many(retry: int) -> TooManyRequests:
+    return TooManyRequests(
+        "too many failed logins from this address; try again later", headers={"Retry-After": str(retry)}
+    )
