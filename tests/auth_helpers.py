@@ -110,15 +110,24 @@ def bearer(token: str) -> dict:
 
 
 def call(
-    base: str, method: str, path: str, body: bytes | None = None, headers: dict | None = None, cafile: str | None = None
+    base: str,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict | None = None,
+    cafile: str | None = None,
+    source: str | None = None,
 ) -> Reply:
-    """One request on a fresh connection to ``base`` (http:// or https://)."""
+    """One request on a fresh connection to ``base`` (http:// or https://), from the address ``source`` if given."""
     parts = urlsplit(base)
+    source_address = (source, 0) if source else None
     if parts.scheme == "https":
         context = ssl.create_default_context(cafile=cafile)
-        connection = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=30, context=context)
+        connection = http.client.HTTPSConnection(
+            parts.hostname, parts.port, timeout=30, context=context, source_address=source_address
+        )
     else:
-        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30, source_address=source_address)
     try:
         connection.request(method, path, body=body, headers=headers or {})
         response = connection.getresponse()

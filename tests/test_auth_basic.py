@@ -406,6 +406,57 @@ def test_guesses_sent_at_once_count_while_they_are_checked(tmp_path):
         process.stop()
 
 
+def test_a_flood_of_logins_is_refused_at_once_past_what_the_login_pool_takes(tmp_path):
+    """
+    Wrong passwords from 16 addresses (each within its failed-login limit),
+    160 at once: the login pool takes what it can check soon and refuses the
+    rest at once; anonymous requests and cached logins answer meanwhile.
+    """
+    write_htpasswd(tmp_path / "htpasswd", {"alice": "right"}, cost=11)
+    process = start_registry(tmp_path, "  htpasswd: htpasswd\n  max_failed_logins: 10\n")
+    try:
+        assert call(process.url, "GET", "/v2/", headers=basic("alice", "right")).status == 200  # now cached
+        guesses = 160
+        ready = threading.Barrier(guesses + 1, timeout=30)
+
+        def guess(number):
+            ready.wait()
+            started = time.monotonic()
+            reply = call(
+                process.url,
+                "GET",
+                "/v2/",
+                headers=basic("alice", f"guess-{number}"),
+                source=f"127.0.0.{10 + number % 16}",
+            )
+            return reply, time.monotonic() - started
+
+        def timed(headers):
+            started = time.monotonic()
+            status = call(process.url, "GET", "/v2/", headers=headers).status
+            return status, time.monotonic() - started
+
+        with ThreadPoolExecutor(guesses) as pool:
+            flood = [pool.submit(guess, number) for number in range(guesses)]
+            ready.wait()
+            time.sleep(0.5)
+            anonymous, cached = timed({}), timed(basic("alice", "right"))
+            replies = [future.result(timeout=60) for future in flood]
+        assert anonymous[0] == 401 and anonymous[1] < 1.0, anonymous
+        assert cached[0] == 200 and cached[1] < 1.0, cached
+        statuses = [reply.status for reply, _ in replies]
+        assert set(statuses) <= {401, 503}, statuses
+        refused = [(reply, seconds) for reply, seconds in replies if reply.status == 503]
+        assert refused and statuses.count(401) >= 10, statuses
+        for reply, seconds in refused:
+            assert reply.error_codes == ["UNAVAILABLE"] and reply.headers["retry-after"] == "1"
+            assert seconds < 2.0, seconds
+        assert max(seconds for _, seconds in replies) < 25.0
+        assert "refusing new logins" in process.log()
+    finally:
+        process.stop()
+
+
 def test_without_auth_the_log_says_the_registry_is_open(tmp_path):
     process = RegistryProcess(str(tmp_path / "data")).start()
     try:

@@ -482,6 +482,96 @@ def OpenAccess_resource():
     return Registry()
 
 
+# ------------------------------------------------------------ login pool
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_login_pool_takes_a_bounded_number_of_checks():
+    import threading
+
+    from oci_registry.auth.pool import LoginPool
+    from oci_registry.errors import Unavailable
+
+    pool = LoginPool(threads=1, max_waiting=2)
+    release = threading.Event()
+    try:
+        taken = [pool.run(release.wait, 10) for _ in range(3)]
+        with pytest.raises(Unavailable) as refused:
+            pool.run(release.wait, 10)
+        assert refused.value.status == 503 and refused.value.headers == {"Retry-After": "1"}
+        taken[0].cancel()  # whoever asked stopped waiting: the check still holds its place until its thread is done
+        taken[0].addErrback(lambda _: None)
+        with pytest.raises(Unavailable):
+            pool.run(release.wait, 10)
+        release.set()
+        assert await taken[1] is True and await taken[2] is True
+        name = await pool.run(lambda: threading.current_thread().name)
+        assert "ociregistry-login" in name
+        assert pool.in_flight == 0
+    finally:
+        release.set()
+        pool.stop()
+    assert not pool.running
+
+
+def test_the_login_pool_runs_with_the_auth_service(tmp_path):
+    (tmp_path / "htpasswd").write_text("alice:{SHA}nU4eI71bcnBGqeO0t9tXvY1u5oQ=\n")
+    auth = build_auth(Config.from_dict({"data_dir": str(tmp_path), "auth": {"htpasswd": str(tmp_path / "htpasswd")}}))
+    service = auth.service()
+    assert not auth.login_pool.running
+    service.startService()
+    try:
+        assert auth.login_pool.running
+    finally:
+        service.stopService()
+    assert not auth.login_pool.running
+    assert build_auth(Config(data_dir=str(tmp_path))).service() is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_logins_do_not_wait_for_the_reactors_thread_pool(tmp_path):
+    """Every thread of the reactor's shared pool busy (slow transfers, say): a login is still checked at once."""
+    import http.client
+    import threading
+
+    from twisted.internet import reactor
+    from twisted.internet.defer import Deferred
+
+    from oci_registry.service import build_site
+
+    (tmp_path / "htpasswd").write_text("alice:{SHA}nU4eI71bcnBGqeO0t9tXvY1u5oQ=\n")
+    config = Config.from_dict(
+        {"data_dir": str(tmp_path / "data"), "auth": {"htpasswd": str(tmp_path / "htpasswd"), "admins": ["alice"]}}
+    )
+    site = build_site(config, reactor)
+    port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    shared = reactor.getThreadPool()
+    release = threading.Event()
+    try:
+        for _ in range(shared.max + 5):
+            reactor.callInThread(release.wait, 20)
+        # The client runs in a thread of its own (treq would resolve 127.0.0.1 in the shared pool).
+        answered: Deferred = Deferred()
+
+        def client():
+            connection = http.client.HTTPConnection("127.0.0.1", port.getHost().port, timeout=10)
+            try:
+                connection.request("GET", "/v2/", headers=basic_header("alice", "pass"))
+                result = connection.getresponse().status
+            except OSError as e:
+                result = e
+            finally:
+                connection.close()
+            reactor.callFromThread(answered.callback, result)
+
+        threading.Thread(target=client, daemon=True).start()
+        assert await answered == 200
+    finally:
+        release.set()
+        await port.stopListening()
+        site.auth.login_pool.stop()
+
+
 def test_build_auth_without_config_is_open(tmp_path):
     auth = build_auth(Config(data_dir=str(tmp_path)))
     assert isinstance(auth.authorizer, OpenAccess)

@@ -1,8 +1,8 @@
 """
 Auth, built from a `Config`: the `IAuthorizer` the HTTP API asks, the
 ``/token`` endpoint wrapped around the registry's resource (built-in token
-mode), the start-up log lines, and a service that reloads the settings on
-SIGHUP.  ``oci_registry.service`` uses `build_auth`; so can an embedding
+mode), the start-up log lines, and a service that runs the login thread pool
+and reloads the settings on SIGHUP.  ``oci_registry.service`` uses `build_auth`; so can an embedding
 application.
 """
 
@@ -11,13 +11,14 @@ from __future__ import annotations
 import os
 import signal
 
-from twisted.application.service import Service
+from twisted.application.service import MultiService, Service
 from twisted.logger import Logger
 
 from . import IAuthorizer, OpenAccess
 from .basic import BasicAuthorizer
 from .bearer import TokenAuthorizer
 from .config import AuthConfig
+from .pool import LoginPool, LoginPoolService
 from .state import AuthState, PasswordLogin
 from .token_server import TokenRoute, TokenServer
 from .tokens import TokenIssuer, TokenVerifier, load_or_create_signing_key, load_public_keys
@@ -39,12 +40,14 @@ class Auth:
         state: AuthState | None = None,
         token_server: TokenServer | None = None,
         key_path: str | None = None,
+        login_pool: LoginPool | None = None,
     ):
         self.config = config
         self.authorizer = authorizer
         self.state = state
         self.token_server = token_server
         self.key_path = key_path
+        self.login_pool = login_pool
 
     def wrap(self, resource):
         """The registry's resource, with ``/token`` in front of it when this registry issues tokens."""
@@ -97,13 +100,25 @@ class Auth:
         if config.mode != "external-token" and not config.access and not config.admins:
             log.warn("auth: no access rules and no admins: nobody may pull or push")
 
-    def reload_service(self, forward=None) -> Service | None:
+    def service(self, forward=None) -> Service | None:
         """
-        Reloads the settings on SIGHUP while running; None when there is
-        nothing to reload.  ``forward``, if given, is called after each
-        reload (the worker supervisor passes the signal on to its workers).
+        What runs alongside the site: the login thread pool (started and
+        stopped with this service) and the reload of the settings on SIGHUP;
+        None when there are no passwords to check.  ``forward``, if given, is
+        called after each reload (the worker supervisor passes the signal on
+        to its workers).  Without this service the pool starts at the first
+        login and stops with the reactor.
         """
-        return SighupReload(self, forward=forward) if self.state is not None else None
+        if self.state is None:
+            return None
+        top = MultiService()
+        top.setName("auth")
+        if self.login_pool is not None:
+            LoginPoolService(self.login_pool).setServiceParent(top)
+        SighupReload(self, forward=forward).setServiceParent(top)
+        return top
+
+    reload_service = service  # its former name
 
 
 class SighupReload(Service):
@@ -160,13 +175,14 @@ def _build_auth(config, reactor) -> Auth:
         verifier = TokenVerifier(load_public_keys(token.public_key), token.issuer, token.service)
         return Auth(auth, TokenAuthorizer(verifier, token.service, token.realm))
     state = AuthState(auth)
-    login = PasswordLogin(state, reactor)
+    pool = LoginPool(reactor)
+    login = PasswordLogin(state, pool)
     if auth.mode == "basic":
-        return Auth(auth, BasicAuthorizer(state, login), state)
+        return Auth(auth, BasicAuthorizer(state, login), state, login_pool=pool)
     token = auth.token
     key_path = token.key or default_token_key(config.data_dir)
     key = load_or_create_signing_key(key_path)
     issuer = TokenIssuer(key, token.issuer, token.service, token.expiry)
     verifier = TokenVerifier([key.public_key()], token.issuer, token.service)
     authorizer = TokenAuthorizer(verifier, token.service, token.realm, state)
-    return Auth(auth, authorizer, state, TokenServer(state, login, issuer), key_path)
+    return Auth(auth, authorizer, state, TokenServer(state, login, issuer), key_path, pool)

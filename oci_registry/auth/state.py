@@ -10,7 +10,8 @@ admins, the htpasswd path and the rate limits change this way; the mode,
 realm and token settings need a restart.
 
 `PasswordLogin` checks a user name and password: rate limited per client
-address, constant-time, off the reactor thread (bcrypt is slow on purpose),
+address, constant-time, off the reactor thread in a pool of its own
+(`LoginPool`: bcrypt is slow on purpose),
 with a short-lived cache of successful checks keyed by an HMAC of the
 credentials under a per-process random key (so the cache holds no password,
 and a client sending Basic credentials on every request costs one bcrypt
@@ -26,13 +27,13 @@ import secrets
 import time
 
 from twisted.internet.defer import Deferred
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..errors import TooManyRequests
 from .config import AuthConfig
 from .htpasswd import DEFAULT_DUMMY_COST, HtpasswdFile, verify_hash, verify_unknown
+from .pool import LoginPool
 from .ratelimit import FailedLogins
 from .rules import ANONYMOUS_IDENTITY, Identity
 
@@ -135,21 +136,15 @@ class AuthState:
 class PasswordLogin:
     """Checks user names and passwords for the Basic scheme and the token endpoint."""
 
-    def __init__(self, state: AuthState, reactor=None, clock=time.monotonic, run_blocking=None):
+    def __init__(self, state: AuthState, pool: LoginPool | None = None, clock=time.monotonic, run_blocking=None):
+        """Checks run in ``pool`` (a `LoginPool` of their own), or through ``run_blocking(f, *args)`` if given."""
         self.state = state
         self._clock = clock
         self._key = secrets.token_bytes(32)
         self._cache: dict[bytes, tuple[float, int]] = {}
         self._checking: dict[bytes, list[Deferred]] = {}  # credentials being checked -> who waits for the answer
-        if run_blocking is None:
-            if reactor is None:
-                from twisted.internet import reactor
-            pool = reactor.getThreadPool()
-
-            def run_blocking(f, *args):
-                return deferToThreadPool(reactor, pool, f, *args)
-
-        self._run_blocking = run_blocking
+        self.pool = pool if pool is not None or run_blocking is not None else LoginPool()
+        self._run_blocking = run_blocking or self.pool.run
 
     def refuse_if_limited(self, request) -> str:
         """The client's address; 429 when it has failed to log in too often lately."""
