@@ -457,6 +457,22 @@ def test_a_flood_of_logins_is_refused_at_once_past_what_the_login_pool_takes(tmp
         process.stop()
 
 
+def test_a_glob_with_many_stars_does_not_stall_the_registry(tmp_path):
+    """An anonymous client picks the name a rule's glob is matched against: it must not take seconds."""
+    write_htpasswd(tmp_path / "htpasswd", {"alice": "right"})
+    process = start_registry(
+        tmp_path, "  htpasswd: htpasswd\n  access:\n    - {repository: '*-*-*-*-*x', pull: [anonymous]}\n"
+    )
+    try:
+        name = ("a-" * 128)[:255]
+        started = time.monotonic()
+        assert call(process.url, "GET", f"/v2/{name}/tags/list").status == 401
+        assert time.monotonic() - started < 0.5
+        assert call(process.url, "GET", "/v2/a-b-c-d-ex/tags/list").status == 404  # the rule still applies
+    finally:
+        process.stop()
+
+
 def test_without_auth_the_log_says_the_registry_is_open(tmp_path):
     process = RegistryProcess(str(tmp_path / "data")).start()
     try:

@@ -28,7 +28,7 @@ from oci_registry.auth.bearer import TokenAuthorizer
 from oci_registry.auth.config import AuthConfig
 from oci_registry.auth.htpasswd import HtpasswdFile, apr1_md5, hash_kind, parse_htpasswd, verify_hash
 from oci_registry.auth.ratelimit import FailedLogins
-from oci_registry.auth.rules import AccessPolicy, Identity, glob_to_regex
+from oci_registry.auth.rules import AccessPolicy, Glob, Identity, glob_to_regex
 from oci_registry.auth.service import build_auth
 from oci_registry.auth.state import AuthState, PasswordLogin
 from oci_registry.auth.token_server import TokenRoute, TokenServer, grant
@@ -157,10 +157,39 @@ def test_an_unknown_users_check_costs_what_the_costliest_bcrypt_hash_costs(tmp_p
         ("app?", "app1", True),
         ("a.b", "axb", False),
         ("lib/[x]", "lib/[x]", True),
+        ("app?", "app/", False),
+        ("*-*-*-x", "a-b-c-x", True),
+        ("*-*-*-x", "a-b/c-x", False),
+        ("**/cache/**", "a/b/cache/c/d", True),
+        ("**/cache/**", "cache/c", False),
+        ("a**b**c**d", "a/x/b/c//d", True),
+        ("", "", True),
     ],
 )
 def test_globs(pattern, name, matches):
     assert bool(glob_to_regex(pattern).fullmatch(name)) is matches
+    assert Glob(pattern).fullmatch(name) is matches
+    assert Glob(pattern, regex_stars=-1).fullmatch(name) is matches  # without the regex
+
+
+def test_globs_without_the_regex_agree_with_it():
+    import random
+
+    rng = random.Random(11)
+    for _ in range(3000):
+        pattern = "".join(rng.choice(["a", "b", "/", "-", "*", "**", "?"]) for _ in range(rng.randint(0, 7)))
+        name = "".join(rng.choice("ab/-") for _ in range(rng.randint(0, 9)))
+        expected = glob_to_regex(pattern).fullmatch(name) is not None
+        assert Glob(pattern, regex_stars=-1).fullmatch(name) is expected, (pattern, name)
+
+
+def test_a_glob_with_many_stars_takes_linear_time():
+    import time
+
+    glob = Glob("*-*-*-*-*-*x")  # its regex took over a second on this name, and longer the more stars
+    started = time.monotonic()
+    assert not glob.fullmatch(("a-" * 128)[:255])
+    assert time.monotonic() - started < 0.1
 
 
 POLICY_YAML = {

@@ -59,6 +59,56 @@ def glob_to_regex(pattern: str) -> re.Pattern:
     return re.compile("".join(out), re.DOTALL)
 
 
+class Glob:
+    """
+    A compiled repository glob.  Python's regular expressions backtrack: a
+    glob with several stars (``*-*-*-*-*x``) took over a second to fail on
+    one 255-character name a client chose.  A glob with at most two stars
+    is matched by its regex (quick, and at worst quadratic in the name); one
+    with more, by following every position of the pattern at once, in time
+    linear in the name's length.
+    """
+
+    def __init__(self, pattern: str, regex_stars: int = 2):
+        self.pattern = pattern
+        self._tokens: list[str] = []
+        i = 0
+        while i < len(pattern):
+            token = "**" if pattern.startswith("**", i) else pattern[i]
+            self._tokens.append(token)
+            i += len(token)
+        stars = sum(t in ("*", "**") for t in self._tokens)
+        self._regex = glob_to_regex(pattern) if stars <= regex_stars else None
+        end = len(self._tokens)
+        # The positions reachable from each position without reading a character (stars match nothing too).
+        self._skip = []
+        for start in range(end + 1):
+            reach = [start]
+            while reach[-1] < end and self._tokens[reach[-1]] in ("*", "**"):
+                reach.append(reach[-1] + 1)
+            self._skip.append(reach)
+
+    def fullmatch(self, name: str) -> bool:
+        if self._regex is not None:
+            return self._regex.fullmatch(name) is not None
+        tokens, end = self._tokens, len(self._tokens)
+        states = set(self._skip[0])
+        for ch in name:
+            following: set[int] = set()
+            for i in states:
+                if i == end:
+                    continue
+                token = tokens[i]
+                if token == "**" or (token == "*" and ch != "/"):
+                    following.update(self._skip[i])
+                elif (token == "?" and ch != "/") or token == ch:
+                    following.update(self._skip[i + 1])
+            if not following:
+                return False
+            states = following
+        return end in states
+
+
 @attr.s(auto_attribs=True, frozen=True)
 class Identity:
     """Who is asking: a user and their groups, or anonymous (``name`` None)."""
@@ -100,10 +150,10 @@ class AccessRule:
     pull: tuple[str, ...] = ()
     push: tuple[str, ...] = ()
     delete: tuple[str, ...] = ()
-    _regexes: tuple = attr.ib(init=False, repr=False, eq=False)
+    _globs: tuple = attr.ib(init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self):
-        object.__setattr__(self, "_regexes", tuple(glob_to_regex(p) for p in self.patterns))
+        object.__setattr__(self, "_globs", tuple(Glob(p) for p in self.patterns))
 
     @classmethod
     def parse(cls, value, number: int = 0) -> AccessRule:
@@ -127,7 +177,7 @@ class AccessRule:
         return out
 
     def matches(self, repository: str) -> bool:
-        return any(r.fullmatch(repository) for r in self._regexes)
+        return any(g.fullmatch(repository) for g in self._globs)
 
     def actions_for(self, identity: Identity) -> set[str]:
         return {a for a in ACTIONS if any(_principal_matches(p, identity) for p in getattr(self, a))}
