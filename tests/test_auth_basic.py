@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from auth_helpers import (
+    HTPASSWD,
     PASSWORDS,
     RULES,
     basic,
@@ -469,6 +471,33 @@ def test_a_glob_with_many_stars_does_not_stall_the_registry(tmp_path):
         assert call(process.url, "GET", f"/v2/{name}/tags/list").status == 401
         assert time.monotonic() - started < 0.5
         assert call(process.url, "GET", "/v2/a-b-c-d-ex/tags/list").status == 404  # the rule still applies
+    finally:
+        process.stop()
+
+
+def test_long_passwords_cost_no_memory(tmp_path):
+    """SHA-crypt hashes the password once per byte of it: an 11 KiB guess must not take hundreds of MiB."""
+    if HTPASSWD is None:
+        pytest.skip("htpasswd (apache2-utils) is not installed")
+    line = subprocess.run([HTPASSWD, "-nb5", "carl", "pw"], check=True, capture_output=True, text=True).stdout
+    (tmp_path / "htpasswd").write_text(line.strip() + "\n")
+    process = start_registry(tmp_path, "  htpasswd: htpasswd\n  max_failed_logins: 0\n")
+
+    def peak_mib():
+        with open(f"/proc/{process.process.pid}/status") as f:
+            return int(f.read().split("VmHWM:")[1].split()[0]) // 1024
+
+    try:
+        assert call(process.url, "GET", "/v2/", headers=basic("carl", "pw")).status == 200
+        before = peak_mib()
+        with ThreadPoolExecutor(4) as pool:
+            statuses = list(
+                pool.map(
+                    lambda _: call(process.url, "GET", "/v2/", headers=basic("carl", "x" * 11500)).status, range(4)
+                )
+            )
+        assert statuses == [401] * 4
+        assert peak_mib() - before < 50, (before, peak_mib())
     finally:
         process.stop()
 

@@ -94,6 +94,15 @@ def test_apr1_matches_a_known_hash():
     assert apr1_md5(b"pass", b"JyxVUS20") == "$apr1$JyxVUS20$R0XAtkDDNZ7dvIp6Cbcop1"
 
 
+def test_passwords_longer_than_1024_bytes_are_wrong_unhashed():
+    from oci_registry.auth.htpasswd import MAX_PASSWORD, sha_crypt, verify_unknown
+
+    longest, longer = b"x" * MAX_PASSWORD, b"x" * (MAX_PASSWORD + 1)
+    assert verify_hash(sha_crypt(longest, b"salt", None, 512), longest)
+    assert not verify_hash(sha_crypt(longer, b"salt", None, 512), longer)
+    assert verify_unknown(longer, 31) is False  # at once: a cost-31 bcrypt would take days
+
+
 def test_htpasswd_parsing():
     users, refused = parse_htpasswd("# comment\n\nalice:{SHA}nU4eI71bcnBGqeO0t9tXvY1u5oQ=\nbob:edZaZQiAV7Wz2\n")
     assert list(users) == ["alice"] and list(refused) == ["bob"]

@@ -43,6 +43,9 @@ _GENERATIONS = itertools.count(1)  # shared by every file, so a replaced file ne
 _DES = re.compile(r"^[./A-Za-z0-9]{13}$")
 
 BCRYPT_MAX_PASSWORD = 72  # bcrypt uses the first 72 bytes, as htpasswd does
+# Longer passwords are wrong without being hashed (htpasswd itself takes at most 255
+# characters): SHA-crypt's work grows with the square of a password's length.
+MAX_PASSWORD = 1024
 
 # An unknown user's password is hashed with bcrypt at the cost of the costliest
 # bcrypt hash in the file, so that a wrong name takes as long as a wrong password.
@@ -77,6 +80,8 @@ def _refusal(stored: str) -> str:
 
 def verify_hash(stored: str, password: bytes) -> bool:
     """Whether ``password`` matches the htpasswd hash ``stored``; constant-time comparisons. Blocking."""
+    if len(password) > MAX_PASSWORD:
+        return False
     kind = hash_kind(stored)
     if kind == "bcrypt":
         candidate = stored.encode()
@@ -107,6 +112,8 @@ def bcrypt_cost(stored: str) -> int | None:
 
 def verify_unknown(password: bytes, cost: int = DEFAULT_DUMMY_COST) -> bool:
     """The work of a bcrypt check at ``cost`` for a user who does not exist; always False. Blocking."""
+    if len(password) > MAX_PASSWORD:
+        return False  # as `verify_hash` answers it, at once
     # Hashing with a fresh salt is the work checkpw does: one bcrypt at that cost.
     bcrypt.hashpw(password[:BCRYPT_MAX_PASSWORD], bcrypt.gensalt(cost))
     return False
@@ -210,7 +217,10 @@ def sha_crypt(password: bytes, salt: bytes, rounds: int | None, bits: int) -> st
         context.update(alternate if i & 1 else password)
         i >>= 1
     a = context.digest()
-    p_bytes = _repeat(new(password * len(password)).digest(), len(password)) if password else b""
+    p_digest = new()
+    for _ in range(len(password)):  # the password as many times as it has bytes, without building that string
+        p_digest.update(password)
+    p_bytes = _repeat(p_digest.digest(), len(password)) if password else b""
     s_bytes = _repeat(new(salt * (16 + a[0])).digest(), len(salt)) if salt else b""
     previous = a
     for i in range(rounds):
