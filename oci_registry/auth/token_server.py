@@ -34,6 +34,9 @@ from .tokens import Access, TokenIssuer, parse_scope
 
 log = Logger()
 
+MAX_SCOPES = 64  # scope items per token request; clients ask for one to a few
+MAX_FORM = 64 * 1024  # bytes of a POST /token form
+
 
 def grant(state: AuthState, identity: Identity, requested: list[Access]) -> list[Access]:
     """What a token for ``identity`` carries: the requested access it has under the rules."""
@@ -95,7 +98,9 @@ class TokenServer:
     @app.route("/token", methods=["GET"])
     async def get_token(self, request):
         self._check_service(_arg(request, "service"))
-        requested = [a for value in _args(request, "scope") for a in parse_scope(value)]
+        requested = _requested(request)
+        if requested is None:
+            raise _bad_request(f"a token request may name at most {MAX_SCOPES} scopes")
         challenge = {"WWW-Authenticate": f'Basic realm="{self.state.config.realm}"'}
         self.state.maybe_reload()
         try:
@@ -122,6 +127,8 @@ class TokenServer:
 
     @app.route("/token", methods=["POST"])
     async def post_token(self, request):
+        if _body_size(request) > MAX_FORM:
+            raise _OAuthError(413, "invalid_request", f"the form is larger than {MAX_FORM} bytes")
         grant_type = _arg(request, "grant_type")
         if grant_type != "password":
             raise _OAuthError(400, "unsupported_grant_type", "only grant_type=password is supported")
@@ -132,11 +139,13 @@ class TokenServer:
         user, password = _arg(request, "username"), _arg(request, "password")
         if not user or password is None:
             raise _OAuthError(400, "invalid_request", "username and password are required")
+        requested = _requested(request)
+        if requested is None:
+            raise _OAuthError(400, "invalid_scope", f"a token request may name at most {MAX_SCOPES} scopes")
         self.state.maybe_reload()
         identity = await self.login.login(request, user, password)
         if identity is None:
             raise _OAuthError(401, "invalid_grant", "incorrect username or password")
-        requested = [a for value in _args(request, "scope") for a in parse_scope(value)]
         issued = self._issue(identity, requested)
         return _json(
             request,
@@ -168,6 +177,28 @@ def _bad_request(detail: str) -> RegistryError:
     error.code = "UNSUPPORTED"
     error.status = 400
     return error
+
+
+def _requested(request) -> list[Access] | None:
+    """The scopes a token request names; None when it names more than `MAX_SCOPES`."""
+    requested: list[Access] = []
+    for value in request.args.get(b"scope", [])[: MAX_SCOPES + 1]:
+        items = value.split(None, MAX_SCOPES)  # splits no further than needed to know
+        if len(requested) + len(items) > MAX_SCOPES:
+            return None
+        requested += parse_scope(b" ".join(items).decode("utf-8", "replace"))
+    return requested
+
+
+def _body_size(request) -> int:
+    content = getattr(request, "content", None)
+    if content is None:
+        return 0
+    position = content.tell()
+    content.seek(0, 2)
+    size = content.tell()
+    content.seek(position)
+    return size
 
 
 def _args(request, name: str) -> list[str]:
