@@ -21,7 +21,7 @@ import urllib.parse
 
 from .client import Connection, HTTPError
 from .common import Unavailable, log
-from .registries import descendants, free_port, proc_cpu_seconds, proc_status_kib
+from .shared import descendants, free_port, proc_cpu_seconds, proc_status_kib
 
 
 def find_weed(python: str) -> str | None:
