@@ -17,7 +17,8 @@ from .data import Data
 from .environment import default_python, describe, tool_version
 from .registries import Registry
 from .report import add_ratios, combine_rounds, metric_labels
-from .s3 import S3Place, S3Server, find_weed
+from .s3 import S3Place, S3Server
+from .shared import find_weed
 from .sizes import Sizes
 from .workloads import STANDARD, metrics, steps
 from .workloads.base import Bench

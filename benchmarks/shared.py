@@ -1,7 +1,8 @@
 """
-The process launcher the benchmark shares with the tests:
-``tests/registry_process.py`` (standard library only), imported from there
-so that ociregistry and the reference start the same way in both.
+The process launchers the benchmark shares with the tests, imported from
+tests/ (standard library only): ``registry_process.py`` for ociregistry and
+the reference, ``seaweedfs_process.py`` for SeaweedFS, so that each starts
+the same way in both.
 """
 
 from __future__ import annotations
@@ -21,10 +22,13 @@ from registry_process import (
     proc_status_kib,
     registry_environment,
 )
+from seaweedfs_process import SeaweedFSProcess, find_weed
 
 __all__ = [
     "RegistryProcess",
+    "SeaweedFSProcess",
     "descendants",
+    "find_weed",
     "free_port",
     "proc_cpu_seconds",
     "proc_status_kib",

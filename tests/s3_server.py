@@ -14,21 +14,16 @@ Tests that need it are skipped, with the reason, when ``weed`` is missing.
 from __future__ import annotations
 
 import atexit
-import glob
+import hashlib
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import tempfile
-import time
 import urllib.error
 import urllib.request
 import uuid
 
 import pytest
-from registry_process import free_port
+from seaweedfs_process import SeaweedFSProcess, find_weed
 
 from oci_registry.storage import sigv4
 from oci_registry.storage.settings import S3Settings
@@ -40,78 +35,19 @@ BUCKET = "ociregistry"
 
 
 def weed_binary() -> str | None:
-    beside_python = os.path.join(os.path.dirname(sys.executable), "weed")
-    if os.access(beside_python, os.X_OK):
-        return beside_python
-    return shutil.which("weed")
+    return find_weed()
 
 
-class SeaweedFS:
-    """``weed server -s3`` in a temporary directory, every port picked free."""
+class SeaweedFS(SeaweedFSProcess):
+    """The tests' SeaweedFS (``seaweedfs_process.py``): one bucket, requests signed with the package's SigV4."""
 
-    def __init__(self, binary: str):
-        self.binary = binary
-        self.dir = tempfile.mkdtemp(prefix="ociregistry-seaweedfs-")
-        self.port = free_port()
-        self.process: subprocess.Popen | None = None
-        self.log_path = os.path.join(self.dir, "weed.log")
+    ACCESS_KEY, SECRET_KEY, REGION = ACCESS_KEY, SECRET_KEY, REGION
 
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _command(self) -> list[str]:
-        config = os.path.join(self.dir, "s3.json")
-        with open(config, "w") as f:
-            json.dump(
-                {
-                    "identities": [
-                        {
-                            "name": "tests",
-                            "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
-                            "actions": ["Admin", "Read", "List", "Tagging", "Write"],
-                        }
-                    ]
-                },
-                f,
-            )
-        data = os.path.join(self.dir, "data")
-        os.makedirs(data)
-        ports = {name: free_port() for name in ("master", "volume", "filer")}
-        grpc = {name: free_port() for name in ("master", "volume", "filer", "s3")}
-        self._ports = [self.port, *ports.values(), *grpc.values()]
-        return [
-            self.binary,
-            "server",
-            "-s3",
-            f"-dir={data}",
-            "-ip=127.0.0.1",
-            "-ip.bind=127.0.0.1",
-            f"-master.port={ports['master']}",
-            f"-master.port.grpc={grpc['master']}",
-            f"-volume.port={ports['volume']}",
-            f"-volume.port.grpc={grpc['volume']}",
-            f"-filer.port={ports['filer']}",
-            f"-filer.port.grpc={grpc['filer']}",
-            f"-s3.port={self.port}",
-            f"-s3.port.grpc={grpc['s3']}",
-            f"-s3.config={config}",
-            "-s3.port.iceberg=0",
-            "-s3.port.lance=0",
-            "-master.telemetry=false",
-            "-master.volumeSizeLimitMB=256",
-            "-volume.max=0",
-            "-volume.preStopSeconds=0",
-        ]
-
-    def request(
-        self, method: str, key: str | None = None, body: bytes = b"", query: str = "", timeout: float = 10
+    def signed_request(
+        self, method: str, path: str, body: bytes = b"", timeout: float = 10, params: list | None = None
     ) -> tuple[int, bytes]:
-        """A signed request to the test bucket, without the reactor (for setup)."""
-        import hashlib
-
-        path = f"/{BUCKET}" + (f"/{key}" if key else "")
-        params = [tuple(p.split("=", 1)) for p in query.split("&")] if query else []
+        """A signed request, without the reactor (for setup)."""
+        params = params or []
         headers = sigv4.sign_headers(
             sigv4.Credentials(ACCESS_KEY, SECRET_KEY),
             REGION,
@@ -135,51 +71,30 @@ class SeaweedFS:
         except urllib.error.HTTPError as e:
             return e.code, e.read()
 
+    def request(
+        self, method: str, key: str | None = None, body: bytes = b"", query: str = "", timeout: float = 10
+    ) -> tuple[int, bytes]:
+        """A signed request to the test bucket (``key`` in it, or the bucket itself)."""
+        path = f"/{BUCKET}" + (f"/{key}" if key else "")
+        params = [tuple(p.split("=", 1)) for p in query.split("&")] if query else []
+        return self.signed_request(method, path, body, timeout, params)
+
     def start(self, timeout: float = 40.0) -> SeaweedFS:
-        log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(self._command(), stdout=log, stderr=subprocess.STDOUT, cwd=self.dir)
+        self.spawn()
         atexit.register(self.stop)  # should the session end without its teardown
-        deadline = time.monotonic() + timeout
-        last = None
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"weed exited with {self.process.returncode}:\n{self.log()[-3000:]}")
-            try:
-                # The S3 port answers before the filer and volume servers are
-                # ready: wait until a bucket and an object can be written.
-                # (A request sent too early can hang: give up on it soon.)
-                status, _ = self.request("PUT", timeout=1)
-                if status in (200, 409):
-                    status, _ = self.request("PUT", ".ready", b"ok", timeout=1)
-                    if status == 200:
-                        return self
-                last = status
-            except OSError as e:
-                last = e
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"SeaweedFS did not start within {timeout}s (last: {last}):\n{self.log()[-3000:]}")
+        try:
+            self.create_bucket(BUCKET, timeout, try_timeout=1)
+        except RuntimeError:
+            self.stop()
+            raise
+        return self
 
     def stop(self) -> None:
-        # weed takes over 10 s to stop gracefully; its data is thrown away anyway.
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(10)
-        self.process = None
+        super().stop()
         shutil.rmtree(self.dir, ignore_errors=True)
-        for port in getattr(self, "_ports", ()):  # the unix sockets weed opens beside its ports
-            for path in glob.glob(os.path.join(tempfile.gettempdir(), f"seaweedfs-*-{port}.sock")):
-                try:
-                    os.unlink(path)
-                except OSError:
-                    pass
 
     def log(self) -> str:
-        try:
-            with open(self.log_path, errors="replace") as f:
-                return f.read()
-        except OSError:
-            return ""
+        return self.log_tail(1 << 30)
 
     # for tests
 
