@@ -139,7 +139,12 @@ class Registry:
             raise BlobUnknown(str(digest))
         return BlobInfo(digest, info.size)
 
-    async def open_blob(self, name: Name, digest: Digest, offset: int = 0):
+    async def open_blob(self, name: Name, digest: Digest, offset: int = 0, length: int | None = None):
+        """
+        A reader of the blob from ``offset``.  ``length``: how many bytes the
+        caller will read (None: to the end); a pull-through cache serves a
+        part of a blob it is still fetching only once it is verified.
+        """
         await self.stat_blob(name, digest)
         try:
             return await self.storage.open_reader(paths.blob_data(digest), offset)

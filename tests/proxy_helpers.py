@@ -74,9 +74,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 class _ThreadedServer:
     handler: type
+    host = "127.0.0.1"
 
     def start(self):
-        self._server = _QuietServer(("127.0.0.1", 0), self.handler)
+        self._server = _QuietServer((self.host, 0), self.handler)
         self._server.owner = self
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -89,7 +90,7 @@ class _ThreadedServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
 
 class _TokenHandler(_Handler):
@@ -392,14 +393,102 @@ class BlobStore(_ThreadedServer):
         self.requests: list[tuple] = []
 
 
+# -- an upstream that does what a test says ------------------------------------------
+
+
+class _ScriptedHandler(_Handler):
+    def _handle(self):
+        owner: ScriptedUpstream = self.server.owner
+        owner.requests.append((self.command, self.path, dict(self.headers)))
+        for method, pattern, action in owner.routes:
+            match = pattern.fullmatch(self.path)
+            if match and method in (self.command, "*"):
+                try:
+                    action(self, match)
+                except (BrokenPipeError, ConnectionError, TimeoutError, OSError):
+                    owner.broken += 1  # the proxy hung up on us, as it should
+                return
+        self.reply(404, b'{"errors": [{"code": "NAME_UNKNOWN"}]}', {"Content-Type": "application/json"})
+
+    do_GET = do_HEAD = _handle
+
+    # Building blocks for the routes' actions.
+
+    def start_body(self, status: int = 200, headers: dict | None = None, length: int | None = None) -> None:
+        """Status and headers; with no ``length``, a chunked body follows (use `chunk`)."""
+        self.send_response(status)
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        if length is None:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Content-Length", str(length))
+        self.end_headers()
+        self.wfile.flush()
+
+    def send(self, data: bytes) -> None:
+        self.wfile.write(data)
+        self.wfile.flush()
+        self.server.owner.sent += len(data)
+
+    def chunk(self, data: bytes) -> None:
+        self.send(b"%x\r\n%s\r\n" % (len(data), data))
+
+    def stall(self, seconds: float = 30.0) -> None:
+        """Go quiet (until the test ends, at most ``seconds``)."""
+        self.server.owner.release.wait(seconds)
+
+
+class ScriptedUpstream(_ThreadedServer):
+    """
+    A small registry on ``host`` that answers as the test's routes say, to
+    play an upstream that stalls, lies or never ends.  ``on(method, regex,
+    action)`` adds a route (``action(handler, match)``, first match wins; a
+    request no route takes is a 404); ``release`` ends every stall.
+    """
+
+    handler = _ScriptedHandler
+
+    def __init__(self, host: str = "127.0.0.1"):
+        self.host = host
+        self.routes: list[tuple] = []
+        self.requests: list[tuple] = []  # (method, path, headers)
+        self.release = threading.Event()
+        self.sent = 0  # body bytes written by send/chunk
+        self.broken = 0  # responses cut short by the other end
+
+    def on(self, method: str, pattern: str, action) -> ScriptedUpstream:
+        self.routes.insert(0, (method, re.compile(pattern), action))
+        return self
+
+    def reset(self) -> None:
+        self.routes.clear()
+        self.requests.clear()
+        self.sent = self.broken = 0
+
+    def paths(self, method: str | None = None) -> list[str]:
+        return [path for m, path, _ in self.requests if method is None or m == method]
+
+    def stop(self) -> None:
+        self.release.set()
+        super().stop()
+
+
+def serve(status: int = 200, body: bytes = b"", headers: dict | None = None):
+    """A route action answering ``body`` at once."""
+    return lambda handler, match: handler.reply(status, body, headers)
+
+
 __all__ = [
     "BlobStore",
     "Edge",
     "HTTPResponse",
+    "ScriptedUpstream",
     "TokenServer",
     "basic",
     "htpasswd_auth",
     "push_image",
     "push_manifest",
+    "serve",
     "upstream_requests",
 ]

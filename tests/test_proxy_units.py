@@ -302,6 +302,19 @@ def test_a_failed_fill_fails_its_clients():
     pending.addErrback(lambda f: None)
 
 
+def test_a_fill_takes_no_more_than_the_announced_size_or_the_upload_limit():
+    announced, writer = _fill(10), _Writer()
+    announced._chunk(writer, b"1234567890")
+    with pytest.raises(UpstreamUnavailable, match="more than the 10 bytes it announced"):
+        announced._chunk(writer, b"1")
+    unannounced = _fill(None)
+    unannounced.limit = 8
+    unannounced._chunk(writer, b"12345678")
+    with pytest.raises(UpstreamUnavailable, match="more than max_upload_size"):
+        unannounced._chunk(writer, b"9")
+    assert writer.data == b"1234567890" + b"12345678"  # nothing past either bound was written
+
+
 def test_a_client_that_falls_behind_stops_being_buffered():
     fill, writer = _fill(8 << 20), _Writer()
     follower = fill.follow(0)

@@ -198,7 +198,7 @@ class RegistryAPI:
         _set(request, Content_Length=length)
         if request.method == b"HEAD" or length == 0:
             return b""
-        reader = await self.registry.open_blob(name, digest, start)
+        reader = await self.registry.open_blob(name, digest, start, length)
         await send_reader(request, reader, length)
         return None
 

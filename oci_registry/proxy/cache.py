@@ -18,6 +18,9 @@ own storage as ordinary content, and hands every other name to the local
   (`oci_registry.proxy.fill`); concurrent requests for the same manifest
   share one upstream request too.  Both within one process: with several
   worker processes each may fetch a blob once.
+- A part of a blob (a ``Range``) is served only once the whole blob is
+  verified; a whole blob is streamed as it arrives, all but its last byte
+  before it is verified (`oci_registry.proxy.fill`).
 """
 
 from __future__ import annotations
@@ -219,16 +222,24 @@ class ProxyRegistry:
             return BlobInfo(digest, source)
         return await self.local.stat_blob(name, digest)
 
-    async def open_blob(self, name: Name, digest: Digest, offset: int = 0):
+    async def open_blob(self, name: Name, digest: Digest, offset: int = 0, length: int | None = None):
+        """
+        A reader from ``offset``; ``length``: how much the caller reads (None:
+        to the end).  A blob on its way is followed as it arrives when the
+        whole of it is asked for; a part of it only once it is verified
+        (the client cannot check a part against the digest).
+        """
         route = self.route(name)
         if route is None:
-            return await self.local.open_blob(name, digest, offset)
+            return await self.local.open_blob(name, digest, offset, length)
         source = await self._blob_source(route, name, digest, fetch=True)
         if isinstance(source, BlobFill):
-            await self._ask(source.wait_size(), BlobUnknown(str(digest)))
-            if not source.complete:
+            size = await self._ask(source.wait_size(), BlobUnknown(str(digest)))
+            if offset != 0 or (length is not None and length < size):
+                await self._ask(source.wait_done(), BlobUnknown(str(digest)))
+            elif not source.complete:
                 return source.follow(offset)
-        return await self.local.open_blob(name, digest, offset)
+        return await self.local.open_blob(name, digest, offset, length)
 
     async def _blob_source(self, route: Route, name: Name, digest: Digest, fetch: bool):
         """

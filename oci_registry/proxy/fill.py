@@ -12,16 +12,21 @@ Clients read through a `_Follower` (an `IReader`):
 
 - a client that joins before the first byte is *live*: chunks are handed to
   it in memory as they arrive, up to `LIVE_LIMIT` bytes ahead of it;
-- a client that joins later, asks for a range, or falls more than
-  `LIVE_LIMIT` behind reads from storage instead: the partial upload data
-  while the fill runs (where the storage can read a file being written, as
-  the filesystem can; otherwise it waits), the published blob after;
+- a client that joins later, or falls more than `LIVE_LIMIT` behind,
+  reads from storage instead: the partial upload data while the fill runs
+  (where the storage can read a file being written, as the filesystem can;
+  otherwise it waits), the published blob after;
 - the last byte is held back from every client until the digest is
   verified, so a client never receives a whole, wrong blob: a failed fill
-  breaks the connections it feeds.
+  breaks the connections it feeds.  (A client asking for a part of the blob
+  is not given a follower: it waits for the verified blob, see
+  `ProxyRegistry.open_blob`.)
 
 The upstream is read only as fast as storage takes the bytes; a slow client
 never slows the fill, and memory stays bounded whatever the blob's size.
+No more is taken from the upstream than the size it announced, or than
+``max_upload_size`` when it announced none (a larger announced size is
+refused before the body is read).
 """
 
 from __future__ import annotations
@@ -85,6 +90,7 @@ class BlobFill:
         self.digest = digest
         self.names = {name}  # repositories the blob is linked into when it is in
         self.size: int | None = None  # from Content-Length; known before the body arrives
+        self.limit: int | None = None  # bytes taken from the upstream at most: its announced size, or the upload limit
         self.received = 0
         self.data_path: str | None = None
         self.complete = False
@@ -136,6 +142,8 @@ class BlobFill:
         self.received += len(chunk)
         if self.size is not None and self.received > self.size:
             raise UpstreamUnavailable(f"the upstream sent more than the {self.size} bytes it announced")
+        if self.limit is not None and self.received > self.limit:
+            raise UpstreamUnavailable(f"the upstream sent more than max_upload_size ({self.limit} bytes)")
         pending = writer.write(chunk)
         for follower in list(self._live):
             follower._feed(chunk)
@@ -147,6 +155,12 @@ class BlobFill:
         writer = None
         try:
             blob = await self.upstream.get_blob(self.remote_name, self.digest)
+            self.limit = getattr(self.registry, "max_upload_size", 0) or None
+            if blob.length is not None and self.limit is not None and blob.length > self.limit:
+                blob.cancel()
+                raise UpstreamUnavailable(
+                    f"the upstream's blob is {blob.length} bytes, more than max_upload_size ({self.limit} bytes)"
+                )
             try:
                 upload = await self.registry.start_upload(self.name)
                 upload_folder = paths.upload(self.name, upload.id)
