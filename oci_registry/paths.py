@@ -2,6 +2,8 @@
 Every storage path the registry uses, in one place.
 
     blobs/<alg>/<hex[:2]>/<hex>/data                 blob bytes, once per digest
+    blobs/<alg>/<hex[:2]>/<hex>/upstreams/<key>      a pull-through cache's upstream sent
+                                                     these bytes (the file holds its URL)
     repositories/<name>/_layers/<alg>/<hex>/link     the blob is in <name>
     repositories/<name>/_manifests/revisions/<alg>/<hex>/link
                                                      the manifest is in <name>;
@@ -23,6 +25,8 @@ registry's own folders cannot collide with a nested repository.
 
 from __future__ import annotations
 
+import hashlib
+
 from .reference import Digest, Name, Tag
 
 BLOBS = "blobs"
@@ -31,6 +35,12 @@ REPOSITORIES = "repositories"
 
 def blob_data(digest: Digest) -> str:
     return f"{BLOBS}/{digest.algorithm}/{digest.hex[:2]}/{digest.hex}/data"
+
+
+def blob_upstream(digest: Digest, upstream_url: str) -> str:
+    """Marks that the upstream at ``upstream_url`` sent the blob's bytes to a pull-through cache (proxy only)."""
+    key = hashlib.sha256(upstream_url.encode()).hexdigest()[:32]
+    return f"{BLOBS}/{digest.algorithm}/{digest.hex[:2]}/{digest.hex}/upstreams/{key}"
 
 
 def repository(name: Name) -> str:

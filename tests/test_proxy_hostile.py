@@ -15,8 +15,8 @@ import time
 
 import pytest
 from auth_helpers import write_htpasswd
-from image_builder import MEDIA_TYPE_OCI_MANIFEST, http_request, random_bytes, sha256_digest
-from proxy_helpers import ScriptedUpstream, basic, serve
+from image_builder import MEDIA_TYPE_OCI_MANIFEST, http_request, push_blob_http, random_bytes, sha256_digest
+from proxy_helpers import ScriptedUpstream, basic, push_blob, serve
 from registry_process import RegistryProcess
 
 pytestmark = pytest.mark.ociregistry_only
@@ -137,6 +137,98 @@ def stall_after(part: bytes, length: int, headers: dict | None = None, status: i
 def head_says(size: int, digest: str | None = None):
     headers = {"Docker-Content-Digest": digest} if digest else {}
     return lambda handler, match: handler.reply(200, b"", {**headers, "Content-Length": str(size)})
+
+
+# -- bytes served under a proxied name come from its upstream -------------------------------
+
+
+@pytest.mark.parametrize("lie", ["404", "wrong-bytes"])
+def test_a_lying_upstream_cannot_read_a_blob_pushed_to_a_private_repository(proxy, hostile, lie):
+    secret = random_bytes(200 << 10, f"private-{lie}")
+    digest = push_blob(proxy.url, "private/app", secret, ALICE)
+    assert get(proxy, f"private/app/blobs/{digest}").status == 401
+    # The upstream claims to hold every blob in every repository, and cannot send it.
+    hostile.on("HEAD", r"/v2/.+/blobs/.+", head_says(len(secret), digest))
+    if lie == "404":
+        hostile.on("GET", r"/v2/.+/blobs/.+", serve(404))
+    else:
+        hostile.on("GET", r"/v2/.+/blobs/.+", serve(200, b"x" * len(secret)))
+
+    head = get(proxy, f"h/stolen/blobs/{digest}", method="HEAD")
+    assert head.status == 200  # the upstream's claim, and nothing of ours
+    for headers in (None, {"Range": "bytes=0-999"}, {"Range": "bytes=1000-"}):
+        response, _ = timed(lambda headers=headers: get(proxy, f"h/stolen/blobs/{digest}", headers))
+        if lie == "404":
+            assert response.status == 404, response.body
+        else:  # a broken transfer, or an error: never the stored bytes
+            assert isinstance(response, Exception) or response.status == 503, response.status
+        body = getattr(response, "body", b"") or getattr(response, "partial", b"")
+        assert secret[:1000] not in body
+    assert not linked(proxy, "h/stolen", digest)
+    assert hostile.paths("GET") == [f"/v2/stolen/blobs/{digest}"] * 3  # each GET asked the upstream itself
+
+
+def test_a_blob_another_upstream_sent_is_fetched_again_and_one_this_upstream_sent_is_linked(proxy, hostile, honest):
+    data = random_bytes(300 << 10, "shared-blob")
+    digest = push_blob_http(honest.url, "team/a", data)
+    assert get(proxy, f"oci/team/a/blobs/{digest}").body == data  # cached from the honest upstream
+
+    hostile.on("HEAD", r"/v2/.+/blobs/.+", head_says(len(data), digest))
+    hostile.on("GET", r"/v2/.+/blobs/.+", serve(404))
+    assert get(proxy, f"h/x/blobs/{digest}").status == 404
+    assert not linked(proxy, "h/x", digest)
+
+    # The upstream really has it: it sends it, it is verified, and it is served.
+    hostile.on("GET", r"/v2/.+/blobs/.+", serve(200, data))
+    assert get(proxy, f"h/x/blobs/{digest}").body == data
+    assert hostile.paths("GET") == [f"/v2/x/blobs/{digest}"] * 2
+    # Having sent the bytes, it only has to confirm that another of its repositories holds them.
+    assert get(proxy, f"h/y/blobs/{digest}").body == data
+    assert hostile.paths() == [
+        f"/v2/x/blobs/{digest}",
+        f"/v2/x/blobs/{digest}",
+        f"/v2/y/blobs/{digest}",
+    ]
+    assert [m for m, *_ in hostile.requests] == ["GET", "GET", "HEAD"]
+    assert linked(proxy, "h/y", digest)
+
+
+# -- credentials lent to pullers ---------------------------------------------------------------
+
+
+def test_access_rules_decide_who_pulls_through_an_upstream_with_credentials(proxy, hostile):
+    data = manifest_bytes("upstream-private")
+    blob = random_bytes(1000, "upstream-private-blob")
+    blob_digest = sha256_digest(blob)
+
+    def private(answer):
+        def action(handler, match):
+            if handler.headers.get("Authorization") != basic("mirror", "upstream-secret")["Authorization"]:
+                return handler.reply(401, b"", {"WWW-Authenticate": 'Basic realm="upstream"'})
+            return answer(handler, match)
+
+        return action
+
+    hostile.on("GET", r"/v2/account/private/manifests/v1", private(serve(200, data, manifest_headers(data))))
+    hostile.on("GET", r"/v2/account/private/blobs/.+", private(serve(200, blob)))
+    hostile.on("GET", r"/v2/account/private/tags/list", private(serve(200, b'{"tags": ["v1"]}')))
+
+    paths = [
+        "c/account/private/manifests/v1",
+        f"c/account/private/blobs/{blob_digest}",
+        "c/account/private/tags/list",
+        f"c/account/private/referrers/{sha256_digest(data)}",
+    ]
+    for path in paths:
+        assert get(proxy, path).status == 401, path
+        assert get(proxy, path, BOB).status == 403, path
+        assert get(proxy, path, method="HEAD").status == 401, path
+    assert hostile.requests == []  # refused before the upstream was asked anything
+
+    # Whoever the rules let pull reads the upstream account's private repository.
+    assert get(proxy, paths[0], ALICE).body == data
+    assert get(proxy, paths[1], ALICE).body == blob
+    assert get(proxy, paths[2], ALICE).json()["tags"] == ["v1"]
 
 
 # -- fills are bounded, ranges verified, redirects followed with care ----------------------------------

@@ -7,12 +7,12 @@ an uncached one is streamed (its object does not exist yet).
 
 from __future__ import annotations
 
+import http.client
 import threading
 
 import pytest
-
 from image_builder import http_request, push_blob_http, random_bytes
-from proxy_helpers import upstream_requests
+from proxy_helpers import ScriptedUpstream, serve, upstream_requests
 from registry_process import RegistryProcess
 from s3_server import s3_server  # noqa: F401  (the session fixture)
 
@@ -65,3 +65,27 @@ def test_concurrent_pulls_over_s3_storage(s3_server, upstream, tmp_path, redirec
             assert cached.body == data
     finally:
         proxy.stop()
+
+
+def test_a_lying_upstream_gets_no_redirect_to_a_local_blob(s3_server, tmp_path):  # noqa: F811
+    """With ``redirect``, a blob not verified for the proxied repository is never a 307 to the stored object."""
+    liar = ScriptedUpstream().start()
+    settings = s3_server.settings(redirect=True)
+    config = s3_server.config_file(str(tmp_path), settings, proxies=[f"up={liar.url}"])
+    proxy = RegistryProcess(str(tmp_path / "unused"), config=config).start()
+    try:
+        secret = random_bytes(100 << 10, "s3-private")
+        digest = push_blob_http(proxy.url, "private/app", secret)
+        liar.on("HEAD", r"/v2/.+/blobs/.+", serve(200, b"", {"Content-Length": str(len(secret))}))
+        liar.on("GET", r"/v2/.+/blobs/.+", serve(200, b"y" * len(secret)))
+        for method in ("HEAD", "GET"):
+            try:
+                response = http_request(method, f"{proxy.url}/v2/up/stolen/blobs/{digest}")
+            except (http.client.IncompleteRead, ConnectionError):
+                continue  # the wrong bytes, cut short
+            assert response.status != 307, response.headers.get("location")
+            assert secret[:1000] not in response.body
+        assert http_request("GET", f"{proxy.url}/v2/private/app/blobs/{digest}").status == 307
+    finally:
+        proxy.stop()
+        liar.stop()

@@ -18,6 +18,13 @@ own storage as ordinary content, and hands every other name to the local
   (`oci_registry.proxy.fill`); concurrent requests for the same manifest
   share one upstream request too.  Both within one process: with several
   worker processes each may fetch a blob once.
+- Bytes served from a proxied repository come from its upstream, verified
+  against their digest, and from nowhere else: from that repository's own
+  cache, or from a blob this same upstream sent before (for another
+  repository) once it confirms the repository holds it too.  A blob stored
+  for a local repository, or sent by another upstream, is fetched again: an
+  upstream that answers a HEAD with 200 proves nothing, and would otherwise
+  read what others pushed privately by guessing or learning its digest.
 - A part of a blob (a ``Range``) is served only once the whole blob is
   verified; a whole blob is streamed as it arrives, all but its last byte
   before it is verified (`oci_registry.proxy.fill`).
@@ -156,7 +163,7 @@ class ProxyRegistry:
         # Longest prefix first; a mirror (prefix "") takes what no prefix does.
         self.upstreams = sorted(upstreams, key=lambda u: len(u.config.prefix), reverse=True)
         self._clock = clock
-        self._fills: dict[Digest, BlobFill] = {}
+        self._fills: dict[tuple[str, Digest], BlobFill] = {}  # by (upstream URL, digest)
         self._manifests = _Coalescer()
 
     @classmethod
@@ -241,31 +248,45 @@ class ProxyRegistry:
                 return source.follow(offset)
         return await self.local.open_blob(name, digest, offset, length)
 
+    async def _sent_by(self, upstream: Upstream, digest: Digest) -> bool:
+        """Whether ``upstream`` sent this blob's bytes before (for any repository) and they are stored."""
+        if (await self.storage.stat(paths.blob_upstream(digest, upstream.config.url))) is None:
+            return False
+        return (await self.storage.stat(paths.blob_data(digest))) is not None
+
     async def _blob_source(self, route: Route, name: Name, digest: Digest, fetch: bool):
         """
         None when the blob is stored and linked into ``name``; a `BlobFill`
-        when it is on its way (started here if need be); for a HEAD of a
-        blob nobody is fetching, its size upstream.
+        when it is on its way from this upstream (started here if need be);
+        for a HEAD of a blob nobody is fetching, its size upstream.
+
+        Stored bytes are linked into ``name`` only when this upstream sent
+        them before, for another repository, and confirms (HEAD) that it
+        holds them under ``name`` too: it proved it has them, so linking
+        them reveals nothing it could not send itself.  Bytes stored for any
+        other reason (pushed to a local repository, sent by another
+        upstream) are never linked on an upstream's word: they are fetched.
         """
         try:
             await self.local.stat_blob(name, digest)
             return None
         except BlobUnknown:
             pass
-        fill = self._fills.get(digest)
+        key = (route.upstream.config.url, digest)
+        fill = self._fills.get(key)
         if fill is not None and fill.error is not None:
             fill = None  # failed, and on its way out: this request starts afresh
         if fill is not None and name in fill.names:
             return fill
-        if fill is not None or (await self.storage.stat(paths.blob_data(digest))) is not None:
-            # The bytes are here, or on their way, for another repository: link them
-            # into this one once the upstream confirms it holds the blob there too.
+        if fill is not None or await self._sent_by(route.upstream, digest):
+            # This upstream sends (or sent) these bytes for another repository: link
+            # them into this one once it confirms it holds the blob there too.
             size = await self._ask(route.client.head_blob(route.remote, digest), BlobUnknown(str(digest)))
-            fill = self._fills.get(digest)
+            fill = self._fills.get(key)
             if fill is not None and not fill.done:
                 fill.names.add(name)
                 return fill
-            if await self.local.adopt_blob(name, digest):
+            if await self._sent_by(route.upstream, digest) and await self.local.adopt_blob(name, digest):
                 return None
             if not fetch and size is not None:
                 return size
@@ -273,23 +294,28 @@ class ProxyRegistry:
             size = await self._ask(route.client.head_blob(route.remote, digest), BlobUnknown(str(digest)))
             if size is not None:
                 return size
-        fill = self._fills.get(digest)
+        fill = self._fills.get(key)
         if fill is not None and not fill.done:
             fill.names.add(name)
             return fill
         fill = BlobFill(self.local, route.client, name, route.remote, digest, on_done=self._fill_done)
-        self._fills[digest] = fill
+        self._fills[key] = fill
         fill.start()
         return fill
 
     def _fill_done(self, fill: BlobFill) -> None:
-        if self._fills.get(fill.digest) is fill:
-            del self._fills[fill.digest]
+        key = (fill.upstream.url, fill.digest)
+        if self._fills.get(key) is fill:
+            del self._fills[key]
 
     async def blob_redirect(self, digest: Digest) -> str | None:
-        """The storage's URL for a stored blob; never for one still being fetched (it is not there yet)."""
-        fill = self._fills.get(digest)
-        if fill is not None and not fill.complete:
+        """
+        The storage's URL for a stored blob; never while it is being fetched:
+        it is not there yet, or what is there is another repository's copy
+        (the API asks right after `stat_blob`, which for a proxied repository
+        that does not hold the blob has just started or joined the fetch).
+        """
+        if any(f.digest == digest and not f.complete for f in self._fills.values()):
             return None
         return await self.local.blob_redirect(digest)
 

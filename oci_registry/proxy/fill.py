@@ -26,7 +26,9 @@ The upstream is read only as fast as storage takes the bytes; a slow client
 never slows the fill, and memory stays bounded whatever the blob's size.
 No more is taken from the upstream than the size it announced, or than
 ``max_upload_size`` when it announced none (a larger announced size is
-refused before the body is read).
+refused before the body is read).  Once verified, the blob is marked as sent
+by this upstream (`paths.blob_upstream`), which lets other repositories of
+the same upstream link it after a HEAD (`ProxyRegistry._blob_source`).
 """
 
 from __future__ import annotations
@@ -185,6 +187,9 @@ class BlobFill:
             target = paths.blob_data(self.digest)
             if (await self.storage.stat(target)) is None:
                 await self.storage.move(self.data_path, target)
+            await self.storage.write_bytes(
+                paths.blob_upstream(self.digest, self.upstream.url), self.upstream.url.encode()
+            )
             linked: set = set()
             while self.names - linked:  # repositories may join while the links are written
                 for name in sorted(self.names - linked, key=str):
