@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import threading
 import time
 
 import pytest
@@ -81,6 +82,7 @@ def proxy(tmp_path_factory, hostile, honest):
         f"  - {{prefix: h, url: '{hostile.url}', {quick}}}\n"
         f"  - {{prefix: ht, url: '{hostile.url}', {quick}}}\n"  # the token test's: its client learns a challenge
         f"  - {{prefix: hs, url: '{hostile.url}', timeout: 20s}}\n"  # for 24 huge manifests on a busy machine
+        f"  - {{prefix: hd, url: '{hostile.url}', {quick}, private_redirects: deny}}\n"
         f"  - {{prefix: c, url: '{hostile.url}', {quick}, username: mirror, password: upstream-secret}}\n"
         f"  - {{prefix: oci, url: '{honest.url}', {quick}}}\n"
     )
@@ -231,6 +233,139 @@ def test_access_rules_decide_who_pulls_through_an_upstream_with_credentials(prox
     assert get(proxy, paths[2], ALICE).json()["tags"] == ["v1"]
 
 
+# -- every body has a deadline ---------------------------------------------------------------------
+
+
+def test_a_manifest_that_stalls_mid_body_fails_every_coalesced_client_quickly(proxy, hostile):
+    data = manifest_bytes("stalling")
+    hostile.on("GET", r"/v2/team/stall/manifests/v1", stall_after(data[:10], len(data), manifest_headers(data)))
+    results = []
+
+    def pull():
+        results.append(timed(lambda: get(proxy, "h/team/stall/manifests/v1")))
+
+    threads = [threading.Thread(target=pull) for _ in range(5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(results) == 5
+    for response, seconds in results:
+        assert response.status == 503, response.body
+        assert seconds < QUICK
+    assert len(hostile.paths("GET")) == 1  # one upstream request for all of them
+
+
+def test_a_cached_tag_is_served_when_the_upstream_stalls(proxy, hostile):
+    first, second = manifest_bytes("tag-first"), manifest_bytes("tag-second")
+    hostile.on("*", r"/v2/team/stale/manifests/v1", serve(200, first, manifest_headers(first)))
+    assert get(proxy, "h/team/stale/manifests/v1").body == first
+
+    # The tag has moved upstream, and its new manifest stalls half-way.
+    hostile.on("HEAD", r"/v2/team/stale/manifests/v1", head_says(len(second), sha256_digest(second)))
+    hostile.on("GET", r"/v2/team/stale/manifests/v1", stall_after(second[:20], len(second), manifest_headers(second)))
+    response, seconds = timed(lambda: get(proxy, "h/team/stale/manifests/v1"))
+    assert response.status == 200
+    assert response.body == first
+    assert seconds < QUICK
+    assert "serving cached h/team/stale:v1" in proxy.log()
+
+    # The same when the HEAD itself gets no answer.
+    hostile.on("HEAD", r"/v2/team/stale/manifests/v1", lambda handler, match: handler.stall())
+    response, seconds = timed(lambda: get(proxy, "h/team/stale/manifests/v1"))
+    assert (response.status, response.body) == (200, first)
+    assert seconds < QUICK
+
+
+def test_a_stalled_token_server_fails_its_waiters_and_the_next_request_gets_a_token(proxy, hostile):
+    data = manifest_bytes("token")
+    challenge = {"WWW-Authenticate": f'Bearer realm="{hostile.url}/token",service="scripted"'}
+
+    def registry(handler, match):
+        if handler.headers.get("Authorization") != "Bearer good-token":
+            return handler.reply(401, b"", challenge)
+        return handler.reply(200, data, manifest_headers(data))
+
+    hostile.on("GET", r"/v2/team/tok/manifests/v1", registry)
+    hostile.on("GET", r"/token\?.*", stall_after(b'{"tok', 100, {"Content-Type": "application/json"}))
+    results = []
+
+    def pull():
+        results.append(timed(lambda: get(proxy, "ht/team/tok/manifests/v1")))
+
+    threads = [threading.Thread(target=pull) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(results) == 4
+    for response, seconds in results:
+        assert response.status == 503, response.body
+        assert seconds < QUICK
+
+    # The failed fetch is forgotten: the next request fetches a token afresh.
+    hostile.on("GET", r"/token\?.*", serve(200, b'{"token": "good-token", "expires_in": 300}'))
+    response, seconds = timed(lambda: get(proxy, "ht/team/tok/manifests/v1"))
+    assert response.status == 200
+    assert response.body == data
+    assert seconds < QUICK
+
+
+def test_tag_lists_referrers_and_error_bodies_that_stall(proxy, hostile):
+    data = manifest_bytes("listed")
+    digest = sha256_digest(data)
+    hostile.on("GET", r"/v2/team/list/manifests/v1", serve(200, data, manifest_headers(data)))
+    assert get(proxy, "h/team/list/manifests/v1").status == 200
+
+    hostile.on("GET", r"/v2/team/list/tags/list", stall_after(b'{"tags": ["v1", ', 100))
+    response, seconds = timed(lambda: get(proxy, "h/team/list/tags/list"))
+    assert response.json()["tags"] == ["v1"]  # the cached tags
+    assert seconds < QUICK
+
+    hostile.on("GET", r"/v2/team/list/referrers/.+", stall_after(b'{"manifests": [', 100))
+    response, seconds = timed(lambda: get(proxy, f"h/team/list/referrers/{digest}"))
+    assert response.status == 200
+    assert response.json()["manifests"] == []  # what is cached: nothing
+    assert seconds < QUICK
+
+    hostile.on("GET", r"/v2/team/list/manifests/gone", stall_after(b'{"errors": [', 1000, status=404))
+    response, seconds = timed(lambda: get(proxy, "h/team/list/manifests/gone"))
+    assert response.status == 404
+    assert seconds < QUICK
+
+    redirect = {"Location": "/v2/team/list/manifests/v1"}
+    hostile.on("GET", r"/v2/team/list/manifests/moved", lambda h, m: (h.start_body(307, redirect, 1000), h.stall()))
+    response, seconds = timed(lambda: get(proxy, "h/team/list/manifests/moved"))
+    assert response.status == 200  # the redirect's body was dropped, and the redirect followed
+    assert seconds < QUICK
+
+
+def test_bodies_that_drip_just_faster_than_the_idle_timeout(proxy, hostile):
+    data = manifest_bytes("drip")
+
+    def drip(length: int, step: int, headers: dict | None = None):
+        def action(handler, match):
+            handler.start_body(200, headers, length)
+            for _ in range(200):  # 0.4 s apart: under the 1 s idle timeout every time
+                handler.send(b"x" * step)
+                if handler.server.owner.release.wait(0.4):
+                    return
+
+        return action
+
+    hostile.on("GET", r"/v2/team/drip/manifests/v1", drip(len(data), 1, manifest_headers(data)))
+    response, seconds = timed(lambda: get(proxy, "h/team/drip/manifests/v1"))
+    assert response.status == 503
+    assert seconds < QUICK
+
+    blob = random_bytes(1 << 20, "drip-blob")
+    hostile.on("GET", r"/v2/team/drip/blobs/.+", drip(len(blob), 100))  # 250 bytes/s, under min_body_rate
+    response, seconds = timed(lambda: get(proxy, f"h/team/drip/blobs/{sha256_digest(blob)}"))
+    assert isinstance(response, Exception)  # the transfer broke off
+    assert seconds < QUICK
+    assert "slower than 1024 bytes/s" in proxy.log()
+
+
 # -- fills are bounded, ranges verified, redirects followed with care ----------------------------------
 
 
@@ -275,3 +410,103 @@ def test_a_range_of_a_blob_the_upstream_sends_wrong_is_never_served(proxy, hosti
     hostile.on("GET", r"/v2/team/range/blobs/.+", serve(200, good))
     response = get(proxy, f"h/team/range/blobs/{digest}", {"Range": "bytes=1000-1999"})
     assert (response.status, response.body) == (206, good[1000:2000])
+
+
+def test_redirects_to_other_addresses_follow_the_configured_policy(proxy, hostile, far):
+    data = random_bytes(256 << 10, "redirected")
+    digest = sha256_digest(data)
+    far.on("GET", r"/store/.+", serve(200, data))
+    hostile.on("GET", r"/v2/team/redir/blobs/.+", serve(307, b"", {"Location": f"{far.url}/store/{digest}?sig=x"}))
+
+    # private_redirects: auto, and the upstream is on loopback itself: another loopback host is fine.
+    assert get(proxy, f"h/team/redir/blobs/{digest}").body == data
+    assert len(far.requests) == 1
+    assert far.requests[0][2].get("Authorization") is None
+
+    # private_redirects: deny: not even connected to.
+    other = sha256_digest(b"another blob")
+    response, seconds = timed(lambda: get(proxy, f"hd/team/redir/blobs/{other}"))
+    assert response.status == 503, (response.body, hostile.requests, far.requests)
+    assert seconds < QUICK
+    assert len(far.requests) == 1
+    assert "not connecting to 127.0.0.2" in proxy.log()
+    # ... nor for a token realm there.
+    realm = {"WWW-Authenticate": f'Bearer realm="{far.url}/token",service="scripted"'}
+    hostile.on("GET", r"/v2/team/redir/manifests/v1", serve(401, b"", realm))
+    assert get(proxy, "hd/team/redir/manifests/v1").status == 503
+    assert len(far.requests) == 1
+
+    # A redirect loop ends after a few hops.
+    hostile.on("GET", r"/v2/team/loop/blobs/.+", lambda h, m: h.reply(307, b"", {"Location": h.path}))
+    response, seconds = timed(lambda: get(proxy, f"h/team/loop/blobs/{other}"))
+    assert response.status == 503
+    assert "redirects" in response.json()["errors"][0]["detail"]
+    assert len([p for p in hostile.paths("GET") if "/loop/" in p]) == 6  # the request and five hops
+    assert seconds < QUICK
+
+
+# -- and whatever else an upstream might send ----------------------------------------------------------
+
+
+def _rss_kib(process) -> int:
+    with open(f"/proc/{process.process.pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("VmRSS")
+
+
+def test_endless_response_headers_are_cut_off(proxy, hostile):
+    def endless_headers(handler, match):
+        handler.send_response(200)
+        for i in range(100_000):  # 100 MiB of headers at most
+            handler.send_header(f"X-Junk-{i}", "j" * 1000)
+            if i % 64 == 0:
+                handler.wfile.flush()
+        handler.end_headers()
+
+    hostile.on("GET", r"/v2/team/headers/manifests/v1", endless_headers)
+    before = _rss_kib(proxy)
+    response, seconds = timed(lambda: get(proxy, "h/team/headers/manifests/v1"))
+    assert response.status == 503
+    assert "headers are longer than" in response.json()["errors"][0]["detail"]
+    assert seconds < QUICK
+    assert _rss_kib(proxy) - before < 32 << 10
+
+
+def test_headers_with_numbers_no_registry_would_send(proxy, hostile):
+    digest = sha256_digest(b"numbers")
+    for value in ("²", "9" * 5000, "-1", "1e9"):
+        hostile.reset()
+        hostile.on(
+            "HEAD",
+            r"/v2/team/numbers/blobs/.+",
+            lambda h, m, v=value: (h.send_response(200), h.send_header("Content-Length", v), h.end_headers()),
+        )
+        response = get(proxy, f"h/team/numbers/blobs/{digest}", method="HEAD")
+        assert response.status in (404, 503), (value, response.status)  # no size said: a GET is tried
+        hostile.on("GET", r"/v2/team/numbers/manifests/v1", serve(429, b"", {"Retry-After": value}))
+        response, seconds = timed(lambda: get(proxy, "h/team/numbers/manifests/v1"))
+        assert response.status == 503, (value, response.status, response.body)
+        assert seconds < QUICK * 2  # unreadable: waited 1 s, three times; too long: not at all
+    hostile.on("GET", r"/v2/team/numbers/manifests/v1", serve(429, b"", {"Retry-After": "1000000000"}))
+    response, seconds = timed(lambda: get(proxy, "h/team/numbers/manifests/v1"))
+    assert response.status == 503
+    assert "rate limiting" in response.json()["errors"][0]["detail"]
+    assert seconds < QUICK
+
+
+def test_a_tag_list_without_end_is_cut_off(proxy, hostile):
+    page = json.dumps({"tags": [f"t{i:07d}" for i in range(80_000)]}).encode()  # about 1 MiB
+
+    def pages(handler, match):
+        handler.reply(200, page, {"Link": '</v2/team/many/tags/list?n=80000&last=x>; rel="next"'})
+
+    hostile.on("GET", r"/v2/team/many/tags/list.*", pages)
+    before = _rss_kib(proxy)
+    response, seconds = timed(lambda: get(proxy, "h/team/many/tags/list"))
+    assert response.status == 404  # nothing cached to fall back on
+    assert seconds < QUICK
+    assert len(hostile.paths("GET")) <= 5
+    assert "tag list of team/many is longer than" in proxy.log()
+    assert _rss_kib(proxy) - before < 64 << 10

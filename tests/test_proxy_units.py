@@ -20,10 +20,11 @@ from zope.interface.verify import verifyObject
 from oci_registry import manifest as manifests
 from oci_registry.config import Config, ConfigError
 from oci_registry.proxy import IUpstream, ProxyRegistry, Upstream, UpstreamClient, UpstreamConfig
-from oci_registry.proxy.auth import TokenCache, basic_authorization, parse_challenges
+from oci_registry.proxy.auth import MAX_TOKEN_LIFETIME, MAX_TOKENS, TokenCache, basic_authorization, parse_challenges
 from oci_registry.proxy.cache import _acceptable, _canonical, _upstream_accept
-from oci_registry.proxy.client import UpstreamUnavailable, _retry_after
+from oci_registry.proxy.client import UpstreamUnavailable, _retry_after, redirect_target
 from oci_registry.proxy.fill import BlobFill, FillFailed
+from oci_registry.proxy.transport import AddressGuard
 from oci_registry.reference import Digest, Name
 from oci_registry.registry import Registry
 from oci_registry.storage.interfaces import IReader
@@ -80,6 +81,9 @@ def test_yaml_mapping_with_durations():
         ({"prefix": "hub", "url": "https://example.com", "colour": "red"}, "unknown keys colour"),
         ({"prefix": "hub", "url": "https://example.com", "username": "u"}, "both username and password"),
         ({"prefix": "hub", "url": "https://example.com", "tag_ttl": "soon"}, "not a duration"),
+        ({"prefix": "hub", "url": "https://example.com", "timeout": 0}, "timeout must be more than 0"),
+        ({"prefix": "hub", "url": "https://example.com", "private_redirects": "sometimes"}, "one of auto, allow"),
+        ({"prefix": "hub", "url": "https://example.com", "min_body_rate": "fast"}, "min_body_rate must be"),
     ],
 )
 def test_invalid_proxies_are_refused_with_a_reason(value, message):
@@ -244,6 +248,57 @@ def test_retry_after_in_seconds_or_as_a_date():
     assert _retry_after("Wed, 21 Oct 2015 07:28:00 GMT", 1445412475.0) == 5.0
     assert _retry_after("soon", 0.0) is None
     assert _retry_after(None, 0.0) is None
+    assert _retry_after("²", 0.0) is None  # str.isdigit() says yes, float() says no
+    assert _retry_after("9" * 5000, 0.0) == float("inf")  # longer than any wait
+
+
+def test_tokens_live_an_hour_at_most_and_the_cache_is_bounded():
+    clock = Clock()
+    tokens = TokenCache(clock.seconds)
+    for lifetime in (float("nan"), float("inf"), 1e18):
+        tokens.put(("r", "s", "scope"), "t", lifetime)
+        clock.advance(MAX_TOKEN_LIFETIME)
+        assert tokens.get(("r", "s", "scope")) is None, lifetime
+    for i in range(MAX_TOKENS + 10):
+        tokens.put(("r", "s", f"repository:n{i}:pull"), "t", 300)
+    assert len(tokens._tokens) == MAX_TOKENS
+    assert tokens.get(("r", "s", "repository:n0:pull")) is None  # the oldest went first
+    assert tokens.get(("r", "s", f"repository:n{MAX_TOKENS + 9}:pull")) == "t"
+
+
+def test_a_challenge_header_with_endless_parameters_is_read_in_bounded_time():
+    header = "Bearer " + ", ".join(f"k{i}=v" for i in range(20000))
+    [challenge] = parse_challenges([header] * 100)[:1]
+    assert len(challenge.params) <= 32
+    assert len(parse_challenges([header] * 100)) <= 16
+
+
+def test_redirects_to_other_schemes_and_from_https_to_http_are_not_followed():
+    assert (
+        redirect_target("https://r.example/v2/a/blobs/x", "https://cdn.example/b?sig=1")
+        == "https://cdn.example/b?sig=1"
+    )
+    assert redirect_target("http://r.example/v2/a/blobs/x", "https://cdn.example/b") == "https://cdn.example/b"
+    assert redirect_target("https://r.example/v2/a/blobs/x", "/v2/b") == "https://r.example/v2/b"
+    for location in ("http://cdn.example/b", "file:///etc/passwd", "ftp://cdn.example/b"):
+        with pytest.raises(UpstreamUnavailable):
+            redirect_target("https://r.example/v2/a/blobs/x", location)
+
+
+def test_which_addresses_a_redirect_or_token_realm_may_lead_to():
+    guard = AddressGuard("registry.example", "auto")
+    guard.resolved("registry.example", ["93.184.216.34"])  # a public upstream
+    assert guard.admits("registry.example", "93.184.216.34")
+    assert guard.admits("cdn.example", "151.101.1.1")
+    for address in ("127.0.0.1", "10.1.2.3", "192.168.0.1", "169.254.169.254", "::1", "::ffff:127.0.0.1", "fd00::1"):
+        assert not guard.admits("cdn.example", address), address
+    assert guard.admits("registry.example", "10.1.2.3")  # the upstream's own name is what was configured
+    guard.resolved("registry.example", ["10.0.0.5"])  # an upstream on a private network
+    assert guard.admits("minio.internal", "10.0.0.6")
+    deny = AddressGuard("127.0.0.1", "deny")
+    deny.resolved("127.0.0.1", ["127.0.0.1"])
+    assert deny.admits("127.0.0.1", "127.0.0.1") and not deny.admits("127.0.0.2", "127.0.0.2")
+    assert AddressGuard("registry.example", "allow").admits("anything", "127.0.0.1")
 
 
 def test_the_client_provides_its_interface():

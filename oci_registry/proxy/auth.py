@@ -26,6 +26,10 @@ _PARAM = re.compile(r'\s*([A-Za-z0-9_.-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*
 #: A token is renewed this many seconds before the upstream says it expires.
 EXPIRY_MARGIN = 5.0
 DEFAULT_TOKEN_LIFETIME = 60.0
+#: A token is kept at most this long, whatever its ``expires_in`` says.
+MAX_TOKEN_LIFETIME = 3600.0
+#: Tokens kept at once (one per repository pulled recently); the oldest go first beyond it.
+MAX_TOKENS = 4096
 
 
 @attr.s(auto_attribs=True, frozen=True, slots=True)
@@ -47,26 +51,34 @@ class Challenge:
         return tuple(scope.split(" ")) if scope else ()
 
 
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9_-]*)(?:\s+|$)")
+_SEPARATORS = re.compile(r"[\s,]*")
+#: Challenges and parameters read from one response; an upstream may send more, they are ignored.
+MAX_CHALLENGES = 16
+MAX_PARAMS = 32
+
+
 def parse_challenges(values: list[str]) -> list[Challenge]:
-    """Every challenge in the ``WWW-Authenticate`` header values, in order."""
+    """Every challenge in the ``WWW-Authenticate`` header values, in order (at most `MAX_CHALLENGES`)."""
     found = []
     for value in values:
-        rest = value.strip()
-        while rest:
-            match = re.match(r"([A-Za-z][A-Za-z0-9_-]*)(?:\s+|$)", rest)
+        text = value.strip()
+        pos = 0
+        while pos < len(text) and len(found) < MAX_CHALLENGES:
+            match = _SCHEME.match(text, pos)
             if match is None:
                 break
-            scheme, rest = match.group(1).lower(), rest[match.end() :]
+            scheme, pos = match.group(1).lower(), match.end()
             params = {}
-            while rest:
-                param = _PARAM.match(rest)
+            while pos < len(text) and len(params) < MAX_PARAMS:
+                param = _PARAM.match(text, pos)
                 if param is None:
                     break
                 key, quoted, bare = param.groups()
                 params[key.lower()] = re.sub(r"\\(.)", r"\1", quoted) if quoted is not None else bare
-                rest = rest[param.end() :]
+                pos = param.end()
             found.append(Challenge(scheme, params))
-            rest = rest.lstrip(", ")
+            pos = _SEPARATORS.match(text, pos).end()
     return found
 
 
@@ -87,7 +99,10 @@ class _Token:
 class TokenCache:
     """
     Bearer tokens by (realm, service, scope), kept until shortly before they
-    expire.  Concurrent requests for the same missing token share one fetch.
+    expire (an hour at most), `MAX_TOKENS` at most.  Concurrent requests for
+    the same missing token share one fetch; a fetch that fails (the client
+    bounds how long one may take) fails all of them, and the next request
+    starts afresh.
     """
 
     def __init__(self, clock=time.monotonic):
@@ -105,7 +120,15 @@ class TokenCache:
         return token.value
 
     def put(self, key: tuple, value: str, expires_in: float | None) -> None:
-        lifetime = DEFAULT_TOKEN_LIFETIME if not expires_in or expires_in <= 0 else float(expires_in)
+        lifetime = DEFAULT_TOKEN_LIFETIME if not expires_in or not expires_in > 0 else float(expires_in)
+        lifetime = min(lifetime, MAX_TOKEN_LIFETIME)
+        self._tokens.pop(key, None)
+        if len(self._tokens) >= MAX_TOKENS:
+            now = self._clock()
+            for old in [k for k, t in self._tokens.items() if now >= t.expires]:
+                del self._tokens[old]
+            while len(self._tokens) >= MAX_TOKENS:
+                del self._tokens[next(iter(self._tokens))]  # the oldest
         self._tokens[key] = _Token(value, self._clock() + max(lifetime - min(EXPIRY_MARGIN, lifetime / 10), 0))
 
     def forget(self, key: tuple) -> None:

@@ -3,61 +3,69 @@ The upstream client: the Distribution API of another registry, spoken with
 treq on the registry's own reactor.
 
 It answers the upstream's auth challenges (see `oci_registry.proxy.auth`),
-follows redirects (Docker Hub and GHCR send blob GETs to presigned object
-store URLs; credentials are never sent to another origin), waits out a 429's
-``Retry-After`` when it is short, and streams blob bodies with back-pressure.
-Failures are reported as `UpstreamNotFound` (404), `UpstreamDenied` (the
-upstream refused our credentials) and `UpstreamUnavailable` (unreachable,
-timed out, 5xx, rate limited): the cache policy decides what each means for
-a client.
+follows redirects as `redirect_target` allows (Docker Hub and GHCR send blob
+GETs to presigned object store URLs; credentials are never sent to another
+origin), waits out a 429's ``Retry-After`` when it is short, and streams
+blob bodies with back-pressure.  Every body is read within a deadline and a
+size bound (`oci_registry.proxy.transport`).  Failures are reported as
+`UpstreamNotFound` (404), `UpstreamDenied` (the upstream refused our
+credentials) and `UpstreamUnavailable` (unreachable, timed out, 5xx, rate
+limited, too big): the cache policy decides what each means for a client.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from email.utils import parsedate_to_datetime
 from urllib.parse import urlencode, urljoin, urlsplit
 
 import attr
-import treq
 from treq.client import HTTPClient
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
-from twisted.web.http import PotentialDataLoss
-from twisted.web.iweb import UNKNOWN_LENGTH
+from twisted.web.client import Agent, ResponseFailed
 from zope.interface import Attribute, Interface, implementer
 
 from ..manifest import MAX_MANIFEST_SIZE
 from ..reference import Digest
 from .auth import Challenge, TokenCache, basic_authorization, parse_challenges, repository_scope
 from .config import UpstreamConfig
+from .transport import (
+    AddressGuard,
+    BodyPump,
+    BoundedPool,
+    GuardedEndpoints,
+    UpstreamDenied,
+    UpstreamError,
+    UpstreamNotFound,
+    UpstreamUnavailable,
+    declared_length,
+    discard_body,
+    read_body,
+)
 
 log = Logger()
 
 USER_AGENT = "ociregistry-proxy/0.1"
-MAX_REDIRECTS = 10
+MAX_REDIRECTS = 5  # hops followed for one request (Docker Hub and GHCR need one)
 MAX_RATE_LIMIT_RETRIES = 3
 MAX_TAG_PAGES = 100
-SMALL_BODY = 1 << 20  # token responses, tag lists, error bodies
+TOKEN_BODY = 1 << 20  # a token server's answer
+TAG_LIST_BYTES = 4 << 20  # all the pages of one tag list together
+REDIRECTS = (301, 302, 303, 307, 308)
 
-
-class UpstreamError(Exception):
-    """The upstream did not give what was asked; ``str()`` says why (never with credentials)."""
-
-
-class UpstreamNotFound(UpstreamError):
-    """The upstream answered 404."""
-
-
-class UpstreamDenied(UpstreamError):
-    """The upstream (or its token server) refused the configured credentials."""
-
-
-class UpstreamUnavailable(UpstreamError):
-    """Unreachable, timed out, 5xx, rate limited, or an answer that makes no sense."""
+__all__ = [
+    "IUpstream",
+    "IUpstreamBlob",
+    "UpstreamClient",
+    "UpstreamDenied",
+    "UpstreamError",
+    "UpstreamManifest",
+    "UpstreamNotFound",
+    "UpstreamUnavailable",
+]
 
 
 @attr.s(auto_attribs=True, frozen=True, slots=True)
@@ -117,17 +125,24 @@ def _deferred(method):
     return wrapper
 
 
+def _where(url: str) -> str:
+    """A URL for a message: without its query (presigned URLs carry signatures there), and not too long."""
+    return url.split("?", 1)[0][:200]
+
+
 def _origin(url: str) -> tuple:
     parts = urlsplit(url)
     return parts.scheme, parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
 
 
+def _headers(response, name: str) -> list[str]:
+    """A header's values as sent (bytes decoded as latin-1: an upstream's bytes need not be UTF-8)."""
+    return [v.decode("latin-1") for v in response.headers.getRawHeaders(name.encode("ascii"), [])]
+
+
 def _header(response, name: str) -> str | None:
-    values = response.headers.getRawHeaders(name)
-    if not values:
-        return None
-    value = values[0]
-    return value.decode("latin-1") if isinstance(value, bytes) else value
+    values = _headers(response, name)
+    return values[0] if values else None
 
 
 def _retry_after(value: str | None, now: float) -> float | None:
@@ -135,66 +150,57 @@ def _retry_after(value: str | None, now: float) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    if re.fullmatch(r"[0-9]+", value):
+        return float(value)  # 10**5000 is inf: longer than any wait, not an error
+    if len(value) > 64:
+        return None
     try:
         return max(parsedate_to_datetime(value).timestamp() - now, 0.0)
-    except (TypeError, ValueError, OverflowError):
+    except (TypeError, ValueError, OverflowError, IndexError):
         return None
 
 
-def _declared_length(response) -> int | None:
+def _header_length(response) -> int | None:
     """Content-Length as sent (for a HEAD, Twisted's ``response.length`` is 0: there is no body)."""
-    value = _header(response, "Content-Length")
-    return int(value) if value and value.strip().isdigit() else None
+    value = (_header(response, "Content-Length") or "").strip()
+    return int(value) if re.fullmatch(r"[0-9]{1,20}", value) else None
 
 
-class _TooLarge(Exception):
-    pass
-
-
-async def _read_body(response, limit: int) -> bytes:
-    """The whole (small) body; `UpstreamUnavailable` past ``limit`` bytes."""
-    chunks: list[bytes] = []
-    received = 0
-
-    def collect(data: bytes) -> None:
-        nonlocal received
-        received += len(data)
-        if received > limit:
-            raise _TooLarge()
-        chunks.append(data)
-
+def redirect_target(current: str, location: str) -> str:
+    """
+    Where a redirect from ``current`` leads, or `UpstreamUnavailable` when it
+    may not be followed: to anything but http(s), or from https to plain
+    http (the bytes would cross the network unprotected after the upstream
+    promised otherwise).  Which addresses may be connected to is decided
+    when connecting (`oci_registry.proxy.transport.AddressGuard`).
+    """
     try:
-        await treq.collect(response, collect)
-    except _TooLarge:
-        raise UpstreamUnavailable(f"the upstream sent more than {limit} bytes") from None
-    except PotentialDataLoss:
-        pass  # no Content-Length: the body ended with the connection
-    except Exception as e:
-        raise UpstreamUnavailable(f"reading the upstream's answer failed: {e}") from None
-    return b"".join(chunks)
-
-
-async def _discard(response) -> None:
-    try:
-        await _read_body(response, SMALL_BODY)
-    except UpstreamError:
-        pass
+        target = urljoin(current, location.strip())
+        parts = urlsplit(target)
+        hostname = parts.hostname
+    except ValueError:
+        raise UpstreamUnavailable("the upstream redirected to an unreadable Location") from None
+    where = target.split("?", 1)[0][:200]
+    if parts.scheme not in ("http", "https") or not hostname:
+        raise UpstreamUnavailable(f"not following a redirect to {where}: only http(s) URLs are followed")
+    if urlsplit(current).scheme == "https" and parts.scheme == "http":
+        raise UpstreamUnavailable(f"not following a redirect from https to plain http ({where})")
+    return target
 
 
 @implementer(IUpstreamBlob)
 class _UpstreamBlob:
-    def __init__(self, response, reactor, idle_timeout: float):
+    def __init__(self, response, reactor, idle_timeout: float, min_rate: int):
         self._response = response
         self._reactor = reactor
         self._idle_timeout = idle_timeout
-        self._pump: _BodyPump | None = None
-        self.length = None if response.length is UNKNOWN_LENGTH else response.length
+        self._min_rate = min_rate
+        self._pump: BodyPump | None = None
+        self.length = declared_length(response)
 
     def deliver(self, sink) -> Deferred:
         done: Deferred = Deferred()
-        self._pump = _BodyPump(sink, done, self._reactor, self._idle_timeout)
+        self._pump = BodyPump(sink, done, self._reactor, self._idle_timeout, self._min_rate)
         self._response.deliverBody(self._pump)
         return done
 
@@ -202,93 +208,6 @@ class _UpstreamBlob:
         if self._pump is None:
             self.deliver(lambda data: None)
         self._pump.abort()
-
-
-class _BodyPump(Protocol):
-    """
-    Hands body chunks to a sink and pauses the upstream connection while the
-    sink pushes back (``treq.collect`` has no back-pressure).  The connection
-    is dropped when no byte arrives for ``idle_timeout`` seconds while we wait
-    for one.
-    """
-
-    def __init__(self, sink, done: Deferred, reactor, idle_timeout: float):
-        self._sink = sink
-        self._done = done
-        self._reactor = reactor
-        self._idle_timeout = idle_timeout
-        self._blocked = 0
-        self._timer = None
-        self._error: BaseException | None = None
-
-    def connectionMade(self):
-        self._arm()
-
-    def _arm(self) -> None:
-        self._disarm()
-        if self._idle_timeout and not self._blocked:
-            self._timer = self._reactor.callLater(self._idle_timeout, self._stalled)
-
-    def _disarm(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-
-    def _stalled(self) -> None:
-        self._timer = None
-        self._fail(UpstreamUnavailable(f"the upstream sent nothing for {self._idle_timeout:g}s"))
-
-    def _fail(self, error: BaseException) -> None:
-        if self._error is None:
-            self._error = error
-        if self.transport is not None:
-            self.transport.stopProducing()
-
-    def abort(self) -> None:
-        self._fail(UpstreamUnavailable("cancelled"))
-
-    def dataReceived(self, data: bytes) -> None:
-        if self._error is not None:
-            return
-        try:
-            pending = self._sink(data)
-        except Exception as e:
-            self._fail(e)
-            return
-        if pending is not None and not pending.called:
-            self._blocked += 1
-            if self._blocked == 1:
-                self._disarm()
-                self.transport.pauseProducing()
-            pending.addCallbacks(self._unblocked, self._sink_failed)
-        else:
-            self._arm()
-
-    def _unblocked(self, _=None) -> None:
-        self._blocked -= 1
-        if not self._blocked and self._error is None:
-            self._arm()
-            self.transport.resumeProducing()
-
-    def _sink_failed(self, failure) -> None:
-        self._blocked -= 1
-        self._fail(failure.value)
-
-    def connectionLost(self, reason):
-        self._disarm()
-        if self._error is not None:
-            self._done.errback(self._error)
-        elif reason.check(ResponseDone, PotentialDataLoss):
-            self._done.callback(None)
-        else:
-            self._done.errback(UpstreamUnavailable(f"the upstream connection broke: {reason.getErrorMessage()}"))
-
-
-class _QuietPool(HTTPConnectionPool):
-    """A connection pool whose connections do not log "Starting factory" lines."""
-
-    class _factory(HTTPConnectionPool._factory):
-        noisy = False
 
 
 @implementer(IUpstream)
@@ -310,10 +229,12 @@ class UpstreamClient:
         self.max_manifest_size = max_manifest_size
         self._reactor = reactor
         self._pool = None
+        self.guard = AddressGuard(urlsplit(config.url).hostname or "", config.private_redirects)
         if http is None:
-            self._pool = _QuietPool(reactor, persistent=True)
+            self._pool = BoundedPool(reactor, persistent=True)
             self._pool.maxPersistentPerHost = 8
-            http = HTTPClient(Agent(reactor, pool=self._pool, connectTimeout=config.timeout or None))
+            endpoints = GuardedEndpoints(reactor, self.guard, config.timeout or None)
+            http = HTTPClient(Agent.usingEndpointFactory(reactor, endpoints, pool=self._pool))
         self._http = http
         self._tokens = tokens if tokens is not None else TokenCache()
         self._challenge: Challenge | None = None  # learnt from the last 401
@@ -337,9 +258,17 @@ class UpstreamClient:
                 unbuffered=True,
                 timeout=self.config.timeout or None,
             )
+        except ResponseFailed as e:
+            reasons = "; ".join(r.getErrorMessage() for r in e.reasons)
+            raise UpstreamUnavailable(f"{method} {_where(url)}: {reasons}") from None
         except Exception as e:
-            where = url.split("?", 1)[0]
-            raise UpstreamUnavailable(f"{method} {where}: {e.__class__.__name__}: {e}") from None
+            raise UpstreamUnavailable(f"{method} {_where(url)}: {e.__class__.__name__}: {e}") from None
+
+    async def _read_body(self, response, limit: int) -> bytes:
+        return await read_body(response, limit, self._reactor, self.config.timeout)
+
+    async def _discard(self, response) -> None:
+        await discard_body(response, self._reactor, self.config.timeout)
 
     def _credentials(self) -> tuple[str, str] | None:
         if self.config.username is None or self.config.password is None:
@@ -377,18 +306,20 @@ class UpstreamClient:
         url = realm + ("&" if "?" in realm else "?") + urlencode(query)
         response = await self._send("GET", url, headers)
         if response.code in (401, 403):
-            await _discard(response)
+            await self._discard(response)
             who = "the credentials" if credentials else "anonymous access"
             raise UpstreamDenied(f"the token server {realm} refused {who} ({response.code})")
         if response.code != 200:
-            await _discard(response)
+            await self._discard(response)
             raise UpstreamUnavailable(f"the token server {realm} answered {response.code}")
         try:
-            answer = json.loads(await _read_body(response, SMALL_BODY))
+            answer = json.loads(await self._read_body(response, TOKEN_BODY))
             token = answer.get("token") or answer.get("access_token")
             expires_in = answer.get("expires_in")
             expires_in = float(expires_in) if isinstance(expires_in, int | float) else None
-        except (ValueError, AttributeError):
+            if expires_in is not None and not math.isfinite(expires_in):
+                expires_in = None
+        except (ValueError, AttributeError, TypeError, RecursionError):
             token = None
         if not isinstance(token, str) or not token:
             raise UpstreamUnavailable(f"the token server {realm} sent no token")
@@ -399,12 +330,7 @@ class UpstreamClient:
 
     def _learn(self, response, sent: str | None, scope: str) -> bool:
         """Take a 401's challenge; True when a retry with new credentials may succeed."""
-        challenges = parse_challenges(
-            [
-                v.decode("latin-1") if isinstance(v, bytes) else v
-                for v in response.headers.getRawHeaders("WWW-Authenticate", [])
-            ]
-        )
+        challenges = parse_challenges(_headers(response, "WWW-Authenticate"))
         usable = [c for c in challenges if c.scheme == "bearer" and c.realm]
         usable += [c for c in challenges if c.scheme == "basic" and self._credentials()]
         if not usable:
@@ -442,13 +368,13 @@ class UpstreamClient:
                 if response.code == 401 and _origin(url) == self._origin and not retried_auth:
                     retried_auth = True
                     learnt = self._learn(response, sent, scope)
-                    await _discard(response)
+                    await self._discard(response)
                     if learnt:
                         continue
                     raise UpstreamDenied(f"{self.url} wants credentials it did not accept")
                 if response.code == 429:
                     wait = _retry_after(_header(response, "Retry-After"), self._reactor.seconds())
-                    await _discard(response)
+                    await self._discard(response)
                     if wait is None:
                         wait = 1.0
                     if wait > self.config.max_retry_wait or rate_limited >= MAX_RATE_LIMIT_RETRIES:
@@ -461,9 +387,9 @@ class UpstreamClient:
                     continue
                 break
             location = _header(response, "Location")
-            if response.code in (301, 302, 303, 307, 308) and location:
-                await _discard(response)
-                url = urljoin(url, location)
+            if response.code in REDIRECTS and location:
+                await self._discard(response)
+                url = redirect_target(url, location)
                 continue
             return response
         raise UpstreamUnavailable(f"{self.url}: more than {MAX_REDIRECTS} redirects for {path}")
@@ -474,7 +400,7 @@ class UpstreamClient:
         if 200 <= response.code < 300:
             return response
         if method != "HEAD":
-            await _discard(response)
+            await self._discard(response)
         where = f"{self.url}{path}"
         if response.code == 404:
             raise UpstreamNotFound(f"{where}: 404")
@@ -496,8 +422,8 @@ class UpstreamClient:
         media_type = _header(response, "Content-Type")
         media_type = media_type.split(";", 1)[0].strip() if media_type else None
         if method == "HEAD":
-            return UpstreamManifest(digest, media_type, _declared_length(response) or 0, None)
-        data = await _read_body(response, self.max_manifest_size)
+            return UpstreamManifest(digest, media_type, _header_length(response) or 0, None)
+        data = await self._read_body(response, self.max_manifest_size)
         return UpstreamManifest(digest, media_type, len(data), data)
 
     @_deferred
@@ -511,24 +437,30 @@ class UpstreamClient:
     @_deferred
     async def head_blob(self, name, digest) -> int | None:
         response = await self._checked("HEAD", f"/v2/{name}/blobs/{digest}", repository_scope(str(name)))
-        return _declared_length(response)
+        return _header_length(response)
 
     @_deferred
     async def get_blob(self, name, digest) -> _UpstreamBlob:
         response = await self._checked("GET", f"/v2/{name}/blobs/{digest}", repository_scope(str(name)))
-        return _UpstreamBlob(response, self._reactor, self.config.timeout)
+        return _UpstreamBlob(response, self._reactor, self.config.timeout, self.config.min_body_rate)
 
     @_deferred
     async def list_tags(self, name) -> list[str]:
         tags: list[str] = []
         path = f"/v2/{name}/tags/list"
+        budget = TAG_LIST_BYTES
         for _ in range(MAX_TAG_PAGES):
             response = await self._checked("GET", path, repository_scope(str(name)))
             link = _header(response, "Link")
             try:
-                page = json.loads(await _read_body(response, 16 * SMALL_BODY))
+                data = await self._read_body(response, budget)
+            except UpstreamUnavailable:
+                raise UpstreamUnavailable(f"{self.url}: the tag list of {name} is longer than {TAG_LIST_BYTES} bytes")
+            budget -= len(data)
+            try:
+                page = json.loads(data)
                 tags += [t for t in page.get("tags") or [] if isinstance(t, str)]
-            except (ValueError, AttributeError):
+            except (ValueError, AttributeError, TypeError, RecursionError):
                 raise UpstreamUnavailable(f"{self.url}{path}: not a tag list") from None
             following = re.match(r"\s*<([^>]+)>\s*;\s*rel=\"?next\"?", link or "")
             if not following:
@@ -544,9 +476,9 @@ class UpstreamClient:
         path = f"/v2/{name}/referrers/{digest}"
         response = await self._checked("GET", path, repository_scope(str(name)), {"Accept": [OCI_INDEX]})
         try:
-            index = json.loads(await _read_body(response, self.max_manifest_size))
+            index = json.loads(await self._read_body(response, self.max_manifest_size))
             return [m for m in index.get("manifests") or [] if isinstance(m, dict)]
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, TypeError, RecursionError):
             raise UpstreamUnavailable(f"{self.url}{path}: not an index") from None
 
 

@@ -8,6 +8,9 @@ upstream registry, from YAML mappings or ``--proxy PREFIX=URL`` options::
         username: me                  # optional: the upstream's token server or Basic auth
         password: secret
         tag_ttl: 5m                   # a cached tag is served without asking upstream for this long
+        timeout: 30s                  # connecting, response headers, any pause in a body, a whole small body
+        min_body_rate: 1024           # bytes/s a blob body must average over each timeout-long stretch
+        private_redirects: auto       # redirects/token realms to non-public addresses: auto, allow, deny
       - prefix: ghcr
         url: https://ghcr.io
       - prefix: ""                    # no prefix: a whole-registry mirror (Docker's registry-mirrors)
@@ -30,7 +33,21 @@ from ..reference import NAME_RE
 DOCKER_HUB_HOSTS = frozenset({"registry-1.docker.io", "index.docker.io", "docker.io", "registry.hub.docker.com"})
 
 DEFAULT_TAG_TTL = 300.0
-_KEYS = {"prefix", "url", "username", "password", "tag_ttl", "default_namespace", "timeout", "max_retry_wait"}
+#: ``private_redirects``: may a redirect or a token realm lead to a loopback, link-local or private address?
+#: auto: only when the upstream itself is at one; allow: always; deny: never.
+PRIVATE_REDIRECTS = ("auto", "allow", "deny")
+_KEYS = {
+    "prefix",
+    "url",
+    "username",
+    "password",
+    "tag_ttl",
+    "default_namespace",
+    "timeout",
+    "max_retry_wait",
+    "min_body_rate",
+    "private_redirects",
+}
 
 
 @attr.s(auto_attribs=True, frozen=True, kw_only=True)
@@ -43,8 +60,10 @@ class UpstreamConfig:
     password: str | None = attr.ib(default=None, repr=False)
     tag_ttl: float = DEFAULT_TAG_TTL  # seconds a cached tag is trusted before an upstream HEAD
     default_namespace: str | None = None  # "library" for Docker Hub: alpine -> library/alpine upstream
-    timeout: float = 30.0  # seconds to connect and to wait for response headers or body bytes
+    timeout: float = 30.0  # seconds to connect, to wait for headers or body bytes, to get a whole small body
     max_retry_wait: float = 10.0  # longest Retry-After honoured by waiting; longer counts as unavailable
+    min_body_rate: int = 1024  # bytes/s a blob body must average over each ``timeout`` seconds; 0: off
+    private_redirects: str = "auto"  # redirects and token realms to non-public addresses: auto, allow, deny
 
     @property
     def host(self) -> str:
@@ -92,6 +111,19 @@ class UpstreamConfig:
                 values[key] = parse_duration(value[key])
                 if values[key] < 0:
                     raise ValueError(f"{key} must not be negative")
+        if "timeout" in values and not values["timeout"] > 0:
+            raise ValueError("timeout must be more than 0: every wait on an upstream needs a deadline")
+        if "min_body_rate" in value:
+            rate = value["min_body_rate"]
+            if isinstance(rate, bool) or not isinstance(rate, int) or rate < 0:
+                raise ValueError("min_body_rate must be a whole number of bytes per second (0: off)")
+            values["min_body_rate"] = rate
+        if "private_redirects" in value:
+            mode = value["private_redirects"]
+            mode = {True: "allow", False: "deny"}.get(mode, mode) if isinstance(mode, bool) else mode
+            if mode not in PRIVATE_REDIRECTS:
+                raise ValueError(f"private_redirects must be one of {', '.join(PRIVATE_REDIRECTS)}")
+            values["private_redirects"] = mode
         return cls(**values)
 
 
