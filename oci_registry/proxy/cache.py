@@ -36,7 +36,9 @@ import json
 import time
 
 import attr
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
 
 from .. import manifest as manifests
 from .. import paths
@@ -59,6 +61,9 @@ from .config import UpstreamConfig
 from .fill import BlobFill, _Signal
 
 log = Logger()
+
+#: Manifests at least this big are parsed in a thread.
+PARSE_IN_THREAD = 256 << 10
 
 #: Every manifest type we store, for requests where the client's choice does not matter.
 ALL_MANIFEST_TYPES = (
@@ -157,14 +162,16 @@ class ProxyRegistry:
     passed to the local registry as they are.
     """
 
-    def __init__(self, local: Registry, upstreams, clock=time.time):
+    def __init__(self, local: Registry, upstreams, clock=time.time, reactor=None):
         self.local = local
         self.storage = local.storage
         # Longest prefix first; a mirror (prefix "") takes what no prefix does.
         self.upstreams = sorted(upstreams, key=lambda u: len(u.config.prefix), reverse=True)
         self._clock = clock
+        self._reactor = reactor
         self._fills: dict[tuple[str, Digest], BlobFill] = {}  # by (upstream URL, digest)
         self._manifests = _Coalescer()
+        self._parse_pool: ThreadPool | None = None
 
     @classmethod
     def from_config(cls, local: Registry, configs, reactor=None) -> ProxyRegistry:
@@ -174,6 +181,7 @@ class ProxyRegistry:
                 Upstream(config, UpstreamClient(config, reactor, max_manifest_size=local.max_manifest_size))
                 for config in configs
             ],
+            reactor=reactor,
         )
 
     def __getattr__(self, attribute):
@@ -488,7 +496,7 @@ class ProxyRegistry:
                     f"the upstream's manifest has digest {digest}, not the {fetched.digest} it announced"
                 )
         try:
-            parsed = manifests.parse(data, fetched.media_type)
+            parsed = await self._parse(data, fetched.media_type)
         except ManifestInvalid as e:
             raise UpstreamUnavailable(f"the upstream sent a manifest this registry cannot store: {e.detail}") from None
         target = paths.blob_data(digest)
@@ -511,6 +519,24 @@ class ProxyRegistry:
             url=route.upstream.config.url,
         )
         return StoredManifest(digest, parsed.media_type, len(data), data)
+
+    async def _parse(self, data: bytes, media_type: str | None):
+        """
+        An upstream's manifest, parsed; a big one in a thread of its own, so
+        that an upstream sending 25,000-layer manifests (validating one takes
+        about 0.3 s) does not hold the reactor.  One thread: big manifests
+        queue there rather than all contend with the reactor for the GIL.
+        """
+        if len(data) < PARSE_IN_THREAD:
+            return manifests.parse(data, media_type)
+        reactor = self._reactor
+        if reactor is None:
+            from twisted.internet import reactor
+        if self._parse_pool is None:
+            self._parse_pool = ThreadPool(minthreads=0, maxthreads=1, name="ociregistry-proxy-manifests")
+            self._parse_pool.start()
+            reactor.addSystemEventTrigger("during", "shutdown", self._parse_pool.stop)
+        return await deferToThreadPool(reactor, self._parse_pool, manifests.parse, data, media_type)
 
     async def _write(self, path: str, data: bytes) -> None:
         try:
