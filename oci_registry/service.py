@@ -27,6 +27,7 @@ from .auth.service import build_auth
 from .config import Config
 from .registry import Registry
 from .storage.filesystem import FilesystemDriver
+from .storage.interfaces import StorageUnavailable
 
 log = Logger()
 
@@ -146,10 +147,14 @@ def gc_service(config: Config, storage):
         grace=config.gc_grace, upload_expiry=config.upload_expiry, delete_untagged=config.gc_delete_untagged
     )
 
+    def failed(failure):
+        if failure.check(StorageUnavailable):
+            log.error("scheduled garbage collection not run: storage unavailable: {cause}", cause=failure.value.cause)
+        else:
+            log.failure("scheduled garbage collection failed", failure)
+
     def run():
-        d = Deferred.fromCoroutine(collect(storage, options))
-        d.addErrback(lambda f: log.failure("scheduled garbage collection failed", f))
-        return d
+        return Deferred.fromCoroutine(collect(storage, options)).addErrback(failed)
 
     service = TimerService(config.gc_interval, run)
     service.setName("gc")

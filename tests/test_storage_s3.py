@@ -15,16 +15,18 @@ import urllib.request
 
 import pytest
 import pytest_twisted
+import treq
+from registry_process import free_port
+from s3_server import s3_server  # noqa: F401  (the session fixture)
+from storage_suite import StorageSuite
 from twisted.internet.defer import Deferred
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
-from s3_server import s3_server  # noqa: F401  (the session fixture)
-from storage_suite import StorageSuite
 
 from oci_registry.config import Config, ConfigError
-from oci_registry.storage.interfaces import PathNotFound
+from oci_registry.storage.interfaces import PathNotFound, StorageUnavailable
 from oci_registry.storage.s3 import STATE_HEADER, S3Driver, _copy_ranges
-from oci_registry.storage.s3client import S3Client, S3Error
+from oci_registry.storage.s3client import S3Client
 from oci_registry.storage.settings import MIN_PART_SIZE, S3Settings
 from oci_registry.storage.sigv4 import Credentials
 
@@ -305,9 +307,75 @@ async def test_wrong_secret_is_refused(s3_server):  # noqa: F811
     """The server checks signatures, so the suite passing means ours are right."""
     driver = make_driver(s3_server, secret_key="not-the-secret")
     try:
-        with pytest.raises(Exception, match="SignatureDoesNotMatch|AccessDenied|403"):
-            await driver.write_bytes("x", b"x")
+        for operation in (driver.write_bytes("x", b"x"), driver.read_bytes("x"), driver.stat("x"), driver.check()):
+            with pytest.raises(
+                StorageUnavailable, match="refuses access to bucket 'ociregistry': (SignatureDoesNotMatch|HTTP 403)"
+            ) as e:
+                await operation
+            assert e.value.misconfigured
     finally:
+        driver.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_missing_bucket_is_unavailable_never_not_found(s3_server):  # noqa: F811
+    driver = make_driver(s3_server, bucket="ociregistry-no-such-bucket")
+    try:
+        for operation in (driver.read_bytes("x"), driver.stat("x"), driver.list("x"), driver.check()):
+            with pytest.raises(StorageUnavailable, match="bucket 'ociregistry-no-such-bucket' does not exist") as e:
+                await operation
+            assert e.value.misconfigured
+    finally:
+        driver.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_unreachable_s3_fails_fast_once_known(s3_server):  # noqa: F811
+    """About 2 s of retries for the first request; one attempt each while the outage lasts; not a misconfiguration."""
+    from twisted.internet import reactor
+
+    driver = make_driver(s3_server, endpoint=f"http://127.0.0.1:{free_port()}")
+    try:
+        took = []
+        for _ in range(3):
+            started = reactor.seconds()
+            with pytest.raises(StorageUnavailable, match="cannot reach S3 at http://127.0.0.1:") as e:
+                await driver.read_bytes("x")
+            took.append(reactor.seconds() - started)
+            assert not e.value.misconfigured
+        assert 2 <= took[0] < 10 and max(took[1:]) < 1.5, took
+        assert driver.client.availability.down
+    finally:
+        driver.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_credentials_refused_while_serving_is_503(s3_server):  # noqa: F811
+    """A secret revoked after start-up: 503 with the spec's body (in memory: the secret cannot change under a process)."""
+    from twisted.internet import reactor
+    from twisted.web.server import Site
+
+    from oci_registry.api.app import RegistryAPI
+    from oci_registry.registry import Registry
+    from oci_registry.storage.s3 import S3Driver
+
+    driver = S3Driver(s3_server.settings(secret_key="revoked"))
+    port = reactor.listenTCP(0, Site(RegistryAPI(Registry(driver)).resource()), interface="127.0.0.1")
+    try:
+        url = f"http://127.0.0.1:{port.getHost().port}"
+        for path in (
+            "/v2/app/manifests/v1",
+            "/v2/app/tags/list",
+            f"/v2/app/blobs/{'sha256:' + hashlib.sha256(b'x').hexdigest()}",
+        ):
+            response = await treq.get(url + path)
+            body = json.loads(await response.content())
+            assert response.code == 503, body
+            assert body["errors"][0]["code"] == "UNAVAILABLE"
+            assert response.headers.getRawHeaders("Retry-After") == ["10"]
+        assert driver.client.availability.down
+    finally:
+        await port.stopListening()
         driver.close()
 
 
@@ -451,9 +519,27 @@ async def test_client_retries_slow_down_and_signs_each_attempt_afresh(flaky):
 @pytest_twisted.ensureDeferred
 async def test_client_gives_up_on_a_server_that_never_answers(flaky):
     resource, client = flaky(hang=True)
-    with pytest.raises(Exception) as e:
+    with pytest.raises(StorageUnavailable, match="did not answer"):
         await client.head("k")
-    assert len(resource.seen) == 3 and not isinstance(e.value, S3Error)
+    assert len(resource.seen) == 3 and client.availability.down
+    await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_request_its_caller_cancels_is_not_retried(flaky):
+    """A client that went away is no outage of S3's: no retry, nothing noted."""
+    from twisted.internet import reactor
+    from twisted.internet.defer import CancelledError
+    from twisted.internet.task import deferLater
+
+    resource, client = flaky(hang=True)
+    client.timeout = 30
+    d = Deferred.fromCoroutine(client.head("k"))
+    reactor.callLater(0.2, d.cancel)
+    with pytest.raises(CancelledError):
+        await d
+    await deferLater(reactor, 0.5, lambda: None)  # time for retries, were there any
+    assert len(resource.seen) == 1 and not client.availability.down
     await client.close()
 
 

@@ -24,6 +24,7 @@ from ..errors import (
     TooLarge,
     TooManyRequests,
     Unauthorized,
+    Unavailable,
     Unsupported,
     UploadRangeInvalid,
 )
@@ -32,7 +33,7 @@ from ..manifest import OCI_INDEX
 from ..errors import ManifestUnknown, TagInvalid
 from ..reference import Digest, Name, Tag, parse_reference
 from ..registry import Registry, UploadStatus, upload_location
-from ..storage.interfaces import StorageFull
+from ..storage.interfaces import StorageFull, StorageUnavailable
 from .body import BodyTooLarge, body_of, read_small_body
 from .responses import json_body, next_link, page, parse_range, send_reader
 
@@ -142,6 +143,11 @@ class RegistryAPI:
     def storage_full(self, request, failure):
         log.error("storage is full: {method} {uri} failed", method=request.method, uri=request.uri)
         return self._error(request, InsufficientStorage())
+
+    @app.handle_errors(StorageUnavailable)
+    def storage_unavailable(self, request, failure):
+        # The driver logs the cause, once per outage; the client learns no more than this.
+        return self._error(request, Unavailable("storage unavailable", headers={"Retry-After": "10"}))
 
     @app.handle_errors(HTTPException)
     def http_error(self, request, failure):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import pwd
 import uuid
 
 import attr
@@ -25,7 +26,8 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from .interfaces import IReader, IStorageDriver, IWriter, PathNotFound, SourceChanged, StorageFull
+from .availability import Availability
+from .interfaces import IReader, IStorageDriver, IWriter, PathNotFound, SourceChanged, StorageFull, StorageUnavailable
 
 TEMP_PREFIX = ".tmp-"
 BLOCK = 1 << 20  # bytes handed to the pool per write job
@@ -43,12 +45,30 @@ class FileInfo:
     version: str | None = None
 
 
+# The file system failing or refusing this process, rather than a path missing.
+_UNAVAILABLE = {
+    getattr(errno, name)
+    for name in ("EIO", "EROFS", "EACCES", "EPERM", "ESTALE", "ENOTCONN", "ETIMEDOUT", "EHOSTDOWN", "EUCLEAN")
+    if hasattr(errno, name)
+}
+
+
 def _translate(exc: OSError) -> Exception:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return StorageFull(str(exc))
     if exc.errno in (errno.ENOENT, errno.ENOTDIR):
         return PathNotFound(str(exc))
+    if exc.errno in _UNAVAILABLE:
+        return StorageUnavailable(str(exc))
     return exc
+
+
+def _user() -> str:
+    uid = os.geteuid()
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
 
 
 def _fsync_dir(path: str) -> None:
@@ -70,7 +90,7 @@ class FilesystemDriver:
             from twisted.internet import reactor
         self.root = os.path.abspath(root)
         self._inline_reads = inline_reads
-        os.makedirs(self.root, exist_ok=True)
+        self.availability = Availability(f"data directory {self.root}")
         self._reactor = reactor
         self._pool = ThreadPool(minthreads=0, maxthreads=threads, name="ociregistry-fs")
         self._pool.start()
@@ -91,12 +111,22 @@ class FilesystemDriver:
             raise ValueError(f"invalid storage path {path!r}")
         return os.path.join(self.root, *parts)
 
+    def _translate(self, exc: OSError) -> Exception:
+        error = _translate(exc)
+        if isinstance(error, StorageUnavailable):
+            self.availability.failed(error)
+        return error
+
     def _run(self, function, *args):
+        def answered(result):
+            self.availability.answered()
+            return result
+
         def translate(failure):
             failure.trap(OSError)
-            raise _translate(failure.value)
+            raise self._translate(failure.value)
 
-        return deferToThreadPool(self._reactor, self._pool, function, *args).addErrback(translate)
+        return deferToThreadPool(self._reactor, self._pool, function, *args).addCallbacks(answered, translate)
 
     def _call(self, function, path, *args):
         try:
@@ -123,13 +153,15 @@ class FilesystemDriver:
         except ValueError:
             return fail()
         except OSError as e:
-            return fail(_translate(e))
+            return fail(self._translate(e))
         try:
             size = os.fstat(fd).st_size
             if size <= INLINE_READ_LIMIT:
-                return succeed(os.read(fd, size + 1))
+                data = os.read(fd, size + 1)
+                self.availability.answered()
+                return succeed(data)
         except OSError as e:
-            return fail(_translate(e))
+            return fail(self._translate(e))
         finally:
             os.close(fd)
         return self._call(read, path)
@@ -154,7 +186,7 @@ class FilesystemDriver:
         except ValueError:
             return fail()
         except OSError as e:
-            return fail(_translate(e))
+            return fail(self._translate(e))
 
     def list(self, path):
         def listdir(full):
@@ -252,6 +284,26 @@ class FilesystemDriver:
         return self._call(hash_, path)
 
     def redirect_url(self, path):
+        return succeed(None)
+
+    def check(self):
+        """Create the root if need be (as this process's user) and check that it can read and write there."""
+        try:
+            os.makedirs(self.root, exist_ok=True)
+            names = os.listdir(self.root)
+            probe = os.path.join(self.root, f"{TEMP_PREFIX}check-{uuid.uuid4().hex}")
+            with open(probe, "wb"):
+                pass
+            os.unlink(probe)
+            # The folders below, as an earlier run (as another user) may have left them.
+            for name in names:
+                full = os.path.join(self.root, name)
+                if os.path.isdir(full) and not os.access(full, os.R_OK | os.W_OK | os.X_OK):
+                    raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), full)
+        except OSError as e:
+            where = f": {e.filename}" if e.filename and e.filename != self.root else ""
+            cause = f"cannot use data directory {self.root} as {_user()}: {e.strerror or e}{where}"
+            return fail(StorageUnavailable(cause, misconfigured=True))
         return succeed(None)
 
 

@@ -12,7 +12,10 @@ Distribution's storage driver).  The registry decides what the paths mean
   path;
 - a committed writer's bytes are durable (on the file system: fsynced);
 - missing paths raise `PathNotFound` from the reading methods, and are not
-  an error for ``delete`` or ``list``.
+  an error for ``delete`` or ``list``;
+- a storage that cannot be used (unreachable, failing, refusing the
+  registry's credentials, its bucket missing) raises `StorageUnavailable`
+  from any method, never `PathNotFound`: nothing is known about the path.
 """
 
 from __future__ import annotations
@@ -26,6 +29,21 @@ class PathNotFound(Exception):
 
 class StorageFull(Exception):
     """The storage has no room left for a write."""
+
+
+class StorageUnavailable(Exception):
+    """
+    The storage cannot serve this operation now, so nothing is known about
+    the path: the HTTP API answers 503 UNAVAILABLE.  ``misconfigured``: the
+    storage answers but refuses this configuration (a missing bucket,
+    credentials it does not accept), which will not pass by itself; else it
+    is an outage (unreachable, timing out, failing), which may.
+    """
+
+    def __init__(self, cause: str, misconfigured: bool = False):
+        super().__init__(cause)
+        self.cause = cause
+        self.misconfigured = misconfigured
 
 
 class SourceChanged(Exception):
@@ -119,3 +137,12 @@ class IStorageDriver(Interface):
 
     def redirect_url(path):
         """Fire with a URL clients may fetch the file from directly, or None."""
+
+    def check():
+        """
+        Fire when this process can use the storage (creating what must exist,
+        such as the filesystem's root directory); fail with
+        `StorageUnavailable` (with ``misconfigured`` when it will not pass by
+        itself) when it cannot.  The daemon calls it once at start-up, after
+        dropping privileges.
+        """

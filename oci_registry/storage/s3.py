@@ -43,9 +43,10 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from . import sigv4
+from .availability import Availability
 from .filesystem import FileInfo
 from .interfaces import IReader, IStorageDriver, IWriter, PathNotFound, SourceChanged, StorageFull
-from .s3client import S3Client, S3Error
+from .s3client import CONNECTION_ERRORS, S3Client, S3Error
 from .settings import MIN_PART_SIZE, S3Settings
 
 STATE_HEADER = "ociregistry-upload"  # x-amz-meta-ociregistry-upload: <size>, on upload state objects
@@ -61,21 +62,28 @@ INLINE_HASH_LIMIT = 256 << 10  # payloads hashed on the reactor thread
 def _translate(error: S3Error) -> Exception:
     if error.not_found:
         return PathNotFound(str(error))
-    if error.status == 507 or error.code in ("QuotaExceeded", "InsufficientStorage", "EntityTooLarge"):
+    if error.full:
         return StorageFull(str(error))
     return error
 
 
 def _deferred(method):
-    """Run an ``async def`` method as a Deferred, with S3 errors translated."""
+    """
+    Run an ``async def`` method as a Deferred, with S3 errors translated
+    (`S3Client` raises `StorageUnavailable` itself; a connection lost while
+    a body streams in becomes one here).
+    """
 
     @functools.wraps(method)
-    def wrapper(*args, **kwargs):
+    def wrapper(self, *args, **kwargs):
         async def run():
             try:
-                return await method(*args, **kwargs)
+                return await method(self, *args, **kwargs)
             except S3Error as e:
                 raise _translate(e) from e
+            except CONNECTION_ERRORS as e:
+                client = self.client if isinstance(self, S3Driver) else self._client
+                raise client.unavailable(e) from e
 
         return Deferred.fromCoroutine(run())
 
@@ -133,7 +141,14 @@ class S3Driver:
                     "s3 storage needs access_key and secret_key (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
                 )
             credentials = sigv4.Credentials(settings.access_key, settings.secret_key, settings.session_token)
-            client = S3Client(reactor, settings.endpoint_url, settings.bucket, credentials, settings.region)
+            client = S3Client(
+                reactor,
+                settings.endpoint_url,
+                settings.bucket,
+                credentials,
+                settings.region,
+                availability=Availability(settings.describe()),
+            )
         self.settings = settings
         self.client = client
         self.part_size = settings.part_size
@@ -384,6 +399,12 @@ class S3Driver:
         finally:
             stream.close()
         return hasher
+
+    @_deferred
+    async def check(self):
+        # A listing: what the registry does most, and its errors name the
+        # problem (NoSuchBucket, SignatureDoesNotMatch...), where a HEAD's do not.
+        await self.client.list(self._prefix, limit=1)
 
     def redirect_url(self, path):
         try:

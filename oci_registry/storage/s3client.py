@@ -10,6 +10,14 @@ connections, and are retried with backoff on connection errors and on the
 5xx/``SlowDown`` answers S3 asks clients to retry; every request the driver
 makes is safe to repeat.
 
+A request S3 cannot serve (unreachable, timing out, failing after the
+retries, refusing the credentials, or its bucket missing) raises
+`StorageUnavailable`; `Availability` logs the outage once.  Retries stop
+``RETRY_BUDGET`` seconds after the first attempt, and while an outage is
+known each request makes one attempt: a request to an S3 that refuses
+connections fails after about 2 s (4 attempts, 0.1, 0.4 and 1.6 s apart),
+then in milliseconds until S3 answers again.
+
 Nothing here blocks the reactor: payload hashes of large bodies are computed
 by the caller in a thread pool and passed in as ``payload_hash``.
 """
@@ -38,12 +46,16 @@ from zope.interface import implementer
 
 from ..bulk import raise_limits, restore_limits
 from . import sigv4
+from .availability import Availability
+from .interfaces import StorageUnavailable
 
 log = Logger()
 
 MAX_DELETE_BATCH = 1000  # keys per DeleteObjects request
 BODY_SLICE = 1 << 20  # bytes of a request body handed to the socket at a time
 SLOW_TIMEOUT = 900.0  # copies and completions: S3 answers them only when done
+CONNECT_TIMEOUT = 5.0  # seconds to open a connection
+RETRY_BUDGET = 10.0  # no retry starts later than this after a request's first attempt
 _RETRY_CODES = {
     "SlowDown",
     "RequestTimeout",
@@ -52,6 +64,23 @@ _RETRY_CODES = {
     "Throttling",
     "RequestTimeTooSkewed",
 }
+# Answers that mean the bucket cannot be used with this configuration: it
+# will not pass by itself (with any 401/403, and redirects to another region).
+_MISCONFIGURED_CODES = {
+    "NoSuchBucket",
+    "InvalidBucketName",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "AccessDenied",
+    "AllAccessDisabled",
+    "AccountProblem",
+    "ExpiredToken",
+    "InvalidToken",
+    "TokenRefreshRequired",
+    "AuthorizationHeaderMalformed",
+    "PermanentRedirect",
+}
+_FULL_CODES = {"QuotaExceeded", "InsufficientStorage", "EntityTooLarge"}
 _RETRY_EXCEPTIONS = (
     net_error.ConnectError,
     net_error.ConnectionLost,
@@ -61,8 +90,16 @@ _RETRY_EXCEPTIONS = (
     web_client.ResponseNeverReceived,
     web_client.RequestTransmissionFailed,
     web_client.RequestNotSent,
-    CancelledError,  # our own per-request timeout
 )
+CONNECTION_ERRORS = _RETRY_EXCEPTIONS  # the network failing between us and S3
+
+
+def _cancelled(error: BaseException) -> bool:
+    """The caller cancelled the request (a client went away): no failure of S3's."""
+    cancels = (CancelledError, net_error.ConnectingCancelledError)
+    if isinstance(error, cancels):
+        return True
+    return any(reason.check(*cancels) for reason in getattr(error, "reasons", None) or ())
 
 
 class S3Error(Exception):
@@ -76,11 +113,28 @@ class S3Error(Exception):
 
     @property
     def retryable(self) -> bool:
-        return self.status >= 500 or self.code in _RETRY_CODES
+        return (self.status >= 500 and self.status != 501) or self.code in _RETRY_CODES
 
     @property
     def not_found(self) -> bool:
-        return self.status == 404 or self.code in ("NoSuchKey", "NotFound")
+        """Nothing at the key (a missing bucket is not that: see ``misconfigured``)."""
+        return self.code in ("NoSuchKey", "NotFound") or (self.status == 404 and self.code != "NoSuchBucket")
+
+    @property
+    def full(self) -> bool:
+        return self.status == 507 or self.code in _FULL_CODES
+
+    @property
+    def misconfigured(self) -> bool:
+        """The bucket is missing or refuses this client: fix the configuration."""
+        if self.full:
+            return False
+        return self.code in _MISCONFIGURED_CODES or self.status in (301, 307, 401, 403)
+
+    @property
+    def unavailable(self) -> bool:
+        """S3 cannot serve the request (as opposed to refusing this one request, which is a bug)."""
+        return self.misconfigured or (self.retryable and not self.full)
 
 
 @attr.s(auto_attribs=True, frozen=True, slots=True)
@@ -300,6 +354,14 @@ class _Collect(Protocol):
             self._done.errback(reason)
 
 
+class _QuietFactory(web_client._HTTP11ClientFactory):
+    noisy = False  # no "Starting factory" line per connection: one per request while S3 is down
+
+
+class _Pool(web_client.HTTPConnectionPool):
+    _factory = _QuietFactory
+
+
 class S3Client:
     """Requests to one bucket of one S3 endpoint."""
 
@@ -313,6 +375,7 @@ class S3Client:
         connections: int = 32,
         timeout: float = 60.0,
         attempts: int = 4,
+        availability: Availability | None = None,
     ):
         self._reactor = reactor
         self._scheme, self._host, self._base_path = _split_endpoint(endpoint)
@@ -321,12 +384,17 @@ class S3Client:
         self.credentials = credentials
         self.timeout = timeout
         self.attempts = attempts
-        self._pool = web_client.HTTPConnectionPool(reactor, persistent=True)
+        self.availability = availability or Availability(f"s3://{bucket} at {self.endpoint}")
+        self._pool = _Pool(reactor, persistent=True)
         self._pool.maxPersistentPerHost = connections
-        self._agent = web_client.Agent(reactor, pool=self._pool, connectTimeout=min(timeout, 30))
+        self._agent = web_client.Agent(reactor, pool=self._pool, connectTimeout=min(timeout, CONNECT_TIMEOUT))
 
     def __repr__(self) -> str:
-        return f"<S3Client {self._scheme}://{self._host}/{self.bucket}>"
+        return f"<S3Client {self.endpoint}/{self.bucket}>"
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self._scheme}://{self._host}{self._base_path}"
 
     def close(self) -> Deferred:
         return self._pool.closeCachedConnections()
@@ -353,8 +421,10 @@ class S3Client:
             _BytesProducer(body) if body or method in ("PUT", "POST") else None,
         )
         reading: list[_Collect] = []
+        expired = []
 
         def expire():
+            expired.append(True)
             if reading:  # the answer came, its body is late: drop the connection
                 reading[0].transport.stopProducing()
             else:
@@ -370,12 +440,13 @@ class S3Client:
             done = Deferred()
             reading.append(_Collect(done))
             response.deliverBody(reading[0])
-            try:
-                return response, await done
-            except Exception:
-                if not timer.active():
-                    raise net_error.TimeoutError(f"no complete answer within {timeout}s") from None
-                raise
+            return response, await done
+        except Exception as e:
+            if expired:
+                raise net_error.TimeoutError(f"no complete answer within {timeout}s") from None
+            if _cancelled(e):
+                raise CancelledError() from None
+            raise
         finally:
             if timer.active():
                 timer.cancel()
@@ -396,37 +467,70 @@ class S3Client:
         """
         Send a signed request; fire with ``(response, body)`` (``body`` is
         None when ``stream`` is true: read it with `BodyStream`).  Any status
-        not in ``ok`` raises `S3Error`.  ``error_in_body``: a 200 answer may
-        still carry an ``<Error>`` (CopyObject, UploadPartCopy and
-        CompleteMultipartUpload do that).  ``timeout`` (default: the
-        client's) bounds the whole exchange except a streamed body.
+        not in ``ok`` raises `S3Error`, and S3 failing `StorageUnavailable`.
+        ``error_in_body``: a 200 answer may still carry an ``<Error>``
+        (CopyObject, UploadPartCopy and CompleteMultipartUpload do that).
+        ``timeout`` (default: the client's) bounds the whole exchange except
+        a streamed body.
         """
         if payload_hash is None:
             payload_hash = hashlib.sha256(body).hexdigest() if body else sigv4.EMPTY_SHA256
         headers = dict(headers or {})
         resource = f"{method} {self._path(key)}"
-        for attempt in range(1, self.attempts + 1):
+        attempts = 1 if self.availability.down else self.attempts  # an outage known: fail fast
+        started = self._reactor.seconds()
+        for attempt in range(1, attempts + 1):
             try:
                 response, content = await self._send(
                     method, key, query, headers, body, payload_hash, stream, timeout or self.timeout
                 )
-                if response.code not in ok:
-                    raise _error_from(response.code, content or b"", resource)
-                if error_in_body and content and _xml(content).tag == "Error":
-                    raise _error_from(500, content, resource)
-                return response, content
-            except S3Error as e:
-                if not e.retryable or attempt == self.attempts:
-                    raise
-                reason = e.code
             except _RETRY_EXCEPTIONS as e:
-                if attempt == self.attempts:
-                    raise
-                reason = type(e).__name__
+                error, reason, retry = e, type(e).__name__, True
+            else:
+                failure = None
+                if response.code not in ok or (response.code == 404 and b"NoSuchBucket" in (content or b"")):
+                    failure = _error_from(response.code, content or b"", resource)
+                elif error_in_body and content and _xml(content).tag == "Error":
+                    failure = _error_from(500, content, resource)
+                if failure is None:
+                    self.availability.answered()
+                    return response, content
+                if not failure.unavailable:
+                    if content:  # S3 said what it did not like: it works (a HEAD's bare 404 tells nothing)
+                        self.availability.answered()
+                    raise failure
+                error, reason, retry = failure, failure.code, failure.retryable
             delay = 0.1 * 4 ** (attempt - 1)
-            log.warn("retrying {resource} in {delay}s after {reason}", resource=resource, delay=delay, reason=reason)
+            if not retry or attempt == attempts or self._reactor.seconds() - started + delay > RETRY_BUDGET:
+                raise self.unavailable(error) from error
+            self.availability.retrying(resource, delay, reason)
             await deferLater(self._reactor, delay, lambda: None)
         raise AssertionError("unreachable")
+
+    def unavailable(self, error: BaseException) -> StorageUnavailable:
+        """The `StorageUnavailable` for an S3 answer or a network failure, noted in ``availability``."""
+        where = f"S3 at {self.endpoint}"
+        if isinstance(error, S3Error):
+            detail = error.code if error.code != str(error.status) else f"HTTP {error.status}"  # a HEAD says no more
+            detail += f" ({error.message})" if error.message else ""
+            if error.code == "NoSuchBucket" or (error.status == 404 and not error.not_found):
+                cause = f"bucket {self.bucket!r} does not exist at {where}"
+            elif error.status in (401, 403) or error.code in _MISCONFIGURED_CODES:
+                cause = f"{where} refuses access to bucket {self.bucket!r}: {detail}"
+            else:
+                cause = (
+                    f"{where} answered {detail}"
+                    if detail.startswith("HTTP")
+                    else f"{where} answered {error.status} {detail}"
+                )
+            result = StorageUnavailable(cause, misconfigured=error.misconfigured)
+        elif isinstance(error, net_error.TimeoutError):
+            result = StorageUnavailable(f"{where} did not answer: {error}")
+        else:
+            reasons = getattr(error, "reasons", None)  # ResponseFailed and the like wrap the real one
+            reason = reasons[0].value if reasons else error
+            result = StorageUnavailable(f"cannot reach {where}: {type(reason).__name__}: {reason}")
+        return self.availability.failed(result)
 
     # ----------------------------------------------------------------- objects
 
@@ -494,7 +598,10 @@ class S3Client:
             errors = root.findall("Error") if root is not None else []
             if errors:
                 first = errors[0]
-                raise S3Error(500, _text(first, "Code"), _text(first, "Message"), _text(first, "Key"))
+                error = S3Error(500, _text(first, "Code"), _text(first, "Message"), _text(first, "Key"))
+                if error.misconfigured:
+                    raise self.unavailable(error) from error
+                raise error
 
     async def list(self, prefix: str, limit: int | None = None) -> list[ObjectInfo]:
         """Every object whose key starts with ``prefix`` (at most ``limit``), in key order."""
