@@ -7,6 +7,10 @@
 
 Both read the same configuration as the daemon (``--config FILE`` and/or
 ``--data-dir DIR``) and work on the same storage while it serves.
+
+Exit status: 0 done; 2 the configuration cannot work (including a data
+directory or bucket that cannot be used); 1 the storage failed (unreachable,
+failing): nothing was removed after that point, and the next run carries on.
 """
 
 from __future__ import annotations
@@ -18,8 +22,11 @@ import sys
 from twisted.internet.defer import Deferred
 from twisted.internet.task import react
 
+from . import startup
 from .config import Config, ConfigError
 from .gc import GCOptions, collect, parse_duration, usage
+from .startup import CONFIG_STATUS, FAILED_STATUS
+from .storage.interfaces import StorageUnavailable
 
 
 def _human(size: int) -> str:
@@ -68,6 +75,7 @@ async def _run(reactor, args) -> int:
     config = _config(args)
     storage = build_storage(config, reactor)
     try:
+        await storage.check()
         if args.command == "gc":
             options = GCOptions(
                 dry_run=args.dry_run,
@@ -109,6 +117,9 @@ async def _run(reactor, args) -> int:
                         f"{_human(row['shared']):>12} {row['blobs']:>6}"
                     )
         return 0
+    except StorageUnavailable as e:
+        startup.report(f"storage unavailable: {e.cause}")
+        raise SystemExit(CONFIG_STATUS if e.misconfigured else FAILED_STATUS) from None
     finally:
         close = getattr(storage, "close", None)
         if close is not None:
@@ -120,8 +131,8 @@ def main(argv=None) -> None:
     try:
         _config(args)
     except (ConfigError, ValueError) as e:
-        print(f"ociregistry: {e}", file=sys.stderr)
-        sys.exit(2)
+        startup.report(str(e))
+        sys.exit(CONFIG_STATUS)
 
     def run(reactor):
         return Deferred.fromCoroutine(_run(reactor, args))

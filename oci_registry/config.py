@@ -54,6 +54,17 @@ def parse_size(value) -> int:
         raise ValueError(f"not a size: {value!r} (use e.g. 4194304, 4MiB, 64GiB)") from None
 
 
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML error on one line: what is wrong, and where."""
+    problem = getattr(error, "problem", None)
+    mark = getattr(error, "problem_mark", None)
+    if problem is None:
+        return " ".join(str(error).split())
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    context = getattr(error, "context", None)
+    return f"{problem}{where}" + (f" ({context})" if context else "")
+
+
 def default_data_dir() -> str:
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return os.path.join(base, "ociregistry")
@@ -94,8 +105,10 @@ class Config:
             try:
                 with open(path, encoding="utf-8") as f:
                     loaded = yaml.safe_load(f) or {}
-            except (OSError, yaml.YAMLError) as e:
-                raise ConfigError(f"cannot read config {path}: {e}") from None
+            except OSError as e:
+                raise ConfigError(f"cannot read config {path}: {e.strerror or e}") from None
+            except yaml.YAMLError as e:
+                raise ConfigError(f"cannot read config {path}: {_yaml_problem(e)}") from None
             if not isinstance(loaded, dict):
                 raise ConfigError(f"config {path} must be a mapping")
             values.update(loaded)
@@ -114,7 +127,11 @@ class Config:
         values = dict(values)
         if "listen" in values:
             listen = values["listen"]
-            values["listen"] = tuple([listen] if isinstance(listen, str) else listen)
+            if isinstance(listen, str):
+                listen = [listen]
+            if not isinstance(listen, (list, tuple)) or not all(isinstance(item, str) for item in listen):
+                raise ConfigError("listen must be an endpoint string (e.g. tcp:5000) or a list of them")
+            values["listen"] = tuple(listen)
         if "data_dir" in values:
             values["data_dir"] = os.path.abspath(os.path.expanduser(str(values["data_dir"])))
         for key in ("max_upload_size", "max_header_size"):

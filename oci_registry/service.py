@@ -13,10 +13,12 @@ by twisted.web before the registry sees them).
 
 from __future__ import annotations
 
-from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred
+import os
+
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.web import server
 from twisted.web.resource import IResource
@@ -24,8 +26,9 @@ from twisted.web.resource import IResource
 from .api.app import RegistryAPI
 from .api.body import RegistryChannel, StreamingRequest
 from .auth.service import build_auth
-from .config import Config
+from .config import Config, ConfigError
 from .registry import Registry
+from .startup import CONFIG_STATUS, StartupError, fail
 from .storage.filesystem import FilesystemDriver
 from .storage.interfaces import StorageUnavailable
 
@@ -161,22 +164,155 @@ def gc_service(config: Config, storage):
     return service
 
 
+def _listen_error(description: str, reason) -> StartupError:
+    error = reason.value
+    if isinstance(error, CannotListenError) and isinstance(error.socketError, OSError):
+        error = error.socketError
+    if isinstance(error, OSError) and error.strerror:
+        path = error.filename2 or error.filename  # a unix: socket's lock file, say
+        error = f"{error.strerror}: {os.fsdecode(path)}" if isinstance(path, (str, bytes)) else error.strerror
+    return StartupError(f"cannot listen on {description}: {error}")
+
+
+def _at_once(d: Deferred, judge, reactor) -> None:
+    """
+    Start-up fails when ``d`` does, as ``judge(failure)`` says (a
+    `StartupError`, or None to carry on): raised here when ``d`` has failed
+    already (so twistd stops before it runs the reactor), else through `fail`.
+    """
+    known = []
+
+    def failed(reason):
+        error = judge(reason)
+        if error is None:
+            return
+        if starting:
+            known.append(error)
+        else:
+            fail(reactor, error)
+
+    starting = True
+    d.addErrback(failed)
+    starting = False
+    if known:
+        raise known[0]
+
+
+class Listener(Service):
+    """
+    Listens on one endpoint (as root, before twistd drops privileges, so
+    ports below 1024 work); start-up fails, with one line, when it cannot.
+    ``listening`` fires once it does.
+    """
+
+    def __init__(self, reactor, description: str, factory):
+        self.description = description
+        self._reactor = reactor
+        self._factory = factory
+        try:
+            self._endpoint = serverFromString(reactor, description)
+        except Exception as e:  # noqa: BLE001  (an unknown type, a bad option, a certificate that cannot be read)
+            raise ConfigError(f"listen: cannot use {description!r}: {e}") from None
+        self.listening = Deferred()
+        self._port = None
+        self._started = False
+
+    def privilegedStartService(self):
+        super().privilegedStartService()
+        self._listen()
+
+    def startService(self):
+        super().startService()
+        self._listen()
+
+    def _listen(self):
+        if self._started:
+            return
+        self._started = True
+        _at_once(
+            self._endpoint.listen(self._factory).addCallback(self._listened),
+            lambda reason: _listen_error(self.description, reason),
+            self._reactor,
+        )
+
+    def _listened(self, port):
+        self._port = port
+        self.listening.callback(port)
+
+    def stopService(self):
+        super().stopService()
+        if self._port is not None:
+            port, self._port = self._port, None
+            return port.stopListening()
+
+
+class StorageCheck(Service):
+    """
+    At start-up, once twistd has dropped privileges: the storage can be used
+    (`IStorageDriver.check`), or the registry does not start.  A storage
+    that refuses the configuration (a data directory this user cannot
+    write, a bucket that does not exist, credentials it refuses) stops it;
+    one merely unreachable does not: requests get 503 until it answers, and
+    an orchestrator sees a process that is up.
+    """
+
+    def __init__(self, reactor, storage):
+        self._reactor = reactor
+        self._storage = storage
+
+    def startService(self):
+        super().startService()
+        _at_once(self._storage.check(), self._judge, self._reactor)
+
+    def _judge(self, reason) -> StartupError | None:
+        if not reason.check(StorageUnavailable):
+            return StartupError(f"cannot use the storage: {reason.getErrorMessage()}")
+        if reason.value.misconfigured:
+            return StartupError(reason.value.cause, CONFIG_STATUS)
+        return None  # logged as an outage by the driver; requests get 503 until it ends
+
+
+class _Announce(Service):
+    """Says the registry is listening once it is (and its storage passed its check)."""
+
+    def __init__(self, config: Config, listeners):
+        self._config = config
+        self._listeners = listeners
+
+    def startService(self):
+        super().startService()
+        gatherResults([listener.listening for listener in self._listeners]).addCallback(self._listening)
+
+    def _listening(self, _):
+        log.info(
+            "ociregistry listening on {listen} with {workers} worker(s)",
+            listen=", ".join(self._config.listen),
+            workers=self._config.workers,
+        )
+
+
 def make_service(config: Config, reactor=None) -> MultiService:
+    """
+    The daemon: storage check, listeners (or workers), scheduled GC and
+    auth reloading.  ConfigError when the configuration cannot work; the
+    services raise `StartupError` when they cannot start.
+    """
     if reactor is None:
         from twisted.internet import reactor
     site = build_site(config, reactor)
     top = MultiService()
+    StorageCheck(reactor, site.registry.storage).setServiceParent(top)
     supervisor = None
     if config.workers > 1:
         from .workers import WorkerSupervisor, add_listeners
 
-        add_listeners(top, reactor, config, site)
+        listeners = add_listeners(top, reactor, config, site)
         supervisor = WorkerSupervisor(reactor, config)
         supervisor.setServiceParent(top)
     else:
-        for description in config.listen:
-            endpoint = serverFromString(reactor, description)
-            StreamServerEndpointService(endpoint, site).setServiceParent(top)
+        listeners = [Listener(reactor, description, site) for description in config.listen]
+        for listener in listeners:
+            listener.setServiceParent(top)
     if config.gc_interval > 0:
         top.addService(gc_service(config, site.registry.storage))
     log.info(
@@ -190,9 +326,6 @@ def make_service(config: Config, reactor=None) -> MultiService:
     )
     if reload_service is not None:
         top.addService(reload_service)
-    log.info(
-        "ociregistry listening on {listen} with {workers} worker(s)",
-        listen=", ".join(config.listen),
-        workers=config.workers,
-    )
+
+    _Announce(config, listeners).setServiceParent(top)  # last: once everything else has started
     return top

@@ -18,11 +18,13 @@ import sys
 
 from twisted.application.service import MultiService, Service
 from twisted.internet import protocol
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReadDescriptor
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from .config import Config, ConfigError
+from .startup import StartupError
 
 log = Logger(namespace="oci_registry.workers")
 
@@ -68,15 +70,21 @@ class ListenService(Service):
     def __init__(self, reactor, description: str, factory):
         self._reactor = reactor
         self._address = parse_tcp_listen(description)
+        self._description = description
         self._factory = factory
         self._port = None
+        self.listening = Deferred()
 
     def startService(self):
         super().startService()
         family = self._address[0]
-        sock = shared_socket(*self._address)
+        try:
+            sock = shared_socket(*self._address)
+        except OSError as e:
+            raise StartupError(f"cannot listen on {self._description}: {e.strerror or e}") from None
         self._port = self._reactor.adoptStreamPort(sock.fileno(), family, self._factory)
         sock.close()  # the port holds its own duplicate of the descriptor
+        self.listening.callback(self._port)
 
     def stopService(self):
         super().stopService()
@@ -179,9 +187,11 @@ class _ParentWatch:
             self._reactor.stop()
 
 
-def add_listeners(top: MultiService, reactor, config: Config, site) -> None:
-    for description in config.listen:
-        ListenService(reactor, description, site).setServiceParent(top)
+def add_listeners(top: MultiService, reactor, config: Config, site) -> list[ListenService]:
+    listeners = [ListenService(reactor, description, site) for description in config.listen]
+    for listener in listeners:
+        listener.setServiceParent(top)
+    return listeners
 
 
 def main(argv=None) -> None:
@@ -191,6 +201,7 @@ def main(argv=None) -> None:
 
     from .bulk import large_buffers_from_mmap
     from .service import build_site
+    from .startup import install
 
     large_buffers_from_mmap()
     argv = sys.argv[1:] if argv is None else argv
@@ -198,6 +209,7 @@ def main(argv=None) -> None:
     payload = argv[1] if len(argv) > 1 else os.environ.pop(CONFIG_VARIABLE)
     config = Config.from_dict(json.loads(payload))
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
+    install(reactor)
     top = MultiService()
     site = build_site(config, reactor)
     add_listeners(top, reactor, config, site)
@@ -205,7 +217,7 @@ def main(argv=None) -> None:
     if reload_service is not None:
         top.addService(reload_service)
     reactor.addReader(_ParentWatch(reactor))
-    top.startService()
+    top.startService()  # a StartupError ends the worker with one line
     reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
     log.info("worker {index} serving", index=index)
     reactor.run()

@@ -72,10 +72,16 @@ class SeaweedFS(SeaweedFSProcess):
             return e.code, e.read()
 
     def request(
-        self, method: str, key: str | None = None, body: bytes = b"", query: str = "", timeout: float = 10
+        self,
+        method: str,
+        key: str | None = None,
+        body: bytes = b"",
+        query: str = "",
+        timeout: float = 10,
+        bucket: str = BUCKET,
     ) -> tuple[int, bytes]:
-        """A signed request to the test bucket (``key`` in it, or the bucket itself)."""
-        path = f"/{BUCKET}" + (f"/{key}" if key else "")
+        """A signed request to the test bucket, or another (``key`` in it, or the bucket itself)."""
+        path = f"/{bucket}" + (f"/{key}" if key else "")
         params = [tuple(p.split("=", 1)) for p in query.split("&")] if query else []
         return self.signed_request(method, path, body, timeout, params)
 

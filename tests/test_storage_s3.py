@@ -19,6 +19,7 @@ import treq
 from registry_process import free_port
 from s3_server import s3_server  # noqa: F401  (the session fixture)
 from storage_suite import StorageSuite
+from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -640,7 +641,12 @@ def test_twistd_options_reach_the_config(monkeypatch, tmp_path):
         ]
     )
     made = {}
-    monkeypatch.setattr("oci_registry.service.make_service", lambda config: made.setdefault("config", config))
+
+    def make_service(config, reactor):
+        made["config"] = config
+        return MultiService()
+
+    monkeypatch.setattr("oci_registry.service.make_service", make_service)
     plugin.serviceMaker.makeService(options)
     storage = made["config"].storage
     assert (storage.bucket, storage.endpoint, storage.prefix, storage.redirect, storage.secret_key) == (

@@ -90,6 +90,11 @@ class S3Settings:
         for key in ("bucket", "endpoint", "region", "access_key", "secret_key", "session_token", "redirect_endpoint"):
             if key in values:
                 values[key] = str(values[key])
+        for key in ("endpoint", "redirect_endpoint"):
+            if values.get(key):
+                from .s3client import _split_endpoint
+
+                _split_endpoint(values[key])  # ValueError: not an http(s) URL
         return cls(**values)
 
 

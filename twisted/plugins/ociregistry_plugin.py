@@ -50,9 +50,14 @@ class RegistryServiceMaker:
     options = Options
 
     def makeService(self, options):
+        import sys
+
+        from twisted.internet import reactor
+
         from oci_registry.bulk import large_buffers_from_mmap
         from oci_registry.config import Config, ConfigError
         from oci_registry.service import make_service
+        from oci_registry.startup import CONFIG_STATUS, DaemonService, report
 
         large_buffers_from_mmap()
 
@@ -73,9 +78,14 @@ class RegistryServiceMaker:
                     "redirect": True if options["s3-redirect"] else None,
                 },
             )
-            return make_service(config)
+            service = make_service(config, reactor)
         except ConfigError as e:
-            raise usage.UsageError(str(e)) from None
+            # The message alone: a traceback would bury it.
+            report(str(e))
+            sys.exit(CONFIG_STATUS)
+        daemon = DaemonService(reactor)
+        service.setServiceParent(daemon)
+        return daemon
 
 
 serviceMaker = RegistryServiceMaker()

@@ -1,0 +1,107 @@
+"""
+Starting the daemon, or failing to: every reason the registry cannot start
+is one line that names it and a non-zero exit status, at once; never a
+traceback, nor a process that stays up serving nothing.
+
+Exit statuses: 2 when the configuration cannot work (the config file or
+options, the data directory, the bucket or its credentials), 1 for anything
+else (a port already in use...).  ``twistd -n ociregistry`` and worker
+processes install this (`install`); an application embedding the registry
+keeps its own process handling.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+
+from twisted.application.service import MultiService
+from twisted.internet.error import ReactorNotRunning
+from twisted.logger import Logger
+
+log = Logger(namespace="ociregistry")
+
+CONFIG_STATUS = 2  # the configuration cannot work
+FAILED_STATUS = 1  # anything else
+
+
+class StartupError(Exception):
+    """The registry cannot start; ``str()`` says why, in one line, for the operator."""
+
+    def __init__(self, message: str, status: int = FAILED_STATUS):
+        super().__init__(message)
+        self.status = status
+
+
+def report(message: str) -> None:
+    """Say why the process cannot start, before logging has begun (config errors)."""
+    print(f"ociregistry: {message}", file=sys.stderr, flush=True)
+
+
+class _Exit:
+    """The exit status a failed start-up asks for, applied once twistd has cleaned up."""
+
+    status: int | None = None
+    installed = False
+
+
+def install(reactor) -> None:
+    """
+    For the daemon's process: a `StartupError` escaping start-up is logged
+    as one line (not a traceback) and sets the exit status.
+    """
+    if _Exit.installed:
+        return
+    _Exit.installed = True
+    previous = sys.excepthook
+
+    def excepthook(kind, value, traceback):
+        if isinstance(value, StartupError):
+            log.critical("{message}", message=str(value))
+            _Exit.status = value.status
+        else:
+            previous(kind, value, traceback)
+
+    sys.excepthook = excepthook
+    atexit.register(_exit)
+
+
+def _exit() -> None:
+    # Registered at start, so it runs after what is registered later.
+    if _Exit.status is not None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_Exit.status)
+
+
+class DaemonService(MultiService):
+    """
+    The registry's services as twistd runs them: before any of them starts,
+    `install` for the whole process.
+    """
+
+    def __init__(self, reactor):
+        super().__init__()
+        self._reactor = reactor
+
+    def privilegedStartService(self):
+        install(self._reactor)
+        super().privilegedStartService()
+
+
+def fail(reactor, error: StartupError) -> None:
+    """Stop at once for a reason found after the reactor started (a bucket that does not exist...)."""
+    log.critical("{message}", message=str(error))
+    _Exit.status = error.status
+    if reactor.running:
+        _stop(reactor)
+    else:
+        reactor.callWhenRunning(_stop, reactor)
+
+
+def _stop(reactor) -> None:
+    try:
+        reactor.stop()
+    except ReactorNotRunning:
+        pass  # stopping already
