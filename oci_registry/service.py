@@ -14,6 +14,7 @@ by twisted.web before the registry sees them).
 from __future__ import annotations
 
 import os
+import resource
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, gatherResults
@@ -285,9 +286,10 @@ class _Announce(Service):
 
     def _listening(self, _):
         log.info(
-            "ociregistry listening on {listen} with {workers} worker(s)",
+            "ociregistry listening on {listen} with {workers} worker(s); open files limit {files}",
             listen=", ".join(self._config.listen),
             workers=self._config.workers,
+            files=resource.getrlimit(resource.RLIMIT_NOFILE)[0],
         )
 
 

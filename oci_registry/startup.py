@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import atexit
 import os
+import resource
+import signal
 import sys
 
 from twisted.application.service import MultiService
@@ -49,7 +51,8 @@ class _Exit:
 def install(reactor) -> None:
     """
     For the daemon's process: a `StartupError` escaping start-up is logged
-    as one line (not a traceback) and sets the exit status.
+    as one line (not a traceback) and sets the exit status; SIGTERM and
+    SIGINT stop the registry and exit 0.
     """
     if _Exit.installed:
         return
@@ -65,6 +68,7 @@ def install(reactor) -> None:
 
     sys.excepthook = excepthook
     atexit.register(_exit)
+    reactor.callWhenRunning(_stop_on_signals, reactor)
 
 
 def _exit() -> None:
@@ -75,10 +79,21 @@ def _exit() -> None:
         os._exit(_Exit.status)
 
 
+def _stop_on_signals(reactor) -> None:
+    # Twisted's own handlers end the process with the signal once it has
+    # stopped (a shell sees 143); a registry that stopped as asked exits 0.
+    def stop(number, frame):
+        log.info("received {signal}: stopping", signal=signal.Signals(number).name)
+        reactor.callFromThread(_stop, reactor)
+
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, stop)
+
+
 class DaemonService(MultiService):
     """
     The registry's services as twistd runs them: before any of them starts,
-    `install` for the whole process.
+    `install` and `raise_open_files_limit` for the whole process.
     """
 
     def __init__(self, reactor):
@@ -87,6 +102,7 @@ class DaemonService(MultiService):
 
     def privilegedStartService(self):
         install(self._reactor)
+        raise_open_files_limit()
         super().privilegedStartService()
 
 
@@ -105,3 +121,17 @@ def _stop(reactor) -> None:
         reactor.stop()
     except ReactorNotRunning:
         pass  # stopping already
+
+
+def raise_open_files_limit() -> int:
+    """Raise this process's soft limit on open files to its hard limit; the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as e:
+            log.warn(
+                "could not raise the open files limit from {soft} to {hard}: {error}", soft=soft, hard=hard, error=e
+            )
+    return soft

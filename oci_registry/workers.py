@@ -11,6 +11,7 @@ them.  A worker that dies is restarted; workers stop when the parent stops
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -18,7 +19,8 @@ import sys
 
 from twisted.application.service import MultiService, Service
 from twisted.internet import protocol
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.interfaces import IReadDescriptor
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -29,6 +31,7 @@ from .startup import StartupError
 log = Logger(namespace="oci_registry.workers")
 
 RESTART_DELAY = 1.0
+STOP_TIMEOUT = 10.0  # seconds workers get to stop before they are killed
 CONFIG_VARIABLE = "OCIREGISTRY_WORKER_CONFIG"  # the JSON config a worker process starts from
 
 
@@ -96,9 +99,11 @@ class _WorkerProtocol(protocol.ProcessProtocol):
     def __init__(self, supervisor: WorkerSupervisor, index: int):
         self.supervisor = supervisor
         self.index = index
+        self.ended = Deferred()
 
     def processEnded(self, reason):
         self.supervisor.ended(self, reason)
+        self.ended.callback(None)
 
 
 class WorkerSupervisor(Service):
@@ -147,12 +152,32 @@ class WorkerSupervisor(Service):
             self._spawn(index)
 
     def stopService(self):
+        """Stop every worker; fires once they have all ended (killed after ``STOP_TIMEOUT``)."""
         super().stopService()
-        for worker in list(self._workers.values()):
+        workers = list(self._workers.values())
+        for worker in workers:
             try:
                 worker.transport.signalProcess("TERM")
             except Exception:
                 pass
+        if not workers:
+            return None
+
+        def kill():
+            for worker in workers:
+                if not worker.ended.called:
+                    log.warn(
+                        "worker {index} did not stop within {timeout}s: killing it",
+                        index=worker.index,
+                        timeout=STOP_TIMEOUT,
+                    )
+                    with contextlib.suppress(ProcessExitedAlready):
+                        worker.transport.signalProcess("KILL")
+
+        timer = self._reactor.callLater(STOP_TIMEOUT, kill)
+        done = DeferredList([worker.ended for worker in workers])
+        done.addBoth(lambda _: timer.cancel() if timer.active() else None)
+        return done
 
 
 @implementer(IReadDescriptor)
@@ -201,9 +226,10 @@ def main(argv=None) -> None:
 
     from .bulk import large_buffers_from_mmap
     from .service import build_site
-    from .startup import install
+    from .startup import install, raise_open_files_limit
 
     large_buffers_from_mmap()
+    files = raise_open_files_limit()
     argv = sys.argv[1:] if argv is None else argv
     index = int(argv[0])
     payload = argv[1] if len(argv) > 1 else os.environ.pop(CONFIG_VARIABLE)
@@ -219,7 +245,7 @@ def main(argv=None) -> None:
     reactor.addReader(_ParentWatch(reactor))
     top.startService()  # a StartupError ends the worker with one line
     reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
-    log.info("worker {index} serving", index=index)
+    log.info("worker {index} serving; open files limit {files}", index=index, files=files)
     reactor.run()
 
 

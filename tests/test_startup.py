@@ -3,7 +3,7 @@ Starting and stopping the daemon, as an operator sees it: a registry that
 cannot start says why in one line and exits at once with a non-zero status
 (2: the configuration cannot work, 1: anything else), never a traceback nor
 a process that stays up serving nothing; one that can says "listening" only
-once it is.
+once it is; SIGTERM stops it (and its workers) with status 0.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import contextlib
 import os
 import pwd
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -190,6 +191,14 @@ def test_listening_is_said_once_when_listening(tmp_path):
         registry.stop()
 
 
+# ------------------------------------------------------------------- stopping
+
+
+def children_of(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], check=False, capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
 def wait_for(predicate, timeout=10.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -197,6 +206,60 @@ def wait_for(predicate, timeout=10.0) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_stops_everything_with_status_0(tmp_path, workers):
+    registry = RegistryProcess(str(tmp_path / "data"), extra_args=["--workers", str(workers)]).start()
+    process = registry.process
+    assert wait_for(lambda: len(children_of(process.pid)) == workers - 1)
+    children = children_of(process.pid)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(15) == 0, registry.log()
+    # The workers ended before the parent did.
+    assert all(not os.path.exists(f"/proc/{child}") for child in children), registry.log()
+    assert "Traceback" not in registry.log()
+
+
+# -------------------------------------------------------- open files limit
+
+
+@contextlib.contextmanager
+def open_files_soft_limit(soft: int):
+    """Children started meanwhile inherit a lower soft limit than the hard one."""
+    before = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, before[1]))
+    try:
+        yield before[1]
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, before)
+
+
+def open_files_limits(pid: int) -> tuple[int, int]:
+    with open(f"/proc/{pid}/limits") as f:
+        for line in f:
+            if line.startswith("Max open files"):
+                soft, hard = line.split()[3:5]
+                return int(soft), int(hard)
+    raise AssertionError("no open files limit")
+
+
+def test_open_files_limit_raised_to_the_hard_limit(tmp_path):
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard <= 256:
+        pytest.skip(f"the hard limit ({hard}) leaves nothing to raise")
+    registry = RegistryProcess(str(tmp_path / "data"), extra_args=["--workers", "2"])
+    with open_files_soft_limit(256):
+        registry.start()
+    try:
+        assert wait_for(lambda: len(children_of(registry.process.pid)) == 1)
+        (worker,) = children_of(registry.process.pid)
+        assert open_files_limits(registry.process.pid) == (hard, hard)
+        assert wait_for(lambda: f"worker 1 serving; open files limit {hard}" in registry.log())
+        assert open_files_limits(worker) == (hard, hard)
+        assert f"with 2 worker(s); open files limit {hard}" in registry.log()
+    finally:
+        registry.stop()
 
 
 # ------------------------------------------------------------ data directory
@@ -292,7 +355,7 @@ def test_data_directory_made_by_the_user_twistd_switches_to(nobody):
             assert response.read() == blob
     finally:
         process.send_signal(signal.SIGTERM)
-        process.wait(15)
+        assert process.wait(15) == 0
 
 
 def test_data_directory_the_user_cannot_write_stops_start_up(nobody):
