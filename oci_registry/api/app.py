@@ -35,12 +35,12 @@ from ..reference import Digest, Name, Tag, parse_reference
 from ..registry import Registry, UploadStatus, upload_location
 from ..storage.interfaces import StorageFull, StorageUnavailable
 from .body import BodyTooLarge, body_of, read_small_body
-from .responses import json_body, next_link, page, parse_range, send_reader
+from .responses import json_body, next_link, number, page, parse_range, send_reader
 
 log = Logger()
 
 API_VERSION = (b"Docker-Distribution-Api-Version", b"registry/2.0")
-_CONTENT_RANGE = re.compile(r"(?:bytes )?(\d+)-(\d+)(?:/(?:\d+|\*))?")
+_CONTENT_RANGE = re.compile(r"(?:bytes )?([0-9]+)-([0-9]+)(?:/(?:[0-9]+|\*))?")
 
 
 def _arg(request, name: str) -> str | None:
@@ -59,10 +59,11 @@ def _lookup_reference(text: str):
 
 
 def _header(request, name: str) -> str | None:
-    value = request.getHeader(name)
+    # By a bytes name: twisted.web decodes values as UTF-8 for a str name, and fails on other bytes.
+    value = request.getHeader(name.encode("ascii"))
     if value is None:
         return None
-    return value.decode("latin-1") if isinstance(value, bytes) else value
+    return value.decode("latin-1")
 
 
 def _set(request, **headers) -> None:
@@ -72,7 +73,7 @@ def _set(request, **headers) -> None:
 
 def _content_length(request) -> int | None:
     value = _header(request, "Content-Length")
-    return int(value) if value and value.isdigit() else None
+    return number(value) if value and value.isascii() and value.isdigit() else None
 
 
 def _accepted_types(request) -> tuple[str, ...]:
@@ -331,7 +332,7 @@ class RegistryAPI:
         match = _CONTENT_RANGE.fullmatch(header.strip())
         if match is None:
             raise UploadRangeInvalid(f"malformed Content-Range {header!r}")
-        start, end = int(match.group(1)), int(match.group(2))
+        start, end = number(match.group(1)), number(match.group(2))
         if end < start or (length is not None and length != end - start + 1):
             raise UploadRangeInvalid(f"Content-Range {header!r} does not match Content-Length {length}")
         return start, end - start + 1

@@ -29,7 +29,14 @@ SEND_BLOCK = 1 << 20
 # 32 KiB gave 3.1 GB/s to one client and 3.3 GB/s to four, 4 MiB 1.9 and
 # 3.6, 64 KiB 1.7 and 2.9; the reference registry 2.6 and 3.1.
 SENDFILE_BLOCK = 32 << 10
-_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+_RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)")
+HUGE = 1 << 62  # any number too long to be a size or a count
+
+
+def number(digits: str) -> int:
+    """The value of a string of ASCII digits (already matched); `HUGE` for one longer than 18 digits."""
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= 18 else HUGE
 
 
 class PaginationInvalid(RegistryError):
@@ -60,12 +67,12 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     if not first and not last:
         return None
     if not first:  # suffix: the last N bytes
-        length = int(last)
+        length = number(last)
         if length == 0 or size == 0:
             raise RangeInvalid(f"range {header} of a {size} byte blob", headers={"Content-Range": f"bytes */{size}"})
         return max(size - length, 0), size - 1
-    start = int(first)
-    end = int(last) if last else size - 1
+    start = number(first)
+    end = number(last) if last else size - 1
     if start >= size or end < start:
         # (RFC 9110 would let us ignore an inverted range; the reference registry
         # and the OCI conformance suite expect 416.)
@@ -79,9 +86,9 @@ def page(items: list[str], n: str | None, last: str | None) -> tuple[list[str], 
         items = [i for i in items if i > last]
     if n is None or n == "":
         return items, False
-    if not n.isdigit():
+    if not (n.isascii() and n.isdigit()):
         raise PaginationInvalid(n)
-    count = int(n)
+    count = number(n)
     return items[:count], len(items) > count and count > 0
 
 
