@@ -1,7 +1,10 @@
 """
 Hostile clients against a real registry process, each attack with bounded
-counts and time:
+counts and time, and the limits (latency) measured here with generous
+margins:
 
+- downloads that are never read hold no shared thread and are dropped after
+  ``client_timeout``, over plain TCP (sendfile) and TLS;
 - numbers too long for Python's ``int`` (or digits that are not ASCII) in
   ``Range``, ``Content-Range`` and ``n=`` get 4xx, never 500.
 """
@@ -11,6 +14,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import ssl
+import time
 
 import pytest
 from auth_helpers import (
@@ -99,6 +104,72 @@ def read_response(sock, timeout: float = 10.0) -> tuple[int, dict, bytes]:
 
 def error_codes(body: bytes) -> list[str]:
     return [e["code"] for e in json.loads(body)["errors"]]
+
+
+def non_reading_download(port: int, digest: str, tls_context=None):
+    """A connection that asks for a blob and reads nothing of it."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    if tls_context is not None:
+        sock = tls_context.wrap_socket(sock, server_hostname="127.0.0.1")
+    sock.sendall(request_bytes("GET", f"/v2/pub/blobs/blobs/{digest}"))
+    return sock
+
+
+def bytes_until_closed(sock, limit: int, seconds: float = 30.0) -> int:
+    """Read everything the peer still sends, up to ``limit`` bytes; how much that was."""
+    total, deadline = 0, time.monotonic() + seconds
+    sock.settimeout(5)
+    while total < limit and time.monotonic() < deadline:
+        try:
+            chunk = sock.recv(1 << 20)
+        except OSError:
+            break
+        if not chunk:
+            break
+        total += len(chunk)
+    return total
+
+
+def timed(function):
+    started = time.monotonic()
+    result = function()
+    return result, time.monotonic() - started
+
+
+# ------------------------------------------------------------ slow readers
+
+
+def test_downloads_that_are_never_read_hold_no_shared_thread(hostile, blobs):
+    big, small = blobs
+    readers = [non_reading_download(hostile.port, sha256_digest(big)) for _ in range(12)]
+    try:
+        time.sleep(0.5)  # every reader's socket is full by now
+        reply, elapsed = timed(lambda: call(hostile.url, "GET", f"/v2/pub/blobs/blobs/{sha256_digest(small)}"))
+        assert reply.status == 200 and reply.body == small
+        assert elapsed < 1.0, f"a small download took {elapsed:.2f} s behind 12 stalled readers"
+        reply, elapsed = timed(lambda: call(hostile.url, "GET", "/v2/", headers=basic("bob", USERS["bob"])))
+        assert reply.status == 200
+        assert elapsed < 1.0, f"a login took {elapsed:.2f} s behind 12 stalled readers"
+        # Taking nothing for client_timeout, they are dropped.
+        time.sleep(TIMEOUT + 2)
+        for reader in readers:
+            assert bytes_until_closed(reader, len(big)) < len(big)
+    finally:
+        for reader in readers:
+            reader.close()
+
+
+def test_a_tls_download_that_is_never_read_is_dropped(hostile, blobs):
+    big, _ = blobs
+    context = ssl.create_default_context(cafile=hostile.cafile)
+    reader = non_reading_download(hostile.tls_port, sha256_digest(big), context)
+    try:
+        time.sleep(TIMEOUT + 2)
+        assert bytes_until_closed(reader, len(big)) < len(big)
+    finally:
+        reader.close()
 
 
 # ---------------------------------------------------------------- numbers
