@@ -15,7 +15,8 @@ YAML (every key optional)::
     max_upload_size: 64GiB        # bytes one upload session may hold (0: no limit)
     max_uploads_per_client: 1000  # open upload sessions per client address, per process
     max_header_size: 16KiB        # request line and headers
-    client_timeout: 60s           # idle connections are closed after this
+    client_timeout: 60s           # idle connections are closed after this; also a response's idle limit
+    max_body_memory: 64MiB        # small bodies (manifests, forms) held in memory at once, per process
     min_body_rate: 1024           # bytes/s a request body must average over client_timeout (0: off)
     storage: {s3: {bucket: ...}}  # object storage instead of data_dir: see oci_registry/storage/settings.py
     auth: {...}                   # users, access rules, tokens: see oci_registry/auth/config.py, docs/auth.md
@@ -85,6 +86,7 @@ class Config:
     max_uploads_per_client: int = 1000  # open upload sessions per client address (per process)
     max_header_size: int = 16384  # bytes of request line and headers
     client_timeout: float = 60.0  # seconds an idle connection is kept; window for min_body_rate
+    max_body_memory: int = 64 << 20  # bytes of small request bodies held in memory at once, per process; 0: no limit
     min_body_rate: int = 1024  # bytes/s a request body must average over client_timeout; 0: off
     auth: object = None  # an oci_registry.auth.config.AuthConfig; None: open to anyone
     storage: S3Settings | None = None  # None: the filesystem under data_dir
@@ -134,7 +136,7 @@ class Config:
             values["listen"] = tuple(listen)
         if "data_dir" in values:
             values["data_dir"] = os.path.abspath(os.path.expanduser(str(values["data_dir"])))
-        for key in ("max_upload_size", "max_header_size"):
+        for key in ("max_upload_size", "max_header_size", "max_body_memory"):
             if key in values:
                 try:
                     values[key] = parse_size(values[key])

@@ -6,9 +6,10 @@ this; so can any Twisted application that embeds the registry:
     from oci_registry.service import registry_resource, RegistrySite
     site = RegistrySite(registry_resource("/srv/registry"))
 
-`RegistrySite` streams blob uploads straight into storage; the resource also
-works in a plain `twisted.web.server.Site` (upload bodies are then buffered
-by twisted.web before the registry sees them).
+`RegistrySite` reads a request's body only once its handler has authorized
+it, and streams blob uploads straight into storage; the resource also works
+in a plain `twisted.web.server.Site` (request bodies are then buffered by
+twisted.web before the registry sees them).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import os
 import resource
 
+import attr
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import serverFromString
@@ -25,7 +27,8 @@ from twisted.web import server
 from twisted.web.resource import IResource
 
 from .api.app import RegistryAPI
-from .api.body import RegistryChannel, StreamingRequest
+from .api.body import BodyBudget, StreamingRequest
+from .api.channel import RegistryChannel
 from .auth.service import build_auth
 from .config import Config, ConfigError
 from .registry import Registry
@@ -34,6 +37,7 @@ from .storage.filesystem import FilesystemDriver
 from .storage.interfaces import StorageUnavailable
 
 log = Logger()
+_DEFAULTS = attr.fields(Config)
 
 
 def build_storage(config: Config, reactor=None):
@@ -74,7 +78,12 @@ def registry_resource(data_dir: str | None = None, reactor=None, config: Config 
 
 
 class RegistrySite(server.Site):
-    """A `Site` that streams upload bodies and logs one line per request."""
+    """
+    A `Site` that reads request bodies only when a handler asks (after
+    authorizing), streams upload bodies, caps the memory small bodies hold,
+    and logs one line per request.  ``timeout`` (seconds) closes idle
+    connections and drops a client that stops reading a response.
+    """
 
     requestFactory = StreamingRequest
     protocol = RegistryChannel
@@ -82,23 +91,23 @@ class RegistrySite(server.Site):
     def __init__(
         self,
         resource,
-        max_body_size: int | None = None,
         access_log: bool = True,
         max_header_size: int = 16384,
         min_body_rate: int = 0,
         body_rate_window: float = 60.0,
+        max_body_memory: int = _DEFAULTS.max_body_memory.default,
         **kwargs,
     ):
         super().__init__(resource, **kwargs)
-        self.max_body_size = max_body_size
         self.access_log = access_log
         self.max_header_size = max_header_size
         self.min_body_rate = min_body_rate
         self.body_rate_window = body_rate_window
+        self.body_budget = BodyBudget(max_body_memory)
 
     def buildProtocol(self, addr):
         channel = super().buildProtocol(addr)
-        channel.totalHeadersSize = self.max_header_size
+        channel.totalHeadersSize = channel.MAX_LENGTH = self.max_header_size
         return channel
 
     def log(self, request):
@@ -119,7 +128,6 @@ class RegistrySite(server.Site):
 def build_site(config: Config, reactor=None) -> RegistrySite:
     registry = build_registry(config, reactor)
     auth = build_auth(config, reactor)
-    # A manifest PUT is the largest body twisted.web buffers for us.
     api = RegistryAPI(
         registry,
         max_uploads_per_client=config.max_uploads_per_client,
@@ -128,11 +136,11 @@ def build_site(config: Config, reactor=None) -> RegistrySite:
     )
     site = RegistrySite(
         auth.wrap(api.resource()),
-        max_body_size=config.max_manifest_size,
         access_log=config.access_log,
         max_header_size=config.max_header_size,
         min_body_rate=config.min_body_rate,
         body_rate_window=config.client_timeout,
+        max_body_memory=config.max_body_memory,
         timeout=config.client_timeout,
         reactor=reactor,
     )

@@ -1,24 +1,31 @@
 """
 Hostile clients against a real registry process, each attack with bounded
-counts and time, and the limits (latency) measured here with generous
+counts and time, and the limits (latency, memory of the registry process) measured here with generous
 margins:
 
 - downloads that are never read hold no shared thread and are dropped after
   ``client_timeout``, over plain TCP (sendfile) and TLS;
+- bodies are not read before their sender is authorized: half-sent
+  anonymous manifests and uploads with wrong passwords hold no memory;
+- refusals that the headers decide arrive at once, with the spec's JSON
+  body, and close the connection without reading the body; a body framed in
+  tiny chunks is refused before it stalls the registry;
 - numbers too long for Python's ``int`` (or digits that are not ASCII) in
-  ``Range``, ``Content-Range`` and ``n=`` get 4xx, never 500.
+  ``Range``, ``Content-Range``, ``Content-Length`` and ``n=`` get 4xx, never 500.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import select
 import socket
 import ssl
 import time
 
 import pytest
 from auth_helpers import (
+    OCI_MANIFEST,
     basic,
     call,
     free_port,
@@ -46,6 +53,14 @@ auth:
       pull: [anonymous]
       push: [alice]
 """
+
+
+def rss_mib(registry) -> float:
+    with open(f"/proc/{registry.process.pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +119,27 @@ def read_response(sock, timeout: float = 10.0) -> tuple[int, dict, bytes]:
 
 def error_codes(body: bytes) -> list[str]:
     return [e["code"] for e in json.loads(body)["errors"]]
+
+
+def closed_within(sock, seconds: float, sending: bool = False) -> bool:
+    """
+    Whether the peer closes (or resets) the connection within ``seconds``,
+    whatever it sends before; ``sending``: meanwhile send it as much as it takes.
+    """
+    deadline = time.monotonic() + seconds
+    sock.setblocking(False)
+    chunk = b"x" * 65536
+    while time.monotonic() < deadline:
+        try:
+            if sending:
+                sock.send(chunk)
+            if not sock.recv(1 << 20):
+                return True
+        except BlockingIOError:
+            select.select([sock], [sock] if sending else [], [], 0.05)
+        except OSError:
+            return True
+    return False
 
 
 def non_reading_download(port: int, digest: str, tls_context=None):
@@ -172,6 +208,191 @@ def test_a_tls_download_that_is_never_read_is_dropped(hostile, blobs):
         reader.close()
 
 
+# ----------------------------------------------------- bodies before auth
+
+
+def half_sent_bodies(registry, count: int, head: bytes, send: int, seconds: float, wait: float) -> tuple[float, dict]:
+    """
+    ``count`` connections send ``head`` then up to ``send`` body bytes each
+    for ``seconds``; the registry's peak RSS growth (MiB) meanwhile, and the
+    first bytes each connection received within ``wait`` seconds.
+    """
+    before = rss_mib(registry)
+    socks, left, answers = [], {}, {}
+    try:
+        for _ in range(count):
+            sock = socket.create_connection(("127.0.0.1", registry.port))
+            sock.sendall(head)
+            sock.setblocking(False)
+            socks.append(sock)
+            left[sock] = send
+        peak, chunk = before, b" " * 65536
+        started = time.monotonic()
+        while time.monotonic() - started < wait and len(answers) < count:
+            sending = time.monotonic() - started < seconds
+            for sock in socks:
+                if sending and left[sock] > 0:
+                    try:
+                        left[sock] -= sock.send(chunk[: left[sock]])
+                    except OSError:
+                        left[sock] = 0
+                if sock not in answers:
+                    try:
+                        data = sock.recv(100)
+                    except BlockingIOError:
+                        continue
+                    except OSError:
+                        data = b""
+                    answers[sock] = data
+            peak = max(peak, rss_mib(registry))
+            if not sending:
+                select.select([s for s in socks if s not in answers], [], [], 0.1)
+        return peak - before, {i: answers.get(sock, b"") for i, sock in enumerate(socks)}
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def test_half_sent_anonymous_manifests_are_refused_unread(hostile):
+    declared = 4 << 20  # max_manifest_size
+    head = request_bytes(
+        "PUT", "/v2/pub/app/manifests/latest", {"Content-Type": OCI_MANIFEST, "Content-Length": declared}
+    )
+    growth, answers = half_sent_bodies(hostile, 200, head, send=2 << 20, seconds=3, wait=10)
+    refused = sum(a.startswith(b"HTTP/1.1 401 ") for a in answers.values())
+    assert refused == 200, f"{refused} of 200 half-sent manifests got their 401"
+    assert growth < 40, f"the registry grew by {growth:.0f} MiB"
+
+
+def test_uploads_with_wrong_passwords_hold_no_memory_while_passwords_are_checked(hostile):
+    head = request_bytes(
+        "PATCH",
+        "/v2/pub/app/blobs/uploads/0123456789abcdef0123456789abcdef",
+        {**WRONG, "Content-Length": 64 << 20},
+    )
+    growth, answers = half_sent_bodies(hostile, 100, head, send=8 << 20, seconds=4, wait=60)
+    refused = sum(a.startswith(b"HTTP/1.1 401 ") for a in answers.values())
+    assert refused == 100, f"{refused} of 100 uploads with a wrong password got their 401"
+    assert growth < 40, f"the registry grew by {growth:.0f} MiB"
+
+
+# --------------------------------------------------------- early refusals
+
+
+def refused_at_once(registry, data: bytes, status: int, code: str, sending: bool = True) -> dict:
+    """
+    Send ``data`` (a request without the rest of its body): the refusal must
+    come within a second, and the connection must then be closed within a
+    few, although the client goes on sending (``sending``) the body.
+    """
+    with socket.create_connection(("127.0.0.1", registry.port)) as sock:
+        sock.sendall(data)
+        (got, headers, body), elapsed = timed(lambda: read_response(sock))
+        assert got == status, (got, body)
+        assert error_codes(body) == [code]
+        assert elapsed < 1.0, f"the {status} took {elapsed:.2f} s"
+        assert closed_within(sock, 8, sending), "the connection stayed open, reading a body it refused"
+        return headers
+
+
+def test_an_upload_chunk_past_the_size_limit_is_refused_at_once(hostile):
+    started = call(hostile.url, "POST", "/v2/pub/big/blobs/uploads/", b"", ALICE)
+    assert started.status == 202
+    refused_at_once(
+        hostile,
+        request_bytes("PATCH", started.headers["location"], {**ALICE, "Content-Length": 10**15}, b"x" * 1000),
+        413,
+        "SIZE_INVALID",
+    )
+
+
+def test_a_manifest_declared_too_large_is_refused_at_once(hostile):
+    data = request_bytes(
+        "PUT", "/v2/pub/big/manifests/latest", {**ALICE, "Content-Type": OCI_MANIFEST, "Content-Length": 10**12}, b"{"
+    )
+    refused_at_once(hostile, data, 413, "SIZE_INVALID")
+
+
+def test_an_anonymous_push_expecting_100_continue_is_refused_without_it(hostile):
+    data = request_bytes(
+        "PUT",
+        "/v2/pub/app/manifests/latest",
+        {"Content-Type": OCI_MANIFEST, "Content-Length": 1000, "Expect": "100-continue"},
+    )
+    headers = refused_at_once(hostile, data, 401, "UNAUTHORIZED", sending=False)  # not "100 Continue" first
+    assert headers["www-authenticate"] == 'Basic realm="hostile"'
+
+
+def test_headers_over_the_default_limit_get_a_400(hostile):
+    refused_at_once(hostile, request_bytes("GET", "/v2/", {"X-Padding": "x" * (17 << 10)}), 400, "UNSUPPORTED")
+    refused_at_once(hostile, request_bytes("GET", "/v2/_catalog?last=" + "x" * (17 << 10)), 400, "UNSUPPORTED")
+    many = {f"X-{i}": "y" for i in range(600)}  # 4 KiB, but more headers than are read
+    refused_at_once(hostile, request_bytes("GET", "/v2/", many), 400, "UNSUPPORTED")
+    assert call(hostile.url, "GET", "/v2/", headers=ALICE).status == 200
+
+
+def test_a_content_length_too_long_for_a_number_is_refused(hostile):
+    refused_at_once(
+        hostile, request_bytes("PUT", "/v2/pub/x/manifests/t", {"Content-Length": "9" * 5000}), 413, "SIZE_INVALID"
+    )
+    refused_at_once(hostile, request_bytes("GET", "/v2/", {"Content-Length": "1" * 30}), 413, "SIZE_INVALID")
+
+
+def test_a_body_in_tiny_chunks_is_refused_before_it_stalls_the_registry(hostile):
+    started = call(hostile.url, "POST", "/v2/pub/chunks/blobs/uploads/", b"", ALICE)
+    assert started.status == 202
+    with socket.create_connection(("127.0.0.1", hostile.port)) as sock:
+        sock.sendall(request_bytes("PATCH", started.headers["location"], {**ALICE, "Transfer-Encoding": "chunked"}))
+        sock.setblocking(False)
+        tiny = b"1\r\nx\r\n" * 50_000
+        worst, deadline, answer = 0.0, time.monotonic() + 10, b""
+        while time.monotonic() < deadline and not answer:
+            try:
+                sock.send(tiny)
+            except BlockingIOError:
+                pass
+            except OSError:
+                break
+            reply, elapsed = timed(lambda: call(hostile.url, "GET", "/v2/", headers=ALICE))
+            assert reply.status == 200
+            worst = max(worst, elapsed)
+            try:
+                answer = sock.recv(200)
+            except BlockingIOError:
+                pass
+            except OSError:
+                break
+        assert answer.startswith(b"HTTP/1.1 400 "), answer
+        assert b"UNSUPPORTED" in answer
+        assert worst < 1.0, f"GET /v2/ took {worst:.2f} s while a body came in 1-byte chunks"
+
+
+def test_a_token_form_is_read_within_its_limit(tmp_path):
+    write_htpasswd(tmp_path / "htpasswd", USERS, cost=5)
+    (tmp_path / "config.yaml").write_text(
+        AUTH_YAML.replace("  htpasswd: htpasswd\n", "  htpasswd: htpasswd\n  token: {service: hostile}\n")
+    )
+    registry = RegistryProcess(str(tmp_path / "data"), config=str(tmp_path / "config.yaml")).start()
+    try:
+        form = b"grant_type=password&service=hostile&username=alice&password=alice-secret&scope=repository:pub/x:pull"
+        reply = call(registry.url, "POST", "/token", form, {"Content-Type": "application/x-www-form-urlencoded"})
+        assert reply.status == 200 and reply.json()["access_token"]
+        data = request_bytes(
+            "POST", "/token", {"Content-Type": "application/x-www-form-urlencoded", "Content-Length": 100 << 20}, form
+        )
+        refused_at_once(registry, data, 413, "SIZE_INVALID")
+    finally:
+        registry.stop()
+
+
+@pytest.fixture(scope="module")
+def open_registry(tmp_path_factory):
+    root = tmp_path_factory.mktemp("open")
+    process = RegistryProcess(str(root / "data")).start()
+    yield process
+    process.stop()
+
+
 # ---------------------------------------------------------------- numbers
 
 HUGE = "9" * 5000  # more digits than Python's int() takes
@@ -218,3 +439,46 @@ def test_page_sizes_that_are_not_numbers(hostile, blobs, path):
     reply = call(hostile.url, "GET", f"{path}?n={HUGE}", headers=ALICE)
     assert reply.status in (200, 404), (reply.status, reply.body[:200])  # the repository has no tags: 404
     assert reply.status != 404 or reply.error_codes == ["NAME_UNKNOWN"]
+
+
+def test_small_bodies_held_at_once_are_bounded(tmp_path):
+    (tmp_path / "config.yaml").write_text("max_body_memory: 1MiB\n")
+    registry = RegistryProcess(str(tmp_path / "data"), config=str(tmp_path / "config.yaml")).start()
+    try:
+        head = request_bytes(
+            "PUT", "/v2/budget/app/manifests/latest", {"Content-Type": OCI_MANIFEST, "Content-Length": 600 << 10}
+        )
+        with socket.create_connection(("127.0.0.1", registry.port)) as first:
+            first.sendall(head + b"{" + b" " * (100 << 10))  # holds 600 KiB of the budget
+            time.sleep(0.5)
+            headers = refused_at_once(registry, head, 503, "UNAVAILABLE")
+            assert int(headers["retry-after"]) > 0
+            first.sendall(b" " * ((500 << 10) - 1))  # not a manifest: 400, and the budget is back
+            status, _, body = read_response(first)
+            assert (status, error_codes(body)) == (400, ["MANIFEST_INVALID"])
+        status, _, body = raw_call(registry, head + b"{" + b" " * ((600 << 10) - 1))
+        assert (status, error_codes(body)) == (400, ["MANIFEST_INVALID"])
+    finally:
+        registry.stop()
+
+
+def test_pipelined_requests_with_bodies_are_answered_in_order(open_registry):
+    junk = b"not a manifest"
+    put = request_bytes(
+        "PUT", "/v2/pipe/app/manifests/t", {"Content-Type": OCI_MANIFEST, "Content-Length": len(junk)}, junk
+    )
+    get = request_bytes("GET", "/v2/")
+    with socket.create_connection(("127.0.0.1", open_registry.port)) as sock:
+        sock.sendall(get * 3 + put + get + put + get)
+        sock.settimeout(10)
+        stream = sock.makefile("rb")
+        answers = []
+        for _ in range(7):
+            status = int(stream.readline().split()[1])
+            headers = {}
+            while (line := stream.readline().strip()) != b"":
+                name, _, value = line.partition(b":")
+                headers[name.strip().lower()] = value.strip()
+            answers.append((status, stream.read(int(headers[b"content-length"]))))
+    assert [status for status, _ in answers] == [200, 200, 200, 400, 200, 400, 200]
+    assert error_codes(answers[3][1]) == ["MANIFEST_INVALID"]

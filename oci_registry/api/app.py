@@ -21,7 +21,6 @@ from ..errors import (
     InsufficientStorage,
     NotFound,
     RegistryError,
-    TooLarge,
     TooManyRequests,
     Unauthorized,
     Unavailable,
@@ -34,7 +33,7 @@ from ..errors import ManifestUnknown, TagInvalid
 from ..reference import Digest, Name, Tag, parse_reference
 from ..registry import Registry, UploadStatus, upload_location
 from ..storage.interfaces import StorageFull, StorageUnavailable
-from .body import BodyTooLarge, body_of, read_small_body
+from .body import body_of, declared_length, read_small_body
 from .responses import json_body, next_link, number, page, parse_range, send_reader
 
 log = Logger()
@@ -72,8 +71,7 @@ def _set(request, **headers) -> None:
 
 
 def _content_length(request) -> int | None:
-    value = _header(request, "Content-Length")
-    return number(value) if value and value.isascii() and value.isdigit() else None
+    return declared_length(request)
 
 
 def _accepted_types(request) -> tuple[str, ...]:
@@ -135,10 +133,6 @@ class RegistryAPI:
     @app.handle_errors(RegistryError)
     def registry_error(self, request, failure):
         return self._error(request, failure.value)
-
-    @app.handle_errors(BodyTooLarge)
-    def body_too_large(self, request, failure):
-        return self._error(request, TooLarge("request body is too large"))
 
     @app.handle_errors(StorageFull)
     def storage_full(self, request, failure):
@@ -380,7 +374,7 @@ class RegistryAPI:
         await self.auth.authorize(request, [push(name)])
         # distribution-spec 1.1+: PUT /manifests/<digest>?tag=a&tag=b tags it too.
         tags = tuple(Tag.parse(t.decode("utf-8", "replace")) for t in request.args.get(b"tag", []))
-        data = read_small_body(request)
+        data = await read_small_body(request, self.registry.max_manifest_size)
         pushed = await self.registry.put_manifest(name, reference, data, _header(request, "Content-Type"), tags)
         request.setResponseCode(201)
         _set(

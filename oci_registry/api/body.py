@@ -1,41 +1,73 @@
 """
-Request bodies, streamed.
+Request bodies, read only when the handler asks, after it has authorized
+the request.
 
 `twisted.web`'s `Request` buffers a whole body (to a temporary file above
-~100 KB) before any resource runs, which would write every layer twice.
-`StreamingRequest` instead starts routing a blob upload (``POST``, ``PATCH``
-or ``PUT`` under ``/v2/<name>/blobs/uploads/``) as soon as its headers
-arrive, and hands each body chunk to the upload's storage writer as it comes
-off the socket, pausing the socket while storage is behind (back-pressure).
+~100 KB) before any resource runs: anyone could make the registry hold
+memory before it knows who they are, and every layer would be written
+twice.  `StreamingRequest` instead routes every request that carries a body
+as soon as its headers arrive and keeps the socket paused (holding at most
+the bytes that came with the headers) until the handler asks for the body:
 
-Handlers see a `Body` either way: `body_of(request)` gives the live stream
-for a `StreamingRequest`, or reads the buffered ``request.content`` of a
-plain `Request` (the registry embedded in another application's `Site`).
+- `body_of(request)` hands a blob upload's chunks to the upload's storage
+  writer as they come off the socket, pausing the socket while storage is
+  behind (back-pressure);
+- `read_small_body(request, limit)` reads a manifest or a form into memory,
+  refusing one declared larger than ``limit`` at once (413), and drawing on
+  the site's `BodyBudget` for all such bodies held at once (503 past it).
+
+A handler that answers without reading the body (401, 413, ...) answers at
+once; the connection is then closed rather than the body read (see
+`RegistryChannel.linger`).  In a plain `twisted.web` `Site` (the registry
+embedded in another application) both functions read the body twisted.web
+has buffered.
 """
 
 from __future__ import annotations
 
-import re
-import tempfile
+import io
 from collections import deque
+from urllib.parse import parse_qs
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ConnectionLost
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import http, server
+from twisted.web import server
 
 from ..bulk import raise_limits, restore_limits
+from ..errors import TooLarge, Unavailable
+from .channel import BodyRefused
 
 log = Logger()
 
-UPLOAD_PATH = re.compile(rb"^/v2/.+/blobs/uploads/[^/?]*(\?.*)?$")
-STREAMED_METHODS = (b"POST", b"PATCH", b"PUT")
 READ_BLOCK = 1 << 20
-HIGH_WATER = 4 << 20  # bytes held before the socket is paused
+FORM_LIMIT = 64 << 10  # bytes of a form (the token endpoint's)
+BULK_BODY = 256 << 10  # small bodies from this size on are read in larger blocks
+MAX_DIGITS = 18
+# Chunked bodies: each chunk costs microseconds of the reactor's time to
+# decode whatever its size (one client sending 1-byte chunks stalled every
+# other request for seconds).  Past the first chunks, a body's chunks must
+# average at least this many bytes.
+MIN_CHUNK_AVERAGE = 1024
+FREE_CHUNKS = 256
 
 
-class BodyTooLarge(Exception):
-    """A buffered (non-upload) request body went over the site's limit."""
+class BodyBudget:
+    """Bytes of small request bodies held in memory at once, across all requests of a process (0: no limit)."""
+
+    def __init__(self, limit: int = 0):
+        self.limit = limit
+        self.used = 0
+
+    def take(self, amount: int) -> bool:
+        if self.limit and self.used + amount > self.limit:
+            return False
+        self.used += amount
+        return True
+
+    def give_back(self, amount: int) -> None:
+        self.used -= amount
 
 
 class ContentBody:
@@ -60,12 +92,14 @@ class ContentBody:
 
 
 class BodyStream:
-    """The body of a `StreamingRequest`, delivered chunk by chunk to a writer."""
+    """
+    The body of a `StreamingRequest`: held (the socket paused) until
+    `deliver` attaches a writer, then passed on chunk by chunk.
+    """
 
     def __init__(self, request: StreamingRequest):
         self._request = request
         self._chunks: deque[bytes] = deque()
-        self._buffered = 0
         self._writer = None
         self._writing = False
         self._paused = False
@@ -81,10 +115,9 @@ class BodyStream:
         if self.discarding or self._failure is not None:
             return
         self._chunks.append(chunk)
-        self._buffered += len(chunk)
         if self._writer is not None:
             self._flush()
-        elif self._buffered > HIGH_WATER:
+        else:
             self._pause()
 
     def complete(self) -> None:
@@ -103,30 +136,44 @@ class BodyStream:
         """The whole body has arrived (a failed write does not count: the rest is still coming)."""
         return self._complete
 
+    @property
+    def paused(self) -> bool:
+        """The socket is paused by this body (not asked for yet, or its writer is behind)."""
+        return self._paused
+
+    def hold(self) -> None:
+        """Read nothing more until a writer is attached."""
+        self._pause()
+
     # to the handler
 
-    def deliver(self, writer) -> Deferred:
+    def deliver(self, writer, bulk: bool = True) -> Deferred:
+        """
+        Write every chunk into ``writer``, honouring its back-pressure; fires
+        with the byte count.  ``bulk``: a blob is coming (larger socket reads).
+        """
         if self._delivered is not None:
             raise RuntimeError("a request body can be delivered only once")
         self._delivered = Deferred()
         self._writer = writer
+        self._request.start_reading(bulk)
         self._flush()
         self._maybe_done()
         return self._delivered
 
     def discard(self) -> None:
-        """Drop the rest of the body: the handler has answered without it."""
+        """Drop the body: the handler has answered without it."""
         self.discarding = True
         self._chunks.clear()
-        self._buffered = 0
-        self._resume()
 
     # internals
 
     def _pause(self) -> None:
         if not self._paused:
             self._paused = True
-            self._request.channel.transport.pauseProducing()
+            transport = getattr(self._request.channel, "transport", None)
+            if transport is not None:
+                transport.pauseProducing()
 
     def _resume(self) -> None:
         if self._paused:
@@ -138,7 +185,6 @@ class BodyStream:
     def _flush(self) -> None:
         while self._chunks and not self._writing and self._failure is None:
             chunk = self._chunks.popleft()
-            self._buffered -= len(chunk)
             self._total += len(chunk)
             ready = self._writer.write(chunk)
             if not ready.called:
@@ -147,7 +193,7 @@ class BodyStream:
                 ready.addCallbacks(self._written, self._write_failed)
                 return
             ready.addErrback(self._write_failed)
-        if not self._writing:
+        if not self._writing and self._failure is None:
             self._resume()
 
     def _written(self, _) -> None:
@@ -161,7 +207,6 @@ class BodyStream:
             self._failure = failure
         self._chunks.clear()
         self.discarding = True
-        self._resume()
         self._maybe_done()
 
     def _maybe_done(self) -> None:
@@ -174,54 +219,84 @@ class BodyStream:
             d.callback(self._total)
 
 
-class _LimitedContent:
-    """A buffer for small bodies (manifests) that refuses to grow past a limit."""
+class _SmallBody:
+    """A writer gathering a small body in memory, within its limit and the site's budget."""
 
-    def __init__(self, limit: int):
+    def __init__(self, limit: int, budget: BodyBudget | None, reserved: int):
         self.limit = limit
-        self.overflow = False
-        self._file = tempfile.SpooledTemporaryFile(max_size=1 << 20)
+        self.budget = budget
+        self.reserved = reserved  # taken from the budget up front (the declared length)
+        self.taken = reserved
+        self.size = 0
+        self._parts: list[bytes] = []
 
-    def write(self, data: bytes) -> None:
-        if self.overflow:
-            return
-        if self._file.tell() + len(data) > self.limit:
-            self.overflow = True
-            self._file.truncate(0)
-            return
-        self._file.write(data)
+    def write(self, chunk: bytes) -> Deferred:
+        self.size += len(chunk)
+        if self.size > self.limit:
+            return fail(TooLarge(f"the request body may be at most {self.limit} bytes"))
+        extra = self.size - self.taken
+        if extra > 0 and self.budget is not None:
+            if not self.budget.take(extra):
+                return fail(_busy())
+            self.taken += extra
+        self._parts.append(chunk)
+        return succeed(None)
 
-    def __getattr__(self, name):
-        return getattr(self._file, name)
+    def data(self) -> bytes:
+        data = b"".join(self._parts)
+        self._parts = [data]
+        return data
+
+    def release(self, _=None) -> None:
+        if self.budget is not None and self.taken:
+            self.budget.give_back(self.taken)
+        self.taken = 0
+        self._parts = []
+
+
+def _busy() -> Unavailable:
+    return Unavailable(
+        "too many request bodies are being received at once; try again shortly", headers={"Retry-After": "5"}
+    )
+
+
+def declared_length(request) -> int | None:
+    """The request's ``Content-Length``, or None (none, or chunked)."""
+    value = request.getHeader(b"content-length")
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = value.encode("latin-1")
+    value = value.strip()
+    if not value.isdigit() or len(value.lstrip(b"0")) > MAX_DIGITS:
+        return None
+    return int(value)
 
 
 class StreamingRequest(server.Request):
-    """A `Request` that streams blob upload bodies instead of buffering them."""
+    """A `Request` routed from its headers, whose body is read when (and if) its handler asks."""
 
     body_stream: BodyStream | None = None
-    _finish_deferred = False
     _watchdog = None
     _body_bytes = 0
     _bulk = None
+    _saved_timeout = None
+    _reading = False
+    _closing = False
+    _chunked = False
+    _chunks = 0
 
     def gotLength(self, length):
-        if length != 0:
-            self._start_watchdog()
-        channel = self.channel
-        command = getattr(channel, "_command", None)
-        path = getattr(channel, "_path", None)
-        if command in STREAMED_METHODS and path is not None and UPLOAD_PATH.match(path):
-            self.body_stream = BodyStream(self)
-            self.content = _LimitedContent(0)
-            self._bulk = raise_limits(channel.transport, read=True)  # a blob is coming
-            self._start(command, path, channel._version)
-            return
-        limit = getattr(getattr(channel, "site", None), "max_body_size", None)
-        if limit is None:
+        if length == 0:
             return super().gotLength(length)
-        self.content = _LimitedContent(limit)
-        if length is not None and length > limit:
-            self.content.overflow = True
+        self._chunked = length is None
+        channel = self.channel
+        self.content = io.BytesIO()
+        self.body_stream = BodyStream(self)
+        self.body_stream.hold()
+        # Nothing is read while the handler decides: the idle timeout waits too.
+        self._saved_timeout = channel.setTimeout(None)
+        self._start(channel._command, channel._path, channel._version)
 
     def _start(self, command: bytes, path: bytes, version: bytes) -> None:
         # What Request.requestReceived does, minus reading a finished body.
@@ -231,10 +306,23 @@ class StreamingRequest(server.Request):
         base, _, query = path.partition(b"?")
         self.path = base
         if query:
-            from urllib.parse import parse_qs
-
             self.args = parse_qs(query, keep_blank_values=True)
         self.process()
+
+    def start_reading(self, bulk: bool) -> None:
+        """The handler asks for the body: restore the idle timeout, send "100 Continue" if expected, read on."""
+        channel = self.channel
+        if self._reading or channel is None or self.body_stream is None or self.body_stream.is_received:
+            return
+        self._reading = True
+        if self._saved_timeout:
+            channel.setTimeout(self._saved_timeout)
+        expect = self.requestHeaders.getRawHeaders(b"expect")
+        if expect and expect[0].lower() == b"100-continue" and self.clientproto == b"HTTP/1.1":
+            channel._send100Continue()
+        if bulk:
+            self._bulk = raise_limits(channel.transport, read=True)  # a blob is coming
+        self._start_watchdog()
 
     def _start_watchdog(self) -> None:
         """Drop a client whose body trickles in slower than the site's minimum rate."""
@@ -251,7 +339,7 @@ class StreamingRequest(server.Request):
             received = self._body_bytes - seen[0]
             seen[0] = self._body_bytes
             # A paused socket (storage behind) is our doing, not the client's.
-            if self.body_stream is not None and self.body_stream._paused:
+            if self.body_stream is not None and self.body_stream.paused:
                 return
             if received < rate * window:
                 log.warn(
@@ -273,31 +361,49 @@ class StreamingRequest(server.Request):
 
     def handleContentChunk(self, data):
         self._body_bytes += len(data)
+        if self._chunked:
+            self._chunks += 1
+            if self._chunks > FREE_CHUNKS and self._body_bytes < self._chunks * MIN_CHUNK_AVERAGE:
+                raise BodyRefused(
+                    f"the body's chunks average {self._body_bytes // self._chunks} bytes;"
+                    f" at least {MIN_CHUNK_AVERAGE} are required"
+                )
         if self.body_stream is not None:
             self.body_stream.data(data)
         else:
             self.content.write(data)
 
     def requestReceived(self, command, path, version):
+        if self.body_stream is None:
+            return super().requestReceived(command, path, version)
         self._stop_watchdog()
         restore_limits(self._bulk)
         self._bulk = None
-        if self.body_stream is None:
-            return super().requestReceived(command, path, version)
+        if self._saved_timeout:
+            self.channel._savedTimeOut = self._saved_timeout
         self.body_stream.complete()
-        if self._finish_deferred:
-            self._finish_deferred = False
-            server.Request.finish(self)
+
+    def write(self, data):
+        if not self.startedWriting:
+            self._close_if_body_unread()
+        return super().write(data)
 
     def finish(self):
-        # Answering before the body is in (an error found early) must wait
-        # for the rest of the body, or it would be parsed as the next request.
-        stream = self.body_stream
-        if stream is not None and not stream.is_received and not self._disconnected:
-            stream.discard()
-            self._finish_deferred = True
-            return None
+        self._close_if_body_unread()
         return super().finish()
+
+    def _close_if_body_unread(self) -> None:
+        # Answering without the (whole) body: close rather than read the rest.
+        stream = self.body_stream
+        if stream is None or stream.is_received or self._disconnected or self._closing:
+            return
+        self._closing = True
+        stream.discard()
+        close = getattr(self.channel, "close_after_response", None)
+        if close is not None:
+            close()
+            if not self.startedWriting:
+                self.setHeader(b"connection", b"close")
 
     def connectionLost(self, reason):
         self._stop_watchdog()
@@ -316,44 +422,44 @@ def body_of(request) -> BodyStream | ContentBody:
     return ContentBody(request.content)
 
 
-def read_small_body(request) -> bytes:
-    """The whole (buffered) body of a small request, such as a manifest PUT."""
-    content = request.content
-    if getattr(content, "overflow", False):
-        raise BodyTooLarge()
-    content.seek(0)
-    return content.read()
-
-
-class RegistryChannel(http.HTTPChannel):
+async def read_small_body(request, limit: int) -> bytes:
     """
-    An `HTTPChannel` that refuses a TLS handshake at once.  Clients such as
-    skopeo and docker try HTTPS first against an insecure registry and fall
-    back to plain HTTP only when the handshake fails; without this answer they
-    wait for their handshake timeout (10 s) on every connection.
+    The whole body of a small request (a manifest, a form), at most
+    ``limit`` bytes (else 413, at once when the declared length says so).
     """
+    stream = getattr(request, "body_stream", None)
+    if stream is None:  # no body, or one a plain Site has buffered
+        content = request.content
+        content.seek(0, io.SEEK_END)
+        if content.tell() > limit:
+            raise TooLarge(f"the request body may be at most {limit} bytes")
+        content.seek(0)
+        return content.read()
+    declared = declared_length(request)
+    if declared is not None and declared > limit:
+        raise TooLarge(f"the request body may be at most {limit} bytes")
+    if request._disconnected or request.finished:
+        raise ConnectionLost()
+    budget = getattr(getattr(request.channel, "site", None), "body_budget", None)
+    reserved = declared or 0
+    if budget is not None and not budget.take(reserved):
+        raise _busy()
+    body = _SmallBody(limit, budget, reserved)
+    request.notifyFinish().addBoth(body.release)
+    await stream.deliver(body, bulk=reserved >= BULK_BODY)
+    return body.data()
 
-    _first = True
-    _content_length = None
 
-    def _maybeChooseTransferDecoder(self, header, data):
-        # RFC 9110 8.6: a repeated Content-Length with the same value is one
-        # value (Go's server accepts it too, and some clients send it twice).
-        if header == b"Content-Length":
-            if self._transferDecoder is not None and data == self._content_length:
-                return True
-            self._content_length = data
-        elif header == b"Transfer-Encoding" and self._transferDecoder is None:
-            self._content_length = None
-        return super()._maybeChooseTransferDecoder(header, data)
-
-    def dataReceived(self, data):
-        if self._first:
-            self._first = False
-            if data[:2] == b"\x16\x03":
-                self.transport.write(
-                    b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
-                )
-                self.transport.loseConnection()
-                return
-        return super().dataReceived(data)
+async def read_form(request, limit: int = FORM_LIMIT) -> None:
+    """
+    Add the fields of a form (``application/x-www-form-urlencoded``) POSTed
+    as the body to ``request.args``, as twisted.web does itself when it has
+    buffered the body.
+    """
+    if getattr(request, "body_stream", None) is None:
+        return
+    content_type = (request.getHeader(b"content-type") or b"").split(b";", 1)[0].strip().lower()
+    if content_type != b"application/x-www-form-urlencoded":
+        return
+    data = await read_small_body(request, limit)
+    request.args.update(parse_qs(data, keep_blank_values=True))

@@ -25,6 +25,7 @@ from klein import Klein
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 
+from ..api.body import read_form
 from ..errors import RegistryError, Unauthorized, Unsupported
 from ..reference import Name
 from .basic import MalformedCredentials, basic_credentials
@@ -129,6 +130,7 @@ class TokenServer:
     async def post_token(self, request):
         if _body_size(request) > MAX_FORM:
             raise _OAuthError(413, "invalid_request", f"the form is larger than {MAX_FORM} bytes")
+        await read_form(request, MAX_FORM)
         grant_type = _arg(request, "grant_type")
         if grant_type != "password":
             raise _OAuthError(400, "unsupported_grant_type", "only grant_type=password is supported")
