@@ -15,7 +15,10 @@ YAML (every key optional)::
     max_upload_size: 64GiB        # bytes one upload session may hold (0: no limit)
     max_uploads_per_client: 1000  # open upload sessions per client address, per process
     max_header_size: 16KiB        # request line and headers
-    client_timeout: 60s           # idle connections are closed after this; also a response's idle limit
+    client_timeout: 60s           # idle connections are closed after this; also the time to send
+                                  # a request's line and headers, and a response's idle limit
+    max_connections: 2000         # open connections per process (0: no limit)
+    max_connections_per_client: 200  # open connections per client address, per process (0: no limit)
     max_body_memory: 64MiB        # small bodies (manifests, forms) held in memory at once, per process
     min_body_rate: 1024           # bytes/s a request body must average over client_timeout (0: off)
     storage: {s3: {bucket: ...}}  # object storage instead of data_dir: see oci_registry/storage/settings.py
@@ -85,7 +88,9 @@ class Config:
     max_upload_size: int = 64 << 30  # bytes one upload session may hold; 0: no limit
     max_uploads_per_client: int = 1000  # open upload sessions per client address (per process)
     max_header_size: int = 16384  # bytes of request line and headers
-    client_timeout: float = 60.0  # seconds an idle connection is kept; window for min_body_rate
+    client_timeout: float = 60.0  # seconds an idle connection is kept, for a request's headers; min_body_rate window
+    max_connections: int = 2000  # open connections per process; 0: no limit
+    max_connections_per_client: int = 200  # open connections per client address, per process; 0: no limit
     max_body_memory: int = 64 << 20  # bytes of small request bodies held in memory at once, per process; 0: no limit
     min_body_rate: int = 1024  # bytes/s a request body must average over client_timeout; 0: off
     auth: object = None  # an oci_registry.auth.config.AuthConfig; None: open to anyone
@@ -142,7 +147,13 @@ class Config:
                     values[key] = parse_size(values[key])
                 except ValueError as e:
                     raise ConfigError(f"{key}: {e}") from None
-        for key in ("workers", "max_uploads_per_client", "min_body_rate"):
+        for key in (
+            "workers",
+            "max_uploads_per_client",
+            "min_body_rate",
+            "max_connections",
+            "max_connections_per_client",
+        ):
             if key in values:
                 try:
                     values[key] = int(values[key])

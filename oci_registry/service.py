@@ -7,9 +7,9 @@ this; so can any Twisted application that embeds the registry:
     site = RegistrySite(registry_resource("/srv/registry"))
 
 `RegistrySite` reads a request's body only once its handler has authorized
-it, and streams blob uploads straight into storage; the resource also works
-in a plain `twisted.web.server.Site` (request bodies are then buffered by
-twisted.web before the registry sees them).
+it, streams blob uploads straight into storage, and caps connections; the
+resource also works in a plain `twisted.web.server.Site` (request bodies are
+then buffered by twisted.web before the registry sees them).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from twisted.web.resource import IResource
 
 from .api.app import RegistryAPI
 from .api.body import BodyBudget, StreamingRequest
-from .api.channel import RegistryChannel
+from .api.channel import ConnectionLimits, RegistryChannel
 from .auth.service import build_auth
 from .config import Config, ConfigError
 from .registry import Registry
@@ -80,9 +80,10 @@ def registry_resource(data_dir: str | None = None, reactor=None, config: Config 
 class RegistrySite(server.Site):
     """
     A `Site` that reads request bodies only when a handler asks (after
-    authorizing), streams upload bodies, caps the memory small bodies hold,
-    and logs one line per request.  ``timeout`` (seconds) closes idle
-    connections and drops a client that stops reading a response.
+    authorizing), streams upload bodies, caps connections and the memory
+    small bodies hold, and logs one line per request.  ``timeout`` (seconds)
+    closes idle connections, bounds the time to send a request's line and
+    headers, and drops a client that stops reading a response.
     """
 
     requestFactory = StreamingRequest
@@ -95,6 +96,8 @@ class RegistrySite(server.Site):
         max_header_size: int = 16384,
         min_body_rate: int = 0,
         body_rate_window: float = 60.0,
+        max_connections: int = _DEFAULTS.max_connections.default,
+        max_connections_per_client: int = _DEFAULTS.max_connections_per_client.default,
         max_body_memory: int = _DEFAULTS.max_body_memory.default,
         **kwargs,
     ):
@@ -103,10 +106,16 @@ class RegistrySite(server.Site):
         self.max_header_size = max_header_size
         self.min_body_rate = min_body_rate
         self.body_rate_window = body_rate_window
+        self.connections = ConnectionLimits(max_connections, max_connections_per_client)
         self.body_budget = BodyBudget(max_body_memory)
 
     def buildProtocol(self, addr):
+        client = getattr(addr, "host", None) or "local"
+        refused = self.connections.admit(client)
+        if refused is not None:
+            return self.connections.refusal(refused)
         channel = super().buildProtocol(addr)
+        channel.limits, channel.client = self.connections, client
         channel.totalHeadersSize = channel.MAX_LENGTH = self.max_header_size
         return channel
 
@@ -140,6 +149,8 @@ def build_site(config: Config, reactor=None) -> RegistrySite:
         max_header_size=config.max_header_size,
         min_body_rate=config.min_body_rate,
         body_rate_window=config.client_timeout,
+        max_connections=config.max_connections,
+        max_connections_per_client=config.max_connections_per_client,
         max_body_memory=config.max_body_memory,
         timeout=config.client_timeout,
         reactor=reactor,

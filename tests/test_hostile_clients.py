@@ -53,6 +53,8 @@ auth:
       pull: [anonymous]
       push: [alice]
 """
+# The attacks below come from one address, many connections at once.
+UNCAPPED = "max_connections: 0\nmax_connections_per_client: 0\n"
 
 
 def rss_mib(registry) -> float:
@@ -65,11 +67,11 @@ def rss_mib(registry) -> float:
 
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory):
-    """Basic auth (pub/** pulled by anyone, pushed by alice), a TLS listener, client_timeout 3s."""
+    """Basic auth (pub/** pulled by anyone, pushed by alice), a TLS listener, client_timeout 3s, no connection caps."""
     root = tmp_path_factory.mktemp("hostile")
     write_htpasswd(root / "htpasswd", USERS, cost=10)  # a password check takes a while
     key, cert = self_signed_certificate(str(root))
-    (root / "config.yaml").write_text(AUTH_YAML + f"client_timeout: {TIMEOUT}s\n")
+    (root / "config.yaml").write_text(AUTH_YAML + f"client_timeout: {TIMEOUT}s\n" + UNCAPPED)
     tls_port = free_port()
     process = RegistryProcess(
         str(root / "data"), config=str(root / "config.yaml"), extra_args=["--listen", tls_listen(tls_port, key, cert)]
@@ -388,7 +390,8 @@ def test_a_token_form_is_read_within_its_limit(tmp_path):
 @pytest.fixture(scope="module")
 def open_registry(tmp_path_factory):
     root = tmp_path_factory.mktemp("open")
-    process = RegistryProcess(str(root / "data")).start()
+    (root / "config.yaml").write_text(UNCAPPED)
+    process = RegistryProcess(str(root / "data"), config=str(root / "config.yaml")).start()
     yield process
     process.stop()
 

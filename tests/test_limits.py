@@ -126,3 +126,91 @@ def test_trickling_body_is_dropped_while_others_are_served(limited):
         time.sleep(0.3)
     sock.close()
     assert dropped, "a body trickling at ~30 B/s was not dropped"
+
+
+def trickle(sock, seconds: float, step: float = 0.3) -> float | None:
+    """Send a header byte every ``step`` seconds; when the registry closed the connection (None: not within ``seconds``)."""
+    started = time.monotonic()
+    sock.settimeout(step)
+    while time.monotonic() - started < seconds:
+        try:
+            sock.sendall(b"X")
+            if sock.recv(100) == b"":
+                return time.monotonic() - started
+        except TimeoutError:
+            continue
+        except OSError:
+            return time.monotonic() - started
+    return None
+
+
+def test_headers_trickling_in_are_cut_off(limited):
+    # Every byte used to restart client_timeout (1 s here): 1 byte per 0.3 s lasted for ever.
+    with socket.create_connection(("127.0.0.1", limited.port)) as sock:
+        sock.sendall(b"GET /v2/ HTTP/1.1\r\nX-Slow: ")
+        closed = trickle(sock, 8)
+    assert closed is not None and closed < 4, f"a trickling request line and headers lasted {closed} s"
+
+
+@pytest.fixture
+def capped(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("client_timeout: 3s\nmax_connections: 8\nmax_connections_per_client: 5\n")
+    registry = RegistryProcess(str(tmp_path / "data"), config=str(config)).start()
+    yield registry
+    registry.stop()
+
+
+def connect_from(registry, address: str) -> socket.socket:
+    sock = socket.socket()
+    sock.bind((address, 0))
+    sock.connect(("127.0.0.1", registry.port))
+    return sock
+
+
+def refused_connection(sock) -> bool:
+    """Whether the registry answered the new connection with 503 and closed it, before any request."""
+    sock.settimeout(5)
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except OSError:
+        pass
+    return data.startswith(b"HTTP/1.1 503 ") and b"UNAVAILABLE" in data and b"Retry-After" in data
+
+
+def test_connections_are_capped_per_client_address_and_in_total(capped):
+    holders = []
+    try:
+        # Five slow requests fill 127.0.0.1's share; three more are refused at once.
+        for _ in range(5):
+            holders.append(connect_from(capped, "127.0.0.1"))
+            holders[-1].sendall(b"GET /v2/ HTTP/1.1\r\n")
+        time.sleep(0.3)
+        for _ in range(3):
+            with connect_from(capped, "127.0.0.1") as extra:
+                assert refused_connection(extra)
+        # Another address is served meanwhile.
+        with connect_from(capped, "127.0.0.2") as other:
+            other.sendall(b"GET /v2/ HTTP/1.1\r\nHost: registry\r\nConnection: close\r\n\r\n")
+            other.settimeout(5)
+            assert other.recv(100).startswith(b"HTTP/1.1 200 ")
+        # Three more from 127.0.0.2 reach the total (8): 127.0.0.3 is refused too.
+        for _ in range(3):
+            holders.append(connect_from(capped, "127.0.0.2"))
+        time.sleep(0.3)
+        with connect_from(capped, "127.0.0.3") as extra:
+            assert refused_connection(extra)
+        # The slow requests run out of time (client_timeout); then everyone is served again.
+        time.sleep(4)
+        status, _, _ = call(capped, "GET", "/v2/")
+        assert status == 200
+    finally:
+        for sock in holders:
+            sock.close()
+    log = capped.log()
+    # One line per episode, not one per refused connection.
+    assert log.count("refusing new connections: 5 connections are open from 127.0.0.1") == 1, log
+    assert log.count("refusing new connections: 8 connections are open (max_connections is 8)") == 1, log
+    assert "connections from 127.0.0.1 are admitted again (3 refused meanwhile)" in log, log

@@ -1,18 +1,23 @@
 """
 Connections: what the registry accepts before any request is routed.
 
-`RegistryChannel` reads requests off one connection.  Requests it cannot
-read (headers too large, a malformed line or length) get a 400 with the
-spec's JSON body.  A response sent before its request's body was read (an
-error found from the headers) closes the connection: the rest of the body is
-never read, only drained for a moment so that the client sees the answer
-rather than a reset.
+- `RegistryChannel` reads requests off one connection.  A request's line and
+  headers must arrive within the site's ``timeout`` of the connection opening
+  (or of the previous response), however the bytes trickle in; requests it
+  cannot read (headers too large, a malformed line or length) get a 400 with
+  the spec's JSON body.  A response sent before its request's body was read
+  (an error found from the headers) closes the connection: the rest of the
+  body is never read, only drained for a moment so that the client sees the
+  answer rather than a reset.
+- `ConnectionLimits` caps open connections, in total and per client address,
+  and says so in one log line per episode.
 """
 
 from __future__ import annotations
 
 import json
 
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
@@ -50,7 +55,8 @@ def error_response(status: int, reason: str, code: str, message: str, headers: d
 
 class RegistryChannel(http.HTTPChannel):
     """
-    An `HTTPChannel` with JSON errors for requests it cannot read, a lingering close after answering a request
+    An `HTTPChannel` with a deadline for each request's headers, JSON errors
+    for requests it cannot read, a lingering close after answering a request
     whose body was not read, and a quick refusal of a TLS handshake: clients
     such as skopeo and docker try HTTPS first against an insecure registry and
     fall back to plain HTTP only when the handshake fails; without an answer
@@ -59,12 +65,47 @@ class RegistryChannel(http.HTTPChannel):
 
     _first = True
     _content_length = None
+    _header_deadline = None
+    _awaiting_headers = False
     _linger_call = None
     lingering = False
     silenced = False
     drain_on_close = False
+    limits: ConnectionLimits | None = None
+    client = None
+
+    def connectionMade(self):
+        super().connectionMade()
+        self._start_header_deadline()
+
+    # ------------------------------------------------------------ deadlines
+
+    def _start_header_deadline(self) -> None:
+        self._cancel_header_deadline()
+        self._awaiting_headers = True
+        if self.timeOut and not self.lingering:
+            self._header_deadline = self.callLater(self.timeOut, self._headers_too_slow)
+
+    def _cancel_header_deadline(self) -> None:
+        self._awaiting_headers = False
+        if self._header_deadline is not None:
+            if self._header_deadline.active():
+                self._header_deadline.cancel()
+            self._header_deadline = None
+
+    def _headers_too_slow(self) -> None:
+        # No log line: under a slowloris attack that would be one per connection.
+        self._header_deadline = None
+        transport = self.transport
+        if transport is None or not self._awaiting_headers:
+            return
+        if getattr(transport, "dataBuffer", b"") or getattr(transport, "_tempDataLen", 0):
+            transport.abortConnection()  # a client that does not read its responses either
+        else:
+            self.loseConnection()
 
     def allHeadersReceived(self):
+        self._cancel_header_deadline()
         request = self.requests[-1]
         request.parseCookies()
         self.persistent = self.checkPersistence(request, self._version)
@@ -81,6 +122,13 @@ class RegistryChannel(http.HTTPChannel):
         if self.lingering or not self.requests:
             return
         super().allContentReceived()
+
+    def requestDone(self, request):
+        # The next request's deadline runs from here, before any of it that
+        # was pipelined behind this one is parsed.
+        if self.persistent and not self.lingering:
+            self._start_header_deadline()
+        super().requestDone(request)
 
     def resumeProducing(self):
         # The transport drained its write buffer; keep the socket paused if a
@@ -171,6 +219,7 @@ class RegistryChannel(http.HTTPChannel):
         if self.lingering or self.transport is None:
             return
         self.lingering = True
+        self._cancel_header_deadline()
         self.setTimeout(None)
         self.dataReceived = self.lineReceived = self.rawDataReceived = _discard
         self._networkProducer.unregisterProducer()
@@ -197,9 +246,13 @@ class RegistryChannel(http.HTTPChannel):
         self.drain_on_close = True
 
     def connectionLost(self, reason):
+        self._cancel_header_deadline()
         if self._linger_call is not None and self._linger_call.active():
             self._linger_call.cancel()
         self._linger_call = None
+        if self.limits is not None:
+            self.limits.release(self.client)
+            self.limits = None
         super().connectionLost(reason)
 
     def dataReceived(self, data):
@@ -216,3 +269,72 @@ class RegistryChannel(http.HTTPChannel):
 
 def _discard(*args):
     return None
+
+
+class _Refusal(Protocol):
+    """Answers a connection past a cap with 503 and closes it."""
+
+    def __init__(self, message: str):
+        self.message = message
+
+    def connectionMade(self):
+        self.transport.write(
+            error_response(503, "Service Unavailable", "UNAVAILABLE", self.message, {"Retry-After": "10"})
+        )
+        self.transport.loseConnection()
+
+
+class ConnectionLimits:
+    """
+    Open connections, in total and per client address (per process), and
+    the caps on them (0: none).  A refusal logs one line when an episode
+    starts and one when it ends (the count back under half the cap), never
+    one per connection.
+    """
+
+    def __init__(self, total: int = 0, per_client: int = 0):
+        self.total = total
+        self.per_client = per_client
+        self.open = 0
+        self._by_client: dict[str, int] = {}
+        self._refused: dict[str | None, int] = {}  # client (None: the total cap) -> refused in this episode
+
+    def admit(self, client: str) -> str | None:
+        """Count a new connection from ``client``; a reason to refuse it instead, or None."""
+        if self.total and self.open >= self.total:
+            self._refuse(None, f"{self.open} connections are open (max_connections is {self.total})")
+            return "the registry has too many open connections; try again later"
+        count = self._by_client.get(client, 0)
+        if self.per_client and count >= self.per_client:
+            self._refuse(
+                client, f"{count} connections are open from {client} (max_connections_per_client is {self.per_client})"
+            )
+            return "too many open connections from this address; try again later"
+        self.open += 1
+        self._by_client[client] = count + 1
+        return None
+
+    def release(self, client: str) -> None:
+        self.open -= 1
+        count = self._by_client.get(client, 1) - 1
+        if count > 0:
+            self._by_client[client] = count
+        else:
+            self._by_client.pop(client, None)
+        if client in self._refused and count <= self.per_client // 2:
+            self._end(client, f"connections from {client} are admitted again")
+        if None in self._refused and self.open <= self.total // 2:
+            self._end(None, "connections are admitted again")
+
+    def _refuse(self, client: str | None, why: str) -> None:
+        if client not in self._refused:
+            log.warn("refusing new connections: {why}", why=why)
+            self._refused[client] = 0
+        self._refused[client] += 1
+
+    def _end(self, client: str | None, what: str) -> None:
+        refused = self._refused.pop(client)
+        log.info("{what} ({refused} refused meanwhile)", what=what, refused=refused)
+
+    def refusal(self, message: str) -> Protocol:
+        return _Refusal(message)
