@@ -22,6 +22,7 @@ from twisted.logger import Logger
 
 from . import manifest as manifests
 from . import paths
+from .cpu import CPUPool
 from .errors import (
     BlobUnknown,
     BlobUploadInvalid,
@@ -39,6 +40,9 @@ from .reference import DEFAULT_ALGORITHM, Digest, Name, Tag, is_upload_id
 from .storage.interfaces import IStorageDriver, PathNotFound, SourceChanged, StorageFull
 
 log = Logger()
+
+INLINE_PARSE_LIMIT = 64 << 10  # manifests up to this size are parsed on the reactor thread
+CHECKS_PER_TURN = 200  # a manifest's blob checks before other connections get a turn
 
 
 class Body(Protocol):
@@ -98,16 +102,30 @@ class _LiveUpload:
         return info is not None and self.offset == info.size and self.version == info.version
 
 
+def _digest_and_parse(data: bytes, algorithm: str, content_type: str | None):
+    """
+    The manifest's digest; the manifest parsed and validated (`ManifestInvalid`
+    if not); and the digests of the blobs and child manifests the repository
+    must hold, each once.
+    """
+    parsed = manifests.parse(data, content_type)
+    blobs = list(dict.fromkeys(blob.digest for blob in parsed.blobs if not blob.is_foreign))
+    children = list(dict.fromkeys(child.digest for child in parsed.manifests))
+    return Digest.of(data, algorithm), parsed, blobs, children
+
+
 class Registry:
     def __init__(
         self,
         storage: IStorageDriver,
         max_manifest_size: int = manifests.MAX_MANIFEST_SIZE,
         max_upload_size: int = 0,
+        reactor=None,
     ):
         self.storage = storage
         self.max_manifest_size = max_manifest_size
         self.max_upload_size = max_upload_size  # 0: no limit
+        self._cpu = CPUPool(reactor)  # large manifests are parsed there
         self._live: dict[str, _LiveUpload] = {}
 
     @property
@@ -375,20 +393,24 @@ class Registry:
         if len(data) > self.max_manifest_size:
             raise TooLarge(f"a manifest may be at most {self.max_manifest_size} bytes")
         algorithm = reference.algorithm if isinstance(reference, Digest) else DEFAULT_ALGORITHM
-        digest = Digest.of(data, algorithm)
+        if len(data) > INLINE_PARSE_LIMIT:
+            digest, parsed, blobs, children = await self._cpu.run(_digest_and_parse, data, algorithm, content_type)
+        else:
+            digest, parsed, blobs, children = _digest_and_parse(data, algorithm, content_type)
         if isinstance(reference, Digest) and digest != reference:
             raise DigestInvalid(f"manifest has digest {digest}, not {reference}")
-        parsed = manifests.parse(data, content_type)
 
-        for blob in parsed.blobs:
-            if blob.is_foreign:
-                continue
+        for i, blob in enumerate(blobs, 1):
             # The link says the repository holds it; the data must still be there too.
-            if not await self.has_blob(name, blob.digest) or not await self.storage.stat(paths.blob_data(blob.digest)):
-                raise ManifestBlobUnknown(str(blob.digest))
-        for child in parsed.manifests:
-            if (await self.storage.stat(paths.manifest_link(name, child.digest))) is None:
-                raise ManifestBlobUnknown(str(child.digest))
+            if not await self.has_blob(name, blob) or not await self.storage.stat(paths.blob_data(blob)):
+                raise ManifestBlobUnknown(str(blob))
+            if i % CHECKS_PER_TURN == 0:
+                await self._cpu.yield_now()
+        for i, child in enumerate(children, 1):
+            if (await self.storage.stat(paths.manifest_link(name, child))) is None:
+                raise ManifestBlobUnknown(str(child))
+            if i % CHECKS_PER_TURN == 0:
+                await self._cpu.yield_now()
 
         target = paths.blob_data(digest)
         if (await self.storage.stat(target)) is None:

@@ -55,6 +55,7 @@ def build_registry(config: Config, reactor=None) -> Registry:
         build_storage(config, reactor),
         max_manifest_size=config.max_manifest_size,
         max_upload_size=config.max_upload_size,
+        reactor=reactor,
     )
     if config.proxies:
         from .proxy import ProxyRegistry

@@ -1,15 +1,16 @@
 """
 Hostile clients against a real registry process, each attack with bounded
-counts and time, and the limits (latency, memory of the registry process) measured here with generous
-margins:
+counts and time, and the limits (latency, memory of the registry process)
+measured here with generous margins:
 
 - downloads that are never read hold no shared thread and are dropped after
   ``client_timeout``, over plain TCP (sendfile) and TLS;
 - bodies are not read before their sender is authorized: half-sent
   anonymous manifests and uploads with wrong passwords hold no memory;
 - refusals that the headers decide arrive at once, with the spec's JSON
-  body, and close the connection without reading the body; a body framed in
-  tiny chunks is refused before it stalls the registry;
+  body, and close the connection without reading the body;
+- large manifests are parsed off the reactor; a body framed in tiny chunks
+  is refused before it stalls it;
 - numbers too long for Python's ``int`` (or digits that are not ASCII) in
   ``Range``, ``Content-Range``, ``Content-Length`` and ``n=`` get 4xx, never 500.
 """
@@ -21,10 +22,14 @@ import os
 import select
 import socket
 import ssl
+import subprocess
+import sys
 import time
 
 import pytest
 from auth_helpers import (
+    OCI_CONFIG,
+    OCI_LAYER,
     OCI_MANIFEST,
     basic,
     call,
@@ -387,6 +392,9 @@ def test_a_token_form_is_read_within_its_limit(tmp_path):
         registry.stop()
 
 
+# -------------------------------------------------------- large manifests
+
+
 @pytest.fixture(scope="module")
 def open_registry(tmp_path_factory):
     root = tmp_path_factory.mktemp("open")
@@ -394,6 +402,55 @@ def open_registry(tmp_path_factory):
     process = RegistryProcess(str(root / "data"), config=str(root / "config.yaml")).start()
     yield process
     process.stop()
+
+
+PUT_MANIFEST = """
+import http.client, sys
+body = open(sys.argv[2], "rb").read()
+c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]), timeout=120)
+c.request("PUT", sys.argv[3], body=body, headers={"Content-Type": sys.argv[4]})
+print(c.getresponse().status)
+"""
+
+
+def test_large_manifests_do_not_stall_the_registry(open_registry, tmp_path):
+    config, layer = b"{}", b"one layer"
+    for data in (config, layer):
+        assert push_blob(open_registry.url, "big/manifest", data, {}).status == 201
+    document = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": sha256_digest(config), "size": len(config)},
+        "layers": [{"mediaType": OCI_LAYER, "digest": sha256_digest(layer), "size": len(layer)}] * 25_000,
+    }
+    path = tmp_path / "manifest.json"
+    path.write_bytes(json.dumps(document).encode())
+    assert 3 << 20 < path.stat().st_size < 4 << 20
+    pushes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                PUT_MANIFEST,
+                str(open_registry.port),
+                str(path),
+                f"/v2/big/manifest/manifests/t{i}",
+                OCI_MANIFEST,
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(4)
+    ]
+    worst, probes, deadline = 0.0, 0, time.monotonic() + 120
+    while any(p.poll() is None for p in pushes) and time.monotonic() < deadline:
+        reply, elapsed = timed(lambda: call(open_registry.url, "GET", "/v2/"))
+        assert reply.status == 200
+        worst, probes = max(worst, elapsed), probes + 1
+        time.sleep(0.02)
+    assert [p.communicate(timeout=60)[0].strip() for p in pushes] == ["201"] * 4
+    assert probes >= 3
+    assert worst < 0.5, f"GET /v2/ took {worst:.2f} s while four 25,000-layer manifests were pushed"
 
 
 # ---------------------------------------------------------------- numbers
