@@ -26,7 +26,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 
 from ..api.body import read_form
-from ..errors import RegistryError, Unauthorized, Unsupported
+from ..errors import RegistryError, TooLarge, Unauthorized, Unsupported
 from ..reference import Name
 from .basic import MalformedCredentials, basic_credentials
 from .rules import ACTIONS, Identity
@@ -128,9 +128,13 @@ class TokenServer:
 
     @app.route("/token", methods=["POST"])
     async def post_token(self, request):
+        too_large = _OAuthError(413, "invalid_request", f"the form is larger than {MAX_FORM} bytes")
         if _body_size(request) > MAX_FORM:
-            raise _OAuthError(413, "invalid_request", f"the form is larger than {MAX_FORM} bytes")
-        await read_form(request, MAX_FORM)
+            raise too_large
+        try:
+            await read_form(request, MAX_FORM)
+        except TooLarge:
+            raise too_large from None
         grant_type = _arg(request, "grant_type")
         if grant_type != "password":
             raise _OAuthError(400, "unsupported_grant_type", "only grant_type=password is supported")
