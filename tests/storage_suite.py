@@ -18,7 +18,14 @@ import pytest_twisted
 from twisted.internet.defer import DeferredList
 from zope.interface.verify import verifyObject
 
-from oci_registry.storage.interfaces import IReader, IStorageDriver, IWriter, PathNotFound, SourceChanged
+from oci_registry.storage.interfaces import (
+    DestinationExists,
+    IReader,
+    IStorageDriver,
+    IWriter,
+    PathNotFound,
+    SourceChanged,
+)
 
 
 async def _write_file(driver, path, chunks, hasher=None):
@@ -106,6 +113,40 @@ class StorageSuite:
         await driver.write_bytes("src2", b"x")
         await driver.move("src2", "fresh/folder/dst")
         assert await driver.read_bytes("fresh/folder/dst") == b"x"
+
+    @pytest_twisted.ensureDeferred
+    async def test_move_without_replacing(self, driver):
+        """``replace=False`` moves only to a free path; else nothing moves (what puts bytes back from quarantine)."""
+        await driver.write_bytes("q/held", b"held")
+        await driver.write_bytes("q/data", b"there")
+        with pytest.raises(DestinationExists):
+            await driver.move("q/held", "q/data", replace=False)
+        assert await driver.read_bytes("q/held") == b"held"
+        assert await driver.read_bytes("q/data") == b"there"
+        await driver.delete("q/data")
+        await driver.move("q/held", "q/data", replace=False)
+        assert await driver.read_bytes("q/data") == b"held"
+        assert await driver.stat("q/held") is None
+        with pytest.raises(PathNotFound):
+            await driver.move("q/held", "q/data", replace=False)
+        await driver.move("q/data", "new/folder/data", replace=False)
+        assert await driver.read_bytes("new/folder/data") == b"held"
+        assert isinstance(driver.move_is_copy, bool)
+
+    @pytest_twisted.ensureDeferred
+    async def test_deleting_a_folders_last_file_removes_the_folder(self, driver):
+        await driver.write_bytes("f/sub/one", b"1")
+        await driver.write_bytes("f/sub/two", b"2")
+        await driver.delete("f/sub/one")
+        assert (await driver.stat("f/sub")).is_dir
+        await driver.delete("f/sub/two")
+        assert await driver.stat("f/sub") is None
+        assert await driver.list("f") == []
+        # Writes into the folder create it again.
+        await driver.write_bytes("f/sub/three", b"3")
+        await driver.write_bytes("f/moved", b"4")
+        await driver.move("f/moved", "f/sub/four")
+        assert await driver.list("f/sub") == ["four", "three"]
 
     @pytest_twisted.ensureDeferred
     async def test_move_missing(self, driver):

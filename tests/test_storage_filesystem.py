@@ -51,3 +51,58 @@ class TestFilesystemStorageThreadedReads(StorageSuite):
         driver = FilesystemDriver(str(tmp_path / "root"), inline_reads=False)
         yield driver
         driver.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_writes_race_the_removal_of_an_emptied_folder(tmp_path):
+    """A delete that empties a folder removes it; a write into that folder at the same moment still lands."""
+    from twisted.internet.defer import gatherResults
+
+    driver = FilesystemDriver(str(tmp_path / "root"), threads=8)
+    try:
+        for i in range(200):
+            await driver.write_bytes("f/old", b"x")
+            await driver.write_bytes("src", b"moved")
+            await gatherResults(
+                [
+                    driver.delete("f/old"),
+                    driver.write_bytes(f"f/new-{i}", b"new"),
+                    driver.move("src", f"f/moved-{i}"),
+                ],
+                consumeErrors=True,
+            )
+            assert await driver.read_bytes(f"f/new-{i}") == b"new"
+            assert await driver.read_bytes(f"f/moved-{i}") == b"moved"
+            await driver.delete("f")
+    finally:
+        driver.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_move_fsyncs_the_file_before_renaming_it(tmp_path, monkeypatch):
+    """The bytes reach the disk before the name: after a power cut the blob is whole or absent."""
+    from oci_registry.storage import filesystem
+
+    calls = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        calls.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        calls.append(("rename", src))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(filesystem.os, "fsync", fsync)
+    monkeypatch.setattr(filesystem.os, "replace", replace)
+    driver = FilesystemDriver(str(tmp_path / "root"))
+    try:
+        full = os.path.join(driver.root, "up", "data")
+        os.makedirs(os.path.dirname(full))
+        with open(full, "wb") as f:
+            f.write(b"bytes")
+        await driver.move("up/data", "blobs/x/data", size=5)
+    finally:
+        driver.close()
+    assert calls.index(("fsync", full)) < calls.index(("rename", full))

@@ -10,14 +10,23 @@ name, fsynced and renamed; large files are written through an `IWriter` that
 batches the incoming chunks into large blocks, writes and hashes each block
 in the pool (hashlib releases the GIL), and applies back-pressure while the
 disk is behind.
+
+Durability: a file is fsynced before it is renamed to its path (``move``,
+``write_bytes``), the folder it lands in is fsynced after, and so is the
+parent of every folder created on the way, so that once a call has
+returned the file survives a power cut under its name.  Deleting a folder's
+last file removes the folder too (as on S3, where folders are only key
+prefixes); writes into a folder removed meanwhile create it again.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import os
 import pwd
+import shutil
 import uuid
 
 import attr
@@ -27,7 +36,16 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from .availability import Availability
-from .interfaces import IReader, IStorageDriver, IWriter, PathNotFound, SourceChanged, StorageFull, StorageUnavailable
+from .interfaces import (
+    DestinationExists,
+    IReader,
+    IStorageDriver,
+    IWriter,
+    PathNotFound,
+    SourceChanged,
+    StorageFull,
+    StorageUnavailable,
+)
 
 TEMP_PREFIX = ".tmp-"
 BLOCK = 1 << 20  # bytes handed to the pool per write job
@@ -79,11 +97,67 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def _libc_renameat2():
+    try:
+        return ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return None
+
+
+_renameat2 = _libc_renameat2()
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+
+
+def _rename_noreplace(src: str, dst: str) -> None:
+    """Rename ``src`` to ``dst`` unless ``dst`` exists (`FileExistsError`), atomically."""
+    if _renameat2 is not None:
+        if _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+            return
+        error = ctypes.get_errno()
+        if error not in (errno.ENOSYS, errno.EINVAL):  # else the file system cannot: link, then unlink
+            raise OSError(error, os.strerror(error), src, None, dst)
+    os.link(src, dst)  # fails, atomically, when the destination exists
+    os.unlink(src)
+
+
+def _makedirs(directory: str) -> None:
+    """Create ``directory`` and its missing parents, each new entry made durable (its parent fsynced)."""
+    missing = []
+    while not os.path.isdir(directory):
+        missing.append(directory)
+        directory = os.path.dirname(directory)
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder)
+        except FileExistsError:
+            continue  # created meanwhile by another writer, who makes it durable
+        _fsync_dir(os.path.dirname(folder))
+
+
+def _in_folder(full: str, create):
+    """
+    Run ``create()``, which makes an entry at ``full``, with its folder in
+    place: a delete of the folder's last file may remove the folder between
+    its creation and ``create()`` (then ENOENT, and the folder is made again).
+    """
+    folder = os.path.dirname(full)
+    for _ in range(10):
+        _makedirs(folder)
+        try:
+            return create()
+        except FileNotFoundError:
+            if os.path.isdir(folder):
+                raise  # something else is missing
+    raise OSError(errno.EAGAIN, f"{folder} keeps being removed")
+
+
 @implementer(IStorageDriver)
 class FilesystemDriver:
     """Stores files under ``root``; ``reactor`` and the pool are injectable."""
 
     min_chunk_length = None  # appends cost the same whatever their size
+    move_is_copy = False  # a rename
 
     def __init__(self, root: str, reactor=None, threads: int = 8, inline_reads: bool = True):
         if reactor is None:
@@ -212,31 +286,58 @@ class FilesystemDriver:
         return self._call(walk, path)
 
     def delete(self, path):
-        return self._call(_remove, path)
+        root = self.root
 
-    def move(self, source, destination, size=None):
+        def remove(full):
+            if os.path.isdir(full) and not os.path.islink(full):
+                shutil.rmtree(full, ignore_errors=True)
+                return
+            try:
+                os.unlink(full)
+            except FileNotFoundError:
+                return
+            folder = os.path.dirname(full)
+            if folder != root:
+                try:
+                    os.rmdir(folder)  # only when that was its last entry
+                except OSError:
+                    pass
+
+        return self._call(remove, path)
+
+    def move(self, source, destination, size=None, replace=True):
         try:
             src, dst = self._path(source), self._path(destination)
         except ValueError:
             return fail()
 
         def move():
-            os.makedirs(os.path.dirname(dst), exist_ok=True)
-            if size is None:
-                os.replace(src, dst)
-            else:
-                # Writers (of this or another process) hold a shared lock on
-                # the file while they append: with the exclusive one, nobody
-                # can add bytes between the size check and the rename, nor
-                # afterwards through a descriptor opened before it.
-                with open(src, "rb") as f:
+            with open(src, "rb") as f:
+                if size is not None:
+                    # Writers (of this or another process) hold a shared lock on
+                    # the file while they append: with the exclusive one, nobody
+                    # can add bytes between the size check and the rename, nor
+                    # afterwards through a descriptor opened before it.
                     try:
                         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     except BlockingIOError:
                         raise SourceChanged(f"{source} is being written to") from None
                     if os.fstat(f.fileno()).st_size != size:
                         raise SourceChanged(f"{source} no longer holds {size} bytes")
-                    os.replace(src, dst)
+                # The bytes reach the disk before the name does: after a power
+                # cut the destination holds all of them or is not there.
+                os.fsync(f.fileno())
+
+                def rename():
+                    if replace:
+                        os.replace(src, dst)
+                        return
+                    try:
+                        _rename_noreplace(src, dst)
+                    except FileExistsError:
+                        raise DestinationExists(destination) from None
+
+                _in_folder(dst, rename)
             _fsync_dir(os.path.dirname(dst))
 
         return self._run(move)
@@ -309,33 +410,24 @@ class FilesystemDriver:
 
 def _atomic_write(full: str, data: bytes) -> None:
     directory = os.path.dirname(full)
-    os.makedirs(directory, exist_ok=True)
     temp = os.path.join(directory, TEMP_PREFIX + uuid.uuid4().hex)
-    try:
-        with open(temp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, full)
-    except BaseException:
+
+    def write():
         try:
-            os.unlink(temp)
-        except OSError:
-            pass
-        raise
+            with open(temp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temp, full)
+        except BaseException:
+            try:
+                os.unlink(temp)
+            except OSError:
+                pass
+            raise
+
+    _in_folder(full, write)
     _fsync_dir(directory)
-
-
-def _remove(full: str) -> None:
-    import shutil
-
-    if os.path.isdir(full) and not os.path.islink(full):
-        shutil.rmtree(full, ignore_errors=True)
-    else:
-        try:
-            os.unlink(full)
-        except FileNotFoundError:
-            pass
 
 
 @implementer(IWriter)

@@ -10,7 +10,8 @@ Distribution's storage driver).  The registry decides what the paths mean
 - ``write_bytes`` and ``move`` are atomic: a reader sees the old content or
   the new, never a mix, and a crash leaves no partial file under the target
   path;
-- a committed writer's bytes are durable (on the file system: fsynced);
+- a committed writer's bytes are durable (on the file system: fsynced), and
+  so is whatever ``write_bytes`` and ``move`` put at a path once they fired;
 - missing paths raise `PathNotFound` from the reading methods, and are not
   an error for ``delete`` or ``list``;
 - a storage that cannot be used (unreachable, failing, refusing the
@@ -48,6 +49,10 @@ class StorageUnavailable(Exception):
 
 class SourceChanged(Exception):
     """A `move` with a ``size`` found the source of another size, or being written to."""
+
+
+class DestinationExists(Exception):
+    """A `move` with ``replace=False`` found something at the destination, and moved nothing."""
 
 
 class IWriter(Interface):
@@ -95,6 +100,11 @@ class IStorageDriver(Interface):
         "The smallest upload chunk the driver stores without re-buffering (bytes), or None for any size: "
         "sent to clients as OCI-Chunk-Min-Length."
     )
+    move_is_copy = Attribute(
+        "True where ``move`` copies the bytes (S3: a server-side copy, as long as the file), False where it "
+        "only renames (a file system).  Publishing always moves a verified upload over an existing blob where "
+        "that is cheap, which also repairs a damaged one; where it copies, only over one of another size."
+    )
 
     def read_bytes(path):
         """Fire with the whole content of a small file."""
@@ -112,14 +122,18 @@ class IStorageDriver(Interface):
         """Fire with the sorted paths of every file below ``path``, relative to it."""
 
     def delete(path):
-        """Delete a file or a whole folder, if it exists."""
+        """Delete a file or a whole folder, if it exists.  A folder left empty is gone too."""
 
-    def move(source, destination, size=None):
+    def move(source, destination, size=None, replace=True):
         """
         Atomically move a file to a path, replacing what was there.  With
         ``size``, only while the source holds exactly that many bytes and
         no writer is appending to it, so that what lands at the destination
         is what the caller verified (else `SourceChanged`, and nothing moves).
+        With ``replace=False``, only if nothing is at the destination (else
+        `DestinationExists`, and nothing moves); where the storage cannot
+        check and move in one step (S3), a file written to the destination
+        between the two may be replaced.
         """
 
     def open_writer(path, append=False, hasher=None):

@@ -45,7 +45,7 @@ from zope.interface import implementer
 from . import sigv4
 from .availability import Availability
 from .filesystem import FileInfo
-from .interfaces import IReader, IStorageDriver, IWriter, PathNotFound, SourceChanged, StorageFull
+from .interfaces import DestinationExists, IReader, IStorageDriver, IWriter, PathNotFound, SourceChanged, StorageFull
 from .s3client import CONNECTION_ERRORS, S3Client, S3Error
 from .settings import MIN_PART_SIZE, S3Settings
 
@@ -131,6 +131,8 @@ def _copy_ranges(size: int, part_size: int) -> list[tuple[int, int]]:
 @implementer(IStorageDriver)
 class S3Driver:
     """Stores files as objects in one bucket (under ``settings.prefix``)."""
+
+    move_is_copy = True  # CopyObject, then DeleteObject
 
     def __init__(self, settings: S3Settings, reactor=None, threads: int = 4, client: S3Client | None = None):
         if reactor is None:
@@ -328,31 +330,39 @@ class S3Driver:
                 await self.client.abort_multipart(upload_key, upload_id)
 
     @_deferred
-    async def move(self, source, destination, size=None):
+    async def move(self, source, destination, size=None, replace=True):
         src, dst = self._key(source), self._key(destination)
         info = await self._plain_head(src)
         if info is None:
             raise PathNotFound(source)
+        if not replace and (await self.client.head(dst)) is not None:
+            raise DestinationExists(destination)
         if size is not None and info.size != size:
             # Objects are replaced whole, never written in place: a writer
             # that appended meanwhile left an object of another size.
             raise SourceChanged(f"{source} no longer holds {size} bytes")
-        if info.size <= self.copy_limit:
-            # And the copy takes the version just checked (or fails).
-            try:
-                await self.client.copy(src, dst, if_match=info.etag if size is not None else None)
-            except S3Error as e:
-                if e.code != "PreconditionFailed":
+        try:
+            if info.size <= self.copy_limit:
+                # And the copy takes the version just checked (or fails).
+                await self.client.copy(
+                    src, dst, if_match=info.etag if size is not None else None, if_absent=not replace
+                )
+            else:
+                upload_id = await self.client.create_multipart(dst)
+                try:
+                    parts = await self._copy_parts(dst, upload_id, src, info.size)
+                    await self.client.complete_multipart(
+                        dst, upload_id, [(n, e) for n, e, _ in parts], if_absent=not replace
+                    )
+                except BaseException:
+                    await self.client.abort_multipart(dst, upload_id)
                     raise
-                raise SourceChanged(f"{source} was replaced while it was being moved") from None
-        else:
-            upload_id = await self.client.create_multipart(dst)
-            try:
-                parts = await self._copy_parts(dst, upload_id, src, info.size)
-                await self.client.complete_multipart(dst, upload_id, [(n, e) for n, e, _ in parts])
-            except BaseException:
-                await self.client.abort_multipart(dst, upload_id)
+        except S3Error as e:
+            if e.code != "PreconditionFailed":
                 raise
+            if not replace and (await self.client.head(dst)) is not None:
+                raise DestinationExists(destination) from None
+            raise SourceChanged(f"{source} was replaced while it was being moved") from None
         await self.client.delete(src)
 
     @_deferred

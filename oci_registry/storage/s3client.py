@@ -567,10 +567,13 @@ class S3Client:
         response, _ = await self.request("PUT", key, headers=headers, body=data, payload_hash=payload_hash)
         return (_header(response.headers, "etag") or "").strip('"')
 
-    async def copy(self, source: str, key: str, if_match: str | None = None) -> None:
+    async def copy(self, source: str, key: str, if_match: str | None = None, if_absent: bool = False) -> None:
         """
         Server-side copy of an object of at most 5 GiB (metadata is not
-        copied); with ``if_match``, only of the source version with that ETag.
+        copied); with ``if_match``, only of the source version with that ETag;
+        with ``if_absent``, only while nothing is at ``key`` (``If-None-Match:
+        *``; servers without conditional writes ignore it).  A condition that
+        fails is an `S3Error` ``PreconditionFailed``.
         """
         headers = {
             "x-amz-copy-source": sigv4.uri_encode(self._path(source)),
@@ -578,6 +581,8 @@ class S3Client:
         }
         if if_match:
             headers["x-amz-copy-source-if-match"] = f'"{if_match}"'
+        if if_absent:
+            headers["If-None-Match"] = "*"
         await self.request("PUT", key, headers=headers, error_in_body=True, timeout=SLOW_TIMEOUT)
 
     async def delete(self, key: str) -> None:
@@ -662,7 +667,10 @@ class S3Client:
         )
         return _text(_xml(content), "ETag").strip('"')
 
-    async def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str]]) -> None:
+    async def complete_multipart(
+        self, key: str, upload_id: str, parts: list[tuple[int, str]], if_absent: bool = False
+    ) -> None:
+        """Complete the upload; with ``if_absent``, only while nothing is at ``key`` (as for `copy`)."""
         root = ElementTree.Element("CompleteMultipartUpload")
         for number, etag in parts:
             part = ElementTree.SubElement(root, "Part")
@@ -670,7 +678,13 @@ class S3Client:
             ElementTree.SubElement(part, "ETag").text = f'"{etag}"'
         body = ElementTree.tostring(root, encoding="utf-8")
         await self.request(
-            "POST", key, query=(("uploadId", upload_id),), body=body, error_in_body=True, timeout=SLOW_TIMEOUT
+            "POST",
+            key,
+            query=(("uploadId", upload_id),),
+            headers={"If-None-Match": "*"} if if_absent else {},
+            body=body,
+            error_in_body=True,
+            timeout=SLOW_TIMEOUT,
         )
 
     async def abort_multipart(self, key: str, upload_id: str) -> None:

@@ -1,0 +1,81 @@
+"""
+A 201 means the bytes are on disk: a pushed blob's data is fsynced before
+it is renamed into ``blobs/`` (checked with strace on a real registry
+process).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+from image_builder import http_request, push_blob_http, random_bytes, sha256_digest
+from registry_process import RegistryProcess
+
+pytestmark = pytest.mark.ociregistry_only
+
+STRACE = shutil.which("strace")
+
+
+def blob_file(data_dir: str, digest: str) -> str:
+    hex_ = digest.split(":", 1)[1]
+    return os.path.join(data_dir, "blobs", "sha256", hex_[:2], hex_, "data")
+
+
+def traced(pid: int, out: str):
+    """strace attached to ``pid`` and its threads, printing the paths of descriptors (``-y``)."""
+    process = subprocess.Popen(
+        [STRACE, "-f", "-y", "-qq", "-o", out, "-e", "trace=fsync,fdatasync,rename,renameat,renameat2", "-p", str(pid)],
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not os.path.exists(out):
+        time.sleep(0.05)
+    time.sleep(0.5)  # attaching to every thread takes a moment after the file appears
+    return process
+
+
+RENAME = re.compile(r'^(?:\[pid\s+)?(\d+)\]?\s*rename(?:at2?)?\((?:[^"]*)"([^"]+)",(?:[^"]*)"([^"]+)"')
+FSYNC = re.compile(r"^(?:\[pid\s+)?(\d+)\]?\s*f(?:data)?sync\(\d+<([^>]+)>")
+
+
+def fsyncs_before_renames(trace: str, pattern: str) -> list[tuple[str, bool]]:
+    """For each rename to a path matching ``pattern``: (source, whether the same thread fsynced the source before)."""
+    synced: set[tuple[str, str]] = set()
+    found = []
+    for line in trace.splitlines():
+        if m := FSYNC.match(line):
+            synced.add((m.group(1), m.group(2)))
+        elif (m := RENAME.match(line)) and re.search(pattern, m.group(3)):
+            found.append((m.group(2), (m.group(1), m.group(2)) in synced))
+    return found
+
+
+@pytest.mark.skipif(STRACE is None, reason="strace is not installed")
+def test_pushed_blob_data_is_fsynced_before_it_is_renamed_into_blobs(tmp_path):
+    registry = RegistryProcess(str(tmp_path / "data")).start()
+    out = str(tmp_path / "strace.out")
+    tracer = traced(registry.process.pid, out)
+    try:
+        monolithic = random_bytes(300_000, "fsync-monolithic")
+        digest = sha256_digest(monolithic)
+        posted = http_request("POST", f"{registry.url}/v2/durable/blobs/uploads/?digest={digest}", monolithic)
+        assert posted.status == 201, posted.body
+        chunked = push_blob_http(registry.url, "durable", random_bytes(200_000, "fsync-chunked"))
+    finally:
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait(10)
+        registry.stop()
+    with open(out) as f:
+        trace = f.read()
+    published = fsyncs_before_renames(trace, r"/blobs/sha256/[0-9a-f]{2}/[0-9a-f]{64}/data$")
+    assert len(published) == 2, trace[-3000:]
+    for source, synced in published:
+        assert "/_uploads/" in source and synced, (source, trace[-3000:])
+    for d in (digest, chunked):
+        assert os.path.getsize(blob_file(registry.data_dir, d)) in (300_000, 200_000)
