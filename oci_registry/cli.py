@@ -24,7 +24,7 @@ from twisted.internet.task import react
 
 from . import startup
 from .config import Config, ConfigError
-from .gc import GCOptions, collect, parse_duration, usage
+from .gc import GCAborted, GCOptions, collect, parse_duration, usage
 from .startup import CONFIG_STATUS, FAILED_STATUS
 from .storage.interfaces import StorageUnavailable
 
@@ -87,7 +87,14 @@ async def _run(reactor, args) -> int:
                 keep_tags=args.keep_tags,
                 tag_pattern=args.tag_pattern,
             )
-            report = await collect(storage, options)
+            if options.grace < config.gc_grace and not options.dry_run:
+                print(
+                    f"ociregistry gc: warning: --grace {args.grace} is shorter than the registry's gc_grace "
+                    f"({config.gc_grace:.0f} s): a push relying on a blob older than {options.grace:.0f} s "
+                    "while this runs is not protected; use it only while nothing is pushed",
+                    file=sys.stderr,
+                )
+            report = await collect(storage, options, reactor=reactor)
             if args.json:
                 print(json.dumps(report.to_json(), indent=2))
             else:
@@ -134,10 +141,16 @@ def main(argv=None) -> None:
         startup.report(str(e))
         sys.exit(CONFIG_STATUS)
 
-    def run(reactor):
-        return Deferred.fromCoroutine(_run(reactor, args))
+    async def run(reactor):
+        try:
+            return await _run(reactor, args)
+        except GCAborted as e:
+            print(f"ociregistry {args.command}: stopped before deleting anything: {e}", file=sys.stderr)
+        except Exception as e:  # one line, not a traceback: the storage failed (unreachable, refused...)
+            print(f"ociregistry {args.command}: failed: {e}", file=sys.stderr)
+        raise SystemExit(1)
 
-    react(run)
+    react(lambda reactor: Deferred.fromCoroutine(run(reactor)))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,14 @@ Every storage path the registry uses, in one place.
     blobs/<alg>/<hex[:2]>/<hex>/data                 blob bytes, once per digest
     blobs/<alg>/<hex[:2]>/<hex>/upstreams/<key>      a pull-through cache's upstream sent
                                                      these bytes (the file holds its URL)
+    blobs/<alg>/<hex[:2]>/<hex>/referenced           random bytes, rewritten when a request
+                                                     relies on an old blob (see gc.py)
+    blobs/<alg>/<hex[:2]>/<hex>/quarantine           the bytes, while a garbage collection
+                                                     decides whether to delete them
     repositories/<name>/_layers/<alg>/<hex>/link     the blob is in <name>
+    repositories/<name>/_layers/<alg>/<hex>/quarantine
+                                                     the link, while a garbage collection
+                                                     deletes the blob
     repositories/<name>/_manifests/revisions/<alg>/<hex>/link
                                                      the manifest is in <name>;
                                                      the link holds its media type
@@ -34,13 +41,30 @@ REPOSITORIES = "repositories"
 
 
 def blob_data(digest: Digest) -> str:
-    return f"{BLOBS}/{digest.algorithm}/{digest.hex[:2]}/{digest.hex}/data"
+    return f"{blob_folder(digest)}/data"
+
+
+def blob_folder(digest: Digest) -> str:
+    return f"{BLOBS}/{digest.algorithm}/{digest.hex[:2]}/{digest.hex}"
+
+
+def blob_referenced(digest: Digest) -> str:
+    return f"{blob_folder(digest)}/referenced"
+
+
+def blob_quarantine(digest: Digest) -> str:
+    return f"{blob_folder(digest)}/quarantine"
+
+
+def blob_upstreams(digest: Digest) -> str:
+    """The folder of `blob_upstream` records of one blob."""
+    return f"{blob_folder(digest)}/upstreams"
 
 
 def blob_upstream(digest: Digest, upstream_url: str) -> str:
     """Marks that the upstream at ``upstream_url`` sent the blob's bytes to a pull-through cache (proxy only)."""
     key = hashlib.sha256(upstream_url.encode()).hexdigest()[:32]
-    return f"{BLOBS}/{digest.algorithm}/{digest.hex[:2]}/{digest.hex}/upstreams/{key}"
+    return f"{blob_upstreams(digest)}/{key}"
 
 
 def repository(name: Name) -> str:
@@ -49,6 +73,10 @@ def repository(name: Name) -> str:
 
 def layer_link(name: Name, digest: Digest) -> str:
     return f"{REPOSITORIES}/{name}/_layers/{digest.algorithm}/{digest.hex}/link"
+
+
+def layer_quarantine(name: Name, digest: Digest) -> str:
+    return f"{REPOSITORIES}/{name}/_layers/{digest.algorithm}/{digest.hex}/quarantine"
 
 
 def layers(name: Name) -> str:

@@ -36,6 +36,7 @@ from .errors import (
     TooLarge,
     UploadRangeInvalid,
 )
+from .gc import DAY, Keeper
 from .reference import DEFAULT_ALGORITHM, Digest, Name, Tag, is_upload_id
 from .storage.interfaces import IStorageDriver, PathNotFound, SourceChanged, StorageFull
 
@@ -121,12 +122,15 @@ class Registry:
         max_manifest_size: int = manifests.MAX_MANIFEST_SIZE,
         max_upload_size: int = 0,
         reactor=None,
+        gc_grace: float = DAY,
     ):
         self.storage = storage
         self.max_manifest_size = max_manifest_size
         self.max_upload_size = max_upload_size  # 0: no limit
         self._cpu = CPUPool(reactor)  # large manifests are parsed there
         self._live: dict[str, _LiveUpload] = {}
+        # Requests that rely on a stored blob keep it from a garbage collection running meanwhile.
+        self.keeper = Keeper(storage, gc_grace)
 
     @property
     def min_chunk_length(self) -> int | None:
@@ -152,7 +156,8 @@ class Registry:
         """
         if not await self.has_blob(name, digest):
             raise BlobUnknown(str(digest))
-        info = await self.storage.stat(paths.blob_data(digest))
+        # A client may skip uploading a blob it found here: it stays.
+        info = await self._kept(digest, await self.storage.stat(paths.blob_data(digest)))
         if info is None:
             raise BlobUnknown(str(digest))
         return BlobInfo(digest, info.size)
@@ -163,11 +168,31 @@ class Registry:
         caller will read (None: to the end); a pull-through cache serves a
         part of a blob it is still fetching only once it is verified.
         """
-        await self.stat_blob(name, digest)
+        # The HTTP layer asked stat_blob first (which keeps the blob from a running GC).
+        if not await self.has_blob(name, digest):
+            raise BlobUnknown(str(digest))
+        for _ in range(2):
+            try:
+                return await self.storage.open_reader(paths.blob_data(digest), offset)
+            except PathNotFound:
+                # In quarantine for a moment, while a garbage collection saw it was kept?
+                if (await self._kept(digest, None)) is None:
+                    break
+        raise BlobUnknown(str(digest))
+
+    async def _kept(self, digest: Digest, info):
+        """The blob's data `FileInfo` (``info``: as just stat'ed) once safe from a running GC, or None."""
         try:
-            return await self.storage.open_reader(paths.blob_data(digest), offset)
-        except PathNotFound:
-            raise BlobUnknown(str(digest)) from None
+            return await self.keeper.keep(digest, info)
+        except StorageFull:
+            log.error("storage is full: could not keep {digest} from garbage collection", digest=str(digest))
+            raise InsufficientStorage() from None
+
+    async def _holds(self, name: Name, digest: Digest) -> bool:
+        """Whether ``name`` holds the blob and its data stays, for a reference about to be written."""
+        if not await self.has_blob(name, digest) and not await self.keeper.keep_link(name, digest):
+            return False
+        return (await self._kept(digest, await self.storage.stat(paths.blob_data(digest)))) is not None
 
     async def blob_redirect(self, digest: Digest) -> str | None:
         return await self.storage.redirect_url(paths.blob_data(digest))
@@ -185,14 +210,14 @@ class Registry:
         """Link a blob ``source`` holds into ``name``; False when it does not hold it."""
         if not await self.has_blob(source, digest):
             return False
-        if (await self.storage.stat(paths.blob_data(digest))) is None:
+        if (await self._kept(digest, await self.storage.stat(paths.blob_data(digest)))) is None:
             return False
         await self._link_blob(name, digest)
         return True
 
     async def adopt_blob(self, name: Name, digest: Digest) -> bool:
         """Link a blob stored for any repository into ``name``; False when no repository has it."""
-        if (await self.storage.stat(paths.blob_data(digest))) is None:
+        if (await self._kept(digest, await self.storage.stat(paths.blob_data(digest)))) is None:
             return False
         await self._link_blob(name, digest)
         return True
@@ -328,9 +353,23 @@ class Registry:
 
     async def _publish(self, name: Name, digest: Digest, data_path: str, size: int) -> None:
         """Make verified upload data (``size`` bytes) the blob ``digest``, atomically, and link it."""
+        await self.publish_blob(digest, data_path, size)
+        await self._link_blob(name, digest)
+
+    async def publish_blob(self, digest: Digest, data_path: str, size: int) -> None:
+        """
+        Make verified data (``size`` bytes at ``data_path``) the blob
+        ``digest``, durably: a blob stored already is replaced by it where a
+        move is a rename (which also repairs stored bytes a crash damaged),
+        and kept where a move copies (S3: unless of another size); the
+        caller deletes ``data_path`` if it is still there.
+        """
         target = paths.blob_data(digest)
         try:
-            if (await self.storage.stat(target)) is None:
+            info = await self.storage.stat(target)
+            if info is not None:
+                info = await self._kept(digest, info)  # before replacing it: a GC may be taking it
+            if info is None or info.size != size or not getattr(self.storage, "move_is_copy", False):
                 # Only the bytes verified: a client appending to the upload
                 # through another process meanwhile must not slip more in.
                 await self.storage.move(data_path, target, size=size)
@@ -338,7 +377,6 @@ class Registry:
             raise InsufficientStorage() from None
         except SourceChanged:
             raise BlobUploadInvalid("the upload was appended to while it was being finished") from None
-        await self._link_blob(name, digest)
 
     async def put_blob(self, name: Name, digest: Digest, body: Body, length: int | None = None) -> BlobInfo:
         """A monolithic upload (``POST ?digest=``): a session opened and closed at once."""
@@ -378,13 +416,18 @@ class Registry:
         if head:
             info = await self.storage.stat(paths.blob_data(digest))
             if info is None:
+                info = await self._kept(digest, None)  # in quarantine, while a GC saw it was kept?
+            if info is None:
                 raise ManifestUnknown(str(reference))
             return StoredManifest(digest, media_type, info.size, None)
-        try:
-            data = await self.storage.read_bytes(paths.blob_data(digest))
-        except PathNotFound:
-            raise ManifestUnknown(str(reference)) from None
-        return StoredManifest(digest, media_type, len(data), data)
+        for _ in range(2):
+            try:
+                data = await self.storage.read_bytes(paths.blob_data(digest))
+                return StoredManifest(digest, media_type, len(data), data)
+            except PathNotFound:
+                if (await self._kept(digest, None)) is None:
+                    break
+        raise ManifestUnknown(str(reference))
 
     async def put_manifest(
         self, name: Name, reference: Digest | Tag, data: bytes, content_type: str | None, tags: tuple = ()
@@ -401,8 +444,8 @@ class Registry:
             raise DigestInvalid(f"manifest has digest {digest}, not {reference}")
 
         for i, blob in enumerate(blobs, 1):
-            # The link says the repository holds it; the data must still be there too.
-            if not await self.has_blob(name, blob) or not await self.storage.stat(paths.blob_data(blob)):
+            # The link says the repository holds it; the data must still be there too, and stay.
+            if not await self._holds(name, blob):
                 raise ManifestBlobUnknown(str(blob))
             if i % CHECKS_PER_TURN == 0:
                 await self._cpu.yield_now()
@@ -412,9 +455,7 @@ class Registry:
             if i % CHECKS_PER_TURN == 0:
                 await self._cpu.yield_now()
 
-        target = paths.blob_data(digest)
-        if (await self.storage.stat(target)) is None:
-            await self._write(target, data)
+        await self.store_manifest_data(digest, data)
         await self._write(paths.manifest_link(name, digest), parsed.media_type.encode())
         if parsed.subject is not None:
             descriptor = parsed.referrer_descriptor(digest, len(data))
@@ -426,6 +467,15 @@ class Registry:
             await self._write(paths.tag_link(name, tag), str(digest).encode())
         log.info("pushed {name}:{reference} as {digest}", name=name, reference=reference, digest=digest)
         return PushedManifest(digest, parsed.subject.digest if parsed.subject else None)
+
+    async def store_manifest_data(self, digest: Digest, data: bytes) -> None:
+        """Store a verified manifest's bytes, or keep them (from a running GC too) if they are stored already."""
+        target = paths.blob_data(digest)
+        info = await self.storage.stat(target)
+        if info is not None:
+            info = await self._kept(digest, info)  # before rewriting them: a GC may be taking them
+        if info is None or info.size != len(data):
+            await self._write(target, data)
 
     async def delete_manifest(self, name: Name, reference: Digest | Tag) -> None:
         if isinstance(reference, Tag):

@@ -56,6 +56,7 @@ def build_registry(config: Config, reactor=None) -> Registry:
         max_manifest_size=config.max_manifest_size,
         max_upload_size=config.max_upload_size,
         reactor=reactor,
+        gc_grace=config.gc_grace,
     )
     if config.proxies:
         from .proxy import ProxyRegistry
@@ -161,11 +162,15 @@ def build_site(config: Config, reactor=None) -> RegistrySite:
     return site
 
 
-def gc_service(config: Config, storage):
-    """Garbage collection every ``gc_interval`` seconds, in this process (worker 0 only)."""
+def gc_service(config: Config, storage, reactor=None):
+    """
+    Garbage collection every ``gc_interval`` seconds, in this process
+    (worker 0 only), yielding to the reactor after each millisecond of work so that
+    requests are served meanwhile.
+    """
     from twisted.application.internet import TimerService
 
-    from .gc import GCOptions, collect
+    from .gc import GCAborted, GCOptions, collect
 
     options = GCOptions(
         grace=config.gc_grace, upload_expiry=config.upload_expiry, delete_untagged=config.gc_delete_untagged
@@ -174,11 +179,11 @@ def gc_service(config: Config, storage):
     def failed(failure):
         if failure.check(StorageUnavailable):
             log.error("scheduled garbage collection not run: storage unavailable: {cause}", cause=failure.value.cause)
-        else:
+        elif not failure.check(GCAborted):  # already logged, in one line
             log.failure("scheduled garbage collection failed", failure)
 
     def run():
-        return Deferred.fromCoroutine(collect(storage, options)).addErrback(failed)
+        return Deferred.fromCoroutine(collect(storage, options, reactor=reactor)).addErrback(failed)
 
     service = TimerService(config.gc_interval, run)
     service.setName("gc")
@@ -336,7 +341,7 @@ def make_service(config: Config, reactor=None) -> MultiService:
         for listener in listeners:
             listener.setServiceParent(top)
     if config.gc_interval > 0:
-        top.addService(gc_service(config, site.registry.storage))
+        top.addService(gc_service(config, site.registry.storage, reactor))
     log.info(
         "ociregistry storing data in {data_dir}",
         data_dir=config.storage.describe() if config.storage else config.data_dir,

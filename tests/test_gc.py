@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pathlib
 import subprocess
 import sys
 import threading
@@ -12,15 +13,17 @@ import time
 
 import pytest
 import pytest_twisted
-
+from gc_helpers import HookedStorage, first
 from image_builder import OCILayout
+from registry_process import RegistryProcess, registry_environment
+from s3_server import s3_server  # noqa: F401  (the session fixture)
+
 from oci_registry import paths
 from oci_registry.errors import BlobUploadUnknown
-from oci_registry.gc import DAY, GCOptions, collect, usage
+from oci_registry.gc import DAY, GCAborted, GCOptions, collect, usage
 from oci_registry.reference import Digest, Name, Tag
 from oci_registry.registry import Registry
 from oci_registry.storage.filesystem import FilesystemDriver
-from registry_process import RegistryProcess, registry_environment
 
 LATER = time.time() + 3 * DAY  # "now" for a GC run long after the pushes below
 
@@ -246,6 +249,11 @@ def skopeo_copy(src, dst):
     )
 
 
+def stored_blobs(data_dir: str) -> int:
+    """Blobs whose bytes are in the data directory (a collected blob's folder may keep its marker a while)."""
+    return sum("data" in files for _, _, files in os.walk(os.path.join(data_dir, "blobs")))
+
+
 def age_everything(data_dir: str, days: float) -> None:
     past = time.time() - days * DAY
     for top, _dirs, files in os.walk(data_dir):
@@ -310,7 +318,7 @@ def test_gc_during_concurrent_pushes(tmp_path):
         result = run_cli("gc", "--data-dir", data, "--json")
         assert result.returncode == 0, result.stderr
         for digest in orphans:
-            assert not os.path.exists(os.path.join(data, "blobs", "sha256", digest[7:9], digest[7:]))
+            assert not os.path.exists(os.path.join(data, "blobs", "sha256", digest[7:9], digest[7:], "data"))
 
         for i, (layout, image) in enumerate(layouts):
             out = tmp_path / f"pulled{i}"
@@ -353,13 +361,122 @@ def test_cli_dry_run_and_du(tmp_path):
     result = run_cli("gc", "--data-dir", data, "--dry-run")
     assert result.returncode == 0, result.stderr
     assert "would remove" in result.stdout and "would be freed" in result.stdout
-    before = sum(len(f) for _, _, f in os.walk(os.path.join(data, "blobs")))
+    before = stored_blobs(data)
     assert before > 0
     result = run_cli("gc", "--data-dir", data)
     assert "removed" in result.stdout
-    assert sum(len(f) for _, _, f in os.walk(os.path.join(data, "blobs"))) == 0
+    assert stored_blobs(data) == 0
 
 
 def test_cli_rejects_bad_options(tmp_path):
     result = run_cli("gc", "--data-dir", str(tmp_path), "--grace", "soon")
     assert result.returncode != 0 and "duration" in result.stderr
+
+
+# ------------------------------------------------ reads that fail during mark
+
+
+@pytest.fixture(params=["filesystem", "s3"])
+def any_storage(request, tmp_path):
+    if request.param == "filesystem":
+        driver = FilesystemDriver(str(tmp_path / "data"))
+        yield driver
+        driver.close()
+        return
+    from oci_registry.storage.s3 import S3Driver
+
+    server = request.getfixturevalue("s3_server")
+    driver = S3Driver(server.settings())
+    yield driver
+    driver.close()
+
+
+class ReadFailed(Exception):
+    """What a storage outage looks like to the GC: neither a result nor PathNotFound."""
+
+
+def failing_reads(storage, predicate):
+    async def before(method, path, args):
+        if method == "read_bytes" and predicate(path):
+            raise ReadFailed(f"503 Slow Down reading {path}")
+
+    return HookedStorage(storage, before=before)
+
+
+async def stored_paths(storage) -> list[str]:
+    return await storage.walk(paths.BLOBS) + await storage.walk(paths.REPOSITORIES)
+
+
+@pytest.mark.parametrize("what", ["manifest bytes", "revision link", "tag link"])
+@pytest_twisted.ensureDeferred
+async def test_a_read_failing_during_mark_stops_the_run_before_anything_is_deleted(any_storage, what):
+    registry = Registry(any_storage)
+    manifest, layer, _ = await push_image(registry, "app", "v1", b"referenced layer")
+    await push_image(registry, "app", None, b"untagged")
+    await push_blob(registry, "app", b"an orphan that would go")
+    name = Name("app")
+    target = {
+        "manifest bytes": paths.blob_data(manifest),
+        "revision link": paths.manifest_link(name, manifest),
+        "tag link": paths.tag_link(name, Tag("v1")),
+    }[what]
+    before = await stored_paths(any_storage)
+    with pytest.raises(GCAborted, match="503 Slow Down"):
+        await collect(
+            failing_reads(any_storage, lambda path: path == target), GCOptions(delete_untagged=True), now=LATER
+        )
+    assert await stored_paths(any_storage) == before
+    assert await blob_exists(registry, layer)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_unparseable_manifest_keeps_every_blob_it_names(registry):
+    manifest, layer, data = await push_image(registry, "app", "v1", b"layer of a damaged manifest")
+    config = Digest.of(b"{}")
+    orphan = await push_blob(registry, "app", b"an orphan")
+    # Torn: the end of the document is missing (what a crash before fsync could leave).
+    pathlib.Path(registry.storage.root, paths.blob_data(manifest)).write_bytes(data[:-10])
+    report = await collect(registry.storage, GCOptions(), now=LATER)
+    assert report.blobs_removed == [(str(orphan), 9)]
+    for digest in (layer, config, manifest):
+        assert await blob_exists(registry, digest)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_upload_finished_during_the_run_is_not_reported_as_removed(registry):
+    name = Name("app")
+    status = await registry.start_upload(name)
+    await registry.append_upload(name, status.id, BytesBody(b"finished meanwhile"))
+    started = paths.upload_started(name, status.id)
+
+    async def finish():
+        await registry.finish_upload(name, status.id, Digest.of(b"finished meanwhile"))
+
+    hook = first(lambda method, path, args: method == "stat" and path == started, finish)
+    report = await collect(HookedStorage(registry.storage, before=hook), GCOptions(), now=LATER)
+    assert hook.fired
+    assert report.uploads_removed == []
+    assert await registry.has_blob(name, Digest.of(b"finished meanwhile"))
+
+
+def test_cli_stops_with_one_line_when_a_manifest_cannot_be_read(tmp_path):
+    data = str(tmp_path / "data")
+    registry = RegistryProcess(data).start()
+    try:
+        layout = OCILayout(str(tmp_path / "layout"))
+        image = layout.add_image("v1", layers=2, layer_size=10_000, seed="unreadable")
+        skopeo_copy(f"oci:{layout.path}:v1", f"docker://{registry.host}/broken/app:v1")
+    finally:
+        registry.stop()
+    age_everything(data, 3)
+    # A read that fails with an I/O error (EISDIR), not "not found".
+    hex_ = image.manifest_digest.split(":", 1)[1]
+    manifest_file = os.path.join(data, "blobs", "sha256", hex_[:2], hex_, "data")
+    os.rename(manifest_file, manifest_file + ".saved")
+    os.mkdir(manifest_file)
+    before = stored_blobs(data)
+    result = run_cli("gc", "--data-dir", data)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert "stopped before deleting anything" in result.stderr and hex_ in result.stderr
+    assert stored_blobs(data) == before

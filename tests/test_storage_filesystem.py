@@ -1,13 +1,14 @@
 """The storage suite against the filesystem driver, plus what only it promises."""
 
 import os
+import pathlib
 
 import pytest
 import pytest_twisted
+from storage_suite import StorageSuite
 
 from oci_registry.storage.filesystem import TEMP_PREFIX, FilesystemDriver
 from oci_registry.storage.interfaces import StorageFull
-from storage_suite import StorageSuite
 
 
 class TestFilesystemStorage(StorageSuite):
@@ -100,8 +101,7 @@ async def test_move_fsyncs_the_file_before_renaming_it(tmp_path, monkeypatch):
     try:
         full = os.path.join(driver.root, "up", "data")
         os.makedirs(os.path.dirname(full))
-        with open(full, "wb") as f:
-            f.write(b"bytes")
+        pathlib.Path(full).write_bytes(b"bytes")
         await driver.move("up/data", "blobs/x/data", size=5)
     finally:
         driver.close()

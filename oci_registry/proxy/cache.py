@@ -339,6 +339,13 @@ class ProxyRegistry:
         self._local_only(name)
         return await self.local.adopt_blob(name, digest)
 
+    async def publish_blob(self, digest: Digest, data_path: str, size: int) -> None:
+        # Storage-level: no repository is involved (fills and uploads both publish through the local registry).
+        return await self.local.publish_blob(digest, data_path, size)
+
+    async def store_manifest_data(self, digest: Digest, data: bytes) -> None:
+        return await self.local.store_manifest_data(digest, data)
+
     # ---------------------------------------------------------------- uploads
 
     async def start_upload(self, name: Name, *args, **kwargs):
@@ -499,9 +506,7 @@ class ProxyRegistry:
             parsed = await self._parse(data, fetched.media_type)
         except ManifestInvalid as e:
             raise UpstreamUnavailable(f"the upstream sent a manifest this registry cannot store: {e.detail}") from None
-        target = paths.blob_data(digest)
-        if (await self.storage.stat(target)) is None:
-            await self._write(target, data)
+        await self.local.store_manifest_data(digest, data)
         await self._write(paths.manifest_link(name, digest), parsed.media_type.encode())
         if parsed.subject is not None:
             descriptor = parsed.referrer_descriptor(digest, len(data))

@@ -184,9 +184,7 @@ class BlobFill:
             if actual != self.digest:
                 raise UpstreamUnavailable(f"the upstream sent a blob with digest {actual} for {self.digest}")
             self.size = self.received
-            target = paths.blob_data(self.digest)
-            if (await self.storage.stat(target)) is None:
-                await self.storage.move(self.data_path, target)
+            await self.registry.publish_blob(self.digest, self.data_path, self.size)
             await self.storage.write_bytes(
                 paths.blob_upstream(self.digest, self.upstream.url), self.upstream.url.encode()
             )
