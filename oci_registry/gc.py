@@ -466,10 +466,12 @@ async def _collect_blob(storage, blob: str, linked, options: GCOptions, now: flo
     digest = _parsed(blob)
     marker = paths.blob_referenced(digest)
     data, quarantine = paths.blob_data(digest), paths.blob_quarantine(digest)
-    before = await _read(storage, marker)  # read before the ages: a rewrite after shows in its content
     info = await storage.stat(data)
     if info is None or now - info.mtime < options.grace:
         return None
+    # The marker's content is read before its age: a rewrite after that shows in the content.
+    # (A stat first: most blobs have none, and a read of nothing raises, which costs far more.)
+    before = await _read(storage, marker) if (await storage.stat(marker)) is not None else None
     if before is not None:
         mtime = await _mtime(storage, marker)
         if mtime is not None and now - mtime < options.grace:
