@@ -145,7 +145,8 @@ def main(argv=None) -> None:
         try:
             return await _run(reactor, args)
         except GCAborted as e:
-            print(f"ociregistry {args.command}: stopped before deleting anything: {e}", file=sys.stderr)
+            stopped = "stopped before deleting anything: " if args.command == "gc" else ""
+            print(f"ociregistry {args.command}: {stopped}{e}", file=sys.stderr)
         except Exception as e:  # one line, not a traceback: the storage failed (unreachable, refused...)
             print(f"ociregistry {args.command}: failed: {e}", file=sys.stderr)
         raise SystemExit(1)

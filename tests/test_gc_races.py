@@ -13,6 +13,7 @@ wrapper that makes the client's requests at the chosen call.
 from __future__ import annotations
 
 import json
+import urllib.parse
 import time
 
 import pytest
@@ -249,3 +250,24 @@ async def test_upload_into_the_same_repository_while_the_sweep_removes_its_links
     assert await target.driver.stat(held) is None
     await target.collect()
     assert_pulls(target.url, "race/links", "v1", manifest, [config, layer])
+
+
+@pytest_twisted.ensureDeferred
+async def test_mount_of_an_old_unreferenced_layer_into_another_repository(target):
+    layer = random_bytes(200_000, "race-mount")
+    config = dump_json({"architecture": "amd64", "os": "linux", "race": "mount"})
+    digest = push_blob_http(target.url, "race/mount-from", layer)
+    manifest = image(config, layer)
+    unreferenced_long_enough()
+
+    def requests():
+        query = f"mount={urllib.parse.quote(digest)}&from=race/mount-from"
+        mounted = http_request("POST", f"{target.url}/v2/race/mount-to/blobs/uploads/?{query}", b"")
+        assert mounted.status == 201, (mounted.status, mounted.body)
+        push_blob_http(target.url, "race/mount-to", config)
+        put_manifest(target.url, "race/mount-to", "v1", manifest)
+
+    await race(target, digest, "before", requests)
+    assert_pulls(target.url, "race/mount-to", "v1", manifest, [config, layer])
+    await target.collect()
+    assert_pulls(target.url, "race/mount-to", "v1", manifest, [config, layer])
