@@ -135,11 +135,13 @@ def _makedirs(directory: str) -> None:
         _fsync_dir(os.path.dirname(folder))
 
 
-def _in_folder(full: str, create):
+def _in_folder(full: str, create, source: str | None = None):
     """
-    Run ``create()``, which makes an entry at ``full``, with its folder in
-    place: a delete of the folder's last file may remove the folder between
-    its creation and ``create()`` (then ENOENT, and the folder is made again).
+    Run ``create()``, which makes an entry at ``full`` (from ``source``, if
+    it moves one), with its folder in place: a delete of the folder's last
+    file may remove the folder between its creation and ``create()`` (then
+    ENOENT, and the folder is made again).  A missing ``source`` is the
+    caller's error.
     """
     folder = os.path.dirname(full)
     for _ in range(10):
@@ -147,8 +149,8 @@ def _in_folder(full: str, create):
         try:
             return create()
         except FileNotFoundError:
-            if os.path.isdir(folder):
-                raise  # something else is missing
+            if source is not None and not os.path.lexists(source):
+                raise
     raise OSError(errno.EAGAIN, f"{folder} keeps being removed")
 
 
@@ -350,7 +352,7 @@ class FilesystemDriver:
                     except FileExistsError:
                         raise DestinationExists(destination) from None
 
-                _in_folder(dst, rename)
+                _in_folder(dst, rename, source=src)
             _fsync_dir(os.path.dirname(dst))
 
         return self._run(move)
