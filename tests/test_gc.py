@@ -97,6 +97,18 @@ async def test_orphans_removed_referenced_kept(registry):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_removed_blob_takes_its_upstream_records_along(registry):
+    """A pull-through cache's record of which upstream sent the bytes goes with them, or it would stay forever."""
+    orphan = await push_blob(registry, "app", b"fetched from an upstream once")
+    record = paths.blob_upstream(orphan, "https://registry.example")
+    await registry.storage.write_bytes(record, b"https://registry.example")
+    report = await collect(registry.storage, GCOptions(), now=LATER)
+    assert report.blobs_removed == [(str(orphan), 29)]
+    assert (await registry.storage.stat(record)) is None
+    assert (await registry.storage.stat(paths.blob_upstreams(orphan))) is None
+
+
+@pytest_twisted.ensureDeferred
 async def test_dry_run_changes_nothing(registry):
     orphan = await push_blob(registry, "app", b"x" * 1000)
     report = await collect(registry.storage, GCOptions(dry_run=True), now=LATER)
