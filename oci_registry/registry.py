@@ -222,9 +222,9 @@ class Registry:
         await self._link_blob(name, digest)
         return True
 
-    async def _write(self, path: str, data: bytes) -> None:
+    async def _write(self, path: str, data: bytes, durable: bool = True) -> None:
         try:
-            await self.storage.write_bytes(path, data)
+            await self.storage.write_bytes(path, data, durable)
         except StorageFull:
             log.error("storage is full: could not write {path}", path=path)
             raise InsufficientStorage() from None
@@ -233,7 +233,8 @@ class Registry:
 
     async def start_upload(self, name: Name) -> UploadStatus:
         upload_id = uuid.uuid4().hex
-        await self._write(paths.upload_started(name, upload_id), str(time.time()).encode())
+        # Not fsynced: a session lost in a power cut is one the client starts again (nothing was promised yet).
+        await self._write(paths.upload_started(name, upload_id), str(time.time()).encode(), durable=False)
         return UploadStatus(name, upload_id, 0)
 
     async def upload_status(self, name: Name, upload_id: str) -> UploadStatus:

@@ -52,8 +52,8 @@ class HookedStorage:
     def read_bytes(self, path):
         return self._call("read_bytes", path)
 
-    def write_bytes(self, path, data):
-        return self._call("write_bytes", path, data)
+    def write_bytes(self, path, data, durable=True):
+        return self._call("write_bytes", path, data, durable)
 
     def stat(self, path):
         return self._call("stat", path)

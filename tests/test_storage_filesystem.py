@@ -80,6 +80,30 @@ async def test_writes_race_the_removal_of_an_emptied_folder(tmp_path):
 
 
 @pytest_twisted.ensureDeferred
+async def test_only_durable_writes_are_fsynced(tmp_path, monkeypatch):
+    """An upload session's bookkeeping (``durable=False``) costs no fsync; every other write does."""
+    from oci_registry.storage import filesystem
+
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(filesystem.os, "fsync", fsync)
+    driver = FilesystemDriver(str(tmp_path / "root"))
+    try:
+        await driver.write_bytes("uploads/u1/startedat", b"1", durable=False)
+        assert synced == []
+        assert await driver.read_bytes("uploads/u1/startedat") == b"1"
+        await driver.write_bytes("links/l1/link", b"2")
+        assert os.path.join(driver.root, "links", "l1") in synced and len(synced) >= 3
+    finally:
+        driver.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_move_fsyncs_the_file_before_renaming_it(tmp_path, monkeypatch):
     """The bytes reach the disk before the name: after a power cut the blob is whole or absent."""
     from oci_registry.storage import filesystem

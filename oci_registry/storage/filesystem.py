@@ -135,7 +135,7 @@ def _makedirs(directory: str) -> None:
         _fsync_dir(os.path.dirname(folder))
 
 
-def _in_folder(full: str, create, source: str | None = None):
+def _in_folder(full: str, create, source: str | None = None, durable: bool = True):
     """
     Run ``create()``, which makes an entry at ``full`` (from ``source``, if
     it moves one), with its folder in place: a delete of the folder's last
@@ -145,7 +145,10 @@ def _in_folder(full: str, create, source: str | None = None):
     """
     folder = os.path.dirname(full)
     for _ in range(10):
-        _makedirs(folder)
+        if durable:
+            _makedirs(folder)
+        else:
+            os.makedirs(folder, exist_ok=True)
         try:
             return create()
         except FileNotFoundError:
@@ -242,8 +245,8 @@ class FilesystemDriver:
             os.close(fd)
         return self._call(read, path)
 
-    def write_bytes(self, path, data):
-        return self._call(_atomic_write, path, bytes(data))
+    def write_bytes(self, path, data, durable=True):
+        return self._call(_atomic_write, path, bytes(data), durable)
 
     def stat(self, path):
         def stat(full):
@@ -423,7 +426,7 @@ class FilesystemDriver:
         return succeed(None)
 
 
-def _atomic_write(full: str, data: bytes) -> None:
+def _atomic_write(full: str, data: bytes, durable: bool = True) -> None:
     directory = os.path.dirname(full)
     temp = os.path.join(directory, TEMP_PREFIX + uuid.uuid4().hex)
 
@@ -431,8 +434,9 @@ def _atomic_write(full: str, data: bytes) -> None:
         try:
             with open(temp, "wb") as f:
                 f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+                if durable:
+                    f.flush()
+                    os.fsync(f.fileno())
             os.replace(temp, full)
         except BaseException:
             try:
@@ -441,8 +445,9 @@ def _atomic_write(full: str, data: bytes) -> None:
                 pass
             raise
 
-    _in_folder(full, write)
-    _fsync_dir(directory)
+    _in_folder(full, write, durable=durable)
+    if durable:
+        _fsync_dir(directory)
 
 
 @implementer(IWriter)

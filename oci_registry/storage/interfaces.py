@@ -109,8 +109,13 @@ class IStorageDriver(Interface):
     def read_bytes(path):
         """Fire with the whole content of a small file."""
 
-    def write_bytes(path, data):
-        """Atomically create or replace a small file."""
+    def write_bytes(path, data, durable=True):
+        """
+        Atomically create or replace a small file.  ``durable=False``: the
+        write may be lost in a power cut (never torn), for bookkeeping whose
+        loss only ends something not yet promised, such as an upload session's
+        start; the filesystem then skips its fsyncs.
+        """
 
     def stat(path):
         """Fire with a `FileInfo`, or None when nothing is at the path."""

@@ -285,7 +285,7 @@ class S3Driver:
         raise RuntimeError(f"upload state at {key} could not be completed")
 
     @_deferred
-    async def write_bytes(self, path, data):
+    async def write_bytes(self, path, data, durable=True):
         key = self._key(path)
         data = bytes(data)
         await self.client.put(key, data, await self.payload_hash(data))
