@@ -147,7 +147,7 @@ def main(argv=None) -> None:
         except GCAborted as e:
             stopped = "stopped before deleting anything: " if args.command == "gc" else ""
             print(f"ociregistry {args.command}: {stopped}{e}", file=sys.stderr)
-        except Exception as e:  # one line, not a traceback: the storage failed (unreachable, refused...)
+        except Exception as e:  # noqa: BLE001 one line, not a traceback: the storage failed (unreachable, refused...)
             print(f"ociregistry {args.command}: failed: {e}", file=sys.stderr)
         raise SystemExit(1)
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import attr
 
-from .errors import ManifestInvalid
+from .errors import DigestInvalid, ManifestInvalid
 from .reference import Digest
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -60,7 +60,7 @@ class Descriptor:
         raw = value.get("digest")
         try:
             digest = Digest.parse(raw)
-        except Exception:
+        except DigestInvalid:
             raise ManifestInvalid(f"{where}.digest {raw!r} is not a valid digest") from None
         artifact_type = value.get("artifactType")
         annotations = value.get("annotations")

@@ -501,8 +501,8 @@ class Registry:
             data = await self.storage.read_bytes(paths.blob_data(digest))
             doc = json.loads(data)
             return Digest.parse(doc["subject"]["digest"])
-        except Exception:
-            return None
+        except (PathNotFound, ValueError, RecursionError, KeyError, TypeError, DigestInvalid):
+            return None  # no manifest (any more), or one without a subject
 
     # -------------------------------------------------------------- discovery
 

@@ -138,7 +138,7 @@ class WorkerSupervisor(Service):
         for worker in list(self._workers.values()):
             try:
                 worker.transport.signalProcess(name)
-            except Exception as e:  # it has just ended: it is restarted with fresh settings anyway
+            except ProcessExitedAlready as e:  # it has just ended: it is restarted with fresh settings anyway
                 log.info("could not signal worker {index}: {error}", index=worker.index, error=e)
 
     def ended(self, worker: _WorkerProtocol, reason) -> None:
@@ -156,10 +156,8 @@ class WorkerSupervisor(Service):
         super().stopService()
         workers = list(self._workers.values())
         for worker in workers:
-            try:
+            with contextlib.suppress(ProcessExitedAlready):  # it has ended already: nothing to stop
                 worker.transport.signalProcess("TERM")
-            except Exception:
-                pass
         if not workers:
             return None
 

@@ -307,7 +307,7 @@ async def send_reader(request, reader, length: int) -> None:
         while remaining > 0 and not pump.stopped:
             try:
                 block = await reader.read(min(SEND_BLOCK, remaining))
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 whatever broke the read, the headers are sent: drop the connection
                 log.warn(
                     "a response body broke off after {sent} of {length} bytes: {error}",
                     sent=length - remaining,

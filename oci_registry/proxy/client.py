@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from twisted.web.client import Agent, ResponseFailed
 from zope.interface import Attribute, Interface, implementer
 
+from ..errors import DigestInvalid
 from ..manifest import MAX_MANIFEST_SIZE
 from ..reference import Digest
 from .auth import Challenge, TokenCache, basic_authorization, parse_challenges, repository_scope
@@ -261,7 +262,7 @@ class UpstreamClient:
         except ResponseFailed as e:
             reasons = "; ".join(r.getErrorMessage() for r in e.reasons)
             raise UpstreamUnavailable(f"{method} {_where(url)}: {reasons}") from None
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 refused, DNS, TLS, a timeout...: each is an upstream the client cannot use
             raise UpstreamUnavailable(f"{method} {_where(url)}: {e.__class__.__name__}: {e}") from None
 
     async def _read_body(self, response, limit: int) -> bytes:
@@ -417,7 +418,7 @@ class UpstreamClient:
         raw_digest = _header(response, "Docker-Content-Digest")
         try:
             digest = Digest.parse(raw_digest) if raw_digest else None
-        except Exception:
+        except DigestInvalid:
             digest = None
         media_type = _header(response, "Content-Type")
         media_type = media_type.split(";", 1)[0].strip() if media_type else None
@@ -455,7 +456,9 @@ class UpstreamClient:
             try:
                 data = await self._read_body(response, budget)
             except UpstreamUnavailable:
-                raise UpstreamUnavailable(f"{self.url}: the tag list of {name} is longer than {TAG_LIST_BYTES} bytes")
+                raise UpstreamUnavailable(
+                    f"{self.url}: the tag list of {name} is longer than {TAG_LIST_BYTES} bytes"
+                ) from None
             budget -= len(data)
             try:
                 page = json.loads(data)

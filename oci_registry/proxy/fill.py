@@ -201,7 +201,7 @@ class BlobFill:
                 upstream=self.upstream.url,
                 names=", ".join(sorted(map(str, self.names))),
             )
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 whatever broke the fill is every waiter's answer, not the reactor's
             self.error = e
             log.warn(
                 "fetching {digest} from {upstream} failed: {error}",
@@ -212,13 +212,17 @@ class BlobFill:
             if writer is not None:
                 try:
                     await writer.cancel()
-                except Exception:
-                    pass
+                except Exception as cancel_error:  # noqa: BLE001 the fill has failed already; this is a leftover
+                    log.warn(
+                        "cancelling the partial copy of {digest} failed: {error}",
+                        digest=str(self.digest),
+                        error=cancel_error,
+                    )
         finally:
             if upload_folder is not None:
                 try:
                     await self.storage.delete(upload_folder)
-                except Exception:
+                except Exception:  # noqa: BLE001 a folder left behind is logged; the fill's own outcome stands
                     log.failure("removing {folder} after a fill", folder=upload_folder)
             self._live.clear()
             if self.error is None:

@@ -155,7 +155,7 @@ class BodyPump(Protocol):
             return
         try:
             pending = self._sink(data)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 the sink's failure ends this transfer, with its error, not the reactor
             self._fail(e)
             return
         if pending is not None and not pending.called:

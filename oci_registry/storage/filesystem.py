@@ -527,13 +527,17 @@ class _Writer:
         self._ready.append(waiter)
         return waiter
 
-    async def _drain(self) -> None:
-        """Wait until every buffered byte is in the file (or an error)."""
+    async def _settle(self) -> None:
+        """Wait until every buffered byte is in the file, or a write has failed."""
         while self._error is None and (self._pending or self._in_flight):
             self._pump()
             waiter = Deferred()
             self._idle.append(waiter)
             await waiter
+
+    async def _drain(self) -> None:
+        """Wait until every buffered byte is in the file; raise the error of a write that failed."""
+        await self._settle()
         if self._error is not None:
             raise self._error
 
@@ -577,10 +581,7 @@ class _Writer:
         self._pending_bytes = 0
 
         async def cancel():
-            try:
-                await self._drain()
-            except Exception:
-                pass
+            await self._settle()  # a failed write does not matter to a file that is removed
             self._closed = True
 
             def remove():

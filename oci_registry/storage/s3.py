@@ -39,6 +39,7 @@ import json
 import attr
 from twisted.internet.defer import Deferred, DeferredLock, DeferredSemaphore, fail, gatherResults, succeed
 from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
@@ -48,6 +49,8 @@ from .filesystem import FileInfo
 from .interfaces import DestinationExists, IReader, IStorageDriver, IWriter, PathNotFound, SourceChanged, StorageFull
 from .s3client import CONNECTION_ERRORS, S3Client, S3Error
 from .settings import MIN_PART_SIZE, S3Settings
+
+log = Logger()
 
 STATE_HEADER = "ociregistry-upload"  # x-amz-meta-ociregistry-upload: <size>, on upload state objects
 MAX_PARTS = 10000  # S3's limit per multipart upload
@@ -594,11 +597,16 @@ class _Writer:
         self._room.append(waiter)
         return waiter
 
-    async def _drain(self) -> None:
+    async def _settle(self) -> None:
+        """Wait until no part is being sent (each has been stored, or failed)."""
         while self._in_flight:
             waiter = Deferred()
             self._idle.append(waiter)
             await waiter
+
+    async def _drain(self) -> None:
+        """Wait until no part is being sent; raise the error of one that failed."""
+        await self._settle()
         if self._error is not None:
             raise self._error
 
@@ -645,16 +653,13 @@ class _Writer:
     @_deferred
     async def cancel(self):
         self._chunks, self._buffered = [], 0
-        try:
-            await self._drain()
-        except Exception:
-            pass
+        await self._settle()  # a part that failed does not matter to an upload that is aborted
         self._closed = True
         if self._state_size is not None:
             try:
                 await self._load_state()
-            except Exception:
-                pass
+            except Exception as e:  # noqa: BLE001 cancel removes what it can: without the state, the key below
+                log.warn("cancelling the upload at {key}: its state could not be read: {error}", key=self._key, error=e)
         if self._upload_id is not None:
             await self._client.abort_multipart(self._key, self._upload_id)
         await self._client.delete(self._key)
