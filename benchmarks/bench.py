@@ -14,7 +14,7 @@ import sys
 # checkout's root there instead, so that ``benchmarks`` is the package.
 sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from benchmarks.cli import run
+from benchmarks.cli import run  # noqa: E402 (needs the sys.path set above)
 
 if __name__ == "__main__":
     sys.exit(run())

@@ -14,7 +14,7 @@ TESTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if TESTS not in sys.path:
     sys.path.append(TESTS)
 
-from registry_process import (
+from registry_process import (  # noqa: E402 (from tests/, put on sys.path above)
     RegistryProcess,
     descendants,
     free_port,
@@ -22,7 +22,7 @@ from registry_process import (
     proc_status_kib,
     registry_environment,
 )
-from seaweedfs_process import SeaweedFSProcess, find_weed
+from seaweedfs_process import SeaweedFSProcess, find_weed  # noqa: E402
 
 __all__ = [
     "RegistryProcess",

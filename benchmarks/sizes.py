@@ -31,4 +31,4 @@ class Sizes:
         return self.big_blob * self.huge_repeats
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in vars(self).items()} | {"huge_blob": self.huge_blob}
+        return dict(vars(self)) | {"huge_blob": self.huge_blob}

@@ -23,7 +23,8 @@ YAML (every key optional)::
     min_body_rate: 1024           # bytes/s a request body must average over client_timeout (0: off)
     storage: {s3: {bucket: ...}}  # object storage instead of data_dir: see oci_registry/storage/settings.py
     auth: {...}                   # users, access rules, tokens: see oci_registry/auth/config.py, docs/auth.md
-    proxies: [{prefix: dockerhub, url: "https://registry-1.docker.io", tag_ttl: 5m}]  # pull-through caches: docs/proxy.md
+    # pull-through caches: docs/proxy.md
+    proxies: [{prefix: dockerhub, url: "https://registry-1.docker.io", tag_ttl: 5m}]
 """
 
 from __future__ import annotations

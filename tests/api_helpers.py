@@ -351,7 +351,7 @@ async def push_index(
                 "size": len(image.manifest),
                 "platform": {"architecture": arch, "os": "linux"},
             }
-            for image, arch in zip(manifests, ["amd64", "arm64", "s390x", "ppc64le", "riscv64", "386"])
+            for image, arch in zip(manifests, ["amd64", "arm64", "s390x", "ppc64le", "riscv64", "386"], strict=False)
         ],
     }
     document.update(extra)

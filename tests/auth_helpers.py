@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from urllib.parse import urlencode, urlsplit
 
 import bcrypt
+
 from registry_process import RegistryProcess, free_port
 
 HTPASSWD = shutil.which("htpasswd")

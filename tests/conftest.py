@@ -12,7 +12,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from registry_process import RegistryProcess  # noqa: E402
+from registry_process import RegistryProcess
 
 TARGET = os.environ.get("OCIREGISTRY_TEST_TARGET", "ociregistry")
 

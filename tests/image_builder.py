@@ -553,10 +553,10 @@ def push_same_blob_and_tag_through_both(a, b, name: str, layout_path, blob_size:
         try:
             push_blob_http(registry.url, name, shared)
             push_image_http(registry.url, name, layout, image, tag="race")
-        except BaseException as e:  # reported below
+        except BaseException as e:  # noqa: BLE001 reported below, by the main thread
             errors.append(e)
 
-    threads = [threading.Thread(target=push, args=(r, i)) for r, i in zip((a, b), images)]
+    threads = [threading.Thread(target=push, args=(r, i)) for r, i in zip((a, b), images, strict=True)]
     for thread in threads:
         thread.start()
     for thread in threads:

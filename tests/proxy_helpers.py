@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
+
 from image_builder import MEDIA_TYPE_OCI_MANIFEST, HTTPResponse, http_request, sha256_digest
 
 PROXY_AGENT = "ociregistry-proxy"

@@ -23,10 +23,10 @@ import urllib.request
 import uuid
 
 import pytest
-from seaweedfs_process import SeaweedFSProcess, find_weed
 
 from oci_registry.storage import sigv4
 from oci_registry.storage.settings import S3Settings
+from seaweedfs_process import SeaweedFSProcess, find_weed
 
 ACCESS_KEY = "ociregistry-test"
 SECRET_KEY = "ociregistry-test-secret"

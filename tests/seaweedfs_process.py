@@ -64,7 +64,10 @@ class SeaweedFSProcess:
     # hooks
 
     def signed_request(self, method: str, path: str, body: bytes = b"", timeout: float = 10.0) -> tuple[int, bytes]:
-        """One request signed with the identity's keys: its status and body.  ``path`` is ``/bucket[/key]``, unencoded."""
+        """
+        One request signed with the identity's keys: its status and body.
+        ``path`` is ``/bucket[/key]``, unencoded.
+        """
         raise NotImplementedError
 
     def exited(self) -> NoReturn:

@@ -10,10 +10,10 @@ import pytest
 import pytest_twisted
 
 from api_helpers import (
+    EMPTY_JSON,
     OCI_EMPTY,
     OCI_INDEX,
     OCI_MANIFEST,
-    EMPTY_JSON,
     Image,
     assert_api_version,
     assert_error,

@@ -9,9 +9,9 @@ import pytest
 import pytest_twisted
 
 from api_helpers import (
-    assert_manifest_body,
     assert_api_version,
     assert_error,
+    assert_manifest_body,
     fetch,
     get,
     get_manifest,

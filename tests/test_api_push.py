@@ -17,7 +17,6 @@ from twisted.web.client import FileBodyProducer
 from twisted.web.iweb import UNKNOWN_LENGTH
 
 from api_helpers import (
-    assert_manifest_body,
     DOCKER_LIST,
     DOCKER_MANIFEST,
     OCI_CONFIG,
@@ -28,6 +27,7 @@ from api_helpers import (
     assert_api_version,
     assert_digest_header,
     assert_error,
+    assert_manifest_body,
     descriptor,
     encode,
     fetch,
@@ -688,8 +688,9 @@ async def test_put_manifest_keeps_exact_bytes(registry):
     """Odd but valid JSON (key order, spacing, unicode escapes) must come back byte for byte."""
     name = unique_name()
     config, layer = await _blobs_for_manifest(registry, name)
+    # % keeps the document's own braces readable
     body = (
-        '{ "layers" : [ {"size":%d, "digest":"%s", "mediaType":"%s"} ],\n'
+        '{ "layers" : [ {"size":%d, "digest":"%s", "mediaType":"%s"} ],\n'  # noqa: UP031
         '\t"annotations": {"caf\\u00e9": "\u00e9t\u00e9"}, "schemaVersion" : 2,'
         ' "config": {"mediaType":"%s","size":%d,"digest":"%s"},'
         ' "mediaType": "%s"   }'
@@ -1081,5 +1082,5 @@ async def test_pushed_image_is_complete(registry):
     image = await push_image(registry, name, tag, layers=2)
     manifest = (await get_manifest(registry, name, tag)).json()
     assert manifest["config"]["digest"] == sha256_digest(image.config)
-    for desc, data in zip(manifest["layers"], image.layers):
+    for desc, data in zip(manifest["layers"], image.layers, strict=True):
         await assert_blob(registry, name, desc["digest"], data)

@@ -16,6 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+
 from auth_helpers import (
     HTPASSWD,
     PASSWORDS,
@@ -383,7 +384,10 @@ def test_failed_logins_are_rate_limited_per_address(tmp_path):
 
 
 def test_guesses_sent_at_once_count_while_they_are_checked(tmp_path):
-    """150 guesses at once with a limit of 10: at most 10 are checked, the rest (and then the right password) get 429."""
+    """
+    150 guesses at once with a limit of 10: at most 10 are checked, the rest
+    (and then the right password) get 429.
+    """
     write_htpasswd(tmp_path / "htpasswd", {"alice": "right"}, cost=10)
     process = start_registry(tmp_path, "  htpasswd: htpasswd\n  max_failed_logins: 10\n  failed_login_window: 60s\n")
     try:

@@ -18,6 +18,7 @@ import shutil
 import subprocess
 
 import pytest
+
 from auth_helpers import (
     HTPASSWD,
     PASSWORDS,

@@ -19,6 +19,11 @@ from urllib.parse import urlencode
 
 import jwt
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+
 from auth_helpers import (
     PASSWORDS,
     RULES,
@@ -34,10 +39,6 @@ from auth_helpers import (
     start_registry,
     write_htpasswd,
 )
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
 from proxy_helpers import TokenServer
 from registry_process import RegistryProcess
 

@@ -271,8 +271,7 @@ def test_config_paths_and_round_trip(tmp_path):
     config_path = tmp_path / "etc" / "config.yaml"
     config_path.parent.mkdir()
     config_path.write_text(
-        "auth:\n  htpasswd: users\n  token: {service: reg}\n"
-        + "  access:\n    - {repository: 'a/**', pull: [anonymous]}\n"
+        "auth:\n  htpasswd: users\n  token: {service: reg}\n  access:\n    - {repository: 'a/**', pull: [anonymous]}\n"
     )
     config = Config.load(str(config_path), data_dir=str(tmp_path / "data"))
     assert config.auth.htpasswd == str(tmp_path / "etc" / "users")

@@ -30,7 +30,7 @@ def request(registry, method, path, body=None, headers=None, timeout=30):
     try:
         c.request(method, path, body=body, headers=headers or {})
         r = c.getresponse()
-        return r.status, dict((k.lower(), v) for k, v in r.getheaders()), r.read()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
     finally:
         c.close()
 

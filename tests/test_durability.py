@@ -16,6 +16,7 @@ import time
 import urllib.parse
 
 import pytest
+
 from image_builder import MEDIA_TYPE_OCI_MANIFEST, http_request, push_blob_http, random_bytes, sha256_digest
 from registry_process import RegistryProcess
 from s3_server import s3_server  # noqa: F401  (the session fixture)

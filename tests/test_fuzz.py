@@ -85,7 +85,7 @@ def send(registry, method, path, body=None, headers=None):
             c.putheader("Content-Length", str(len(body)))
         c.endheaders(body)
         r = c.getresponse()
-        return r.status, dict((k.lower(), v) for k, v in r.getheaders()), r.read()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
     finally:
         c.close()
 

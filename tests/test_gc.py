@@ -13,17 +13,17 @@ import time
 
 import pytest
 import pytest_twisted
+
 from gc_helpers import HookedStorage, first
 from image_builder import OCILayout
-from registry_process import RegistryProcess, registry_environment
-from s3_server import s3_server  # noqa: F401  (the session fixture)
-
 from oci_registry import paths
 from oci_registry.errors import BlobUploadUnknown
 from oci_registry.gc import DAY, GCAborted, GCOptions, collect, usage
 from oci_registry.reference import Digest, Name, Tag
 from oci_registry.registry import Registry
 from oci_registry.storage.filesystem import FilesystemDriver
+from registry_process import RegistryProcess, registry_environment
+from s3_server import s3_server  # noqa: F401  (the session fixture)
 
 LATER = time.time() + 3 * DAY  # "now" for a GC run long after the pushes below
 

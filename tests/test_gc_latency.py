@@ -17,6 +17,7 @@ import re
 import time
 
 import pytest
+
 from image_builder import MEDIA_TYPE_OCI_MANIFEST
 from registry_process import RegistryProcess
 

@@ -13,11 +13,13 @@ wrapper that makes the client's requests at the chosen call.
 from __future__ import annotations
 
 import json
-import urllib.parse
 import time
+import urllib.parse
 
 import pytest
 import pytest_twisted
+from twisted.internet.threads import deferToThread
+
 from gc_helpers import MUTATIONS, HookedStorage, first
 from image_builder import (
     MEDIA_TYPE_OCI_CONFIG,
@@ -30,14 +32,12 @@ from image_builder import (
     random_bytes,
     sha256_digest,
 )
-from registry_process import RegistryProcess
-from s3_server import s3_server  # noqa: F401  (the session fixture)
-from twisted.internet.threads import deferToThread
-
 from oci_registry import paths
 from oci_registry.gc import GCOptions, collect
 from oci_registry.reference import Digest, Name
 from oci_registry.storage.filesystem import FilesystemDriver
+from registry_process import RegistryProcess
+from s3_server import s3_server  # noqa: F401  (the session fixture)
 
 pytestmark = pytest.mark.ociregistry_only
 

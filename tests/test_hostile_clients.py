@@ -27,6 +27,7 @@ import sys
 import time
 
 import pytest
+
 from auth_helpers import (
     OCI_CONFIG,
     OCI_LAYER,

@@ -129,7 +129,10 @@ def test_trickling_body_is_dropped_while_others_are_served(limited):
 
 
 def trickle(sock, seconds: float, step: float = 0.3) -> float | None:
-    """Send a header byte every ``step`` seconds; when the registry closed the connection (None: not within ``seconds``)."""
+    """
+    Send a header byte every ``step`` seconds; when the registry closed the
+    connection (None: not within ``seconds``).
+    """
     started = time.monotonic()
     sock.settimeout(step)
     while time.monotonic() - started < seconds:

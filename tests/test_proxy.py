@@ -20,6 +20,7 @@ import threading
 import time
 
 import pytest
+
 from image_builder import (
     MEDIA_TYPE_OCI_INDEX,
     MEDIA_TYPE_OCI_MANIFEST,
@@ -537,7 +538,7 @@ def test_redirects_to_object_storage_and_rate_limits(proxy, edge, token_upstream
     ] * 2
     assert "rate limited" in proxy.log()
     # The client's Accept header went upstream as it was.
-    manifest_requests = [h for (_, path), h in zip(edge.requests, edge.headers) if "/manifests/" in path]
+    manifest_requests = [h for (_, path), h in zip(edge.requests, edge.headers, strict=True) if "/manifests/" in path]
     assert {h.get("Accept") for h in manifest_requests} == {ACCEPT}
 
     # Every blob came from the object store, and no credentials went there.

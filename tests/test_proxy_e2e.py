@@ -9,6 +9,7 @@ upstream's access log shows each blob fetched once.
 from __future__ import annotations
 
 import pytest
+
 from image_builder import MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_MANIFEST, OCILayout
 from proxy_helpers import TokenServer, upstream_requests
 from registry_process import RegistryProcess

@@ -15,6 +15,7 @@ import threading
 import time
 
 import pytest
+
 from auth_helpers import write_htpasswd
 from image_builder import MEDIA_TYPE_OCI_MANIFEST, http_request, push_blob_http, random_bytes, sha256_digest
 from proxy_helpers import ScriptedUpstream, basic, push_blob, serve

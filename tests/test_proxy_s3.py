@@ -11,6 +11,7 @@ import http.client
 import threading
 
 import pytest
+
 from image_builder import http_request, push_blob_http, random_bytes
 from proxy_helpers import ScriptedUpstream, serve, upstream_requests
 from registry_process import RegistryProcess

@@ -15,6 +15,7 @@ import urllib.parse
 import urllib.request
 
 import pytest
+
 from image_builder import (
     MEDIA_TYPE_OCI_MANIFEST,
     OCILayout,
@@ -27,11 +28,10 @@ from image_builder import (
     push_same_blob_and_tag_through_both,
     sha256_digest,
 )
+from oci_registry.storage.settings import MIN_PART_SIZE
 from registry_process import RegistryProcess, registry_environment
 from s3_server import s3_server  # noqa: F401  (the session fixture)
 from test_e2e_skopeo import SKOPEO, assert_same_layouts, copy_args, skopeo, skopeo_env  # noqa: F401
-
-from oci_registry.storage.settings import MIN_PART_SIZE
 
 pytestmark = pytest.mark.ociregistry_only
 
@@ -94,7 +94,7 @@ def test_chunked_upload_alternating_between_replicas(replicas, s3_server, s3_set
     assert started.headers["oci-chunk-min-length"] == str(MIN_PART_SIZE)
     path = started.headers["location"]
     offset = 0
-    for registry, chunk in zip((b, a, b), chunks):
+    for registry, chunk in zip((b, a, b), chunks, strict=True):
         response = http_request(
             "PATCH",
             absolute(registry, path),

@@ -1,4 +1,7 @@
-"""SigV4 against the worked examples in the Amazon S3 API reference (sig-v4-header-based-auth, sigv4-query-string-auth)."""
+"""
+SigV4 against the worked examples in the Amazon S3 API reference
+(sig-v4-header-based-auth, sigv4-query-string-auth).
+"""
 
 import hashlib
 from datetime import datetime, timezone

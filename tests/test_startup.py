@@ -23,6 +23,7 @@ import time
 import urllib.request
 
 import pytest
+
 from registry_process import REPOSITORY_ROOT, RegistryProcess, free_port, registry_environment
 
 pytestmark = pytest.mark.ociregistry_only
@@ -51,7 +52,10 @@ def twistd(cwd, *args, twistd_args=(), timeout=30, **kwargs) -> tuple[int, str]:
 
 
 def assert_fails_at_once(status: int, output: str, expected_status: int, cause: str) -> None:
-    """Exit ``expected_status``; exactly one line says ``cause`` (a regular expression); no traceback, no "listening"."""
+    """
+    Exit ``expected_status``; exactly one line says ``cause`` (a regular
+    expression); no traceback, no "listening".
+    """
     lines = [line for line in output.splitlines() if re.search(cause, line)]
     assert status == expected_status, output
     assert len(lines) == 1, output

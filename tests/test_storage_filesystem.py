@@ -5,10 +5,10 @@ import pathlib
 
 import pytest
 import pytest_twisted
-from storage_suite import StorageSuite
 
 from oci_registry.storage.filesystem import TEMP_PREFIX, FilesystemDriver
 from oci_registry.storage.interfaces import StorageFull
+from storage_suite import StorageSuite
 
 
 class TestFilesystemStorage(StorageSuite):

@@ -24,6 +24,7 @@ import urllib.request
 import uuid
 
 import pytest
+
 from registry_process import RegistryProcess, free_port
 from s3_server import BUCKET, s3_server  # noqa: F401  (the session fixture)
 from test_startup import (  # noqa: F401  (nobody: a fixture)
@@ -209,7 +210,7 @@ def test_s3_outage_is_503_logged_once_and_recovers(s3_server, relay, tmp_path): 
         layer, manifest = push_image(registry.url, "outage/app", "v1")
         relay.cut()
         took = []
-        for round_ in range(2):
+        for _ in range(2):  # the first round meets the outage, the second finds it known
             for method, url, body, headers in every_kind_of_request(registry.url, "outage/app", layer, manifest):
                 status, answer, seconds = request(method, url, body, headers)
                 assert_unavailable(status, answer, (method, url))

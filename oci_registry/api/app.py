@@ -12,24 +12,25 @@ from klein import Klein
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
-from werkzeug.routing import PathConverter
 from werkzeug.exceptions import NotFound as RouteNotFound
+from werkzeug.routing import PathConverter
 
+from ..auth import CATALOG, IAuthorizer, InsufficientScope, OpenAccess, delete, pull, push
 from ..errors import (
     Denied,
     DigestInvalid,
     InsufficientStorage,
+    ManifestUnknown,
     NotFound,
     RegistryError,
+    TagInvalid,
     TooManyRequests,
     Unauthorized,
     Unavailable,
     Unsupported,
     UploadRangeInvalid,
 )
-from ..auth import CATALOG, IAuthorizer, InsufficientScope, OpenAccess, delete, pull, push
 from ..manifest import OCI_INDEX
-from ..errors import ManifestUnknown, TagInvalid
 from ..reference import Digest, Name, Tag, parse_reference
 from ..registry import Registry, UploadStatus, upload_location
 from ..storage.interfaces import StorageFull, StorageUnavailable

@@ -199,7 +199,8 @@ class ProxyRegistry:
         route = self.route(name)
         if route is not None:
             raise Unsupported(
-                f"{name} is a pull-through cache of {route.upstream.config.url}; it cannot be pushed to or deleted from",
+                f"{name} is a pull-through cache of {route.upstream.config.url};"
+                " it cannot be pushed to or deleted from",
                 message="the repository is a read-only pull-through cache",
             )
 

@@ -16,7 +16,10 @@ class Options(usage.Options):
             "s3-bucket",
             None,
             None,
-            "Store in this S3 bucket instead of --data-dir (keys: config file or OCIREGISTRY_S3_* / AWS_* environment).",
+            (
+                "Store in this S3 bucket instead of --data-dir"
+                " (keys: config file or OCIREGISTRY_S3_* / AWS_* environment)."
+            ),
         ],
         ["s3-endpoint", None, None, "S3 endpoint URL, e.g. http://127.0.0.1:8333 (default: AWS for --s3-region)."],
         ["s3-region", None, None, "S3 region (default us-east-1)."],
@@ -33,13 +36,13 @@ class Options(usage.Options):
         self["proxy"] = []
 
     def opt_listen(self, description):
-        """Twisted endpoint to listen on (repeatable), e.g. tcp:5000, ssl:5443:privateKey=k.pem:certKey=c.pem, unix:/run/reg.sock. Default tcp:5000."""
+        """Twisted endpoint to listen on (repeatable), e.g. tcp:5000, ssl:5443:privateKey=k.pem:certKey=c.pem, unix:/run/reg.sock. Default tcp:5000."""  # noqa: E501 twistd --help shows it, wrapped: one line
         self["listen"].append(description)
 
     opt_l = opt_listen
 
     def opt_proxy(self, mapping):
-        """Pull-through cache (repeatable): PREFIX=URL, e.g. dockerhub=https://registry-1.docker.io, ghcr=https://user:token@ghcr.io; an empty PREFIX mirrors a whole registry. Replaces the config file's proxies."""
+        """Pull-through cache (repeatable): PREFIX=URL, e.g. dockerhub=https://registry-1.docker.io, ghcr=https://user:token@ghcr.io; an empty PREFIX mirrors a whole registry. Replaces the config file's proxies."""  # noqa: E501 twistd --help shows it, wrapped: one line
         self["proxy"].append(mapping)
 
 
