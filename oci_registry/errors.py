@@ -33,32 +33,128 @@ class RegistryError(Exception):
         return f"{type(self).__name__}({self.code}, {self.message!r}, {self.detail!r})"
 
 
-def _error(name: str, code: str, status: int, message: str) -> type[RegistryError]:
-    return type(name, (RegistryError,), {"code": code, "status": status, "message": message})
+# One class per error code of the spec (and the registry's own 5xx ones), so
+# that each is a type: raised, caught and named in annotations.
 
 
-BlobUnknown = _error("BlobUnknown", "BLOB_UNKNOWN", 404, "blob unknown to registry")
-BlobUploadInvalid = _error("BlobUploadInvalid", "BLOB_UPLOAD_INVALID", 400, "blob upload invalid")
-BlobUploadUnknown = _error("BlobUploadUnknown", "BLOB_UPLOAD_UNKNOWN", 404, "blob upload unknown to registry")
-DigestInvalid = _error("DigestInvalid", "DIGEST_INVALID", 400, "provided digest did not match uploaded content")
-ManifestBlobUnknown = _error(
-    "ManifestBlobUnknown", "MANIFEST_BLOB_UNKNOWN", 400, "manifest references a manifest or blob unknown to registry"
-)
-ManifestInvalid = _error("ManifestInvalid", "MANIFEST_INVALID", 400, "manifest invalid")
-ManifestUnknown = _error("ManifestUnknown", "MANIFEST_UNKNOWN", 404, "manifest unknown to registry")
-NameInvalid = _error("NameInvalid", "NAME_INVALID", 400, "invalid repository name")
-NameUnknown = _error("NameUnknown", "NAME_UNKNOWN", 404, "repository name not known to registry")
-SizeInvalid = _error("SizeInvalid", "SIZE_INVALID", 400, "provided length did not match content length")
-TooLarge = _error("TooLarge", "SIZE_INVALID", 413, "payload too large")
-Unauthorized = _error("Unauthorized", "UNAUTHORIZED", 401, "authentication required")
-Denied = _error("Denied", "DENIED", 403, "requested access to the resource is denied")
-Unsupported = _error("Unsupported", "UNSUPPORTED", 405, "the operation is unsupported")
-TooManyRequests = _error("TooManyRequests", "TOOMANYREQUESTS", 429, "too many requests")
-TagInvalid = _error("TagInvalid", "TAG_INVALID", 400, "invalid tag")
-RangeInvalid = _error("RangeInvalid", "RANGE_INVALID", 416, "requested range not satisfiable")
-NotFound = _error("NotFound", "NOT_FOUND", 404, "no such endpoint")
-InsufficientStorage = _error("InsufficientStorage", "INSUFFICIENT_STORAGE", 507, "the registry's storage is full")
-Unavailable = _error("Unavailable", "UNAVAILABLE", 503, "the registry cannot serve this request right now")
+class BlobUnknown(RegistryError):
+    code = "BLOB_UNKNOWN"
+    status = 404
+    message = "blob unknown to registry"
+
+
+class BlobUploadInvalid(RegistryError):
+    code = "BLOB_UPLOAD_INVALID"
+    status = 400
+    message = "blob upload invalid"
+
+
+class BlobUploadUnknown(RegistryError):
+    code = "BLOB_UPLOAD_UNKNOWN"
+    status = 404
+    message = "blob upload unknown to registry"
+
+
+class DigestInvalid(RegistryError):
+    code = "DIGEST_INVALID"
+    status = 400
+    message = "provided digest did not match uploaded content"
+
+
+class ManifestBlobUnknown(RegistryError):
+    code = "MANIFEST_BLOB_UNKNOWN"
+    status = 400
+    message = "manifest references a manifest or blob unknown to registry"
+
+
+class ManifestInvalid(RegistryError):
+    code = "MANIFEST_INVALID"
+    status = 400
+    message = "manifest invalid"
+
+
+class ManifestUnknown(RegistryError):
+    code = "MANIFEST_UNKNOWN"
+    status = 404
+    message = "manifest unknown to registry"
+
+
+class NameInvalid(RegistryError):
+    code = "NAME_INVALID"
+    status = 400
+    message = "invalid repository name"
+
+
+class NameUnknown(RegistryError):
+    code = "NAME_UNKNOWN"
+    status = 404
+    message = "repository name not known to registry"
+
+
+class SizeInvalid(RegistryError):
+    code = "SIZE_INVALID"
+    status = 400
+    message = "provided length did not match content length"
+
+
+class TooLarge(RegistryError):
+    code = "SIZE_INVALID"
+    status = 413
+    message = "payload too large"
+
+
+class Unauthorized(RegistryError):
+    code = "UNAUTHORIZED"
+    status = 401
+    message = "authentication required"
+
+
+class Denied(RegistryError):
+    code = "DENIED"
+    status = 403
+    message = "requested access to the resource is denied"
+
+
+class Unsupported(RegistryError):
+    code = "UNSUPPORTED"
+    status = 405
+    message = "the operation is unsupported"
+
+
+class TooManyRequests(RegistryError):
+    code = "TOOMANYREQUESTS"
+    status = 429
+    message = "too many requests"
+
+
+class TagInvalid(RegistryError):
+    code = "TAG_INVALID"
+    status = 400
+    message = "invalid tag"
+
+
+class RangeInvalid(RegistryError):
+    code = "RANGE_INVALID"
+    status = 416
+    message = "requested range not satisfiable"
+
+
+class NotFound(RegistryError):
+    code = "NOT_FOUND"
+    status = 404
+    message = "no such endpoint"
+
+
+class InsufficientStorage(RegistryError):
+    code = "INSUFFICIENT_STORAGE"
+    status = 507
+    message = "the registry's storage is full"
+
+
+class Unavailable(RegistryError):
+    code = "UNAVAILABLE"
+    status = 503
+    message = "the registry cannot serve this request right now"
 
 
 class UploadRangeInvalid(BlobUploadInvalid):

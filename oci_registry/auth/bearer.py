@@ -125,9 +125,9 @@ class TokenAuthorizer:
         granted = {a.name for a in token.access if a.type == "repository" and ("pull" in a.actions or "*" in a.actions)}
         catalog = covers(list(token.access), ("registry", "catalog", ("*",)))
         policy = self._policy()
-        if catalog and policy is None:
-            return names
         if catalog:
+            if policy is None:
+                return names
             allowed = set(policy.may_pull(policy.identity(token.subject or None), names))
             granted |= allowed
         return [n for n in names if n in granted]

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import Any
 
 import attr
 import yaml
@@ -54,8 +55,10 @@ _TOKEN_KEYS = {"service", "issuer", "expiry", "key", "realm", "public_key"}
 
 
 def _path(value, base: str | None, what: str) -> str | None:
-    if value is None:
-        return None
+    return None if value is None else _file_path(value, base, what)
+
+
+def _file_path(value, base: str | None, what: str) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"{what} must be a file path")
     value = os.path.expanduser(value)
@@ -91,7 +94,7 @@ class TokenConfig:
         unknown = set(value) - _TOKEN_KEYS
         if unknown:
             raise ValueError(f"unknown token keys: {', '.join(sorted(map(str, unknown)))}")
-        values = {}
+        values: dict[str, Any] = {}
         for key in ("service", "issuer", "realm"):
             if value.get(key) is not None:
                 values[key] = _text(value[key], f"token.{key}")
@@ -145,7 +148,7 @@ class AuthConfig:
             return value
         if isinstance(value, str):
             base = os.path.dirname(os.path.abspath(source)) if source else None
-            path = _path(value, base, "auth")
+            path = _file_path(value, base, "auth")
             return cls._from_mapping(_read_yaml(path), path, None)
         return cls._from_mapping(value, source and os.path.abspath(source), "auth" if source else None)
 

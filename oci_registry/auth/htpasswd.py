@@ -92,10 +92,15 @@ def verify_hash(stored: str, password: bytes) -> bool:
         except ValueError:
             return False
     if kind == "apr1":
-        salt = _APR1.match(stored).group(1).encode()
+        apr1 = _APR1.match(stored)
+        if apr1 is None:
+            return False
+        salt = apr1.group(1).encode()
         return hmac.compare_digest(apr1_md5(password, salt).encode(), stored.encode())
     if kind in ("sha256-crypt", "sha512-crypt"):
         match = _SHA_CRYPT.match(stored)
+        if match is None:
+            return False
         rounds = int(match.group(2)) if match.group(2) else None
         expected = sha_crypt(password, match.group(3).encode(), rounds, 256 if kind == "sha256-crypt" else 512)
         return hmac.compare_digest(expected.encode(), stored.encode())
@@ -207,7 +212,7 @@ def sha_crypt(password: bytes, salt: bytes, rounds: int | None, bits: int) -> st
     new = hashlib.sha256 if bits == 256 else hashlib.sha512
     size = bits // 8
     explicit = rounds is not None
-    rounds = min(max(rounds if explicit else 5000, 1000), 999_999_999)
+    rounds = min(max(rounds if rounds is not None else 5000, 1000), 999_999_999)
     salt = salt[:16]
     alternate = new(password + salt + password).digest()
     context = new(password + salt)

@@ -47,15 +47,19 @@ class LoginPool:
         return self._pool is not None
 
     def start(self) -> None:
+        self._start()
+
+    def _start(self) -> ThreadPool:
         if self._pool is not None:
-            return
+            return self._pool
         if self._reactor is None:
             from twisted.internet import reactor
 
             self._reactor = reactor
-        self._pool = ThreadPool(self.threads, self.threads, name="ociregistry-login")
-        self._pool.start()
+        pool = self._pool = ThreadPool(self.threads, self.threads, name="ociregistry-login")
+        pool.start()
         self._trigger = self._reactor.addSystemEventTrigger("during", "shutdown", self.stop)
+        return pool
 
     def stop(self) -> None:
         pool, self._pool = self._pool, None
@@ -84,10 +88,10 @@ class LoginPool:
                 headers={"Retry-After": "1"},
             )
         self._refusing = False
-        self.start()
+        pool = self._start()
         self.in_flight += 1
         done: Deferred = Deferred()
-        reactor, pool = self._reactor, self._pool
+        reactor = self._reactor
 
         def finished(success, result):  # in the pool's thread
             reactor.callFromThread(self._finished, done, success, result)
@@ -106,7 +110,7 @@ class LoginPool:
 class LoginPoolService(Service):
     """Runs a `LoginPool` while the service runs."""
 
-    name = "login-pool"
+    name = "login-pool"  # type: ignore[assignment]  # Twisted declares Service.name by its default, None
 
     def __init__(self, pool: LoginPool):
         self.pool = pool

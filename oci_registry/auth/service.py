@@ -69,7 +69,8 @@ class Auth:
             )
             return
         users = len(self.state.users) if self.state and self.state.users is not None else 0
-        if config.mode == "basic":
+        token = config.token
+        if token is None:  # config.mode == "basic"
             log.info(
                 "auth: HTTP Basic, realm {realm!r}, {users} users from {htpasswd}, {rules} access rules",
                 realm=config.realm,
@@ -77,12 +78,12 @@ class Auth:
                 htpasswd=config.htpasswd or "(no htpasswd file)",
                 rules=len(config.access),
             )
-        elif config.mode == "token":
+        elif not token.external:  # config.mode == "token"
             log.info(
                 "auth: bearer tokens from the built-in /token endpoint (service {service!r}, issuer "
                 "{issuer!r}, key {key}), {users} users from {htpasswd}, {rules} access rules",
-                service=config.token.service,
-                issuer=config.token.issuer,
+                service=token.service,
+                issuer=token.issuer,
                 key=self.key_path,
                 users=users,
                 htpasswd=config.htpasswd or "(no htpasswd file)",
@@ -92,10 +93,10 @@ class Auth:
             log.info(
                 "auth: bearer tokens from the external token server {realm} (issuer {issuer!r}, service "
                 "{service!r}, keys from {key})",
-                realm=config.token.realm,
-                issuer=config.token.issuer,
-                service=config.token.service,
-                key=config.token.public_key,
+                realm=token.realm,
+                issuer=token.issuer,
+                service=token.service,
+                key=token.public_key,
             )
         if config.mode != "external-token" and not config.access and not config.admins:
             log.warn("auth: no access rules and no admins: nobody may pull or push")
@@ -122,7 +123,7 @@ class Auth:
 
 
 class SighupReload(Service):
-    name = "auth-reload"
+    name = "auth-reload"  # type: ignore[assignment]  # Twisted declares Service.name by its default, None
 
     def __init__(self, auth: Auth, reactor=None, forward=None):
         self._auth = auth
@@ -170,16 +171,15 @@ def _build_auth(config, reactor) -> Auth:
     auth: AuthConfig | None = getattr(config, "auth", None)
     if auth is None:
         return Auth(None, OpenAccess())
-    if auth.mode == "external-token":
-        token = auth.token
+    token = auth.token
+    if token is not None and token.public_key is not None:  # auth.mode == "external-token"
         verifier = TokenVerifier(load_public_keys(token.public_key), token.issuer, token.service)
         return Auth(auth, TokenAuthorizer(verifier, token.service, token.realm))
     state = AuthState(auth)
     pool = LoginPool(reactor)
     login = PasswordLogin(state, pool)
-    if auth.mode == "basic":
+    if token is None:  # auth.mode == "basic"
         return Auth(auth, BasicAuthorizer(state, login), state, login_pool=pool)
-    token = auth.token
     key_path = token.key or default_token_key(config.data_dir)
     key = load_or_create_signing_key(key_path)
     issuer = TokenIssuer(key, token.issuer, token.service, token.expiry)

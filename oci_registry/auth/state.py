@@ -143,8 +143,11 @@ class PasswordLogin:
         self._key = secrets.token_bytes(32)
         self._cache: dict[bytes, tuple[float, int]] = {}
         self._checking: dict[bytes, list[Deferred]] = {}  # credentials being checked -> who waits for the answer
-        self.pool = pool if pool is not None or run_blocking is not None else LoginPool()
-        self._run_blocking = run_blocking or self.pool.run
+        if run_blocking is None:
+            pool = pool if pool is not None else LoginPool()
+            run_blocking = pool.run
+        self.pool = pool
+        self._run_blocking = run_blocking
 
     def refuse_if_limited(self, request) -> str:
         """The client's address; 429 when it has failed to log in too often lately."""

@@ -23,6 +23,7 @@ import re
 import secrets
 import time
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 import attr
 import jwt
@@ -32,6 +33,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from twisted.logger import Logger
 
 from .rules import ACTIONS
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 log = Logger()
 
@@ -161,11 +165,11 @@ def _load_private_key(data: bytes, path: str):
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----.+?-----END \1-----", re.DOTALL)
 
 
-def load_public_keys(path: str) -> list:
+def load_public_keys(path: str) -> list[PublicKeyTypes]:
     """Every public key in a PEM file: certificates, public keys, or private keys (their public half)."""
     with open(path, "rb") as f:
         data = f.read()
-    keys = []
+    keys: list[PublicKeyTypes] = []
     for block in _PEM_BLOCK.finditer(data):
         label, pem = block.group(1), block.group(0)
         if label == b"CERTIFICATE":
