@@ -30,6 +30,7 @@ YAML (every key optional)::
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import attr
 import yaml
@@ -37,6 +38,9 @@ import yaml
 from .gc import parse_duration
 from .manifest import MAX_MANIFEST_SIZE
 from .storage.settings import S3Settings, parse_storage, storage_values
+
+if TYPE_CHECKING:
+    from .auth.config import AuthConfig
 
 DEFAULT_LISTEN = "tcp:5000"
 
@@ -94,7 +98,7 @@ class Config:
     max_connections_per_client: int = 200  # open connections per client address, per process; 0: no limit
     max_body_memory: int = 64 << 20  # bytes of small request bodies held in memory at once, per process; 0: no limit
     min_body_rate: int = 1024  # bytes/s a request body must average over client_timeout; 0: off
-    auth: object = None  # an oci_registry.auth.config.AuthConfig; None: open to anyone
+    auth: AuthConfig | None = None  # None: open to anyone
     storage: S3Settings | None = None  # None: the filesystem under data_dir
     proxies: tuple = ()  # oci_registry.proxy.config.UpstreamConfig: pull-through caches of other registries
 

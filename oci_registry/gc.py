@@ -375,10 +375,13 @@ async def _mtime(storage: IStorageDriver, path: str) -> float | None:
 
 
 async def _apply_retention(storage, repos, options: GCOptions, report: GCReport, pace) -> None:
+    keep_tags = options.keep_tags
+    if keep_tags is None:
+        return
     doomed = []
     for repo in repos.values():
         matching = [t for t in repo.tags if fnmatch.fnmatchcase(t, options.tag_pattern)]
-        if len(matching) <= options.keep_tags:
+        if len(matching) <= keep_tags:
             continue
         dated = []
         for tag in matching:
@@ -386,7 +389,7 @@ async def _apply_retention(storage, repos, options: GCOptions, report: GCReport,
             mtime = await _mtime(storage, paths.tag_link(Name(repo.name), Tag(tag)))
             dated.append((mtime or 0.0, tag))
         dated.sort(reverse=True)
-        doomed += [(repo, tag) for _, tag in dated[options.keep_tags :]]
+        doomed += [(repo, tag) for _, tag in dated[keep_tags:]]
     for repo, tag in doomed:
         await pace()
         report.tags_removed.append((repo.name, tag))
@@ -681,12 +684,12 @@ async def usage(storage: IStorageDriver) -> list[dict]:
         info = await storage.stat(paths.blob_data(_parsed(digest)))
         sizes[digest] = info.size if info else 0
     rows = []
-    for repo in sorted(repos):
-        mine = [d for d, h in holders.items() if repo in h]
+    for name in sorted(repos):
+        mine = [d for d, h in holders.items() if name in h]
         unique = sum(sizes[d] for d in mine if len(holders[d]) == 1)
         shared = sum(sizes[d] for d in mine if len(holders[d]) > 1)
         rows.append(
-            {"repository": repo, "total": unique + shared, "unique": unique, "shared": shared, "blobs": len(mine)}
+            {"repository": name, "total": unique + shared, "unique": unique, "shared": shared, "blobs": len(mine)}
         )
     return rows
 

@@ -51,7 +51,8 @@ class Digest:
     hex: str
 
     @classmethod
-    def parse(cls, text: str) -> Digest:
+    def parse(cls, text: object) -> Digest:
+        """The digest ``text`` spells; DigestInvalid for anything else (of any type: JSON values come here)."""
         match = DIGEST_RE.fullmatch(text) if isinstance(text, str) else None
         if match is None:
             raise DigestInvalid(text, "malformed digest")

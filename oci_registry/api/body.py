@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import io
 from collections import deque
+from typing import Protocol
 from urllib.parse import parse_qs
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -51,6 +52,14 @@ MAX_DIGITS = 18
 # average at least this many bytes.
 MIN_CHUNK_AVERAGE = 1024
 FREE_CHUNKS = 256
+
+
+class ChunkWriter(Protocol):
+    """Where `BodyStream.deliver` writes: a storage writer, or a small body held in memory."""
+
+    def write(self, data: bytes) -> Deferred:
+        """Take ``data``; fire when more may be written (the writer's back-pressure)."""
+        ...
 
 
 class BodyBudget:
@@ -100,7 +109,7 @@ class BodyStream:
     def __init__(self, request: StreamingRequest):
         self._request = request
         self._chunks: deque[bytes] = deque()
-        self._writer = None
+        self._writer: ChunkWriter | None = None
         self._writing = False
         self._paused = False
         self._complete = False
@@ -147,7 +156,7 @@ class BodyStream:
 
     # to the handler
 
-    def deliver(self, writer, bulk: bool = True) -> Deferred:
+    def deliver(self, writer: ChunkWriter, bulk: bool = True) -> Deferred:
         """
         Write every chunk into ``writer``, honouring its back-pressure; fires
         with the byte count.  ``bulk``: a blob is coming (larger socket reads).
@@ -183,10 +192,11 @@ class BodyStream:
                 transport.resumeProducing()
 
     def _flush(self) -> None:
-        while self._chunks and not self._writing and self._failure is None:
+        writer = self._writer  # set by deliver, before the first flush
+        while writer is not None and self._chunks and not self._writing and self._failure is None:
             chunk = self._chunks.popleft()
             self._total += len(chunk)
-            ready = self._writer.write(chunk)
+            ready = writer.write(chunk)
             if not ready.called:
                 self._writing = True
                 self._pause()
@@ -277,6 +287,7 @@ class StreamingRequest(server.Request):
     """A `Request` routed from its headers, whose body is read when (and if) its handler asks."""
 
     body_stream: BodyStream | None = None
+    args: dict[bytes, list[bytes]]  # type: ignore[assignment]  # Twisted declares Request.args by its default, None
     _watchdog = None
     _body_bytes = 0
     _bulk = None
@@ -329,7 +340,7 @@ class StreamingRequest(server.Request):
         site = getattr(self.channel, "site", None)
         rate = getattr(site, "min_body_rate", 0)
         window = getattr(site, "body_rate_window", 0)
-        if not rate or not window:
+        if site is None or not rate or not window:
             return
         from twisted.internet.task import LoopingCall
 

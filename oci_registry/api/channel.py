@@ -16,6 +16,8 @@ Connections: what the registry accepts before any request is routed.
 from __future__ import annotations
 
 import json
+from typing import Protocol as TypingProtocol
+from typing import cast
 
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -51,6 +53,16 @@ def error_response(status: int, reason: str, code: str, message: str, headers: d
         "Docker-Distribution-Api-Version: registry/2.0",
     ] + [f"{key}: {value}" for key, value in (headers or {}).items()]
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+class _ServerTransport(TypingProtocol):
+    """What a channel's transport (TCP, TLS) does besides ITransport: ITCPTransport's abort, IPushProducer's resume."""
+
+    def abortConnection(self) -> None: ...
+
+    def loseConnection(self) -> None: ...
+
+    def resumeProducing(self) -> None: ...
 
 
 class RegistryChannel(http.HTTPChannel):
@@ -100,7 +112,7 @@ class RegistryChannel(http.HTTPChannel):
         if transport is None or not self._awaiting_headers:
             return
         if getattr(transport, "dataBuffer", b"") or getattr(transport, "_tempDataLen", 0):
-            transport.abortConnection()  # a client that does not read its responses either
+            cast(_ServerTransport, transport).abortConnection()  # a client that does not read its responses either
         else:
             self.loseConnection()
 
@@ -164,6 +176,8 @@ class RegistryChannel(http.HTTPChannel):
         )
 
     def lineReceived(self, line):
+        if self.lingering:
+            return None
         if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
             self.refuse(
                 400, "Bad Request", "UNSUPPORTED", f"the request line and headers exceed {self.totalHeadersSize} bytes"
@@ -175,6 +189,8 @@ class RegistryChannel(http.HTTPChannel):
         self.refuse(400, "Bad Request", "UNSUPPORTED", "malformed request")
 
     def rawDataReceived(self, data):
+        if self.lingering:
+            return None
         try:
             return super().rawDataReceived(data)
         except BodyRefused as e:
@@ -218,12 +234,11 @@ class RegistryChannel(http.HTTPChannel):
         """
         if self.lingering or self.transport is None:
             return
-        self.lingering = True
+        self.lingering = True  # from here on, dataReceived, lineReceived and rawDataReceived drop what comes
         self._cancel_header_deadline()
         self.setTimeout(None)
-        self.dataReceived = self.lineReceived = self.rawDataReceived = _discard
         self._networkProducer.unregisterProducer()
-        transport = self.transport
+        transport = cast(_ServerTransport, self.transport)
         self._linger_call = self.callLater(LINGER, transport.abortConnection)
         half_close = getattr(transport, "loseWriteConnection", None)
         if half_close is None:
@@ -256,6 +271,8 @@ class RegistryChannel(http.HTTPChannel):
         super().connectionLost(reason)
 
     def dataReceived(self, data):
+        if self.lingering:
+            return None
         if self._first:
             self._first = False
             if data[:2] == b"\x16\x03":
@@ -265,10 +282,6 @@ class RegistryChannel(http.HTTPChannel):
                 self.transport.loseConnection()
                 return
         return super().dataReceived(data)
-
-
-def _discard(*args):
-    return None
 
 
 class _Refusal(Protocol):

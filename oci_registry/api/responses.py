@@ -165,7 +165,7 @@ class _SendfilePump:
         self._sent = 0
         self._reactor = reactor
         self._timeout = timeout
-        self._done = Deferred()
+        self._done: Deferred[None] = Deferred()
         self._socket: int | None = None
         self._last_progress = 0.0
         self._timer = None
@@ -289,7 +289,7 @@ async def send_reader(request, reader, length: int) -> None:
     timeout = getattr(site, "timeOut", None) or 60.0
     source = getattr(reader, "sendfile_source", None)
     transport = _sendfile_transport(request) if source is not None else None
-    if transport is not None:
+    if source is not None and transport is not None:
         fd, offset = source()
         request.write(b"")  # the headers, ahead of the file
         try:

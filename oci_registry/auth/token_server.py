@@ -58,7 +58,9 @@ def grant(state: AuthState, identity: Identity, requested: list[Access]) -> list
         if actions:
             granted.setdefault((access.type, access.name), set()).update(actions)
     order = {a: i for i, a in enumerate((*ACTIONS, "*"))}
-    return [Access(kind, name, tuple(sorted(actions, key=order.__getitem__))) for (kind, name), actions in granted.items()]
+    return [
+        Access(kind, name, tuple(sorted(actions, key=order.__getitem__))) for (kind, name), actions in granted.items()
+    ]
 
 
 class _OAuthError(Exception):

@@ -60,7 +60,7 @@ MAX_PARAMS = 32
 
 def parse_challenges(values: list[str]) -> list[Challenge]:
     """Every challenge in the ``WWW-Authenticate`` header values, in order (at most `MAX_CHALLENGES`)."""
-    found = []
+    found: list[Challenge] = []
     for value in values:
         text = value.strip()
         pos = 0
@@ -69,7 +69,7 @@ def parse_challenges(values: list[str]) -> list[Challenge]:
             if match is None:
                 break
             scheme, pos = match.group(1).lower(), match.end()
-            params = {}
+            params: dict[str, str] = {}
             while pos < len(text) and len(params) < MAX_PARAMS:
                 param = _PARAM.match(text, pos)
                 if param is None:
@@ -78,7 +78,8 @@ def parse_challenges(values: list[str]) -> list[Challenge]:
                 params[key.lower()] = re.sub(r"\\(.)", r"\1", quoted) if quoted is not None else bare
                 pos = param.end()
             found.append(Challenge(scheme, params))
-            pos = _SEPARATORS.match(text, pos).end()
+            separators = _SEPARATORS.match(text, pos)  # it matches the empty string too
+            pos = separators.end() if separators is not None else pos
     return found
 
 

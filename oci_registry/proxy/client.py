@@ -201,14 +201,17 @@ class _UpstreamBlob:
 
     def deliver(self, sink) -> Deferred:
         done: Deferred = Deferred()
-        self._pump = BodyPump(sink, done, self._reactor, self._idle_timeout, self._min_rate)
-        self._response.deliverBody(self._pump)
+        self._start(sink, done)
         return done
 
     def cancel(self) -> None:
-        if self._pump is None:
-            self.deliver(lambda data: None)
-        self._pump.abort()
+        pump = self._pump if self._pump is not None else self._start(lambda data: None, Deferred())
+        pump.abort()
+
+    def _start(self, sink, done: Deferred) -> BodyPump:
+        pump = self._pump = BodyPump(sink, done, self._reactor, self._idle_timeout, self._min_rate)
+        self._response.deliverBody(pump)
+        return pump
 
 
 @implementer(IUpstream)

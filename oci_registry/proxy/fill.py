@@ -138,7 +138,7 @@ class BlobFill:
         """A reader of the blob from ``offset``; only once the size is known."""
         if self.size is None:
             raise ValueError("the blob's size is not known yet")
-        return _Follower(self, offset)
+        return _Follower(self, offset, self.size)
 
     def _chunk(self, writer, chunk: bytes):
         self.received += len(chunk)
@@ -244,13 +244,13 @@ class FillFailed(UpstreamUnavailable):
 class _Follower:
     """A client's reader of a blob being filled: from memory while live, from storage otherwise."""
 
-    def __init__(self, fill: BlobFill, offset: int):
+    def __init__(self, fill: BlobFill, offset: int, size: int):
         self._fill = fill
-        self.size = fill.size
+        self.size = size
         self._pos = offset
         self._queue: deque[bytes] = deque()
         self._queued = 0
-        self._reader = None
+        self._reader: IReader | None = None
         self._reading_published = False
         self._live = offset == fill.received and not fill.done
         if self._live:

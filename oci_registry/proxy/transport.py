@@ -25,6 +25,7 @@ import ipaddress
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IHostnameResolver,
+    IPushProducer,
     IReactorPluggableNameResolver,
     IReactorTCP,
     IReactorTime,
@@ -34,7 +35,13 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web._newclient import HEADER, STATUS, HTTP11ClientProtocol
-from twisted.web.client import BrowserLikePolicyForHTTPS, HTTPConnectionPool, ResponseDone, _StandardEndpointFactory
+from twisted.web.client import (
+    BrowserLikePolicyForHTTPS,
+    HTTPConnectionPool,
+    ResponseDone,
+    _HTTP11ClientFactory,
+    _StandardEndpointFactory,
+)
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgentEndpointFactory
 from zope.interface import implementer
@@ -80,6 +87,8 @@ class BodyPump(Protocol):
     - the body is still coming ``deadline`` seconds after it began;
     - the sink raises (a size limit, a storage error).
     """
+
+    transport: IPushProducer  # type: ignore[assignment]  # deliverBody gives a producer, not an ITransport
 
     def __init__(self, sink, done: Deferred, reactor, idle: float, min_rate: int = 0, deadline: float | None = None):
         self._sink = sink
@@ -236,6 +245,8 @@ async def discard_body(response, reactor, timeout: float) -> None:
 
 
 class _Dropper(Protocol):
+    transport: IPushProducer  # type: ignore[assignment]  # deliverBody gives a producer, not an ITransport
+
     def connectionMade(self):
         self.transport.stopProducing()
 
@@ -280,7 +291,7 @@ class _BoundedClientProtocol(HTTP11ClientProtocol):
 class BoundedPool(HTTPConnectionPool):
     """A connection pool of `_BoundedClientProtocol` connections that do not log "Starting factory" lines."""
 
-    class _factory(HTTPConnectionPool._factory):
+    class _factory(_HTTP11ClientFactory):  # what HTTPConnectionPool._factory is
         noisy = False
 
         def buildProtocol(self, addr):

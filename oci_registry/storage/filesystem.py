@@ -531,7 +531,7 @@ class _Writer:
         """Wait until every buffered byte is in the file, or a write has failed."""
         while self._error is None and (self._pending or self._in_flight):
             self._pump()
-            waiter = Deferred()
+            waiter: Deferred[None] = Deferred()
             self._idle.append(waiter)
             await waiter
 

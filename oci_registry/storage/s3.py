@@ -600,7 +600,7 @@ class _Writer:
     async def _settle(self) -> None:
         """Wait until no part is being sent (each has been stored, or failed)."""
         while self._in_flight:
-            waiter = Deferred()
+            waiter: Deferred[None] = Deferred()
             self._idle.append(waiter)
             await waiter
 

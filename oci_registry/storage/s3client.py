@@ -25,8 +25,10 @@ by the caller in a thread pool and passed in as ``payload_hash``.
 from __future__ import annotations
 
 import base64
+import builtins
 import hashlib
 from collections import deque
+from collections.abc import Sequence
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
@@ -34,8 +36,10 @@ from xml.etree import ElementTree
 
 import attr
 from twisted.internet import error as net_error
+from twisted.internet import tcp
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -246,6 +250,8 @@ class BodyStream(Protocol):
     connection) rather than hang on a stalled server.
     """
 
+    transport: IPushProducer  # type: ignore[assignment]  # deliverBody gives a producer, not an ITransport
+
     def __init__(self, high_water: int = 4 << 20, reactor=None, idle_timeout: float | None = None):
         self._reactor = reactor
         self._idle_timeout = idle_timeout
@@ -254,9 +260,9 @@ class BodyStream(Protocol):
         self._high_water = high_water
         self._paused = False
         self._done = False
-        self._failure = None
+        self._failure: Failure | None = None
         self._waiter: Deferred | None = None
-        self._bulk = None
+        self._bulk: tcp.Connection | None = None
 
     def connectionMade(self) -> None:
         self._bulk = raise_limits(self.transport, read=True)
@@ -269,7 +275,7 @@ class BodyStream(Protocol):
             self.transport.pauseProducing()
         self._wake()
 
-    def connectionLost(self, reason) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         restore_limits(self._bulk)  # the connection goes back to the pool
         self._bulk = None
         self._done = True
@@ -347,7 +353,7 @@ class _Collect(Protocol):
     def dataReceived(self, data: bytes) -> None:
         self._chunks.append(data)
 
-    def connectionLost(self, reason) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if reason.check(web_client.ResponseDone, web_client.PotentialDataLoss):
             self._done.callback(b"".join(self._chunks))
         else:
@@ -479,6 +485,7 @@ class S3Client:
         resource = f"{method} {self._path(key)}"
         attempts = 1 if self.availability.down else self.attempts  # an outage known: fail fast
         started = self._reactor.seconds()
+        error: Exception
         for attempt in range(1, attempts + 1):
             try:
                 response, content = await self._send(
@@ -599,8 +606,8 @@ class S3Client:
             # S3 requires a body checksum on DeleteObjects.
             headers = {"Content-MD5": base64.b64encode(hashlib.md5(body).digest()).decode()}
             _, content = await self.request("POST", None, query=(("delete", ""),), headers=headers, body=body)
-            root = _xml(content) if content else None
-            errors = root.findall("Error") if root is not None else []
+            answer = _xml(content) if content else None
+            errors = answer.findall("Error") if answer is not None else []
             if errors:
                 first = errors[0]
                 error = S3Error(500, _text(first, "Code"), _text(first, "Message"), _text(first, "Key"))
@@ -668,7 +675,7 @@ class S3Client:
         return _text(_xml(content), "ETag").strip('"')
 
     async def complete_multipart(
-        self, key: str, upload_id: str, parts: list[tuple[int, str]], if_absent: bool = False
+        self, key: str, upload_id: str, parts: Sequence[tuple[int, str]], if_absent: bool = False
     ) -> None:
         """Complete the upload; with ``if_absent``, only while nothing is at ``key`` (as for `copy`)."""
         root = ElementTree.Element("CompleteMultipartUpload")
@@ -690,7 +697,7 @@ class S3Client:
     async def abort_multipart(self, key: str, upload_id: str) -> None:
         await self.request("DELETE", key, query=(("uploadId", upload_id),), ok=(200, 204, 404))
 
-    async def list_multipart(self, prefix: str) -> list[tuple[str, str]]:
+    async def list_multipart(self, prefix: str) -> builtins.list[tuple[str, str]]:  # list: a method here
         """``(key, upload id)`` of every multipart upload in progress under ``prefix``."""
         found = []
         key_marker = upload_marker = ""

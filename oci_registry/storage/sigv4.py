@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from urllib.parse import quote
 
@@ -35,7 +36,7 @@ def uri_encode(text: str, slash: bool = True) -> str:
     return quote(text, safe="/~" if slash else "~")
 
 
-def canonical_query(query: list[tuple[str, str]]) -> str:
+def canonical_query(query: Iterable[tuple[str, str]]) -> str:
     return "&".join(f"{uri_encode(k, False)}={uri_encode(v, False)}" for k, v in sorted(query))
 
 
@@ -107,7 +108,7 @@ def presign(
     host: str,
     path: str,
     expires: int,
-    query: list[tuple[str, str]] = (),
+    query: Sequence[tuple[str, str]] = (),
     now: datetime | None = None,
     service: str = "s3",
 ) -> str:
