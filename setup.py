@@ -39,6 +39,9 @@ setup(
         # release of a checker never fails a build that passed.
         "lint": [
             "ruff==0.17.6",
+            "mypy==2.4.1",
+            "mypy-zope==1.0.17",
+            "types-PyYAML==6.0.12.20261122",
         ],
     },
 )

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import os
 import resource
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import attr
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.web import server
 from twisted.web.resource import IResource
@@ -29,15 +31,19 @@ from twisted.web.resource import IResource
 from .api.app import RegistryAPI
 from .api.body import BodyBudget, StreamingRequest
 from .api.channel import ConnectionLimits, RegistryChannel
-from .auth.service import build_auth
+from .auth.service import Auth, build_auth
 from .config import Config, ConfigError
 from .registry import Registry
 from .startup import CONFIG_STATUS, StartupError, fail
 from .storage.filesystem import FilesystemDriver
 from .storage.interfaces import StorageUnavailable
 
+if TYPE_CHECKING:
+    from .proxy import ProxyRegistry
+    from .workers import ListenService
+
 log = Logger()
-_DEFAULTS = attr.fields(Config)
+_DEFAULTS = Config()  # for RegistrySite's defaults
 
 
 def build_storage(config: Config, reactor=None):
@@ -49,7 +55,7 @@ def build_storage(config: Config, reactor=None):
     return FilesystemDriver(config.data_dir, reactor=reactor)
 
 
-def build_registry(config: Config, reactor=None) -> Registry:
+def build_registry(config: Config, reactor=None) -> Registry | ProxyRegistry:
     """The local `Registry`; wrapped in a `ProxyRegistry` when ``proxies`` are configured."""
     registry = Registry(
         build_storage(config, reactor),
@@ -67,7 +73,7 @@ def build_registry(config: Config, reactor=None) -> Registry:
                 prefix=f"{upstream.prefix}/" if upstream.prefix else "every other repository",
                 url=upstream.url,
             )
-        registry = ProxyRegistry.from_config(registry, config.proxies, reactor)
+        return ProxyRegistry.from_config(registry, config.proxies, reactor)
     return registry
 
 
@@ -89,7 +95,10 @@ class RegistrySite(server.Site):
     """
 
     requestFactory = StreamingRequest
-    protocol = RegistryChannel
+    # A plain HTTP/1.1 channel where Site's default negotiates HTTP/2 too, which Twisted's types insist on.
+    protocol = RegistryChannel  # type: ignore[assignment]
+    registry: Registry | ProxyRegistry  # set by build_site
+    auth: Auth
 
     def __init__(
         self,
@@ -98,9 +107,9 @@ class RegistrySite(server.Site):
         max_header_size: int = 16384,
         min_body_rate: int = 0,
         body_rate_window: float = 60.0,
-        max_connections: int = _DEFAULTS.max_connections.default,
-        max_connections_per_client: int = _DEFAULTS.max_connections_per_client.default,
-        max_body_memory: int = _DEFAULTS.max_body_memory.default,
+        max_connections: int = _DEFAULTS.max_connections,
+        max_connections_per_client: int = _DEFAULTS.max_connections_per_client,
+        max_body_memory: int = _DEFAULTS.max_body_memory,
         **kwargs,
     ):
         super().__init__(resource, **kwargs)
@@ -239,7 +248,7 @@ class Listener(Service):
             self._endpoint = serverFromString(reactor, description)
         except Exception as e:  # noqa: BLE001  (an unknown type, a bad option, a certificate that cannot be read)
             raise ConfigError(f"listen: cannot use {description!r}: {e}") from None
-        self.listening = Deferred()
+        self.listening: Deferred[IListeningPort] = Deferred()
         self._port = None
         self._started = False
 
@@ -330,6 +339,7 @@ def make_service(config: Config, reactor=None) -> MultiService:
     top = MultiService()
     StorageCheck(reactor, site.registry.storage).setServiceParent(top)
     supervisor = None
+    listeners: Sequence[Listener | ListenService]
     if config.workers > 1:
         from .workers import WorkerSupervisor, add_listeners
 

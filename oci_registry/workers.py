@@ -21,7 +21,7 @@ from twisted.application.service import MultiService, Service
 from twisted.internet import protocol
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.error import ProcessExitedAlready
-from twisted.internet.interfaces import IReadDescriptor
+from twisted.internet.interfaces import IListeningPort, IReadDescriptor
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -76,7 +76,7 @@ class ListenService(Service):
         self._description = description
         self._factory = factory
         self._port = None
-        self.listening = Deferred()
+        self.listening: Deferred[IListeningPort] = Deferred()
 
     def startService(self):
         super().startService()
@@ -99,7 +99,7 @@ class _WorkerProtocol(protocol.ProcessProtocol):
     def __init__(self, supervisor: WorkerSupervisor, index: int):
         self.supervisor = supervisor
         self.index = index
-        self.ended = Deferred()
+        self.ended: Deferred[None] = Deferred()
 
     def processEnded(self, reason):
         self.supervisor.ended(self, reason)
@@ -136,6 +136,8 @@ class WorkerSupervisor(Service):
     def signal_workers(self, name: str) -> None:
         """Send every running worker a signal ("HUP", ...)."""
         for worker in list(self._workers.values()):
+            if worker.transport is None:  # set when it was spawned
+                continue
             try:
                 worker.transport.signalProcess(name)
             except ProcessExitedAlready as e:  # it has just ended: it is restarted with fresh settings anyway

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import time
+from typing import TYPE_CHECKING
 
 from klein import Klein
 from twisted.logger import Logger
@@ -36,6 +37,9 @@ from ..registry import Registry, UploadStatus, upload_location
 from ..storage.interfaces import StorageFull, StorageUnavailable
 from .body import body_of, declared_length, read_small_body
 from .responses import json_body, next_link, number, page, parse_range, send_reader
+
+if TYPE_CHECKING:
+    from ..proxy import ProxyRegistry
 
 log = Logger()
 
@@ -114,7 +118,7 @@ class RegistryAPI:
 
     def __init__(
         self,
-        registry: Registry,
+        registry: Registry | ProxyRegistry,
         max_uploads_per_client: int = 0,
         upload_expiry: float = 24 * 3600.0,
         authorizer: IAuthorizer | None = None,

@@ -408,15 +408,15 @@ class ProxyRegistry:
 
     async def _manifest_by_tag(self, route: Route, name: Name, tag: Tag, head: bool, accept: tuple) -> StoredManifest:
         cached = await self._cached_tag(name, tag, head)
-        usable = cached is not None and _acceptable(cached.media_type, accept)
-        if usable and await self._fresh(route, name, tag):
-            return cached
+        usable = cached if cached is not None and _acceptable(cached.media_type, accept) else None
+        if usable is not None and await self._fresh(route, name, tag):
+            return usable
         try:
-            if usable:
+            if usable is not None:
                 remote = await route.client.head_manifest(route.remote, tag, _upstream_accept(accept))
-                if remote.digest == cached.digest:
+                if remote.digest == usable.digest:
                     await self._checked(name, tag)
-                    return cached
+                    return usable
                 if remote.digest is not None:
                     moved = await self._retag(name, tag, remote.digest, head, accept)
                     if moved is not None:
