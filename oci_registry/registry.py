@@ -19,6 +19,7 @@ from typing import Protocol
 import attr
 from twisted.internet.defer import DeferredLock
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from . import manifest as manifests
 from . import paths
@@ -37,6 +38,8 @@ from .errors import (
     UploadRangeInvalid,
 )
 from .gc import DAY, Keeper
+from .identity import Caller
+from .interfaces import IRegistry
 from .reference import DEFAULT_ALGORITHM, Digest, Name, Tag, is_upload_id
 from .storage.interfaces import IStorageDriver, PathNotFound, SourceChanged, StorageFull
 
@@ -83,6 +86,10 @@ class BlobInfo:
 class PushedManifest:
     digest: Digest
     subject: Digest | None
+    media_type: str
+    size: int
+    tags: tuple[Tag, ...] = ()  # every tag now pointing at it: the reference's, then ``?tag=``'s
+    references: tuple[manifests.Descriptor, ...] = ()  # the blobs and child manifests it references
 
 
 class _LiveUpload:
@@ -115,7 +122,14 @@ def _digest_and_parse(data: bytes, algorithm: str, content_type: str | None):
     return Digest.of(data, algorithm), parsed, blobs, children
 
 
+@implementer(IRegistry)
 class Registry:
+    """
+    The `IRegistry` over an `IStorageDriver`.  ``caller`` arguments are
+    accepted and ignored: the HTTP API authorized the request already, and
+    what reports who did what wraps this (`oci_registry.observe`).
+    """
+
     def __init__(
         self,
         storage: IStorageDriver,
@@ -148,7 +162,7 @@ class Registry:
     async def has_blob(self, name: Name, digest: Digest) -> bool:
         return (await self.storage.stat(paths.layer_link(name, digest))) is not None
 
-    async def stat_blob(self, name: Name, digest: Digest, head: bool = False) -> BlobInfo:
+    async def stat_blob(self, name: Name, digest: Digest, head: bool = False, caller: Caller | None = None) -> BlobInfo:
         """
         The blob's size, if ``name`` holds it; HEAD never opens the data.
         ``head``: only the size is wanted (a pull-through cache then asks its
@@ -162,7 +176,9 @@ class Registry:
             raise BlobUnknown(str(digest))
         return BlobInfo(digest, info.size)
 
-    async def open_blob(self, name: Name, digest: Digest, offset: int = 0, length: int | None = None):
+    async def open_blob(
+        self, name: Name, digest: Digest, offset: int = 0, length: int | None = None, caller: Caller | None = None
+    ):
         """
         A reader of the blob from ``offset``.  ``length``: how many bytes the
         caller will read (None: to the end); a pull-through cache serves a
@@ -194,10 +210,10 @@ class Registry:
             return False
         return (await self._kept(digest, await self.storage.stat(paths.blob_data(digest)))) is not None
 
-    async def blob_redirect(self, digest: Digest) -> str | None:
+    async def blob_redirect(self, digest: Digest, caller: Caller | None = None) -> str | None:
         return await self.storage.redirect_url(paths.blob_data(digest))
 
-    async def delete_blob(self, name: Name, digest: Digest) -> None:
+    async def delete_blob(self, name: Name, digest: Digest, caller: Caller | None = None) -> None:
         """Unlink the blob from the repository; its bytes go when GC finds them unused."""
         if not await self.has_blob(name, digest):
             raise BlobUnknown(str(digest))
@@ -206,21 +222,25 @@ class Registry:
     async def _link_blob(self, name: Name, digest: Digest) -> None:
         await self._write(paths.layer_link(name, digest), str(digest).encode())
 
-    async def mount_blob(self, name: Name, digest: Digest, source: Name) -> bool:
-        """Link a blob ``source`` holds into ``name``; False when it does not hold it."""
+    async def mount_blob(
+        self, name: Name, digest: Digest, source: Name, caller: Caller | None = None
+    ) -> BlobInfo | None:
+        """Link a blob ``source`` holds into ``name``; None when it does not hold it."""
         if not await self.has_blob(source, digest):
-            return False
-        if (await self._kept(digest, await self.storage.stat(paths.blob_data(digest)))) is None:
-            return False
+            return None
+        info = await self._kept(digest, await self.storage.stat(paths.blob_data(digest)))
+        if info is None:
+            return None
         await self._link_blob(name, digest)
-        return True
+        return BlobInfo(digest, info.size)
 
-    async def adopt_blob(self, name: Name, digest: Digest) -> bool:
-        """Link a blob stored for any repository into ``name``; False when no repository has it."""
-        if (await self._kept(digest, await self.storage.stat(paths.blob_data(digest)))) is None:
-            return False
+    async def adopt_blob(self, name: Name, digest: Digest, caller: Caller | None = None) -> BlobInfo | None:
+        """Link a blob stored for any repository into ``name``; None when no repository has it."""
+        info = await self._kept(digest, await self.storage.stat(paths.blob_data(digest)))
+        if info is None:
+            return None
         await self._link_blob(name, digest)
-        return True
+        return BlobInfo(digest, info.size)
 
     async def _write(self, path: str, data: bytes, durable: bool = True) -> None:
         try:
@@ -231,13 +251,13 @@ class Registry:
 
     # ---------------------------------------------------------------- uploads
 
-    async def start_upload(self, name: Name) -> UploadStatus:
+    async def start_upload(self, name: Name, caller: Caller | None = None) -> UploadStatus:
         upload_id = uuid.uuid4().hex
         # Not fsynced: a session lost in a power cut is one the client starts again (nothing was promised yet).
         await self._write(paths.upload_started(name, upload_id), str(time.time()).encode(), durable=False)
         return UploadStatus(name, upload_id, 0)
 
-    async def upload_status(self, name: Name, upload_id: str) -> UploadStatus:
+    async def upload_status(self, name: Name, upload_id: str, caller: Caller | None = None) -> UploadStatus:
         return (await self._upload_data_status(name, upload_id))[0]
 
     async def _upload_data_status(self, name: Name, upload_id: str):
@@ -263,6 +283,7 @@ class Registry:
         body: Body,
         start: int | None = None,
         length: int | None = None,
+        caller: Caller | None = None,
     ) -> UploadStatus:
         """
         Append ``body`` to the upload.  ``start`` (from ``Content-Range``) must
@@ -324,7 +345,9 @@ class Registry:
             log.error("storage is full: an upload could not be written")
             raise InsufficientStorage() from None
 
-    async def finish_upload(self, name: Name, upload_id: str, digest: Digest, body: Body | None = None) -> BlobInfo:
+    async def finish_upload(
+        self, name: Name, upload_id: str, digest: Digest, body: Body | None = None, caller: Caller | None = None
+    ) -> BlobInfo:
         """Append the last chunk (if any), verify ``digest`` and publish the blob."""
         if body is not None:
             await self.append_upload(name, upload_id, body)
@@ -379,7 +402,9 @@ class Registry:
         except SourceChanged:
             raise BlobUploadInvalid("the upload was appended to while it was being finished") from None
 
-    async def put_blob(self, name: Name, digest: Digest, body: Body, length: int | None = None) -> BlobInfo:
+    async def put_blob(
+        self, name: Name, digest: Digest, body: Body, length: int | None = None, caller: Caller | None = None
+    ) -> BlobInfo:
         """A monolithic upload (``POST ?digest=``): a session opened and closed at once."""
         status = await self.start_upload(name)
         try:
@@ -390,7 +415,9 @@ class Registry:
             await self.storage.delete(paths.upload(name, status.id))
             raise
 
-    async def cancel_upload(self, name: Name, upload_id: str, locked: bool = False) -> None:
+    async def cancel_upload(
+        self, name: Name, upload_id: str, caller: Caller | None = None, locked: bool = False
+    ) -> None:
         if not locked:
             await self.upload_status(name, upload_id)
             self._live.pop(upload_id, None)
@@ -407,7 +434,12 @@ class Registry:
         return Digest.parse(text)
 
     async def get_manifest(
-        self, name: Name, reference: Digest | Tag, head: bool = False, accept: tuple = ()
+        self,
+        name: Name,
+        reference: Digest | Tag,
+        head: bool = False,
+        accept: tuple = (),
+        caller: Caller | None = None,
     ) -> StoredManifest:
         """``accept``: the client's Accept media types; stored manifests are served as they are, whatever it says."""
         digest = await self._resolve(name, reference)
@@ -431,7 +463,13 @@ class Registry:
         raise ManifestUnknown(str(reference))
 
     async def put_manifest(
-        self, name: Name, reference: Digest | Tag, data: bytes, content_type: str | None, tags: tuple = ()
+        self,
+        name: Name,
+        reference: Digest | Tag,
+        data: bytes,
+        content_type: str | None,
+        tags: tuple = (),
+        caller: Caller | None = None,
     ) -> PushedManifest:
         """Store a manifest under ``reference``, and also tag it with ``tags`` (``PUT …?tag=``)."""
         if len(data) > self.max_manifest_size:
@@ -464,10 +502,17 @@ class Registry:
                 paths.referrer(name, parsed.subject.digest, digest),
                 json.dumps(descriptor.to_json()).encode(),
             )
-        for tag in ((reference,) if isinstance(reference, Tag) else ()) + tuple(tags):
+        every_tag = tuple(dict.fromkeys(((reference,) if isinstance(reference, Tag) else ()) + tuple(tags)))
+        for tag in every_tag:
             await self._write(paths.tag_link(name, tag), str(digest).encode())
-        log.info("pushed {name}:{reference} as {digest}", name=name, reference=reference, digest=digest)
-        return PushedManifest(digest, parsed.subject.digest if parsed.subject else None)
+        return PushedManifest(
+            digest,
+            parsed.subject.digest if parsed.subject else None,
+            parsed.media_type,
+            len(data),
+            every_tag,
+            parsed.blobs + parsed.manifests,
+        )
 
     async def store_manifest_data(self, digest: Digest, data: bytes) -> None:
         """Store a verified manifest's bytes, or keep them (from a running GC too) if they are stored already."""
@@ -478,7 +523,7 @@ class Registry:
         if info is None or info.size != len(data):
             await self._write(target, data)
 
-    async def delete_manifest(self, name: Name, reference: Digest | Tag) -> None:
+    async def delete_manifest(self, name: Name, reference: Digest | Tag, caller: Caller | None = None) -> None:
         if isinstance(reference, Tag):
             if (await self.storage.stat(paths.tag_link(name, reference))) is None:
                 raise ManifestUnknown(str(reference))
@@ -509,7 +554,7 @@ class Registry:
     async def repository_exists(self, name: Name) -> bool:
         return (await self.storage.stat(paths.repository(name))) is not None
 
-    async def list_tags(self, name: Name) -> list[str]:
+    async def list_tags(self, name: Name, caller: Caller | None = None) -> list[str]:
         # Only tags whose link is in place: a push cut short may leave a bare folder.
         tags = sorted(
             path.split("/", 1)[0]
@@ -520,7 +565,7 @@ class Registry:
             raise NameUnknown(str(name))
         return tags
 
-    async def catalog(self) -> list[str]:
+    async def catalog(self, caller: Caller | None = None) -> list[str]:
         """Every repository holding at least one manifest or blob, sorted."""
         names = set()
         for path in await self.storage.walk(paths.REPOSITORIES):
@@ -531,7 +576,9 @@ class Registry:
                     break
         return sorted(names)
 
-    async def referrers(self, name: Name, subject: Digest, artifact_type: str | None = None) -> list[dict]:
+    async def referrers(
+        self, name: Name, subject: Digest, artifact_type: str | None = None, caller: Caller | None = None
+    ) -> list[dict]:
         folder = paths.referrers(name, subject)
         found = []
         if not artifact_type:

@@ -33,13 +33,13 @@ from .api.body import BodyBudget, StreamingRequest
 from .api.channel import ConnectionLimits, RegistryChannel
 from .auth.service import Auth, build_auth
 from .config import Config, ConfigError
+from .observe import LogObserver, ObservedRegistry
 from .registry import Registry
 from .startup import CONFIG_STATUS, StartupError, fail
 from .storage.filesystem import FilesystemDriver
 from .storage.interfaces import StorageUnavailable
 
 if TYPE_CHECKING:
-    from .proxy import ProxyRegistry
     from .workers import ListenService
 
 log = Logger()
@@ -55,8 +55,11 @@ def build_storage(config: Config, reactor=None):
     return FilesystemDriver(config.data_dir, reactor=reactor)
 
 
-def build_registry(config: Config, reactor=None) -> Registry | ProxyRegistry:
-    """The local `Registry`; wrapped in a `ProxyRegistry` when ``proxies`` are configured."""
+def build_registry(config: Config, reactor=None) -> ObservedRegistry:
+    """
+    The local `Registry`; wrapped in a `ProxyRegistry` when ``proxies`` are
+    configured; observed (`oci_registry.observe`) by the log.
+    """
     registry = Registry(
         build_storage(config, reactor),
         max_manifest_size=config.max_manifest_size,
@@ -73,8 +76,8 @@ def build_registry(config: Config, reactor=None) -> Registry | ProxyRegistry:
                 prefix=f"{upstream.prefix}/" if upstream.prefix else "every other repository",
                 url=upstream.url,
             )
-        return ProxyRegistry.from_config(registry, config.proxies, reactor)
-    return registry
+        return ObservedRegistry(ProxyRegistry.from_config(registry, config.proxies, reactor), [LogObserver()])
+    return ObservedRegistry(registry, [LogObserver()])
 
 
 def registry_resource(data_dir: str | None = None, reactor=None, config: Config | None = None) -> IResource:
@@ -97,7 +100,7 @@ class RegistrySite(server.Site):
     requestFactory = StreamingRequest
     # A plain HTTP/1.1 channel where Site's default negotiates HTTP/2 too, which Twisted's types insist on.
     protocol = RegistryChannel  # type: ignore[assignment]
-    registry: Registry | ProxyRegistry  # set by build_site
+    registry: ObservedRegistry  # set by build_site
     auth: Auth
 
     def __init__(

@@ -474,12 +474,51 @@ async def test_basic_authorizer_answers(state):
         await authorizer.authorize(request_with(basic_header("alice", "pass")), [])
     assert error.value.headers["Retry-After"] == "60"
     await authorizer.authorize(request_with(basic_header("alice", "pass"), client="10.0.0.2"), [])
-    names = await authorizer.filter_repositories(
-        request_with(basic_header("carol", "pass"), client="10.0.0.3"), ["public/a", "team-a/b", "other"]
-    )
+    # Who the catalog is filtered for is what authorize returned: nothing is kept on the request.
+    carol = await authorizer.authorize(request_with(basic_header("carol", "pass"), client="10.0.0.3"), [CATALOG])
+    assert carol.name == "carol"
+    names = await authorizer.filter_repositories(carol, ["public/a", "team-a/b", "other"])
     assert names == ["public/a", "team-a/b", "other"]  # "**" lets every user pull
-    names = await authorizer.filter_repositories(request_with(client="10.0.0.3"), ["public/a", "team-a/b", "other"])
+    anonymous = await authorizer.authorize(request_with(client="10.0.0.3"), [CATALOG])
+    assert anonymous.anonymous
+    names = await authorizer.filter_repositories(anonymous, ["public/a", "team-a/b", "other"])
     assert names == ["public/a"]
+
+
+def _attributes(request) -> set:
+    return set(vars(request))
+
+
+@pytest_twisted.ensureDeferred
+async def test_who_a_request_comes_from_is_returned_not_stored_on_it(state):
+    """authorize returns a Principal; later questions get it explicitly; the request object stays as it was."""
+    authorizer = BasicAuthorizer(state, sync_login(state))
+    request = request_with(basic_header("alice", "pass"))
+    before = _attributes(request)
+    alice = await authorizer.authorize(request, [push("team-a/app")])
+    assert _attributes(request) == before
+    assert (alice.name, alice.anonymous, alice.identity.groups) == ("alice", False, {"team-a"})
+    # A second question about the same request (a mount's source) reuses who it is: no second login
+    # (a request without credentials is alice's once she is the principal it is asked for).
+    assert await authorizer.authorize(request_with(), [push("team-a/other")], alice) is alice
+    with pytest.raises(Denied):
+        await authorizer.authorize(request_with(), [push("other/x")], alice)
+    # OpenAccess: anyone, anonymous.
+    assert (await OpenAccess().authorize(request_with(), [push("x")])).anonymous
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    issuer = TokenIssuer(key, "i", "s")
+    tokens = TokenAuthorizer(TokenVerifier([key.public_key()], "i", "s"), "s", None)
+    token = issuer.issue("bob", [Access("repository", "a/b", ("pull",)), Access("registry", "catalog", ("*",))])
+    request = request_with({"Authorization": f"Bearer {token.token}"})
+    before = _attributes(request)
+    bob = await tokens.authorize(request, [CATALOG])
+    assert _attributes(request) == before
+    assert (bob.name, bob.token.subject) == ("bob", "bob")
+    # With an external token server, the catalog scope shows every repository.
+    assert await tokens.filter_repositories(bob, ["a/b", "c/d"]) == ["a/b", "c/d"]
+    # A principal another authorizer returned holds no token: it is shown nothing.
+    assert await tokens.filter_repositories(alice, ["a/b", "c/d"]) == []
 
 
 @pytest_twisted.ensureDeferred

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 import time
-from typing import TYPE_CHECKING
 
 from klein import Klein
 from twisted.logger import Logger
@@ -31,15 +30,14 @@ from ..errors import (
     Unsupported,
     UploadRangeInvalid,
 )
+from ..identity import Caller, Principal
+from ..interfaces import IRegistry
 from ..manifest import OCI_INDEX
 from ..reference import Digest, Name, Tag, parse_reference
-from ..registry import Registry, UploadStatus, upload_location
+from ..registry import UploadStatus, upload_location
 from ..storage.interfaces import StorageFull, StorageUnavailable
 from .body import body_of, declared_length, read_small_body
 from .responses import json_body, next_link, number, page, parse_range, send_reader
-
-if TYPE_CHECKING:
-    from ..proxy import ProxyRegistry
 
 log = Logger()
 
@@ -105,9 +103,25 @@ class _NameConverter(PathConverter):
     part_isolating = False  # a name spans several path segments
 
 
+def caller_of(request, principal: Principal) -> Caller:
+    """
+    Who asks, and from where, as the registry's operations are told it
+    (see `oci_registry.identity`): the principal its authorizer returned
+    and the request's facts.
+    """
+    address = request.getClientAddress()
+    return Caller(
+        principal=principal,
+        addr=getattr(address, "host", None) or str(address),
+        host=_header(request, "Host"),
+        method=request.method.decode("ascii", "replace"),
+        useragent=_header(request, "User-Agent"),
+    )
+
+
 class RegistryAPI:
     """
-    The Distribution API over a `Registry`.  ``resource()`` gives an
+    The Distribution API over an `IRegistry`.  ``resource()`` gives an
     `IResource` to serve at the root of any `Site`.
     """
 
@@ -118,7 +132,7 @@ class RegistryAPI:
 
     def __init__(
         self,
-        registry: Registry | ProxyRegistry,
+        registry: IRegistry,
         max_uploads_per_client: int = 0,
         upload_expiry: float = 24 * 3600.0,
         authorizer: IAuthorizer | None = None,
@@ -182,14 +196,14 @@ class RegistryAPI:
     @app.route("/v2/<name:name>/blobs/<digest>", methods=["GET", "HEAD"])
     async def get_blob(self, request, name, digest):
         name, digest = Name.parse(name), Digest.parse(digest)
-        await self.auth.authorize(request, [pull(name)])
-        info = await self.registry.stat_blob(name, digest, head=request.method == b"HEAD")
+        caller = caller_of(request, await self.auth.authorize(request, [pull(name)]))
+        info = await self.registry.stat_blob(name, digest, head=request.method == b"HEAD", caller=caller)
         _set(request, Docker_Content_Digest=digest, ETag=f'"{digest}"', Accept_Ranges="bytes")
         if _etag_matches(request, digest):
             request.setResponseCode(304)
             return b""
         if request.method == b"GET":
-            url = await self.registry.blob_redirect(digest)
+            url = await self.registry.blob_redirect(digest, caller=caller)
             if url:
                 request.setResponseCode(307)
                 _set(request, Location=url, Content_Length=0)
@@ -204,15 +218,15 @@ class RegistryAPI:
         _set(request, Content_Length=length)
         if request.method == b"HEAD" or length == 0:
             return b""
-        reader = await self.registry.open_blob(name, digest, start, length)
+        reader = await self.registry.open_blob(name, digest, start, length, caller=caller)
         await send_reader(request, reader, length)
         return None
 
     @app.route("/v2/<name:name>/blobs/<digest>", methods=["DELETE"])
     async def delete_blob(self, request, name, digest):
         name, digest = Name.parse(name), Digest.parse(digest)
-        await self.auth.authorize(request, [delete(name)])
-        await self.registry.delete_blob(name, digest)
+        caller = caller_of(request, await self.auth.authorize(request, [delete(name)]))
+        await self.registry.delete_blob(name, digest, caller=caller)
         request.setResponseCode(202)
         _set(request, Content_Length=0)
         return b""
@@ -222,29 +236,29 @@ class RegistryAPI:
     @app.route("/v2/<name:name>/blobs/uploads/", methods=["POST"])
     async def start_upload(self, request, name):
         name = Name.parse(name)
-        await self.auth.authorize(request, [push(name)])
+        caller = caller_of(request, await self.auth.authorize(request, [push(name)]))
         mount, source = _arg(request, "mount"), _arg(request, "from")
         if mount is not None:
             mount = Digest.parse(mount)
-            if source and await self._may_mount_from(request, name, Name.parse(source)):
-                if await self.registry.mount_blob(name, mount, Name.parse(source)):
+            if source and await self._may_mount_from(request, caller.principal, name, Name.parse(source)):
+                if await self.registry.mount_blob(name, mount, Name.parse(source), caller=caller):
                     return self._blob_created(request, name, mount)
-            elif not source and self.anonymous_mounts and await self.registry.adopt_blob(name, mount):
+            elif not source and self.anonymous_mounts and await self.registry.adopt_blob(name, mount, caller=caller):
                 # Mount with no "from": the registry finds the blob itself
                 # (only without access control: it would reveal other repositories' blobs).
                 return self._blob_created(request, name, mount)
         digest = _arg(request, "digest")
         if digest is not None:
             digest = Digest.parse(digest)
-            await self.registry.put_blob(name, digest, body_of(request), _content_length(request))
+            await self.registry.put_blob(name, digest, body_of(request), _content_length(request), caller=caller)
             return self._blob_created(request, name, digest)
         client = self._admit_upload(request)
-        status = await self.registry.start_upload(name)
+        status = await self.registry.start_upload(name, caller=caller)
         self._open_uploads.setdefault(client, {})[status.id] = time.time()
         request.setResponseCode(202)
         return self._upload_headers(request, status)
 
-    async def _may_mount_from(self, request, name: Name, source: Name) -> bool:
+    async def _may_mount_from(self, request, principal: Principal, name: Name, source: Name) -> bool:
         """
         Whether a mount may read from ``source``: it needs pull there, as a
         pull would.  A token lacking that scope gets 401 insufficient_scope
@@ -252,7 +266,7 @@ class RegistryAPI:
         other refusal starts an ordinary upload instead.
         """
         try:
-            await self.auth.authorize(request, [push(name), pull(source)])
+            await self.auth.authorize(request, [push(name), pull(source)], principal)
         except InsufficientScope:
             raise
         except (Denied, Unauthorized):
@@ -283,32 +297,34 @@ class RegistryAPI:
     @app.route("/v2/<name:name>/blobs/uploads/<upload_id>", methods=["GET"])
     async def upload_status(self, request, name, upload_id):
         name = Name.parse(name)
-        await self.auth.authorize(request, [push(name)])
-        status = await self.registry.upload_status(name, upload_id)
+        caller = caller_of(request, await self.auth.authorize(request, [push(name)]))
+        status = await self.registry.upload_status(name, upload_id, caller=caller)
         request.setResponseCode(204)
         return self._upload_headers(request, status)
 
     @app.route("/v2/<name:name>/blobs/uploads/<upload_id>", methods=["PATCH"])
     async def patch_upload(self, request, name, upload_id):
         name = Name.parse(name)
-        await self.auth.authorize(request, [push(name)])
+        caller = caller_of(request, await self.auth.authorize(request, [push(name)]))
         start, length = self._chunk_range(request)
-        status = await self.registry.append_upload(name, upload_id, body_of(request), start=start, length=length)
+        status = await self.registry.append_upload(
+            name, upload_id, body_of(request), start=start, length=length, caller=caller
+        )
         request.setResponseCode(202)
         return self._upload_headers(request, status)
 
     @app.route("/v2/<name:name>/blobs/uploads/<upload_id>", methods=["PUT"])
     async def finish_upload(self, request, name, upload_id):
         name = Name.parse(name)
-        await self.auth.authorize(request, [push(name)])
+        caller = caller_of(request, await self.auth.authorize(request, [push(name)]))
         raw = _arg(request, "digest")
         if raw is None:
             raise DigestInvalid("the digest query parameter is required")
         digest = Digest.parse(raw)
         start, length = self._chunk_range(request)
-        await self.registry.append_upload(name, upload_id, body_of(request), start=start, length=length)
+        await self.registry.append_upload(name, upload_id, body_of(request), start=start, length=length, caller=caller)
         try:
-            await self.registry.finish_upload(name, upload_id, digest)
+            await self.registry.finish_upload(name, upload_id, digest, caller=caller)
         finally:
             self._close_upload(upload_id)
         return self._blob_created(request, name, digest)
@@ -316,8 +332,8 @@ class RegistryAPI:
     @app.route("/v2/<name:name>/blobs/uploads/<upload_id>", methods=["DELETE"])
     async def cancel_upload(self, request, name, upload_id):
         name = Name.parse(name)
-        await self.auth.authorize(request, [push(name)])
-        await self.registry.cancel_upload(name, upload_id)
+        caller = caller_of(request, await self.auth.authorize(request, [push(name)]))
+        await self.registry.cancel_upload(name, upload_id, caller=caller)
         self._close_upload(upload_id)
         request.setResponseCode(204)
         return b""
@@ -358,9 +374,11 @@ class RegistryAPI:
     @app.route("/v2/<name:name>/manifests/<reference>", methods=["GET", "HEAD"])
     async def get_manifest(self, request, name, reference):
         name, reference = Name.parse(name), _lookup_reference(reference)
-        await self.auth.authorize(request, [pull(name)])
+        caller = caller_of(request, await self.auth.authorize(request, [pull(name)]))
         head = request.method == b"HEAD"
-        stored = await self.registry.get_manifest(name, reference, head=head, accept=_accepted_types(request))
+        stored = await self.registry.get_manifest(
+            name, reference, head=head, accept=_accepted_types(request), caller=caller
+        )
         _set(
             request,
             Content_Type=stored.media_type,
@@ -376,11 +394,13 @@ class RegistryAPI:
     @app.route("/v2/<name:name>/manifests/<reference>", methods=["PUT"])
     async def put_manifest(self, request, name, reference):
         name, reference = Name.parse(name), parse_reference(reference)
-        await self.auth.authorize(request, [push(name)])
+        caller = caller_of(request, await self.auth.authorize(request, [push(name)]))
         # distribution-spec 1.1+: PUT /manifests/<digest>?tag=a&tag=b tags it too.
         tags = tuple(Tag.parse(t.decode("utf-8", "replace")) for t in request.args.get(b"tag", []))
         data = await read_small_body(request, self.registry.max_manifest_size)
-        pushed = await self.registry.put_manifest(name, reference, data, _header(request, "Content-Type"), tags)
+        pushed = await self.registry.put_manifest(
+            name, reference, data, _header(request, "Content-Type"), tags, caller=caller
+        )
         request.setResponseCode(201)
         _set(
             request,
@@ -397,8 +417,8 @@ class RegistryAPI:
     @app.route("/v2/<name:name>/manifests/<reference>", methods=["DELETE"])
     async def delete_manifest(self, request, name, reference):
         name, reference = Name.parse(name), _lookup_reference(reference)
-        await self.auth.authorize(request, [delete(name)])
-        await self.registry.delete_manifest(name, reference)
+        caller = caller_of(request, await self.auth.authorize(request, [delete(name)]))
+        await self.registry.delete_manifest(name, reference, caller=caller)
         request.setResponseCode(202)
         _set(request, Content_Length=0)
         return b""
@@ -408,18 +428,19 @@ class RegistryAPI:
     @app.route("/v2/<name:name>/tags/list", methods=["GET"])
     async def list_tags(self, request, name):
         name = Name.parse(name)
-        await self.auth.authorize(request, [pull(name)])
+        caller = caller_of(request, await self.auth.authorize(request, [pull(name)]))
         n, last = _arg(request, "n"), _arg(request, "last")
-        tags, more = page(await self.registry.list_tags(name), n, last)
+        tags, more = page(await self.registry.list_tags(name, caller=caller), n, last)
         if more:
             _set(request, Link=next_link(f"/v2/{name}/tags/list", n, tags[-1]))
         return json_body(request, {"name": str(name), "tags": tags})
 
     @app.route("/v2/_catalog", methods=["GET"])
     async def catalog(self, request):
-        await self.auth.authorize(request, [CATALOG])
+        principal = await self.auth.authorize(request, [CATALOG])
+        caller = caller_of(request, principal)
         n, last = _arg(request, "n"), _arg(request, "last")
-        visible = await self.auth.filter_repositories(request, await self.registry.catalog())
+        visible = await self.auth.filter_repositories(principal, await self.registry.catalog(caller=caller))
         names, more = page(visible, n, last)
         if more:
             _set(request, Link=next_link("/v2/_catalog", n, names[-1]))
@@ -428,9 +449,9 @@ class RegistryAPI:
     @app.route("/v2/<name:name>/referrers/<digest>", methods=["GET"])
     async def referrers(self, request, name, digest):
         name, digest = Name.parse(name), Digest.parse(digest)
-        await self.auth.authorize(request, [pull(name)])
+        caller = caller_of(request, await self.auth.authorize(request, [pull(name)]))
         artifact_type = _arg(request, "artifactType") or None
-        found = await self.registry.referrers(name, digest, artifact_type)
+        found = await self.registry.referrers(name, digest, artifact_type, caller=caller)
         if artifact_type is not None:
             _set(request, OCI_Filters_Applied="artifactType")
         index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": found}

@@ -9,6 +9,11 @@ or by raising `Unauthorized` (401, with the ``WWW-Authenticate`` challenge
 in its headers), `InsufficientScope` (a 401 for a valid token that does not
 cover the request) or `Denied` (403).  `OpenAccess`, the default, grants
 everything.
+
+``authorize`` fires with the `Principal` it found the request comes from:
+the HTTP API passes it explicitly to later questions about the same request
+(``filter_repositories``, a mount's check of its source) and, inside a
+`Caller`, to the registry.  Nothing is kept on the request object.
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ from twisted.internet.defer import succeed
 from zope.interface import Interface, implementer
 
 from ..errors import Unauthorized
+from ..identity import ANONYMOUS, Principal
+
+__all__ = ["ANONYMOUS", "IAuthorizer", "InsufficientScope", "OpenAccess", "Principal"]
 
 
 class InsufficientScope(Unauthorized):
@@ -27,16 +35,20 @@ class InsufficientScope(Unauthorized):
 
 
 class IAuthorizer(Interface):
-    def authorize(request, scopes):
+    def authorize(request, scopes, principal=None):
         """
-        Fire when ``request`` may have every access in ``scopes`` (a list of
-        ``(type, name, actions)``); fail with `Unauthorized` or `Denied`.
+        Fire with the request's `Principal` when ``request`` may have every
+        access in ``scopes`` (a list of ``(type, name, actions)``); fail with
+        `Unauthorized` or `Denied`.  ``principal``: what an earlier call
+        returned for the same request (who it is is settled then; only the
+        access is checked again).
         """
 
-    def filter_repositories(request, names):
+    def filter_repositories(principal, names):
         """
-        Fire with the subset of repository ``names`` the request may see in
-        the catalog.  A listing: being listed grants no access.
+        Fire with the subset of repository ``names`` that ``principal`` (as
+        ``authorize`` returned it) may see in the catalog.  A listing: being
+        listed grants no access.
         """
 
 
@@ -44,10 +56,10 @@ class IAuthorizer(Interface):
 class OpenAccess:
     """No authentication: anyone may do anything."""
 
-    def authorize(self, request, scopes):
-        return succeed(None)
+    def authorize(self, request, scopes, principal=None):
+        return succeed(principal if principal is not None else ANONYMOUS)
 
-    def filter_repositories(self, request, names):
+    def filter_repositories(self, principal, names):
         return succeed(list(names))
 
 

@@ -20,6 +20,7 @@ from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from ..errors import Denied, Unauthorized
+from ..identity import Principal
 from . import IAuthorizer
 from .rules import Identity
 from .state import AuthState, PasswordLogin
@@ -76,28 +77,27 @@ class BasicAuthorizer:
             raise Unauthorized(message="incorrect username or password", headers=self._challenge())
         return identity
 
-    def authorize(self, request, scopes):
-        return Deferred.fromCoroutine(self._authorize(request, scopes))
+    def authorize(self, request, scopes, principal=None):
+        return Deferred.fromCoroutine(self._authorize(request, scopes, principal))
 
-    async def _authorize(self, request, scopes) -> None:
+    async def _authorize(self, request, scopes, principal: Principal | None) -> Principal:
         # A request asks again (a mount checks its source): who it is was settled the first time.
-        identity = getattr(request, "auth_identity", None) or await self.identify(request)
+        identity = principal.identity if principal is not None else None
+        if identity is None:
+            identity = await self.identify(request)
         if not scopes and identity.anonymous:
             raise Unauthorized(headers=self._challenge())
         policy = self.state.policy
         refused = [scope for scope in scopes if not policy.allows(identity, scope)]
         if not refused:
-            request.auth_identity = identity
-            return
+            return principal if principal is not None else Principal(identity.name, identity=identity)
         if identity.anonymous:
             raise Unauthorized(scope_detail(refused), headers=self._challenge())
         raise Denied(scope_detail(refused))
 
-    def filter_repositories(self, request, names):
-        return Deferred.fromCoroutine(self._filter(request, names))
+    def filter_repositories(self, principal, names):
+        return Deferred.fromCoroutine(self._filter(principal, names))
 
-    async def _filter(self, request, names) -> list[str]:
-        identity = getattr(request, "auth_identity", None)
-        if identity is None:
-            identity = await self.identify(request)
+    async def _filter(self, principal: Principal, names) -> list[str]:
+        identity = principal.identity if principal.identity is not None else self.state.policy.identity(None)
         return self.state.policy.may_pull(identity, names)

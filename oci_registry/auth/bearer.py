@@ -20,6 +20,7 @@ from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from ..errors import Denied, Unauthorized
+from ..identity import Principal
 from . import IAuthorizer, InsufficientScope
 from .basic import scope_detail
 from .rules import AccessPolicy
@@ -88,15 +89,16 @@ class TokenAuthorizer:
         self.state.maybe_reload()
         return self.state.policy
 
-    def authorize(self, request, scopes):
-        return Deferred.fromCoroutine(self._authorize(request, scopes))
+    def authorize(self, request, scopes, principal=None):
+        return Deferred.fromCoroutine(self._authorize(request, scopes, principal))
 
-    async def _authorize(self, request, scopes) -> None:
-        token = self._token(request, scopes)
-        request.auth_token = token
+    async def _authorize(self, request, scopes, principal: Principal | None) -> Principal:
+        token = principal.token if principal is not None else None
+        if token is None:
+            token = self._token(request, scopes)
         missing = [scope for scope in scopes if not covers(list(token.access), scope)]
         if not missing:
-            return
+            return principal if principal is not None else Principal(token.subject or None, token=token)
         policy = self._policy()
         if policy is not None and token.subject:
             identity = policy.identity(token.subject)
@@ -108,10 +110,10 @@ class TokenAuthorizer:
             headers=self.challenge(request, scopes, "insufficient_scope"),
         )
 
-    def filter_repositories(self, request, names):
-        return Deferred.fromCoroutine(self._filter(request, names))
+    def filter_repositories(self, principal, names):
+        return Deferred.fromCoroutine(self._filter(principal, names))
 
-    async def _filter(self, request, names) -> list[str]:
+    async def _filter(self, principal: Principal, names) -> list[str]:
         """
         The catalog's names, for listing only.  With the built-in token
         server: what the token's subject may pull by the rules, for a token
@@ -120,7 +122,9 @@ class TokenAuthorizer:
         repository (as in CNCF Distribution).  Access to any of them is
         still decided by the token's repository scopes alone (`authorize`).
         """
-        token = getattr(request, "auth_token", None) or self._token(request, [])
+        token = principal.token
+        if token is None:  # not a principal this authorizer returned: it sees nothing
+            return []
         names = list(names)
         granted = {a.name for a in token.access if a.type == "repository" and ("pull" in a.actions or "*" in a.actions)}
         catalog = covers(list(token.access), ("registry", "catalog", ("*",)))

@@ -39,6 +39,7 @@ import attr
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
 
 from .. import manifest as manifests
 from .. import paths
@@ -53,8 +54,10 @@ from ..errors import (
     Unavailable,
     Unsupported,
 )
+from ..identity import Caller
+from ..interfaces import IRegistry
 from ..reference import DEFAULT_ALGORITHM, Digest, Name, Tag
-from ..registry import BlobInfo, Registry, StoredManifest
+from ..registry import BlobInfo, PushedManifest, Registry, StoredManifest, UploadStatus
 from ..storage.interfaces import PathNotFound, StorageFull
 from .client import IUpstream, UpstreamClient, UpstreamDenied, UpstreamError, UpstreamNotFound, UpstreamUnavailable
 from .config import UpstreamConfig
@@ -154,12 +157,14 @@ def _canonical(accept: tuple, parsed) -> bool:
     return any(t in accept for t in manifests.INDEX_TYPES)
 
 
+@implementer(IRegistry)
 class ProxyRegistry:
     """
-    A `Registry` whose names under configured prefixes are pull-through
-    caches of upstream registries.  It offers every method `Registry` does,
-    so the HTTP API serves it unchanged; names outside every prefix are
-    passed to the local registry as they are.
+    An `IRegistry` whose names under configured prefixes are pull-through
+    caches of upstream registries, and whose other names are the local
+    `Registry`'s, passed to it as they are.  Every operation is decided
+    here, explicitly: a read is served from the cache or the upstream, a
+    push or delete under a prefix is refused (`_local_only`).
     """
 
     def __init__(self, local: Registry, upstreams, clock=time.time, reactor=None):
@@ -184,9 +189,13 @@ class ProxyRegistry:
             reactor=reactor,
         )
 
-    def __getattr__(self, attribute):
-        # Plain attributes (max_manifest_size, ...) are the local registry's.
-        return getattr(self.local, attribute)
+    @property
+    def max_manifest_size(self) -> int:
+        return self.local.max_manifest_size
+
+    @property
+    def min_chunk_length(self) -> int | None:
+        return self.local.min_chunk_length
 
     def route(self, name: Name) -> Route | None:
         for upstream in self.upstreams:
@@ -222,7 +231,7 @@ class ProxyRegistry:
     async def has_blob(self, name: Name, digest: Digest) -> bool:
         return await self.local.has_blob(name, digest)
 
-    async def stat_blob(self, name: Name, digest: Digest, head: bool = False) -> BlobInfo:
+    async def stat_blob(self, name: Name, digest: Digest, head: bool = False, caller: Caller | None = None) -> BlobInfo:
         """
         The blob's size.  For a GET (``head`` false) of a blob not cached yet,
         this starts fetching it, and answers as soon as the upstream has said
@@ -230,7 +239,7 @@ class ProxyRegistry:
         """
         route = self.route(name)
         if route is None:
-            return await self.local.stat_blob(name, digest)
+            return await self.local.stat_blob(name, digest, caller=caller)
         source = await self._blob_source(route, name, digest, fetch=not head)
         if isinstance(source, BlobFill):
             return BlobInfo(digest, await self._ask(source.wait_size(), BlobUnknown(str(digest))))
@@ -238,7 +247,9 @@ class ProxyRegistry:
             return BlobInfo(digest, source)
         return await self.local.stat_blob(name, digest)
 
-    async def open_blob(self, name: Name, digest: Digest, offset: int = 0, length: int | None = None):
+    async def open_blob(
+        self, name: Name, digest: Digest, offset: int = 0, length: int | None = None, caller: Caller | None = None
+    ):
         """
         A reader from ``offset``; ``length``: how much the caller reads (None:
         to the end).  A blob on its way is followed as it arrives when the
@@ -247,7 +258,7 @@ class ProxyRegistry:
         """
         route = self.route(name)
         if route is None:
-            return await self.local.open_blob(name, digest, offset, length)
+            return await self.local.open_blob(name, digest, offset, length, caller=caller)
         source = await self._blob_source(route, name, digest, fetch=True)
         if isinstance(source, BlobFill):
             size = await self._ask(source.wait_size(), BlobUnknown(str(digest)))
@@ -317,7 +328,7 @@ class ProxyRegistry:
         if self._fills.get(key) is fill:
             del self._fills[key]
 
-    async def blob_redirect(self, digest: Digest) -> str | None:
+    async def blob_redirect(self, digest: Digest, caller: Caller | None = None) -> str | None:
         """
         The storage's URL for a stored blob; never while it is being fetched:
         it is not there yet, or what is there is another repository's copy
@@ -328,17 +339,19 @@ class ProxyRegistry:
             return None
         return await self.local.blob_redirect(digest)
 
-    async def delete_blob(self, name: Name, digest: Digest) -> None:
+    async def delete_blob(self, name: Name, digest: Digest, caller: Caller | None = None) -> None:
         self._local_only(name)
-        return await self.local.delete_blob(name, digest)
+        return await self.local.delete_blob(name, digest, caller=caller)
 
-    async def mount_blob(self, name: Name, digest: Digest, source: Name) -> bool:
+    async def mount_blob(
+        self, name: Name, digest: Digest, source: Name, caller: Caller | None = None
+    ) -> BlobInfo | None:
         self._local_only(name)
-        return await self.local.mount_blob(name, digest, source)
+        return await self.local.mount_blob(name, digest, source, caller=caller)
 
-    async def adopt_blob(self, name: Name, digest: Digest) -> bool:
+    async def adopt_blob(self, name: Name, digest: Digest, caller: Caller | None = None) -> BlobInfo | None:
         self._local_only(name)
-        return await self.local.adopt_blob(name, digest)
+        return await self.local.adopt_blob(name, digest, caller=caller)
 
     async def publish_blob(self, digest: Digest, data_path: str, size: int) -> None:
         # Storage-level: no repository is involved (fills and uploads both publish through the local registry).
@@ -349,42 +362,67 @@ class ProxyRegistry:
 
     # ---------------------------------------------------------------- uploads
 
-    async def start_upload(self, name: Name, *args, **kwargs):
+    async def start_upload(self, name: Name, caller: Caller | None = None) -> UploadStatus:
         self._local_only(name)
-        return await self.local.start_upload(name, *args, **kwargs)
+        return await self.local.start_upload(name, caller=caller)
 
-    async def upload_status(self, name: Name, *args, **kwargs):
+    async def upload_status(self, name: Name, upload_id: str, caller: Caller | None = None) -> UploadStatus:
         self._local_only(name)
-        return await self.local.upload_status(name, *args, **kwargs)
+        return await self.local.upload_status(name, upload_id, caller=caller)
 
-    async def append_upload(self, name: Name, *args, **kwargs):
+    async def append_upload(
+        self,
+        name: Name,
+        upload_id: str,
+        body,
+        start: int | None = None,
+        length: int | None = None,
+        caller: Caller | None = None,
+    ) -> UploadStatus:
         self._local_only(name)
-        return await self.local.append_upload(name, *args, **kwargs)
+        return await self.local.append_upload(name, upload_id, body, start=start, length=length, caller=caller)
 
-    async def finish_upload(self, name: Name, *args, **kwargs):
+    async def finish_upload(
+        self, name: Name, upload_id: str, digest: Digest, body=None, caller: Caller | None = None
+    ) -> BlobInfo:
         self._local_only(name)
-        return await self.local.finish_upload(name, *args, **kwargs)
+        return await self.local.finish_upload(name, upload_id, digest, body, caller=caller)
 
-    async def put_blob(self, name: Name, *args, **kwargs):
+    async def put_blob(
+        self, name: Name, digest: Digest, body, length: int | None = None, caller: Caller | None = None
+    ) -> BlobInfo:
         self._local_only(name)
-        return await self.local.put_blob(name, *args, **kwargs)
+        return await self.local.put_blob(name, digest, body, length, caller=caller)
 
-    async def cancel_upload(self, name: Name, *args, **kwargs):
+    async def cancel_upload(self, name: Name, upload_id: str, caller: Caller | None = None) -> None:
         self._local_only(name)
-        return await self.local.cancel_upload(name, *args, **kwargs)
+        return await self.local.cancel_upload(name, upload_id, caller=caller)
 
     # -------------------------------------------------------------- manifests
 
-    async def put_manifest(self, name: Name, *args, **kwargs):
+    async def put_manifest(
+        self,
+        name: Name,
+        reference: Digest | Tag,
+        data: bytes,
+        content_type: str | None,
+        tags: tuple = (),
+        caller: Caller | None = None,
+    ) -> PushedManifest:
         self._local_only(name)
-        return await self.local.put_manifest(name, *args, **kwargs)
+        return await self.local.put_manifest(name, reference, data, content_type, tags, caller=caller)
 
-    async def delete_manifest(self, name: Name, *args, **kwargs):
+    async def delete_manifest(self, name: Name, reference: Digest | Tag, caller: Caller | None = None) -> None:
         self._local_only(name)
-        return await self.local.delete_manifest(name, *args, **kwargs)
+        return await self.local.delete_manifest(name, reference, caller=caller)
 
     async def get_manifest(
-        self, name: Name, reference: Digest | Tag, head: bool = False, accept: tuple = ()
+        self,
+        name: Name,
+        reference: Digest | Tag,
+        head: bool = False,
+        accept: tuple = (),
+        caller: Caller | None = None,
     ) -> StoredManifest:
         """
         ``accept``: the client's Accept media types, forwarded upstream (a
@@ -392,7 +430,7 @@ class ProxyRegistry:
         """
         route = self.route(name)
         if route is None:
-            return await self.local.get_manifest(name, reference, head=head)
+            return await self.local.get_manifest(name, reference, head=head, caller=caller)
         if isinstance(reference, Digest):
             try:
                 return await self.local.get_manifest(name, reference, head=head)
@@ -555,11 +593,11 @@ class ProxyRegistry:
     async def repository_exists(self, name: Name) -> bool:
         return await self.local.repository_exists(name)
 
-    async def list_tags(self, name: Name) -> list[str]:
+    async def list_tags(self, name: Name, caller: Caller | None = None) -> list[str]:
         """The upstream's tags; the cached ones when the upstream is unavailable."""
         route = self.route(name)
         if route is None:
-            return await self.local.list_tags(name)
+            return await self.local.list_tags(name, caller=caller)
         try:
             return await route.client.list_tags(route.remote)
         except UpstreamNotFound:
@@ -575,11 +613,13 @@ class ProxyRegistry:
             )
             return await self.local.list_tags(name)
 
-    async def catalog(self) -> list[str]:
+    async def catalog(self, caller: Caller | None = None) -> list[str]:
         """Local repositories and the cached ones (the upstreams' catalogs are not merged in)."""
-        return await self.local.catalog()
+        return await self.local.catalog(caller=caller)
 
-    async def referrers(self, name: Name, subject: Digest, artifact_type: str | None = None) -> list[dict]:
+    async def referrers(
+        self, name: Name, subject: Digest, artifact_type: str | None = None, caller: Caller | None = None
+    ) -> list[dict]:
         """The upstream's referrers with any cached ones; only the cached ones when the upstream cannot say."""
         cached = await self.local.referrers(name, subject, artifact_type)
         route = self.route(name)

@@ -1,0 +1,145 @@
+"""
+`IRegistry`: every operation the HTTP API (`oci_registry.api`) calls on the
+registry, and so the seam where cross-cutting behaviour goes.
+
+`oci_registry.registry.Registry` is the implementation over storage; the
+pull-through cache (`oci_registry.proxy.ProxyRegistry`) and the observed
+registry (`oci_registry.observe.ObservedRegistry`) wrap another `IRegistry`
+and implement every method themselves, so that a method added here and
+forgotten in a wrapper fails ``verifyObject`` in the tests rather than
+slipping past the wrapper.
+
+Every operation takes an optional ``caller`` (an
+`oci_registry.identity.Caller`): who asks and from where.  The registry
+itself decides nothing by it (the HTTP API has authorized the request
+already); wrappers report it.
+
+Each method is tagged with the access it needs, in the auth scopes' terms
+(``"pull"``, ``"push"`` or ``"delete"``; see `access_of`): a read-only
+wrapper refuses every method that is not ``"pull"``.
+"""
+
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+
+class IRegistry(Interface):
+    max_manifest_size = Attribute("The largest manifest accepted, in bytes (the API reads no more of a body).")
+    min_chunk_length = Attribute(
+        "The chunk size below which uploads cost the storage more (sent as OCI-Chunk-Min-Length), or None."
+    )
+
+    # ----------------------------------------------------------------- blobs
+
+    def stat_blob(name, digest, head=False, caller=None):
+        """
+        Fire with the `BlobInfo` of a blob ``name`` holds (`BlobUnknown` if
+        not).  ``head``: only the size is wanted (no download starts); else
+        the caller goes on to read it (a GET).
+        """
+
+    def open_blob(name, digest, offset=0, length=None, caller=None):
+        """Fire with an `IReader` of the blob from ``offset``; ``length``: how much will be read (None: all)."""
+
+    def blob_redirect(digest, caller=None):
+        """Fire with a URL clients may fetch the blob's bytes from directly, or None."""
+
+    def delete_blob(name, digest, caller=None):
+        """Unlink the blob from ``name`` (`BlobUnknown` if it does not hold it)."""
+
+    def mount_blob(name, digest, source, caller=None):
+        """Link a blob ``source`` holds into ``name``; fire with its `BlobInfo`, or None when ``source`` lacks it."""
+
+    def adopt_blob(name, digest, caller=None):
+        """Link a blob stored for any repository into ``name``; fire with its `BlobInfo`, or None."""
+
+    # --------------------------------------------------------------- uploads
+
+    def put_blob(name, digest, body, length=None, caller=None):
+        """A monolithic upload: store ``body`` as the blob ``digest`` in ``name``; fire with its `BlobInfo`."""
+
+    def start_upload(name, caller=None):
+        """Open an upload session in ``name``; fire with its `UploadStatus`."""
+
+    def upload_status(name, upload_id, caller=None):
+        """Fire with the session's `UploadStatus` (`BlobUploadUnknown` if there is none)."""
+
+    def append_upload(name, upload_id, body, start=None, length=None, caller=None):
+        """Append ``body`` (a chunk starting at ``start``, when the client said); fire with the `UploadStatus`."""
+
+    def finish_upload(name, upload_id, digest, body=None, caller=None):
+        """Append the last chunk, verify ``digest`` and publish the blob; fire with its `BlobInfo`."""
+
+    def cancel_upload(name, upload_id, caller=None):
+        """Abandon the session and delete what it received."""
+
+    # ------------------------------------------------------------- manifests
+
+    def get_manifest(name, reference, head=False, accept=(), caller=None):
+        """
+        Fire with the `StoredManifest` under ``reference`` (a `Digest` or
+        `Tag`); ``head``: without its bytes.  ``accept``: the client's
+        Accept media types.
+        """
+
+    def put_manifest(name, reference, data, content_type, tags=(), caller=None):
+        """Store a manifest under ``reference`` and tag it with ``tags`` too; fire with a `PushedManifest`."""
+
+    def delete_manifest(name, reference, caller=None):
+        """Delete a manifest (a `Digest`: with every tag pointing at it) or untag it (a `Tag`)."""
+
+    # ------------------------------------------------------------- discovery
+
+    def list_tags(name, caller=None):
+        """Fire with the sorted tags of ``name`` (`NameUnknown` if there is no such repository)."""
+
+    def catalog(caller=None):
+        """Fire with every repository's name, sorted."""
+
+    def referrers(name, subject, artifact_type=None, caller=None):
+        """Fire with the descriptors (JSON objects) of the manifests whose subject is ``subject``."""
+
+
+_ACCESS = {
+    "pull": (
+        "stat_blob",
+        "open_blob",
+        "blob_redirect",
+        "get_manifest",
+        "list_tags",
+        "catalog",
+        "referrers",
+    ),
+    "push": (
+        "mount_blob",
+        "adopt_blob",
+        "put_blob",
+        "start_upload",
+        "upload_status",
+        "append_upload",
+        "finish_upload",
+        "cancel_upload",
+        "put_manifest",
+    ),
+    "delete": ("delete_blob", "delete_manifest"),
+}
+for _access, _names in _ACCESS.items():
+    for _name in _names:
+        IRegistry[_name].setTaggedValue("access", _access)
+del _access, _names, _name
+
+
+def access_of(interface, name: str) -> str | None:
+    """The access (``"pull"``, ``"push"``, ``"delete"``) an interface's method ``name`` needs; None if untagged."""
+    return interface[name].queryTaggedValue("access")
+
+
+def operations(interface, access: str | None = None) -> list[str]:
+    """The names of the interface's methods (every one, or those needing ``access``), sorted."""
+    return sorted(
+        name
+        for name in interface.names(all=True)
+        if callable(getattr(interface[name], "getSignatureInfo", None))
+        and (access is None or access_of(interface, name) == access)
+    )
