@@ -24,9 +24,10 @@ from twisted.internet.task import react
 
 from . import startup
 from .config import Config, ConfigError
-from .gc import GCAborted, GCOptions, collect, parse_duration, usage
+from .gc import GCAborted, GCOptions, collect, usage
 from .startup import CONFIG_STATUS, FAILED_STATUS
 from .storage.interfaces import StorageUnavailable
+from .units import parse_duration
 
 
 def _human(size: int) -> str:
@@ -70,7 +71,7 @@ def _config(args) -> Config:
 
 
 async def _run(reactor, args) -> int:
-    from .service import build_storage
+    from .compose import build_storage
 
     config = _config(args)
     storage = build_storage(config, reactor)

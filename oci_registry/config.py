@@ -35,9 +35,9 @@ from typing import TYPE_CHECKING
 import attr
 import yaml
 
-from .gc import parse_duration
 from .manifest import MAX_MANIFEST_SIZE
 from .storage.settings import S3Settings, parse_storage, storage_values
+from .units import parse_duration, parse_size
 
 if TYPE_CHECKING:
     from .auth.config import AuthConfig
@@ -47,20 +47,6 @@ DEFAULT_LISTEN = "tcp:5000"
 
 class ConfigError(ValueError):
     """The configuration file or options are not usable."""
-
-
-def parse_size(value) -> int:
-    """Bytes from ``1048576``, ``512KiB``, ``4MiB``, ``64GiB`` (also k/M/G/T and KB/MB/GB/TB)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    text = str(value).strip()
-    units = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-    number = text.rstrip("BbIiKkMmGgTt ")
-    unit = text[len(number) :].strip().lower().replace("ib", "").replace("b", "")
-    try:
-        return int(float(number) * units[unit])
-    except (KeyError, ValueError):
-        raise ValueError(f"not a size: {value!r} (use e.g. 4194304, 4MiB, 64GiB)") from None
 
 
 def _yaml_problem(error: yaml.YAMLError) -> str:

@@ -63,7 +63,7 @@ import time
 from collections import defaultdict
 
 import attr
-from twisted.internet.defer import succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -72,11 +72,11 @@ from . import manifest as manifests
 from . import paths
 from .errors import DigestInvalid, ManifestInvalid
 from .reference import ALGORITHMS, Digest, Name, Tag
-from .storage.interfaces import DestinationExists, IStorageDriver, PathNotFound
+from .storage.interfaces import DestinationExists, IStorageDriver, PathNotFound, StorageUnavailable
+from .units import DAY
 
 log = Logger()
 
-DAY = 24 * 3600
 PACE = 0.001  # seconds of work between two yields to the reactor
 LARGE_MANIFEST = 256 << 10  # bytes above which a manifest is parsed in a thread
 
@@ -694,15 +694,25 @@ async def usage(storage: IStorageDriver) -> list[dict]:
     return rows
 
 
-def parse_duration(text) -> float:
-    """Seconds from ``90``, ``90s``, ``15m``, ``24h`` or ``7d``."""
-    if isinstance(text, int | float):
-        return float(text)
-    text = str(text).strip()
-    units = {"s": 1, "m": 60, "h": 3600, "d": DAY}
-    try:
-        if text and text[-1] in units:
-            return float(text[:-1]) * units[text[-1]]
-        return float(text)
-    except ValueError:
-        raise ValueError(f"not a duration: {text!r} (use e.g. 90s, 15m, 24h, 7d)") from None
+
+def scheduled(storage: IStorageDriver, options: GCOptions, interval: float, reactor=None):
+    """
+    A service collecting garbage every ``interval`` seconds in this process
+    (the daemon runs it in worker 0 only), yielding to the reactor after
+    each millisecond of work so that requests are served meanwhile.  A run
+    that fails is logged in one line; the next one runs as planned.
+    """
+    from twisted.application.internet import TimerService
+
+    def failed(failure):
+        if failure.check(StorageUnavailable):
+            log.error("scheduled garbage collection not run: storage unavailable: {cause}", cause=failure.value.cause)
+        elif not failure.check(GCAborted):  # already logged, in one line
+            log.failure("scheduled garbage collection failed", failure)
+
+    def run():
+        return Deferred.fromCoroutine(collect(storage, options, reactor=reactor)).addErrback(failed)
+
+    service = TimerService(interval, run)
+    service.setName("gc")
+    return service

@@ -18,9 +18,12 @@ import resource
 import signal
 import sys
 
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
+
+from .storage.interfaces import StorageUnavailable
 
 log = Logger(namespace="ociregistry")
 
@@ -135,3 +138,53 @@ def raise_open_files_limit() -> int:
                 "could not raise the open files limit from {soft} to {hard}: {error}", soft=soft, hard=hard, error=e
             )
     return soft
+
+
+def at_once(d: Deferred, judge, reactor) -> None:
+    """
+    Start-up fails when ``d`` does, as ``judge(failure)`` says (a
+    `StartupError`, or None to carry on): raised here when ``d`` has failed
+    already (so twistd stops before it runs the reactor), else through `fail`.
+    """
+    known = []
+
+    def failed(reason):
+        error = judge(reason)
+        if error is None:
+            return
+        if starting:
+            known.append(error)
+        else:
+            fail(reactor, error)
+
+    starting = True
+    d.addErrback(failed)
+    starting = False
+    if known:
+        raise known[0]
+
+
+class StorageCheck(Service):
+    """
+    At start-up, once twistd has dropped privileges: the storage can be used
+    (`IStorageDriver.check`), or the registry does not start.  A storage
+    that refuses the configuration (a data directory this user cannot
+    write, a bucket that does not exist, credentials it refuses) stops it;
+    one merely unreachable does not: requests get 503 until it answers, and
+    an orchestrator sees a process that is up.
+    """
+
+    def __init__(self, reactor, storage):
+        self._reactor = reactor
+        self._storage = storage
+
+    def startService(self):
+        super().startService()
+        at_once(self._storage.check(), self._judge, self._reactor)
+
+    def _judge(self, reason) -> StartupError | None:
+        if not reason.check(StorageUnavailable):
+            return StartupError(f"cannot use the storage: {reason.getErrorMessage()}")
+        if reason.value.misconfigured:
+            return StartupError(reason.value.cause, CONFIG_STATUS)
+        return None  # logged as an outage by the driver; requests get 503 until it ends

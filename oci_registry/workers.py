@@ -3,7 +3,7 @@ Several worker processes serving one listening port.
 
 All registry state lives in storage, so any process can serve any request.
 With ``workers: N`` the twistd process is worker 0 and starts N-1 more
-(``python -m oci_registry.workers``).  Each worker binds the same TCP port
+(``python -m oci_registry.worker``, `oci_registry.worker`).  Each worker binds the same TCP port
 with ``SO_REUSEPORT`` and the kernel spreads incoming connections across
 them.  A worker that dies is restarted; workers stop when the parent stops
 (or dies: each watches its stdin, a pipe from the parent).
@@ -17,13 +17,12 @@ import os
 import socket
 import sys
 
-from twisted.application.service import MultiService, Service
+from twisted.application.service import Service
 from twisted.internet import protocol
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.error import ProcessExitedAlready
-from twisted.internet.interfaces import IListeningPort, IReadDescriptor
+from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
-from zope.interface import implementer
 
 from .config import Config, ConfigError
 from .startup import StartupError
@@ -127,7 +126,7 @@ class WorkerSupervisor(Service):
         self._reactor.spawnProcess(
             worker,
             sys.executable,
-            [sys.executable, "-m", "oci_registry.workers", str(index)],
+            [sys.executable, "-m", "oci_registry.worker", str(index)],
             env={**os.environ, CONFIG_VARIABLE: payload},
             childFDs={0: "w", 1: 1, 2: 2},
         )
@@ -178,76 +177,3 @@ class WorkerSupervisor(Service):
         done = DeferredList([worker.ended for worker in workers])
         done.addBoth(lambda _: timer.cancel() if timer.active() else None)
         return done
-
-
-@implementer(IReadDescriptor)
-class _ParentWatch:
-    """Stops the worker when the parent's pipe on stdin closes (the parent ended)."""
-
-    def __init__(self, reactor, fd: int = 0):
-        self._reactor = reactor
-        self._fd = fd
-
-    def fileno(self):
-        return self._fd
-
-    def logPrefix(self):
-        return "parent-watch"
-
-    def doRead(self):
-        try:
-            data = os.read(self._fd, 4096)
-        except BlockingIOError:
-            return None
-        except OSError:
-            data = b""
-        if not data:
-            self._reactor.removeReader(self)
-            self.connectionLost(None)
-        return None
-
-    def connectionLost(self, reason):
-        # The reactor reports a hung-up pipe here rather than as a read.
-        if self._reactor.running:
-            self._reactor.stop()
-
-
-def add_listeners(top: MultiService, reactor, config: Config, site) -> list[ListenService]:
-    listeners = [ListenService(reactor, description, site) for description in config.listen]
-    for listener in listeners:
-        listener.setServiceParent(top)
-    return listeners
-
-
-def main(argv=None) -> None:
-    """Entry point of worker processes 1..N-1."""
-    from twisted.internet import reactor
-    from twisted.logger import globalLogBeginner, textFileLogObserver
-
-    from .bulk import large_buffers_from_mmap
-    from .service import build_site
-    from .startup import install, raise_open_files_limit
-
-    large_buffers_from_mmap()
-    files = raise_open_files_limit()
-    argv = sys.argv[1:] if argv is None else argv
-    index = int(argv[0])
-    payload = argv[1] if len(argv) > 1 else os.environ.pop(CONFIG_VARIABLE)
-    config = Config.from_dict(json.loads(payload))
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
-    install(reactor)
-    top = MultiService()
-    site = build_site(config, reactor)
-    add_listeners(top, reactor, config, site)
-    reload_service = site.auth.reload_service()  # the supervisor passes SIGHUP on
-    if reload_service is not None:
-        top.addService(reload_service)
-    reactor.addReader(_ParentWatch(reactor))
-    top.startService()  # a StartupError ends the worker with one line
-    reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
-    log.info("worker {index} serving; open files limit {files}", index=index, files=files)
-    reactor.run()
-
-
-if __name__ == "__main__":
-    main()

@@ -613,13 +613,14 @@ async def test_logins_do_not_wait_for_the_reactors_thread_pool(tmp_path):
     from twisted.internet import reactor
     from twisted.internet.defer import Deferred
 
-    from oci_registry.service import build_site
+    from oci_registry.compose import build
 
     (tmp_path / "htpasswd").write_text("alice:{SHA}nU4eI71bcnBGqeO0t9tXvY1u5oQ=\n")
     config = Config.from_dict(
         {"data_dir": str(tmp_path / "data"), "auth": {"htpasswd": str(tmp_path / "htpasswd"), "admins": ["alice"]}}
     )
-    site = build_site(config, reactor)
+    components = build(config, reactor)
+    site = components.site
     port = reactor.listenTCP(0, site, interface="127.0.0.1")
     shared = reactor.getThreadPool()
     release = threading.Event()
@@ -645,7 +646,7 @@ async def test_logins_do_not_wait_for_the_reactors_thread_pool(tmp_path):
     finally:
         release.set()
         await port.stopListening()
-        site.auth.login_pool.stop()
+        components.auth.login_pool.stop()
 
 
 def test_build_auth_without_config_is_open(tmp_path):

@@ -69,3 +69,49 @@ async def test_application_and_registry_side_by_side(served):
     assert await r.content() == blob
     r = await treq.get(served + "/v2/_catalog")
     assert json.loads(await r.content()) == {"repositories": ["embedded/app"]}
+
+
+# ----------------------------------------- the same registry as the daemon's
+
+LIMITS = "max_uploads_per_client: 2\nupload_expiry: 1s\n"
+
+
+@pytest.fixture(params=["registry_resource", "twistd"])
+def limited(request, tmp_path):
+    """A registry with two open uploads per client and a one-second upload expiry: embedded, or the daemon."""
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(LIMITS)
+    if request.param == "twistd":
+        from registry_process import RegistryProcess
+
+        process = RegistryProcess(str(tmp_path / "data"), config=str(config_path)).start()
+        yield process.url
+        process.stop()
+        return
+    from oci_registry.config import Config
+    from oci_registry.service import RegistrySite, registry_resource
+
+    config = Config.load(str(config_path), data_dir=str(tmp_path / "data"))
+    port = reactor.listenTCP(0, RegistrySite(registry_resource(config=config, reactor=reactor)), interface="127.0.0.1")
+    yield f"http://127.0.0.1:{port.getHost().port}"
+    pytest_twisted.blockon(port.stopListening())
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_embedded_registry_has_the_daemons_upload_limits(limited):
+    """``registry_resource(config=...)`` caps open uploads per client and expires them as ``twistd`` does."""
+    from twisted.internet.task import deferLater
+
+    async def start_upload():
+        r = await treq.post(limited + "/v2/limits/app/blobs/uploads/")
+        await r.content()
+        return r
+
+    for _ in range(2):
+        assert (await start_upload()).code == 202
+    refused = await start_upload()
+    assert refused.code == 429
+    assert refused.headers.getRawHeaders("Retry-After") == ["60"]
+    # Sessions idle past upload_expiry no longer count against the cap.
+    await deferLater(reactor, 1.2, lambda: None)
+    assert (await start_upload()).code == 202

@@ -36,7 +36,7 @@ from typing import Any
 import attr
 import yaml
 
-from ..gc import parse_duration
+from ..units import parse_duration
 from .rules import ACTIONS, ANONYMOUS, AUTHENTICATED, AccessPolicy, AccessRule, parse_access, parse_admins, parse_groups
 
 _AUTH_KEYS = {

@@ -26,7 +26,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import attr
 
-from ..gc import parse_duration
+from ..units import parse_duration
 from ..reference import NAME_RE
 
 #: Hosts that serve Docker Hub, where a one-component name means ``library/NAME``.

@@ -26,6 +26,8 @@ from collections.abc import Mapping
 
 import attr
 
+from ..units import parse_duration, parse_size
+
 MIN_PART_SIZE = 5 << 20  # S3's smallest part (all but the last)
 MAX_PART_SIZE = 5 << 30
 ENV_PREFIX = "OCIREGISTRY_S3_"
@@ -62,9 +64,6 @@ class S3Settings:
 
     @classmethod
     def from_dict(cls, values: Mapping) -> S3Settings:
-        from ..config import parse_size  # config imports this module
-        from ..gc import parse_duration
-
         known = {f.name for f in attr.fields(cls)}
         unknown = set(values) - known
         if unknown:

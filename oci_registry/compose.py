@@ -1,0 +1,132 @@
+"""
+The composition root: the one place that turns a `Config` into the
+registry's object graph, so that every entry point gets the same storage,
+limits and auth.  The twistd plugin and the ``--workers`` processes
+(through `oci_registry.service.make_service`), embedding applications
+(`oci_registry.service.registry_resource`, or `build` itself), ``ociregistry
+gc``/``du`` (`build_storage`) and the tests all start here.
+
+    components = build(config, reactor)
+    components.site        # serve it: reactor.listenTCP(5000, components.site)
+    components.registry    # or use the domain directly, without HTTP
+
+Everything else receives its collaborators; nothing else chooses them.
+"""
+
+from __future__ import annotations
+
+import attr
+from twisted.application.service import Service
+from twisted.logger import Logger
+from twisted.web.resource import IResource
+
+from .api.app import RegistryAPI
+from .auth.service import Auth, build_auth
+from .config import Config
+from .gc import GCOptions, scheduled
+from .observe import LogObserver, ObservedRegistry
+from .registry import Registry
+from .site import RegistrySite
+from .startup import StorageCheck
+from .storage.drivers import build_driver
+from .storage.interfaces import IStorageDriver
+
+log = Logger(namespace="oci_registry.service")
+
+
+def build_storage(config: Config, reactor=None) -> IStorageDriver:
+    """The storage driver the config names (the filesystem under ``data_dir`` by default)."""
+    return build_driver(config.storage, config.data_dir, reactor)
+
+
+def build_registry(config: Config, storage: IStorageDriver, reactor=None) -> ObservedRegistry:
+    """
+    The local `Registry` over ``storage``; wrapped in a `ProxyRegistry` when
+    ``proxies`` are configured; observed (`oci_registry.observe`) by the log.
+    """
+    registry = Registry(
+        storage,
+        max_manifest_size=config.max_manifest_size,
+        max_upload_size=config.max_upload_size,
+        reactor=reactor,
+        gc_grace=config.gc_grace,
+    )
+    if config.proxies:
+        from .proxy import ProxyRegistry
+
+        for upstream in config.proxies:
+            log.info(
+                "pull-through cache: {prefix} -> {url}",
+                prefix=f"{upstream.prefix}/" if upstream.prefix else "every other repository",
+                url=upstream.url,
+            )
+        return ObservedRegistry(ProxyRegistry.from_config(registry, config.proxies, reactor), [LogObserver()])
+    return ObservedRegistry(registry, [LogObserver()])
+
+
+@attr.s(auto_attribs=True, frozen=True, kw_only=True)
+class Components:
+    """
+    The registry, built: what serves requests (``resource``, ``site``), what
+    it is made of (``storage``, ``registry``, ``auth``, ``api``), and the
+    background services that go with it.  Each ``*_service`` method makes a
+    new service, for the caller to add to its own service tree.
+    """
+
+    config: Config
+    reactor: object
+    storage: IStorageDriver
+    registry: ObservedRegistry  # the `Registry` (in a `ProxyRegistry` when configured), observed
+    auth: Auth
+    api: RegistryAPI
+    resource: IResource  # the API, with ``/token`` in front when this registry issues tokens
+    site: RegistrySite  # ``resource`` served with the config's connection, header and body limits
+
+    def storage_check(self) -> Service:
+        """Checks the storage at start-up: the daemon does not start on one it cannot use."""
+        return StorageCheck(self.reactor, self.storage)
+
+    def gc_service(self) -> Service | None:
+        """Garbage collection every ``gc_interval`` (None when it is 0: never)."""
+        config = self.config
+        if config.gc_interval <= 0:
+            return None
+        options = GCOptions(
+            grace=config.gc_grace, upload_expiry=config.upload_expiry, delete_untagged=config.gc_delete_untagged
+        )
+        return scheduled(self.storage, options, config.gc_interval, self.reactor)
+
+    def auth_service(self, forward=None) -> Service | None:
+        """The login thread pool and the reload of the auth settings on SIGHUP (see `Auth.service`)."""
+        return self.auth.service(forward=forward)
+
+
+def build(config: Config, reactor=None) -> Components:
+    """
+    The registry's object graph for ``config``, on ``reactor`` (the global
+    one when None).  Raises `ConfigError` when the configuration cannot
+    work (an auth file that cannot be read...); builds nothing that listens
+    or runs until its services are started.
+    """
+    if reactor is None:
+        from twisted.internet import reactor
+    storage = build_storage(config, reactor)
+    registry = build_registry(config, storage, reactor)
+    auth = build_auth(config, reactor)
+    api = RegistryAPI(
+        registry,
+        max_uploads_per_client=config.max_uploads_per_client,
+        upload_expiry=config.upload_expiry,
+        authorizer=auth.authorizer,
+    )
+    resource = auth.wrap(api.resource())
+    return Components(
+        config=config,
+        reactor=reactor,
+        storage=storage,
+        registry=registry,
+        auth=auth,
+        api=api,
+        resource=resource,
+        site=RegistrySite.from_config(resource, config, reactor),
+    )
