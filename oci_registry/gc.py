@@ -694,7 +694,6 @@ async def usage(storage: IStorageDriver) -> list[dict]:
     return rows
 
 
-
 def scheduled(storage: IStorageDriver, options: GCOptions, interval: float, reactor=None):
     """
     A service collecting garbage every ``interval`` seconds in this process

@@ -97,7 +97,7 @@ def imports(modules: dict[str, str] | None = None) -> list[Import]:
 
 
 def cycles(edges: list[Import]) -> list[list[str]]:
-    """The import cycles (each as the list of its modules, the first repeated at the end), one per strongly connected group."""
+    """The import cycles, one per strongly connected group: each a list of modules, the first repeated at the end."""
     graph: dict[str, set[str]] = {}
     for edge in edges:
         if edge.importer != edge.imported:

@@ -26,8 +26,8 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import attr
 
-from ..units import parse_duration
 from ..reference import NAME_RE
+from ..units import parse_duration
 
 #: Hosts that serve Docker Hub, where a one-component name means ``library/NAME``.
 DOCKER_HUB_HOSTS = frozenset({"registry-1.docker.io", "index.docker.io", "docker.io", "registry.hub.docker.com"})
