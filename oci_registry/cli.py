@@ -26,7 +26,7 @@ from . import startup
 from .config import Config, ConfigError
 from .gc import GCAborted, GCOptions, collect, usage
 from .startup import CONFIG_STATUS, FAILED_STATUS
-from .storage.interfaces import StorageUnavailable
+from .storage.interfaces import IClosableDriver, StorageUnavailable
 from .units import parse_duration
 
 
@@ -129,9 +129,8 @@ async def _run(reactor, args) -> int:
         startup.report(f"storage unavailable: {e.cause}")
         raise SystemExit(CONFIG_STATUS if e.misconfigured else FAILED_STATUS) from None
     finally:
-        close = getattr(storage, "close", None)
-        if close is not None:
-            close()
+        if IClosableDriver.providedBy(storage):
+            storage.close()
 
 
 def main(argv=None) -> None:

@@ -36,7 +36,7 @@ import attr
 import yaml
 
 from .manifest import MAX_MANIFEST_SIZE
-from .storage.settings import S3Settings, parse_storage, storage_values
+from .storage.drivers import parse_storage, section_of, storage_values
 from .units import parse_duration, parse_size
 
 if TYPE_CHECKING:
@@ -85,11 +85,16 @@ class Config:
     max_body_memory: int = 64 << 20  # bytes of small request bodies held in memory at once, per process; 0: no limit
     min_body_rate: int = 1024  # bytes/s a request body must average over client_timeout; 0: off
     auth: AuthConfig | None = None  # None: open to anyone
-    storage: S3Settings | None = None  # None: the filesystem under data_dir
+    storage: object = None  # the chosen driver's settings (oci_registry.storage.drivers); None: data_dir's files
     proxies: tuple = ()  # oci_registry.proxy.config.UpstreamConfig: pull-through caches of other registries
 
     def to_dict(self) -> dict:
-        return {**attr.asdict(self), "listen": list(self.listen), "auth": self.auth.to_dict() if self.auth else None}
+        return {
+            **attr.asdict(self),
+            "listen": list(self.listen),
+            "auth": self.auth.to_dict() if self.auth else None,
+            "storage": section_of(self.storage),
+        }
 
     @classmethod
     def load(cls, path: str | None = None, storage_options: dict | None = None, **overrides) -> Config:
@@ -111,7 +116,10 @@ class Config:
                 raise ConfigError(f"config {path} must be a mapping")
             values.update(loaded)
         values.update({k: v for k, v in overrides.items() if v not in (None, [], ())})
-        storage = storage_values(values.get("storage"), os.environ, storage_options)
+        try:
+            storage = storage_values(values.get("storage"), os.environ, storage_options)
+        except ValueError as e:
+            raise ConfigError(f"storage: {e}") from None
         if storage is not None:
             values["storage"] = storage
         return cls.from_dict(values, source=path)

@@ -149,7 +149,7 @@ class Registry:
     @property
     def min_chunk_length(self) -> int | None:
         """The chunk size below which uploads cost the storage more (``OCI-Chunk-Min-Length``), or None."""
-        return getattr(self.storage, "min_chunk_length", None)
+        return self.storage.min_chunk_length
 
     # ------------------------------------------------------------------ blobs
 
@@ -393,7 +393,7 @@ class Registry:
             info = await self.storage.stat(target)
             if info is not None:
                 info = await self._kept(digest, info)  # before replacing it: a GC may be taking it
-            if info is None or info.size != size or not getattr(self.storage, "move_is_copy", False):
+            if info is None or info.size != size or not self.storage.move_is_copy:
                 # Only the bytes verified: a client appending to the upload
                 # through another process meanwhile must not slip more in.
                 await self.storage.move(data_path, target, size=size)

@@ -34,6 +34,7 @@ from .compose import Components, build
 from .config import Config, ConfigError
 from .site import RegistrySite
 from .startup import StartupError, at_once
+from .storage import drivers
 from .workers import ListenService, WorkerSupervisor
 
 __all__ = ["Listener", "RegistrySite", "make_service", "registry_resource"]
@@ -166,7 +167,7 @@ def _daemon_service(components: Components) -> MultiService:
         top.addService(gc)
     log.info(
         "ociregistry storing data in {data_dir}",
-        data_dir=config.storage.describe() if config.storage else config.data_dir,
+        data_dir=drivers.describe(config.storage, config.data_dir),
     )
     components.auth.announce()
     # SIGHUP re-reads the auth settings, here and in every worker.

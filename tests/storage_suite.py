@@ -6,6 +6,9 @@ a ``driver`` fixture that yields a fresh, empty `IStorageDriver` and a
 ``leftovers`` fixture-free method ``temp_files(driver)`` listing anything
 the driver left behind that is not a real file (temporary names, partial
 uploads); the suite checks after every test that nothing was left.
+``driver_capabilities`` and ``reader_capabilities`` name the optional
+interfaces the driver and its readers declare: the suite checks each with
+``verifyObject``, and that they declare no other.
 """
 
 from __future__ import annotations
@@ -20,12 +23,17 @@ from zope.interface.verify import verifyObject
 
 from oci_registry.storage.interfaces import (
     DestinationExists,
+    IClosableDriver,
     IReader,
+    ISendfileReader,
     IStorageDriver,
     IWriter,
     PathNotFound,
     SourceChanged,
 )
+
+# Every optional capability a driver or its readers may declare.
+CAPABILITIES = (IClosableDriver, ISendfileReader)
 
 
 async def _write_file(driver, path, chunks, hasher=None):
@@ -37,6 +45,9 @@ async def _write_file(driver, path, chunks, hasher=None):
 
 
 class StorageSuite:
+    driver_capabilities: tuple = ()  # override: the optional interfaces the driver provides
+    reader_capabilities: tuple = ()  # override: those its readers provide
+
     def temp_files(self, driver) -> list[str]:
         """Override: paths of temporary files the driver left behind."""
         return []
@@ -48,6 +59,25 @@ class StorageSuite:
 
     def test_provides_interface(self, driver):
         assert verifyObject(IStorageDriver, driver)
+
+    def test_declares_its_capabilities(self, driver):
+        for capability in self.driver_capabilities:
+            assert verifyObject(capability, driver)
+        undeclared = [c for c in CAPABILITIES if c.providedBy(driver) and c not in self.driver_capabilities]
+        assert undeclared == []
+
+    @pytest_twisted.ensureDeferred
+    async def test_its_readers_declare_their_capabilities(self, driver):
+        await driver.write_bytes("capabilities", b"x" * 1000)
+        reader = await driver.open_reader("capabilities", 10)
+        try:
+            assert verifyObject(IReader, reader)
+            for capability in self.reader_capabilities:
+                assert verifyObject(capability, reader)
+            undeclared = [c for c in CAPABILITIES if c.providedBy(reader) and c not in self.reader_capabilities]
+            assert undeclared == []
+        finally:
+            await reader.close()
 
     @pytest_twisted.ensureDeferred
     async def test_write_and_read_bytes(self, driver):

@@ -15,10 +15,11 @@ import attr
 PACKAGE = "oci_registry"
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), PACKAGE)
 
-# Modules holding a storage adapter: what the rest of the package reaches
-# only through `IStorageDriver` and the driver registry.
-ADAPTERS = {"oci_registry.storage.filesystem": "FilesystemDriver", "oci_registry.storage.s3": "S3Driver"}
-# Where adapters may be built: the composition root and the driver registry.
+# What the rest of the package may import from storage/: the interfaces and
+# the driver registry.  Every other module there is some driver's own.
+STORAGE_SEAMS = {"oci_registry.storage", "oci_registry.storage.interfaces", "oci_registry.storage.drivers"}
+# Where drivers are built, besides their own modules (each declares its factory):
+# the composition root and the driver registry.
 BUILDERS = {"oci_registry.compose", "oci_registry.storage.drivers"}
 
 
@@ -175,19 +176,44 @@ def test_only_the_storage_package_imports_an_adapter():
     outside = [
         f"{edge.importer} (line {edge.line}) imports {edge.imported}"
         for edge in imports()
-        if edge.imported in ADAPTERS and not edge.importer.startswith("oci_registry.storage.")
+        if edge.imported.startswith("oci_registry.storage.")
+        and edge.imported not in STORAGE_SEAMS
+        and not edge.importer.startswith("oci_registry.storage.")
     ]
     assert not outside, "adapters are reached through the driver registry: " + "; ".join(outside)
+
+
+def _trees(modules: dict[str, str]):
+    for module, path in modules.items():
+        with open(path, encoding="utf-8") as f:
+            yield module, ast.parse(f.read(), path)
+
+
+def _provides_storage_driver(node: ast.ClassDef) -> bool:
+    for decorator in node.decorator_list:
+        if isinstance(decorator, ast.Call) and getattr(decorator.func, "id", None) == "implementer":
+            if any(getattr(arg, "id", None) == "IStorageDriver" for arg in decorator.args):
+                return True
+    return False
+
+
+def adapter_classes(modules: dict[str, str] | None = None) -> dict[str, str]:
+    """Every class of the package declared with ``@implementer(IStorageDriver, ...)``: class -> its module."""
+    modules = package_modules() if modules is None else modules
+    return {
+        node.name: module
+        for module, tree in _trees(modules)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ClassDef) and _provides_storage_driver(node)
+    }
 
 
 def adapter_constructions(modules: dict[str, str] | None = None) -> list[tuple[str, str, int]]:
     """``(module, class, line)`` of every call of an adapter's class, under whatever name it is imported."""
     modules = package_modules() if modules is None else modules
-    classes = set(ADAPTERS.values())
+    classes = set(adapter_classes(modules))
     found = []
-    for module, path in modules.items():
-        with open(path, encoding="utf-8") as f:
-            tree = ast.parse(f.read(), path)
+    for module, tree in _trees(modules):
         aliases = dict.fromkeys(classes, "")
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom):
@@ -204,11 +230,19 @@ def adapter_constructions(modules: dict[str, str] | None = None) -> list[tuple[s
     return found
 
 
+def test_the_adapters_are_known():
+    assert adapter_classes() == {
+        "FilesystemDriver": "oci_registry.storage.filesystem",
+        "S3Driver": "oci_registry.storage.s3",
+    }
+
+
 def test_only_the_composition_root_and_the_driver_registry_build_an_adapter():
+    home = adapter_classes()
     elsewhere = [
         f"{module} (line {line}) builds a {cls}"
         for module, cls, line in adapter_constructions()
-        if module not in BUILDERS and module not in ADAPTERS
+        if module not in BUILDERS and module != home[cls]
     ]
     assert not elsewhere, "storage is built by the composition root: " + "; ".join(elsewhere)
 
@@ -254,6 +288,10 @@ def test_an_import_under_type_checking_is_no_cycle(tmp_path):
 def test_a_renamed_adapter_class_is_still_seen_being_built(tmp_path):
     modules = _write(
         tmp_path,
-        {"oci_registry.x": "from .storage.s3 import S3Driver as D\n\ndef f(s):\n    return D(s)\n"},
+        {
+            "oci_registry.storage.s3": "@implementer(IStorageDriver, IClosableDriver)\nclass S3Driver:\n    pass\n",
+            "oci_registry.x": "from .storage.s3 import S3Driver as D\n\ndef f(s):\n    return D(s)\n",
+        },
     )
     assert adapter_constructions(modules) == [("oci_registry.x", "S3Driver", 4)]
+

@@ -7,11 +7,14 @@ import pytest
 import pytest_twisted
 
 from oci_registry.storage.filesystem import TEMP_PREFIX, FilesystemDriver
-from oci_registry.storage.interfaces import StorageFull
+from oci_registry.storage.interfaces import IClosableDriver, ISendfileReader, StorageFull
 from storage_suite import StorageSuite
 
 
 class TestFilesystemStorage(StorageSuite):
+    driver_capabilities = (IClosableDriver,)
+    reader_capabilities = (ISendfileReader,)
+
     @pytest.fixture
     def driver(self, tmp_path):
         driver = FilesystemDriver(str(tmp_path / "root"))
@@ -46,6 +49,9 @@ class TestFilesystemStorage(StorageSuite):
 
 class TestFilesystemStorageThreadedReads(StorageSuite):
     """The same suite with every read going through the thread pool."""
+
+    driver_capabilities = (IClosableDriver,)
+    reader_capabilities = (ISendfileReader,)
 
     @pytest.fixture
     def driver(self, tmp_path):

@@ -29,7 +29,6 @@ import pwd
 import shutil
 import uuid
 
-import attr
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
@@ -38,7 +37,10 @@ from zope.interface import implementer
 from .availability import Availability
 from .interfaces import (
     DestinationExists,
-    IReader,
+    DriverFactory,
+    FileInfo,
+    IClosableDriver,
+    ISendfileReader,
     IStorageDriver,
     IWriter,
     PathNotFound,
@@ -51,16 +53,6 @@ TEMP_PREFIX = ".tmp-"
 BLOCK = 1 << 20  # bytes handed to the pool per write job
 HIGH_WATER = 8 << 20  # buffered bytes above which writers push back
 INLINE_READ_LIMIT = 64 << 10  # small files read on the reactor thread
-
-
-@attr.s(auto_attribs=True, frozen=True, slots=True)
-class FileInfo:
-    size: int
-    mtime: float
-    is_dir: bool
-    # Names the file's content as last written (S3: the object's ETag), or
-    # None where the storage keeps none: see ``IWriter.version``.
-    version: str | None = None
 
 
 # The file system failing or refusing this process, rather than a path missing.
@@ -157,7 +149,7 @@ def _in_folder(full: str, create, source: str | None = None, durable: bool = Tru
     raise OSError(errno.EAGAIN, f"{folder} keeps being removed")
 
 
-@implementer(IStorageDriver)
+@implementer(IStorageDriver, IClosableDriver)
 class FilesystemDriver:
     """Stores files under ``root``; ``reactor`` and the pool are injectable."""
 
@@ -599,7 +591,7 @@ class _Writer:
         return Deferred.fromCoroutine(cancel())
 
 
-@implementer(IReader)
+@implementer(ISendfileReader)
 class _Reader:
     def __init__(self, driver: FilesystemDriver, f, size: int):
         self._driver = driver
@@ -616,3 +608,19 @@ class _Reader:
     def close(self):
         self._file.close()
         return succeed(None)
+
+
+def _parse(section) -> None:
+    if section:
+        raise ValueError("storage: filesystem takes no options (use data_dir)")
+    return None
+
+
+# The default driver: no section of its own (its settings are None), the files under ``data_dir``.
+DRIVER = DriverFactory(
+    name="filesystem",
+    settings_type=None,
+    parse=_parse,
+    describe=lambda settings, data_dir: data_dir,
+    build=lambda settings, data_dir, reactor: FilesystemDriver(data_dir, reactor=reactor),
+)

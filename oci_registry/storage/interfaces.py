@@ -17,11 +17,22 @@ Distribution's storage driver).  The registry decides what the paths mean
 - a storage that cannot be used (unreachable, failing, refusing the
   registry's credentials, its bucket missing) raises `StorageUnavailable`
   from any method, never `PathNotFound`: nothing is known about the path.
+
+Beyond `IStorageDriver`, a driver (or its readers) may provide optional
+capabilities, each an interface of its own that callers check with
+``providedBy``: `ISendfileReader` (bytes straight from a file to a socket),
+`IClosableDriver` (release threads and connections before the reactor
+stops).  A driver is found by the name of its configuration section through
+the `IStorageDriverFactory` its module declares (`oci_registry.storage.drivers`).
 """
 
 from __future__ import annotations
 
-from zope.interface import Attribute, Interface
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attr
+from zope.interface import Attribute, Interface, implementer
 
 
 class PathNotFound(Exception):
@@ -45,6 +56,18 @@ class StorageUnavailable(Exception):
         super().__init__(cause)
         self.cause = cause
         self.misconfigured = misconfigured
+
+
+@attr.s(auto_attribs=True, frozen=True, slots=True)
+class FileInfo:
+    """What `IStorageDriver.stat` tells about a path."""
+
+    size: int
+    mtime: float
+    is_dir: bool
+    # Names the file's content as last written (S3: the object's ETag), or
+    # None where the storage keeps none: see ``IWriter.version``.
+    version: str | None = None
 
 
 class SourceChanged(Exception):
@@ -165,3 +188,97 @@ class IStorageDriver(Interface):
         itself) when it cannot.  The daemon calls it once at start-up, after
         dropping privileges.
         """
+
+
+# ------------------------------------------------------------ optional capabilities
+
+
+class ISendfileReader(IReader):
+    """
+    A reader over a local open file, which the HTTP layer may hand to
+    ``os.sendfile`` so that a download's bytes go from the page cache to
+    the socket without passing through Python.
+    """
+
+    def sendfile_source():
+        """``(fd, offset)``: the open file's descriptor and the reader's position in it."""
+
+
+class IClosableDriver(Interface):
+    """
+    A driver holding threads or connections that it can release at once;
+    a driver that is not closed releases them when the reactor stops.  A
+    short-lived command (``ociregistry gc``) closes its driver when done.
+    """
+
+    def close():
+        """Release them; may return a Deferred that fires once they are (or None)."""
+
+
+# ------------------------------------------------------------ drivers by name
+
+
+class IStorageDriverFactory(Interface):
+    """
+    What a storage driver's module declares, as its module-level ``DRIVER``,
+    so that the driver can be chosen by name in the configuration
+    (``storage: {NAME: {...}}``) and built by the composition root, like
+    CNCF Distribution's driver factories.  ``settings`` values are the
+    driver's own immutable configuration; None stands for the default
+    driver's (the filesystem under ``data_dir``).
+    """
+
+    name = Attribute("The key under ``storage:`` that chooses this driver, e.g. ``s3``.")
+
+    def parse(section):
+        """The driver's settings from its configuration section (a mapping); ValueError says what is wrong."""
+
+    def sources(section, environ, options):
+        """
+        The driver's section once environment variables (``environ``) and
+        command-line ``options`` are applied over the file's ``section``
+        (None when the file has none): None when neither the file nor those
+        choose this driver.
+        """
+
+    def owns(settings):
+        """Whether ``settings`` (a parsed value) are this driver's."""
+
+    def section(settings):
+        """``settings`` back as a configuration section: `parse` gives them again (worker processes get it)."""
+
+    def describe(settings, data_dir):
+        """Where the data is, for the logs, never a secret."""
+
+    def build(settings, data_dir, reactor):
+        """A new `IStorageDriver` for ``settings``."""
+
+
+def _no_sources(section, environ, options):
+    return None
+
+
+@implementer(IStorageDriverFactory)
+@attr.s(auto_attribs=True, frozen=True, kw_only=True)
+class DriverFactory:
+    """
+    An `IStorageDriverFactory` from its parts, for a driver module to
+    declare as ``DRIVER``.  ``settings_type`` is the class of the driver's
+    settings (None for the default driver, whose settings are None);
+    ``sources`` defaults to taking nothing from the environment.
+    """
+
+    name: str
+    settings_type: type | None
+    parse: Callable[[Mapping], Any]
+    build: Callable[[Any, str, Any], Any]
+    describe: Callable[[Any, str], str]
+    sources: Callable[[Mapping | None, Mapping, Mapping], Mapping | None] = _no_sources
+
+    def owns(self, settings) -> bool:
+        if self.settings_type is None:
+            return settings is None
+        return isinstance(settings, self.settings_type)
+
+    def section(self, settings) -> dict:
+        return {} if settings is None else attr.asdict(settings)

@@ -45,10 +45,20 @@ from zope.interface import implementer
 
 from . import sigv4
 from .availability import Availability
-from .filesystem import FileInfo
-from .interfaces import DestinationExists, IReader, IStorageDriver, IWriter, PathNotFound, SourceChanged, StorageFull
+from .interfaces import (
+    DestinationExists,
+    DriverFactory,
+    FileInfo,
+    IClosableDriver,
+    IReader,
+    IStorageDriver,
+    IWriter,
+    PathNotFound,
+    SourceChanged,
+    StorageFull,
+)
 from .s3client import CONNECTION_ERRORS, S3Client, S3Error
-from .settings import MIN_PART_SIZE, S3Settings
+from .settings import MIN_PART_SIZE, S3Settings, s3_sources
 
 log = Logger()
 
@@ -131,7 +141,7 @@ def _copy_ranges(size: int, part_size: int) -> list[tuple[int, int]]:
     return ranges
 
 
-@implementer(IStorageDriver)
+@implementer(IStorageDriver, IClosableDriver)
 class S3Driver:
     """Stores files as objects in one bucket (under ``settings.prefix``)."""
 
@@ -683,3 +693,13 @@ class _Reader:
             self._stream.close()
             self._stream = None
         return succeed(None)
+
+
+DRIVER = DriverFactory(
+    name="s3",
+    settings_type=S3Settings,
+    parse=S3Settings.from_dict,
+    sources=s3_sources,
+    describe=lambda settings, data_dir: settings.describe(),
+    build=lambda settings, data_dir, reactor: S3Driver(settings, reactor=reactor),
+)

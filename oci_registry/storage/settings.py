@@ -1,7 +1,8 @@
 """
-Which storage to use, as the ``storage`` key of the configuration::
+The S3 driver's settings, its section of the ``storage`` configuration
+(`oci_registry.storage.drivers`)::
 
-    storage:                      # absent: the filesystem under data_dir
+    storage:
       s3:
         bucket: registry          # required
         endpoint: http://127.0.0.1:8333   # default: https://s3.<region>.amazonaws.com
@@ -97,33 +98,12 @@ class S3Settings:
         return cls(**values)
 
 
-def parse_storage(value) -> S3Settings | None:
-    """The ``storage`` config value: None (or ``{filesystem: {}}``) for the filesystem, else S3."""
-    if value is None or isinstance(value, S3Settings):
-        return value
-    if isinstance(value, Mapping) and "bucket" in value:
-        # The flat form `Config.to_dict` gives (attr.asdict): the round trip to worker processes.
-        return S3Settings.from_dict(value)
-    if not isinstance(value, Mapping) or len(value) != 1:
-        raise ValueError("storage must be a mapping with one key: s3 or filesystem")
-    ((kind, options),) = value.items()
-    if kind == "filesystem":
-        if options:
-            raise ValueError("storage: filesystem takes no options (use data_dir)")
-        return None
-    if kind != "s3":
-        raise ValueError(f"unknown storage {kind!r} (use s3 or filesystem)")
-    if not isinstance(options, Mapping):
-        raise ValueError("storage: s3 must be a mapping")
-    return S3Settings.from_dict(options)
-
-
-def storage_values(from_file, environ: Mapping[str, str], options: Mapping | None = None):
+def s3_sources(section: Mapping | None, environ: Mapping[str, str], options: Mapping) -> dict | None:
     """
-    Merge the ``storage`` value of the config file with ``OCIREGISTRY_S3_*``
-    environment variables and command-line ``options`` (s3 keys; None
-    values are ignored).  Credentials missing from all three come from the
-    usual ``AWS_*`` variables.
+    The ``s3`` section with ``OCIREGISTRY_S3_*`` environment variables and
+    command-line ``options`` (s3 keys; None values are ignored) over the
+    file's ``section``; None when none of the three has any.  Credentials
+    missing from all three come from the usual ``AWS_*`` variables.
     """
     names = {f.name for f in attr.fields(S3Settings)}
     from_env = {
@@ -131,16 +111,13 @@ def storage_values(from_file, environ: Mapping[str, str], options: Mapping | Non
         for key, value in environ.items()
         if key.startswith(ENV_PREFIX) and key[len(ENV_PREFIX) :].lower() in names
     }
-    from_options = {k: v for k, v in (options or {}).items() if v is not None}
-    file_s3 = None
-    if isinstance(from_file, Mapping) and isinstance(from_file.get("s3"), Mapping):
-        file_s3 = dict(from_file["s3"])
-    if file_s3 is None and not from_env and not from_options:
-        return from_file
-    s3 = {**(file_s3 or {}), **from_env, **from_options}
+    from_options = {k: v for k, v in options.items() if v is not None}
+    if section is None and not from_env and not from_options:
+        return None
+    s3 = {**(section or {}), **from_env, **from_options}
     if not s3.get("access_key") and environ.get("AWS_ACCESS_KEY_ID"):
         s3["access_key"] = environ["AWS_ACCESS_KEY_ID"]
         for key, variable in (("secret_key", "AWS_SECRET_ACCESS_KEY"), ("session_token", "AWS_SESSION_TOKEN")):
             if not s3.get(key) and environ.get(variable):
                 s3[key] = environ[variable]
-    return {"s3": s3}
+    return s3
