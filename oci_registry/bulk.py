@@ -14,16 +14,13 @@ from __future__ import annotations
 
 from twisted.internet import tcp
 
+from .twisted_compat import READ_LIMIT_ATTRIBUTE, SEND_LIMIT_ATTRIBUTE, tcp_connection
+
 BULK_READ = 1 << 20  # bytes per recv
 BULK_SEND = 1 << 20  # bytes per send
 
 
-def tcp_connection(transport) -> tcp.Connection | None:
-    """The TCP connection under ``transport`` (also under the HTTP client's proxy for it), or None (TLS, UNIX...)."""
-    for candidate in (transport, getattr(transport, "_producer", None)):
-        if isinstance(candidate, tcp.Connection):
-            return candidate
-    return None
+__all__ = ["large_buffers_from_mmap", "raise_limits", "restore_limits", "tcp_connection"]
 
 
 def raise_limits(transport, read: bool = False, send: bool = False) -> tcp.Connection | None:
@@ -31,16 +28,16 @@ def raise_limits(transport, read: bool = False, send: bool = False) -> tcp.Conne
     connection = tcp_connection(transport)
     if connection is not None:
         if read:
-            connection.bufferSize = BULK_READ
+            setattr(connection, READ_LIMIT_ATTRIBUTE, BULK_READ)
         if send:
-            connection.SEND_LIMIT = BULK_SEND
+            setattr(connection, SEND_LIMIT_ATTRIBUTE, BULK_SEND)
     return connection
 
 
 def restore_limits(connection: tcp.Connection | None) -> None:
     if connection is not None:
-        connection.__dict__.pop("bufferSize", None)
-        connection.__dict__.pop("SEND_LIMIT", None)
+        connection.__dict__.pop(READ_LIMIT_ATTRIBUTE, None)
+        connection.__dict__.pop(SEND_LIMIT_ATTRIBUTE, None)
 
 
 # glibc's mallopt(M_MMAP_THRESHOLD): allocations at least this large come

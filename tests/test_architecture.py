@@ -295,3 +295,125 @@ def test_a_renamed_adapter_class_is_still_seen_being_built(tmp_path):
     )
     assert adapter_constructions(modules) == [("oci_registry.x", "S3Driver", 4)]
 
+
+# ------------------------------------------------------------ Twisted internals
+
+COMPAT = "oci_registry.twisted_compat"
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def twisted_internals() -> set[str]:
+    """The private Twisted names `twisted_compat` relies on: attributes it reads or sets, hooks it overrides."""
+    with open(package_modules()[COMPAT], encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and _private(node.attr):
+            names.add(node.attr)
+        elif isinstance(node, ast.FunctionDef) and _private(node.name):
+            names.add(node.name)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("twisted"):
+            names.update(alias.name for alias in node.names if _private(alias.name))
+    return names
+
+
+def _twisted_names(tree: ast.AST) -> set[str]:
+    """Names a module binds to Twisted: ``from twisted.web import http``, ``from .. import twisted_compat``..."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if (
+                module.startswith("twisted")
+                or module.endswith("twisted_compat")
+                or any(a.name == "twisted_compat" for a in node.names)
+            ):
+                names.update(alias.asname or alias.name for alias in node.names)
+        elif isinstance(node, ast.Import):
+            names.update(
+                (alias.asname or alias.name).split(".")[0] for alias in node.names if alias.name.startswith("twisted")
+            )
+    return names
+
+
+def _root(node: ast.AST) -> str | None:
+    while isinstance(node, ast.Attribute):
+        node = node.value
+    return node.id if isinstance(node, ast.Name) else None
+
+
+def _own_attributes(cls: ast.ClassDef) -> set[str]:
+    """What a class sets itself (``self.x = ...``, ``x = ...`` in its body): its own, whatever the name."""
+    own = set()
+    for node in ast.walk(cls):
+        targets = (
+            node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        )
+        for target in targets:
+            if isinstance(target, ast.Attribute) and _root(target) in ("self", "cls"):
+                own.add(target.attr)
+            elif isinstance(target, ast.Name):
+                own.add(target.id)
+    return own
+
+
+def private_twisted_uses(modules: dict[str, str] | None = None, internals: set[str] | None = None) -> list[str]:
+    """Where a module other than `twisted_compat` imports a private Twisted name or touches a Twisted internal."""
+    modules = package_modules() if modules is None else modules
+    internals = twisted_internals() if internals is None else internals
+    found = []
+    for module, tree in _trees(modules):
+        if module == COMPAT:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("twisted"):
+                private = [a.name for a in node.names if _private(a.name)] + (
+                    [node.module] if any(_private(part) for part in node.module.split(".")) else []
+                )
+                found += [f"{module} (line {node.lineno}) imports {name}" for name in private]
+            elif isinstance(node, ast.Attribute) and node.attr in internals:
+                if not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
+                    found.append(f"{module} (line {node.lineno}) uses .{node.attr}")
+        twisted = _twisted_names(tree)
+        for cls in (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)):
+            if not any(_root(base) in twisted for base in cls.bases):
+                continue
+            own = _own_attributes(cls)
+            for node in ast.walk(cls):
+                if isinstance(node, ast.Attribute) and node.attr in own:
+                    continue
+                if isinstance(node, ast.FunctionDef) and node.name in internals:
+                    found.append(f"{module} (line {node.lineno}) overrides {cls.name}.{node.name}")
+                elif isinstance(node, ast.Attribute) and node.attr in internals:
+                    found.append(f"{module} (line {node.lineno}) uses {cls.name}'s .{node.attr}")
+    return found
+
+
+def test_twisted_internals_are_used_only_in_the_compatibility_module():
+    internals = twisted_internals()
+    assert {"_command", "_maybeChooseTransferDecoder", "_tempDataLen", "_giveUp"} <= internals
+    found = private_twisted_uses(internals=internals)
+    assert not found, "go through oci_registry/twisted_compat.py: " + "; ".join(found)
+
+
+def test_a_twisted_internal_outside_the_compatibility_module_is_found(tmp_path):
+    modules = _write(
+        tmp_path,
+        {
+            "oci_registry.a": "from twisted.web import http\n\nclass C(http.HTTPChannel):\n"
+            "    def _respondToBadRequestAndDisconnect(self):\n        return self._version\n",
+            "oci_registry.b": "from twisted.web._newclient import HTTP11ClientProtocol\n\n"
+            "def f(channel):\n    return channel._command\n",
+            "oci_registry.c": "class Own:\n    def f(self):\n        return self._version\n",
+        },
+    )
+    found = private_twisted_uses(modules, {"_version", "_command", "_respondToBadRequestAndDisconnect"})
+    assert found == [
+        "oci_registry.a (line 4) overrides C._respondToBadRequestAndDisconnect",
+        "oci_registry.a (line 5) uses C's ._version",
+        "oci_registry.b (line 1) imports twisted.web._newclient",
+        "oci_registry.b (line 4) uses ._command",
+    ]

@@ -36,6 +36,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server
 
+from .. import twisted_compat as compat
 from ..bulk import raise_limits, restore_limits
 from ..errors import TooLarge, Unavailable
 from .channel import BodyRefused
@@ -307,7 +308,7 @@ class StreamingRequest(server.Request):
         self.body_stream.hold()
         # Nothing is read while the handler decides: the idle timeout waits too.
         self._saved_timeout = channel.setTimeout(None)
-        self._start(channel._command, channel._path, channel._version)
+        self._start(*compat.request_line(channel))
 
     def _start(self, command: bytes, path: bytes, version: bytes) -> None:
         # What Request.requestReceived does, minus reading a finished body.
@@ -330,7 +331,7 @@ class StreamingRequest(server.Request):
             channel.setTimeout(self._saved_timeout)
         expect = self.requestHeaders.getRawHeaders(b"expect")
         if expect and expect[0].lower() == b"100-continue" and self.clientproto == b"HTTP/1.1":
-            channel._send100Continue()
+            compat.send_100_continue(channel)
         if bulk:
             self._bulk = raise_limits(channel.transport, read=True)  # a blob is coming
         self._start_watchdog()
@@ -391,7 +392,7 @@ class StreamingRequest(server.Request):
         restore_limits(self._bulk)
         self._bulk = None
         if self._saved_timeout:
-            self.channel._savedTimeOut = self._saved_timeout
+            compat.restore_idle_timeout_after_request(self.channel, self._saved_timeout)
         self.body_stream.complete()
 
     def write(self, data):
@@ -406,7 +407,7 @@ class StreamingRequest(server.Request):
     def _close_if_body_unread(self) -> None:
         # Answering without the (whole) body: close rather than read the rest.
         stream = self.body_stream
-        if stream is None or stream.is_received or self._disconnected or self._closing:
+        if stream is None or stream.is_received or compat.disconnected(self) or self._closing:
             return
         self._closing = True
         stream.discard()
@@ -449,7 +450,7 @@ async def read_small_body(request, limit: int) -> bytes:
     declared = declared_length(request)
     if declared is not None and declared > limit:
         raise TooLarge(f"the request body may be at most {limit} bytes")
-    if request._disconnected or request.finished:
+    if compat.disconnected(request) or request.finished:
         raise ConnectionLost()
     budget = getattr(getattr(request.channel, "site", None), "body_budget", None)
     reserved = declared or 0

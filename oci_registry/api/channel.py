@@ -22,8 +22,8 @@ from typing import cast
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import http
 
+from .. import twisted_compat as compat
 from ..errors import RegistryError
 
 log = Logger()
@@ -65,7 +65,7 @@ class _ServerTransport(TypingProtocol):
     def resumeProducing(self) -> None: ...
 
 
-class RegistryChannel(http.HTTPChannel):
+class RegistryChannel(compat.HTTPChannelHooks):
     """
     An `HTTPChannel` with a deadline for each request's headers, JSON errors
     for requests it cannot read, a lingering close after answering a request
@@ -111,7 +111,7 @@ class RegistryChannel(http.HTTPChannel):
         transport = self.transport
         if transport is None or not self._awaiting_headers:
             return
-        if getattr(transport, "dataBuffer", b"") or getattr(transport, "_tempDataLen", 0):
+        if compat.write_pending(transport):
             cast(_ServerTransport, transport).abortConnection()  # a client that does not read its responses either
         else:
             self.loseConnection()
@@ -119,16 +119,14 @@ class RegistryChannel(http.HTTPChannel):
     def allHeadersReceived(self):
         self._cancel_header_deadline()
         request = self.requests[-1]
-        request.parseCookies()
-        self.persistent = self.checkPersistence(request, self._version)
-        request.gotLength(self.length)
+        compat.headers_received(self, request)
         # A request routed from its headers sends "100 Continue" when its
         # handler reads the body, and never if it answers without it.
         if getattr(request, "body_stream", None) is not None:
             return
         expect = request.requestHeaders.getRawHeaders(b"Expect")
-        if expect and expect[0].lower() == b"100-continue" and self._version == b"HTTP/1.1":
-            self._send100Continue()
+        if expect and expect[0].lower() == b"100-continue" and compat.request_line(self)[2] == b"HTTP/1.1":
+            compat.send_100_continue(self)
 
     def allContentReceived(self):
         if self.lingering or not self.requests:
@@ -147,28 +145,26 @@ class RegistryChannel(http.HTTPChannel):
         # request body is held (not asked for yet, or storage is behind).
         stream = getattr(self.requests[-1], "body_stream", None) if self.requests else None
         if stream is not None and stream.paused:
-            self._waitingForTransport = False
-            if self._requestProducer is not None:
-                self._requestProducer.resumeProducing()
+            compat.resume_request_producer(self)
             return
         super().resumeProducing()
 
     # ------------------------------------------------------- refusing input
 
-    def _maybeChooseTransferDecoder(self, header, data):
+    def choose_transfer_decoder(self, header, data):
         # RFC 9110 8.6: a repeated Content-Length with the same value is one
         # value (Go's server accepts it too, and some clients send it twice).
         if header == b"Content-Length":
-            if self._transferDecoder is not None and data == self._content_length:
+            if compat.transfer_decoder_chosen(self) and data == self._content_length:
                 return True
             if data.isdigit() and len(data.lstrip(b"0")) > MAX_LENGTH_DIGITS:
                 self.refuse(413, "Payload Too Large", "SIZE_INVALID", "the declared Content-Length is too large")
                 self.length = None
                 return False
             self._content_length = data
-        elif header == b"Transfer-Encoding" and self._transferDecoder is None:
+        elif header == b"Transfer-Encoding" and not compat.transfer_decoder_chosen(self):
             self._content_length = None
-        return super()._maybeChooseTransferDecoder(header, data)
+        return super().choose_transfer_decoder(header, data)
 
     def lineLengthExceeded(self, line):
         self.refuse(
@@ -178,14 +174,14 @@ class RegistryChannel(http.HTTPChannel):
     def lineReceived(self, line):
         if self.lingering:
             return None
-        if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
+        if compat.received_header_size(self) + len(line) > self.totalHeadersSize:
             self.refuse(
                 400, "Bad Request", "UNSUPPORTED", f"the request line and headers exceed {self.totalHeadersSize} bytes"
             )
             return
         return super().lineReceived(line)
 
-    def _respondToBadRequestAndDisconnect(self):
+    def bad_request(self):
         self.refuse(400, "Bad Request", "UNSUPPORTED", "malformed request")
 
     def rawDataReceived(self, data):
@@ -237,7 +233,7 @@ class RegistryChannel(http.HTTPChannel):
         self.lingering = True  # from here on, dataReceived, lineReceived and rawDataReceived drop what comes
         self._cancel_header_deadline()
         self.setTimeout(None)
-        self._networkProducer.unregisterProducer()
+        compat.unregister_network_producer(self)
         transport = cast(_ServerTransport, self.transport)
         self._linger_call = self.callLater(LINGER, transport.abortConnection)
         half_close = getattr(transport, "loseWriteConnection", None)

@@ -10,14 +10,15 @@ import os
 import re
 from urllib.parse import urlencode
 
-from twisted.internet import tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer, IWriteDescriptor
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from .. import twisted_compat as compat
 from ..bulk import raise_limits, restore_limits
 from ..errors import RangeInvalid, RegistryError
+from ..storage.interfaces import ISendfileReader
 
 log = Logger()
 
@@ -179,11 +180,10 @@ class _SendfilePump:
         if self._socket is not None or self._done.called:
             return
         t = self._transport
-        if len(t.dataBuffer) - t.offset or t._tempDataLen:
+        if compat.unsent_bytes(t):
             # The headers are still in the transport's buffer: ask to be
-            # resumed (see FileDescriptor.doWrite) when it has been flushed.
-            t.producerPaused = True
-            t.startWriting()
+            # resumed when it has been flushed.
+            compat.resume_when_flushed(t)
             return
         try:
             self._socket = os.dup(t.fileno())
@@ -246,7 +246,7 @@ class _SendfilePump:
             os.close(self._socket)
             self._socket = None
         self._request.sentLength += self._sent
-        if not self._request._disconnected:
+        if not compat.disconnected(self._request):
             self._request.unregisterProducer()
         if error is None:
             self._done.callback(None)
@@ -268,7 +268,7 @@ class _SendfilePump:
 def _sendfile_transport(request):
     """The request's TCP transport when ``os.sendfile`` can write to it directly (not TLS)."""
     transport = getattr(request.channel, "transport", None)
-    if isinstance(transport, tcp.Server) and hasattr(transport, "dataBuffer") and hasattr(os, "sendfile"):
+    if compat.can_sendfile(transport) and hasattr(os, "sendfile"):
         return transport
     return None
 
@@ -287,10 +287,9 @@ async def send_reader(request, reader, length: int) -> None:
     if reactor is None:
         from twisted.internet import reactor
     timeout = getattr(site, "timeOut", None) or 60.0
-    source = getattr(reader, "sendfile_source", None)
-    transport = _sendfile_transport(request) if source is not None else None
-    if source is not None and transport is not None:
-        fd, offset = source()
+    transport = _sendfile_transport(request) if ISendfileReader.providedBy(reader) else None
+    if transport is not None:
+        fd, offset = reader.sendfile_source()
         request.write(b"")  # the headers, ahead of the file
         try:
             await _SendfilePump(request, transport, fd, offset, length, reactor, timeout).start()
@@ -329,5 +328,5 @@ async def send_reader(request, reader, length: int) -> None:
     finally:
         restore_limits(bulk)
         await reader.close()
-        if not request._disconnected:
+        if not compat.disconnected(request):
             request.unregisterProducer()

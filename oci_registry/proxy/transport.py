@@ -34,18 +34,12 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web._newclient import HEADER, STATUS, HTTP11ClientProtocol
-from twisted.web.client import (
-    BrowserLikePolicyForHTTPS,
-    HTTPConnectionPool,
-    ResponseDone,
-    _HTTP11ClientFactory,
-    _StandardEndpointFactory,
-)
+from twisted.web.client import BrowserLikePolicyForHTTPS, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgentEndpointFactory
 from zope.interface import implementer
 
+from ..twisted_compat import ClientProtocolHooks, StandardEndpointFactory, connection_pool
 from .config import PRIVATE_REDIRECTS
 
 log = Logger()
@@ -262,40 +256,30 @@ def drop_body(response) -> None:
 # ---------------------------------------------------------------- headers
 
 
-class _BoundedClientProtocol(HTTP11ClientProtocol):
+class _BoundedClientProtocol(ClientProtocolHooks):
     """An HTTP/1.1 client connection that drops a response whose headers pass `MAX_HEADER_BYTES`."""
 
     _header_bytes = 0
 
     def request(self, request):
         self._header_bytes = 0
-        return HTTP11ClientProtocol.request(self, request)
-
-    def _reading_headers(self) -> bool:
-        parser = self._parser
-        return parser is not None and parser.state in (STATUS, HEADER)
+        return ClientProtocolHooks.request(self, request)
 
     def dataReceived(self, data):
-        counting = self._reading_headers()
+        counting = self.reading_headers()
         if counting:
             self._header_bytes += len(data)
-        HTTP11ClientProtocol.dataReceived(self, data)
-        if counting and self._reading_headers() and self._header_bytes > MAX_HEADER_BYTES:
-            self._giveUp(
+        ClientProtocolHooks.dataReceived(self, data)
+        if counting and self.reading_headers() and self._header_bytes > MAX_HEADER_BYTES:
+            self.give_up(
                 Failure(
                     UpstreamUnavailable(f"the upstream's response headers are longer than {MAX_HEADER_BYTES} bytes")
                 )
             )
 
 
-class BoundedPool(HTTPConnectionPool):
-    """A connection pool of `_BoundedClientProtocol` connections that do not log "Starting factory" lines."""
-
-    class _factory(_HTTP11ClientFactory):  # what HTTPConnectionPool._factory is
-        noisy = False
-
-        def buildProtocol(self, addr):
-            return _BoundedClientProtocol(self._quiescentCallback)
+# A connection pool of `_BoundedClientProtocol` connections that do not log "Starting factory" lines.
+BoundedPool = connection_pool(_BoundedClientProtocol, noisy=False)
 
 
 # -------------------------------------------------------------- addresses
@@ -430,7 +414,7 @@ class GuardedEndpoints:
         resolver = getattr(reactor, "nameResolver", None)
         if resolver is not None:
             reactor = _GuardedReactor(reactor, _GuardedResolver(resolver, guard))
-        self._endpoints = _StandardEndpointFactory(reactor, BrowserLikePolicyForHTTPS(), connect_timeout, None)
+        self._endpoints = StandardEndpointFactory(reactor, BrowserLikePolicyForHTTPS(), connect_timeout, None)
 
     def endpointForURI(self, uri):
         return self._endpoints.endpointForURI(uri)

@@ -49,6 +49,7 @@ from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
 from ..bulk import raise_limits, restore_limits
+from ..twisted_compat import connection_pool
 from . import sigv4
 from .availability import Availability
 from .interfaces import StorageUnavailable
@@ -360,12 +361,8 @@ class _Collect(Protocol):
             self._done.errback(reason)
 
 
-class _QuietFactory(web_client._HTTP11ClientFactory):
-    noisy = False  # no "Starting factory" line per connection: one per request while S3 is down
-
-
-class _Pool(web_client.HTTPConnectionPool):
-    _factory = _QuietFactory
+# No "Starting factory" line per connection: one per request while S3 is down.
+_Pool = connection_pool(noisy=False)
 
 
 class S3Client:
