@@ -21,7 +21,7 @@ YAML (every key optional)::
     max_connections_per_client: 200  # open connections per client address, per process (0: no limit)
     max_body_memory: 64MiB        # small bodies (manifests, forms) held in memory at once, per process
     min_body_rate: 1024           # bytes/s a request body must average over client_timeout (0: off)
-    storage: {s3: {bucket: ...}}  # object storage instead of data_dir: see oci_registry/storage/settings.py
+    storage: {s3: {bucket: ...}}  # a storage driver by name instead of data_dir: oci_registry/storage/drivers.py
     auth: {...}                   # users, access rules, tokens: see oci_registry/auth/config.py, docs/auth.md
     # pull-through caches: docs/proxy.md
     proxies: [{prefix: dockerhub, url: "https://registry-1.docker.io", tag_ttl: 5m}]

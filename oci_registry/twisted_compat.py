@@ -15,6 +15,8 @@ refuses malformed framing with the spec's JSON errors, sends files with
 
 from __future__ import annotations
 
+from urllib.parse import parse_qs
+
 from twisted.internet import tcp
 from twisted.web import client as web_client
 from twisted.web import http
@@ -36,6 +38,7 @@ __all__ = [
     "resume_request_producer",
     "resume_when_flushed",
     "send_100_continue",
+    "start_request",
     "tcp_connection",
     "transfer_decoder_chosen",
     "unregister_network_producer",
@@ -130,6 +133,24 @@ class HTTPChannelHooks(http.HTTPChannel):
 
 
 # ------------------------------------------------------- twisted.web.server.Request
+
+
+def start_request(request, command: bytes, path: bytes, version: bytes) -> None:
+    """
+    Start handling a request once its headers are in, before its body: what
+    `Request.requestReceived` does when the whole request has arrived, minus
+    reading the body (the handler reads it later, if it is authorized).
+    """
+    # Request.requestReceived sets method, uri, clientproto, path and args
+    # (from the query), parses a POSTed form from the body, then calls process().
+    request.method, request.uri = command, path
+    request.clientproto = version
+    request.args = {}
+    base, _, query = path.partition(b"?")
+    request.path = base
+    if query:
+        request.args = parse_qs(query, keep_blank_values=True)
+    request.process()
 
 
 def disconnected(request) -> bool:

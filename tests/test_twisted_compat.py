@@ -8,6 +8,7 @@ loudly and by name, rather than somewhere in the registry's behaviour.
 from __future__ import annotations
 
 import inspect
+import io
 
 import pytest
 import pytest_twisted
@@ -339,3 +340,25 @@ async def test_StandardEndpointFactory(probe):
     response.deliverBody(body)
     await body.done
     assert endpoint is not None
+
+
+class Recording(server.Request):
+    processed = False
+
+    def process(self):
+        self.processed = True
+
+
+@pytest.mark.parametrize("target", [b"/v2/a/blobs/uploads/", b"/v2/a/blobs/uploads/?digest=sha256:00&mount=&x=1&x=2"])
+@pytest_twisted.ensureDeferred
+async def test_Request_requestReceived(probe, target):
+    """`start_request` sets what `Request.requestReceived` sets from the request line, and processes the request."""
+    await connect(probe)
+    await until(lambda: probe.channels, "the connection")
+    channel = probe.channels[0]
+    ours, theirs = Recording(channel), Recording(channel)
+    theirs.content = io.BytesIO()  # an empty body, all read
+    compat.start_request(ours, b"PATCH", target, b"HTTP/1.1")
+    theirs.requestReceived(b"PATCH", target, b"HTTP/1.1")
+    for name in ("method", "uri", "clientproto", "path", "args", "processed"):
+        assert getattr(ours, name) == getattr(theirs, name), f"Request.requestReceived sets {name}"

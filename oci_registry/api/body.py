@@ -308,18 +308,7 @@ class StreamingRequest(server.Request):
         self.body_stream.hold()
         # Nothing is read while the handler decides: the idle timeout waits too.
         self._saved_timeout = channel.setTimeout(None)
-        self._start(*compat.request_line(channel))
-
-    def _start(self, command: bytes, path: bytes, version: bytes) -> None:
-        # What Request.requestReceived does, minus reading a finished body.
-        self.method, self.uri = command, path
-        self.clientproto = version
-        self.args = {}
-        base, _, query = path.partition(b"?")
-        self.path = base
-        if query:
-            self.args = parse_qs(query, keep_blank_values=True)
-        self.process()
+        compat.start_request(self, *compat.request_line(channel))
 
     def start_reading(self, bulk: bool) -> None:
         """The handler asks for the body: restore the idle timeout, send "100 Continue" if expected, read on."""
