@@ -114,6 +114,55 @@ class StorageSuite:
         assert await driver.list("top") == ["a", "b", "c"]
 
     @pytest_twisted.ensureDeferred
+    async def test_list_page(self, driver):
+        """Pages in byte order after any string, folders and files alike ("a" < "a-b" < "a.c" < "a0")."""
+        assert await driver.list_page("nothing") == []
+        assert await driver.list_page("nothing", "a", 10) == []
+        for name in ("a/x", "a-b/x", "a.c/y/z", "a0/x", "b", "a-b-c/x"):
+            await driver.write_bytes(f"lp/{name}", b"x")
+        everything = ["a", "a-b", "a-b-c", "a.c", "a0", "b"]
+        assert await driver.list_page("lp") == everything
+        assert await driver.list_page("lp") == await driver.list("lp")
+        for start in [None, "", "a", "a-", "a-b", "a-b-c", "a-c", "a.c", "a/", "a/x", "a0", "a1", "b", "c"]:
+            rest = [n for n in everything if start is None or n > start]
+            assert await driver.list_page("lp", start) == rest, start
+            for limit in range(len(everything) + 2):
+                assert await driver.list_page("lp", start, limit) == rest[:limit], (start, limit)
+
+    @pytest_twisted.ensureDeferred
+    async def test_list_page_of_a_large_folder(self, driver):
+        """Pages cut anywhere in a folder longer than one S3 listing (1000 keys) follow each other."""
+        names = [f"t{i:04d}" for i in range(1010)] + ["t0500-rc", "t0500.1"]
+        await DeferredList([driver.write_bytes(f"many/{n}/link", b"x") for n in names], fireOnOneErrback=True)
+        names.sort()
+        assert await driver.list_page("many") == names
+        seen, start = [], None
+        for _ in range(10):
+            page = await driver.list_page("many", start, 400)
+            seen += page
+            if len(page) < 400:
+                break
+            start = page[-1]
+        assert seen == names
+        assert await driver.list_page("many", "t0499", 3) == ["t0500", "t0500-rc", "t0500.1"]
+        assert await driver.list_page("many", "t1009") == []
+
+    @pytest_twisted.ensureDeferred
+    async def test_holds_files(self, driver):
+        assert await driver.holds_files("none") is False
+        await driver.write_bytes("h/a/b/c", b"x")
+        await driver.write_bytes("h/d", b"x")
+        assert await driver.holds_files("h") is True
+        assert await driver.holds_files("h/a") is True
+        assert await driver.holds_files("h/a/b") is True
+        assert await driver.holds_files("h/a/b/c") is False  # a file holds nothing below it
+        await driver.delete("h/a/b/c")
+        assert await driver.holds_files("h/a") is False
+        assert await driver.holds_files("h") is True
+        await driver.delete("h/d")
+        assert await driver.holds_files("h") is False
+
+    @pytest_twisted.ensureDeferred
     async def test_walk(self, driver):
         for name in ("x/1", "x/y/2", "x/y/z/3", "other/4"):
             await driver.write_bytes(name, b"data")

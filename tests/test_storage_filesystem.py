@@ -136,3 +136,79 @@ async def test_move_fsyncs_the_file_before_renaming_it(tmp_path, monkeypatch):
     finally:
         driver.close()
     assert calls.index(("fsync", full)) < calls.index(("rename", full))
+
+
+def _quiet(folder) -> None:
+    """Make a folder look unchanged for an hour, as one is between pushes: its listing may then be kept."""
+    old = os.stat(folder).st_mtime - 3600
+    os.utime(folder, (old, old))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_large_folder_is_read_once_while_unchanged(tmp_path):
+    """
+    A page of a folder of 3,000 entries reads all of them once; the next
+    pages only a stat while the folder is unchanged, and a change made
+    behind the driver's back (another process) is seen at the next page.
+    """
+    driver = FilesystemDriver(str(tmp_path / "root"))
+    try:
+        folder = tmp_path / "root" / "tags"
+        folder.mkdir(parents=True)
+        for i in range(3000):
+            (folder / f"v{i:05d}").mkdir()
+        _quiet(folder)
+        before = driver.entries_read
+        assert await driver.list_page("tags", None, 3) == ["v00000", "v00001", "v00002"]
+        assert driver.entries_read - before == 3000
+        before = driver.entries_read
+        for start in ("v00002", "v01000", "v02997"):
+            page = await driver.list_page("tags", start, 100)
+            assert len(page) == min(100, 3000 - int(start[1:]) - 1) and page[0] > start
+        assert driver.entries_read == before
+
+        (folder / "v01000-rc").mkdir()  # by another process
+        assert await driver.list_page("tags", "v01000", 2) == ["v01000-rc", "v01001"]
+        assert driver.entries_read - before == 3001
+        (folder / "v01000-rc").rmdir()
+        assert await driver.list_page("tags", "v01000", 2) == ["v01001", "v01002"]
+    finally:
+        driver.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_recently_changed_folder_is_read_again(tmp_path):
+    """A change within the same timestamp tick might not move the mtime: a folder changed just now is not kept."""
+    driver = FilesystemDriver(str(tmp_path / "root"))
+    try:
+        folder = tmp_path / "root" / "tags"
+        folder.mkdir(parents=True)
+        for i in range(1500):
+            (folder / f"v{i:05d}").mkdir()
+        before = driver.entries_read
+        await driver.list_page("tags", None, 10)
+        await driver.list_page("tags", None, 10)
+        assert driver.entries_read - before == 3000
+    finally:
+        driver.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_holds_files_stops_at_the_first_file(tmp_path):
+    driver = FilesystemDriver(str(tmp_path / "root"))
+    try:
+        layers = tmp_path / "root" / "repo" / "_layers" / "sha256"
+        for i in range(2000):
+            (layers / f"{i:064x}").mkdir(parents=True)
+            (layers / f"{i:064x}" / "link").write_bytes(b"x")
+        before = driver.entries_read
+        assert await driver.holds_files("repo/_layers") is True
+        assert driver.entries_read - before <= 4
+        # Emptied folders (left by deletes before they removed them) are looked through.
+        empty = tmp_path / "root" / "gone" / "_layers" / "sha256"
+        for i in range(50):
+            (empty / f"{i:064x}").mkdir(parents=True)
+        assert await driver.holds_files("gone/_layers") is False
+        assert await driver.holds_files("gone") is False
+    finally:
+        driver.close()

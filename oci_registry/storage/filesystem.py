@@ -21,12 +21,16 @@ prefixes); writes into a folder removed meanwhile create it again.
 
 from __future__ import annotations
 
+import bisect
+import collections
 import ctypes
 import errno
 import fcntl
 import os
 import pwd
 import shutil
+import threading
+import time
 import uuid
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -53,6 +57,18 @@ TEMP_PREFIX = ".tmp-"
 BLOCK = 1 << 20  # bytes handed to the pool per write job
 HIGH_WATER = 8 << 20  # buffered bytes above which writers push back
 INLINE_READ_LIMIT = 64 << 10  # small files read on the reactor thread
+# Folders whose size (st_size) is at most this are listed on the reactor
+# thread (a few hundred entries: tens of microseconds), larger ones in the pool.
+INLINE_FOLDER_SIZE = 16 << 10
+# Entries a `holds_files` search looks at on the reactor thread before it
+# carries on in the pool (it stops at the first file, so it rarely gets there).
+INLINE_SEARCH_ENTRIES = 1000
+# A listing of at least this many names is kept (sorted) while the folder is unchanged.
+CACHED_LISTING_MIN = 1000
+CACHED_NAMES_MAX = 2_000_000  # names kept in all, at most (about 100 MB at the worst)
+# A folder changed less than this long before it was read may change again
+# within the same timestamp tick without its mtime moving: its listing is not kept.
+QUIET_NS = 2_000_000_000
 
 
 # The file system failing or refusing this process, rather than a path missing.
@@ -166,6 +182,7 @@ class FilesystemDriver:
         self._pool = ThreadPool(minthreads=0, maxthreads=threads, name="ociregistry-fs")
         self._pool.start()
         self._shutdown = reactor.addSystemEventTrigger("during", "shutdown", self.close)
+        self.listings = _Listings()
 
     def close(self) -> None:
         if self._pool.started:
@@ -173,6 +190,11 @@ class FilesystemDriver:
 
     def __repr__(self) -> str:
         return f"<FilesystemDriver {self.root}>"
+
+    @property
+    def entries_read(self) -> int:
+        """Folder entries read from the file system so far by ``list_page`` and ``holds_files``."""
+        return self.listings.entries_read
 
     # helpers
 
@@ -268,6 +290,52 @@ class FilesystemDriver:
             return sorted(n for n in names if not n.startswith(TEMP_PREFIX))
 
         return self._call(listdir, path)
+
+    def list_page(self, path, start_after=None, limit=None):
+        listings = self.listings
+
+        def page(names):
+            start = 0 if start_after is None else bisect.bisect_right(names, start_after)
+            return list(names[start:] if limit is None else names[start : start + limit])
+
+        def read(full):
+            return page(listings.names(full))
+
+        try:
+            full = self._path(path)
+            names = listings.cached(full)
+            if names is None:
+                try:
+                    small = os.stat(full).st_size <= INLINE_FOLDER_SIZE
+                except (FileNotFoundError, NotADirectoryError):
+                    return succeed([])
+                if not small or not self._inline_reads:
+                    return self._run(read, full)
+                names = listings.names(full)
+        except ValueError:
+            return fail()
+        except OSError as e:
+            return fail(self._translate(e))
+        self.availability.answered()
+        return succeed(page(names))
+
+    def holds_files(self, path):
+        listings = self.listings
+
+        def search(full):
+            return listings.holds_files(full, None)
+
+        try:
+            full = self._path(path)
+            found = listings.holds_files(full, INLINE_SEARCH_ENTRIES if self._inline_reads else 0)
+        except ValueError:
+            return fail()
+        except OSError as e:
+            return fail(self._translate(e))
+        if found is None:
+            return self._run(search, full)
+        self.availability.answered()
+        return succeed(found)
 
     def walk(self, path):
         def walk(full):
@@ -416,6 +484,123 @@ class FilesystemDriver:
             cause = f"cannot use data directory {self.root} as {_user()}: {e.strerror or e}{where}"
             return fail(StorageUnavailable(cause, misconfigured=True))
         return succeed(None)
+
+
+class _Listings:
+    """
+    Reads folders for ``list_page`` and ``holds_files``, counting the entries
+    read, and keeps the sorted listing of a large folder while its
+    modification time says it is unchanged: a page of a folder of 100,000
+    repositories or tags then costs one ``stat`` and a bisection, not a read
+    of 100,000 entries.  Every process checks for itself, so a change made
+    by another process (or machine, on shared storage) is seen at the next
+    page.  A folder that changed within `QUIET_NS` of being read is read
+    again each time until it has been quiet that long: a change in the same
+    timestamp tick as the read might not move its mtime.  Used from the
+    reactor thread and the pool at once, hence the lock.
+    """
+
+    def __init__(self, min_names: int = CACHED_LISTING_MIN, max_names: int = CACHED_NAMES_MAX, quiet_ns=QUIET_NS):
+        self.min_names = min_names
+        self.max_names = max_names
+        self.quiet_ns = quiet_ns
+        self.entries_read = 0
+        self._kept: collections.OrderedDict[str, tuple] = collections.OrderedDict()
+        self._kept_names = 0
+        self._lock = threading.Lock()
+
+    def cached(self, full: str):
+        """The kept sorted names of folder ``full`` if it is unchanged since, else None (one ``stat``)."""
+        with self._lock:
+            kept = self._kept.get(full)
+        if kept is None:
+            return None
+        try:
+            st = os.stat(full)
+        except (FileNotFoundError, NotADirectoryError):
+            self._forget(full)
+            return None
+        if (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns) != kept[0]:
+            self._forget(full)
+            return None
+        with self._lock:
+            if full in self._kept:
+                self._kept.move_to_end(full)
+        return kept[1]
+
+    def names(self, full: str):
+        """The sorted names in folder ``full`` (temporary files left out; none if it is missing), read now."""
+        started = time.time_ns()
+        try:
+            st = os.stat(full)
+            with os.scandir(full) as entries:
+                names = [entry.name for entry in entries]
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        self._count(len(names))
+        names = sorted(n for n in names if not n.startswith(TEMP_PREFIX))
+        # st was taken before the read: a change during it moves the mtime past what is kept.
+        if len(names) >= self.min_names and st.st_mtime_ns < started - self.quiet_ns:
+            self._keep(full, (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns), tuple(names))
+        return names
+
+    def holds_files(self, full: str, budget: int | None):
+        """
+        Whether a file is anywhere below folder ``full``, depth first,
+        stopping at the first; None once ``budget`` entries were looked at
+        without an answer (the caller carries on in the pool).
+        """
+        stack = []
+        seen = 0
+        try:
+            try:
+                stack.append(os.scandir(full))
+            except (FileNotFoundError, NotADirectoryError):
+                return False
+            while stack:
+                entry = next(stack[-1], None)
+                if entry is None:
+                    stack.pop().close()
+                    continue
+                seen += 1
+                if entry.name.startswith(TEMP_PREFIX):
+                    continue
+                if not entry.is_dir(follow_symlinks=False):
+                    return True
+                if budget is not None and seen >= budget:
+                    return None
+                try:
+                    stack.append(os.scandir(entry.path))
+                except (FileNotFoundError, NotADirectoryError):
+                    continue  # removed meanwhile
+            return False
+        finally:
+            self._count(seen)
+            for entries in stack:
+                entries.close()
+
+    def _count(self, entries: int) -> None:
+        with self._lock:
+            self.entries_read += entries
+
+    def _keep(self, full: str, key: tuple, names: tuple) -> None:
+        if len(names) > self.max_names:
+            return
+        with self._lock:
+            old = self._kept.pop(full, None)
+            if old is not None:
+                self._kept_names -= len(old[1])
+            self._kept[full] = (key, names)
+            self._kept_names += len(names)
+            while self._kept_names > self.max_names:
+                _, (_, dropped) = self._kept.popitem(last=False)
+                self._kept_names -= len(dropped)
+
+    def _forget(self, full: str) -> None:
+        with self._lock:
+            old = self._kept.pop(full, None)
+            if old is not None:
+                self._kept_names -= len(old[1])
 
 
 def _atomic_write(full: str, data: bytes, durable: bool = True) -> None:

@@ -146,6 +146,23 @@ class IStorageDriver(Interface):
     def list(path):
         """Fire with the sorted names of the path's direct children."""
 
+    def list_page(path, start_after=None, limit=None):
+        """
+        Fire with a page of ``list``: the sorted names of the path's direct
+        children that sort after ``start_after`` (from the first, if None),
+        at most ``limit`` of them (all, if None).  Sorted means by code point
+        (ASCII byte order), whatever order the storage itself lists in.  What
+        it reads grows with the page, not with the folder, as far as the
+        storage allows (S3: ``start-after`` and ``max-keys``; a file system
+        reads a folder whole, so large folders are read once and kept).  Like
+        ``list``, it may name a folder that holds no file (a file system keeps
+        an emptied folder, some S3 servers keep reporting emptied prefixes):
+        callers that need a file there ask ``holds_files``.
+        """
+
+    def holds_files(path):
+        """Fire with whether at least one file is below the folder ``path`` (at any depth)."""
+
     def walk(path):
         """Fire with the sorted paths of every file below ``path``, relative to it."""
 

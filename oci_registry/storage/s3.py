@@ -129,6 +129,11 @@ class UploadState:
         return state, tail
 
 
+def _inverted_prefixes(name: str) -> list[str]:
+    """The prefixes of ``name`` that S3 may list after it: cut before a character that sorts below ``/``."""
+    return [name[:i] for i in range(1, len(name)) if name[i] < "/"]
+
+
 def _copy_ranges(size: int, part_size: int) -> list[tuple[int, int]]:
     """Inclusive byte ranges covering ``size``, none but the last under 5 MiB."""
     ranges, start = [], 0
@@ -321,6 +326,72 @@ class S3Driver:
         # reporting emptied "folders" as common prefixes.
         key = self._key(path) + "/"
         return sorted({info.key[len(key) :].split("/", 1)[0] for info in await self.client.list(key)})
+
+    @_deferred
+    async def list_page(self, path, start_after=None, limit=None):
+        """
+        Delimiter listings from ``start-after``, ``max-keys`` about the page.
+        S3 orders a folder ``c`` by its key ``c/``, so ``a-b/`` comes before
+        ``a/`` while the names sort ``a`` < ``a-b`` (SeaweedFS lists by name
+        instead): a name missing from what was listed so far can still sort
+        before one listed only if it is a prefix of it cut before a character
+        below ``/``.  Such a prefix that the listing has not yet passed is
+        looked up on its own (one request, rarely needed), so the page is
+        exact in either order.
+        """
+        if limit is not None and limit <= 0:
+            return []
+        base = self._key(path) + "/"
+        seen: set[str] = set()
+        looked_up: dict[str, bool] = {}
+        position = ""  # the greatest key listed so far, relative to base
+        token = None
+        complete = False
+
+        def after(name: str) -> bool:
+            return start_after is None or name > start_after
+
+        def known() -> list[str]:
+            return sorted(n for n in seen.union(u for u, there in looked_up.items() if there) if after(n))
+
+        for _ in range(100_000):
+            names = known()
+            if not complete and (limit is None or len(names) < limit):
+                wanted = 1000 if limit is None else limit - len(names) + 2
+                listed = await self.client.list_once(
+                    base,
+                    delimiter="/",
+                    start_after=base + start_after if start_after and token is None else None,
+                    max_keys=wanted,
+                    token=token,
+                )
+                for key in listed.keys:
+                    seen.add(key[len(base) :])
+                    position = max(position, key[len(base) :])
+                for prefix in listed.prefixes:
+                    seen.add(prefix[len(base) : -1])
+                    position = max(position, prefix[len(base) :])
+                token = listed.token
+                complete = not listed.truncated or token is None
+                continue
+            page = names if limit is None else names[:limit]
+            if complete:
+                return page
+            unresolved = {
+                prefix
+                for name in page
+                for prefix in _inverted_prefixes(name)
+                if after(prefix) and prefix not in seen and prefix not in looked_up and prefix + "/" > position
+            }
+            if not unresolved:
+                return page
+            for prefix in sorted(unresolved):
+                looked_up[prefix] = bool((await self.client.list_once(base + prefix + "/", max_keys=1)).keys)
+        raise RuntimeError(f"listing {path} did not end")
+
+    @_deferred
+    async def holds_files(self, path):
+        return bool((await self.client.list_once(self._key(path) + "/", max_keys=1)).keys)
 
     @_deferred
     async def walk(self, path):

@@ -151,6 +151,16 @@ class ObjectInfo:
     metadata: dict = attr.ib(factory=dict)  # x-amz-meta-* headers, lower-case names without the prefix
 
 
+@attr.s(auto_attribs=True, frozen=True, slots=True)
+class ListedPage:
+    """One ListObjectsV2 answer: keys and (with a delimiter) common prefixes, each in the server's order."""
+
+    keys: list
+    prefixes: list
+    truncated: bool
+    token: str | None  # to ask for what follows, when truncated
+
+
 @implementer(IBodyProducer)
 class _BytesProducer:
     """
@@ -637,6 +647,29 @@ class S3Client:
             token = _text(root, "NextContinuationToken")
             if _text(root, "IsTruncated") != "true" or not token or (limit is not None and len(found) >= limit):
                 return found
+
+    async def list_once(
+        self,
+        prefix: str,
+        delimiter: str | None = None,
+        start_after: str | None = None,
+        max_keys: int = 1000,
+        token: str | None = None,
+    ) -> ListedPage:
+        """One ListObjectsV2 request: at most ``max_keys`` keys and common prefixes after ``start_after``."""
+        query = [("list-type", "2"), ("prefix", prefix), ("max-keys", str(max(1, min(1000, max_keys))))]
+        if delimiter:
+            query.append(("delimiter", delimiter))
+        if token:
+            query.append(("continuation-token", token))
+        elif start_after:
+            query.append(("start-after", start_after))
+        _, content = await self.request("GET", None, query=tuple(query))
+        root = _xml(content)
+        keys = [_text(item, "Key") for item in root.findall("Contents")]
+        prefixes = [_text(item, "Prefix") for item in root.findall("CommonPrefixes")]
+        truncated = _text(root, "IsTruncated") == "true"
+        return ListedPage(keys, prefixes, truncated, _text(root, "NextContinuationToken") or None)
 
     # --------------------------------------------------------------- multipart
 
