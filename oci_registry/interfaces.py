@@ -91,14 +91,22 @@ class IRegistry(Interface):
 
     # ------------------------------------------------------------- discovery
 
-    def list_tags(name, caller=None):
-        """Fire with the sorted tags of ``name`` (`NameUnknown` if there is no such repository)."""
+    def list_tags(name, limit=None, last=None, caller=None):
+        """
+        Fire with a `Page` of the tags of ``name`` after ``last``, sorted, at
+        most ``limit`` (all, with None); `NameUnknown` if there is no such
+        repository.
+        """
 
-    def catalog(caller=None):
-        """Fire with every repository's name, sorted."""
+    def catalog(limit=None, last=None, caller=None):
+        """Fire with a `Page` of the repositories' names after ``last``, sorted, at most ``limit`` (all, with None)."""
 
-    def referrers(name, subject, artifact_type=None, caller=None):
-        """Fire with the descriptors (JSON objects) of the manifests whose subject is ``subject``."""
+    def referrers(name, subject, artifact_type=None, last=None, limit=1000, caller=None):
+        """
+        Fire with a `Page` of the descriptors (JSON objects) of the manifests
+        whose subject is ``subject``, after the one whose digest is ``last``,
+        at most ``limit``; ``Page.next`` is the ``last`` of the next page.
+        """
 
 
 _ACCESS = {

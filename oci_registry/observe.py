@@ -49,6 +49,7 @@ from zope.interface import Interface, implementer
 
 from .identity import NOBODY, Caller
 from .interfaces import IRegistry
+from .listing import REFERRERS_PAGE
 from .manifest import Descriptor
 from .reference import Digest, Name, Tag
 
@@ -257,11 +258,11 @@ class ObservedRegistry:
 
     # ------------------------------------------------------------- discovery
 
-    async def list_tags(self, name, caller=None):
-        return await self.registry.list_tags(name, caller=caller)
+    async def list_tags(self, name, limit=None, last=None, caller=None):
+        return await self.registry.list_tags(name, limit, last, caller=caller)
 
-    async def catalog(self, caller=None):
-        return await self.registry.catalog(caller=caller)
+    async def catalog(self, limit=None, last=None, caller=None):
+        return await self.registry.catalog(limit, last, caller=caller)
 
-    async def referrers(self, name, subject, artifact_type=None, caller=None):
-        return await self.registry.referrers(name, subject, artifact_type, caller=caller)
+    async def referrers(self, name, subject, artifact_type=None, last=None, limit=REFERRERS_PAGE, caller=None):
+        return await self.registry.referrers(name, subject, artifact_type, last, limit, caller=caller)

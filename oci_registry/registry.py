@@ -21,8 +21,8 @@ from twisted.internet.defer import DeferredLock
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from . import listing, paths
 from . import manifest as manifests
-from . import paths
 from .cpu import CPUPool
 from .errors import (
     BlobUnknown,
@@ -40,6 +40,7 @@ from .errors import (
 from .gc import DAY, Keeper
 from .identity import Caller
 from .interfaces import IRegistry
+from .listing import Page
 from .reference import DEFAULT_ALGORITHM, Digest, Name, Tag, is_upload_id
 from .storage.interfaces import IStorageDriver, PathNotFound, SourceChanged, StorageFull
 
@@ -554,47 +555,41 @@ class Registry:
     async def repository_exists(self, name: Name) -> bool:
         return (await self.storage.stat(paths.repository(name))) is not None
 
-    async def list_tags(self, name: Name, caller: Caller | None = None) -> list[str]:
-        # Only tags whose link is in place: a push cut short may leave a bare folder.
-        tags = sorted(
-            path.split("/", 1)[0]
-            for path in await self.storage.walk(paths.tags(name))
-            if path.endswith("/current/link")
-        )
-        if not tags and not await self.repository_exists(name):
+    async def list_tags(
+        self, name: Name, limit: int | None = None, last: str | None = None, caller: Caller | None = None
+    ) -> Page:
+        """
+        Up to ``limit`` tags after ``last`` (all, with None), in byte order;
+        reads about as much as the page holds (see `oci_registry.listing`).
+        """
+        page = await listing.tag_page(self.storage, name, last, limit, self._cpu.yield_now)
+        if not page.entries and not await self.repository_exists(name):
             raise NameUnknown(str(name))
-        return tags
+        return page
 
-    async def catalog(self, caller: Caller | None = None) -> list[str]:
-        """Every repository holding at least one manifest or blob, sorted."""
-        names = set()
-        for path in await self.storage.walk(paths.REPOSITORIES):
-            parts = path.split("/")
-            for i, part in enumerate(parts):
-                if part in ("_manifests", "_layers"):
-                    names.add("/".join(parts[:i]))
-                    break
-        return sorted(names)
+    async def catalog(self, limit: int | None = None, last: str | None = None, caller: Caller | None = None) -> Page:
+        """Up to ``limit`` repositories holding a manifest or a blob, after ``last`` (all, with None), sorted."""
+        return await listing.repository_page(self.storage, last, limit, self._cpu.yield_now)
 
     async def referrers(
-        self, name: Name, subject: Digest, artifact_type: str | None = None, caller: Caller | None = None
-    ) -> list[dict]:
-        folder = paths.referrers(name, subject)
-        found = []
-        if not artifact_type:
-            artifact_type = None
-        for entry in await self.storage.list(folder):
-            raw = await self._read_link(f"{folder}/{entry}")
-            if raw is None:
-                continue
-            descriptor = json.loads(raw)
-            # A referrer deleted by another path leaves no revision link behind.
-            digest = Digest.parse(descriptor["digest"])
-            if (await self.storage.stat(paths.manifest_link(name, digest))) is None:
-                continue
-            if artifact_type is None or descriptor.get("artifactType") == artifact_type:
-                found.append(descriptor)
-        return found
+        self,
+        name: Name,
+        subject: Digest,
+        artifact_type: str | None = None,
+        last: str | None = None,
+        limit: int = listing.REFERRERS_PAGE,
+        caller: Caller | None = None,
+    ) -> Page:
+        """
+        The descriptors of the manifests in ``name`` whose subject is
+        ``subject``, in digest order, a page at a time: at most ``limit``
+        read, and no more than a manifest's worth of JSON
+        (``max_manifest_size``); ``Page.next`` is the ``last`` of the page
+        that follows.
+        """
+        return await listing.referrer_page(
+            self.storage, name, subject, artifact_type or None, last, limit, self.max_manifest_size
+        )
 
 
 class _CappedWriter:

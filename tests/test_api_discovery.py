@@ -539,3 +539,178 @@ async def test_referrers_with_invalid_digest(registry):
     await push_subject(registry, name)
     reply = await get(registry, f"/v2/{name}/referrers/sha256:nothex")
     assert_error(reply, 400, "DIGEST_INVALID")
+
+
+# ------------------------------------------------- paging over tricky names
+
+
+async def nested_repositories(registry) -> list[str]:
+    """Names where the tree's order and the names' order differ: "p-b" < "p.c" < "p/a" < "p0" < "p_u"."""
+    p = unique_name("nest")
+    names = [p, f"{p}-b", f"{p}-b/x", f"{p}.c", f"{p}/0", f"{p}/a", f"{p}/a-z", f"{p}/a/b/c", f"{p}0", f"{p}_u"]
+    for name in names:
+        await push_image(registry, name, "latest")
+    return sorted(names)
+
+
+async def pages(registry, target: str, key: str, bound: int) -> tuple[list, int]:
+    """Every entry, following the Link headers from ``target``."""
+    seen, count = [], 0
+    while target is not None:
+        reply = await fetch("GET", target)
+        assert reply.status == 200, reply
+        seen += reply.json()[key]
+        count += 1
+        target = next_link(registry, reply)
+        assert count <= bound, "the Link headers never end"
+    return seen, count
+
+
+@pytest.mark.ociregistry_only
+@pytest_twisted.ensureDeferred
+async def test_catalog_pages_over_nested_names_in_byte_order(registry):
+    """Byte order of whole names ('/' sorts after '-' and '.'), as for tags; the reference sorts '/' first."""
+    names = await nested_repositories(registry)
+    _, everything = await catalog(registry)
+    assert everything == sorted(everything)
+    assert [r for r in everything if r in names] == names
+    for n in (1, 2, 3, 7):
+        seen, count = await pages(registry, url(registry, f"/v2/_catalog?n={n}"), "repositories", len(everything) + 1)
+        assert seen == everything, n
+        assert count == -(-len(everything) // n), n
+    for last in names + [names[0] + "-", names[0] + "/", names[0] + "/a/b", names[0] + "/a/b/c/d", names[0] + "~"]:
+        _, page = await catalog(registry, f"?n=3&last={last}")
+        assert page == [r for r in everything if r > last][:3], last
+
+
+@pytest.mark.ociregistry_only
+@pytest_twisted.ensureDeferred
+async def test_catalog_last_beyond_the_end(registry):
+    await catalog_repositories(registry)
+    for query in ("?last=zzzz", "?n=5&last=zzzz", "?n=5&last=~"):
+        reply, repositories = await catalog(registry, query)
+        assert repositories == [], query
+        assert reply.header("Link") is None, reply
+
+
+@pytest_twisted.ensureDeferred
+async def test_catalog_n_zero_is_an_empty_page_without_link(registry):
+    await catalog_repositories(registry)
+    reply, repositories = await catalog(registry, "?n=0")
+    assert repositories == []
+    assert reply.header("Link") is None, reply
+
+
+@pytest.mark.ociregistry_only
+@pytest_twisted.ensureDeferred
+async def test_catalog_n_huge_lists_everything(registry):
+    await catalog_repositories(registry)
+    _, everything = await catalog(registry)
+    for n in ("1000000", "99999999999999999999999999"):
+        reply, repositories = await catalog(registry, f"?n={n}")
+        assert repositories == everything
+        assert reply.header("Link") is None, reply
+
+
+@pytest.mark.ociregistry_only
+@pytest_twisted.ensureDeferred
+async def test_catalog_leaves_out_deleted_repositories(registry):
+    """A repository whose manifests and blobs were all deleted is gone from every page, and paging steps over it."""
+    prefix = unique_name("deleted")
+    names = [f"{prefix}-{i}" for i in range(5)]
+    images = {name: await push_image(registry, name, "latest") for name in names}
+    gone = names[1:4]
+    for name in gone:
+        image = images[name]
+        reply = await fetch("DELETE", url(registry, f"/v2/{name}/manifests/{image.digest}"))
+        assert reply.status == 202, reply
+        for blob in (image.config, *image.layers):
+            digest = sha256_digest(blob)
+            reply = await fetch("DELETE", url(registry, f"/v2/{name}/blobs/{digest}"))
+            assert reply.status in (202, 404), reply  # 404: an empty layer shared with the config
+    _, everything = await catalog(registry)
+    assert not set(gone) & set(everything)
+    assert {names[0], names[4]} <= set(everything)
+    seen, _ = await pages(registry, url(registry, "/v2/_catalog?n=1"), "repositories", len(everything) + 1)
+    assert seen == everything
+    _, page = await catalog(registry, f"?n=1&last={names[0]}")
+    assert page == [names[4]]
+
+
+TRICKY_TAGS = ["V1", "_x", "v1", "v1-rc", "v1-rc-2", "v1-rc.3", "v1.0", "v1.0-alpine", "v10", "v1_0"]
+
+
+@pytest.mark.ociregistry_only
+@pytest_twisted.ensureDeferred
+async def test_tags_pages_over_names_that_prefix_each_other(registry):
+    name = await tagged_repository(registry, TRICKY_TAGS)
+    ordered = sorted(TRICKY_TAGS)
+    for n in (1, 2, 3):
+        seen, count = await pages(registry, url(registry, f"/v2/{name}/tags/list?n={n}"), "tags", len(ordered) + 1)
+        assert seen == ordered, n
+        assert count == -(-len(ordered) // n), n
+    for last in ordered + ["v1-", "v1-rc-", "v1/", "v0", "zz"]:
+        _, tags = await list_tags(registry, name, f"?n=2&last={last}")
+        assert tags == [t for t in ordered if t > last][:2], last
+
+
+@pytest.mark.ociregistry_only
+@pytest_twisted.ensureDeferred
+async def test_tags_pages_leave_out_deleted_tags(registry):
+    name = await tagged_repository(registry, TRICKY_TAGS)
+    for tag in ("v1-rc", "v1.0"):
+        reply = await fetch("DELETE", url(registry, f"/v2/{name}/manifests/{tag}"))
+        assert reply.status == 202, reply
+    ordered = [t for t in sorted(TRICKY_TAGS) if t not in ("v1-rc", "v1.0")]
+    seen, _ = await pages(registry, url(registry, f"/v2/{name}/tags/list?n=2"), "tags", len(ordered) + 1)
+    assert seen == ordered
+    _, tags = await list_tags(registry, name, "?n=2&last=v1")
+    assert tags == ["v1-rc-2", "v1-rc.3"]
+
+
+@pytest.mark.ociregistry_only
+@pytest_twisted.ensureDeferred
+async def test_tags_list_of_unknown_repository_with_paging(registry):
+    for query in ("?n=0", "?n=5&last=a"):
+        reply = await get(registry, f"/v2/{unique_name()}/tags/list{query}")
+        assert_error(reply, 404, "NAME_UNKNOWN")
+
+
+@pytest.mark.ociregistry_only
+@pytest_twisted.ensureDeferred
+async def test_referrers_pages_through_link_headers(registry):
+    """Referrers come in digest order, a page at a time when asked (``n``), the filter kept in the Link."""
+    name = unique_name()
+    subject = await push_subject(registry, name)
+    digests = []
+    for i in range(5):
+        kind = "application/vnd.example.sbom" if i % 2 else "application/vnd.example.sig"
+        digests.append((await push_artifact(registry, name, subject, artifact_type=kind))[1])
+    _, manifests = await referrers(registry, name, subject.digest)
+    assert [m["digest"] for m in manifests] == sorted(digests)
+
+    seen, count = [], 0
+    target = url(registry, f"/v2/{name}/referrers/{subject.digest}?n=2")
+    while target is not None:
+        reply = await fetch("GET", target)
+        assert reply.status == 200, reply
+        page = reply.json()["manifests"]
+        assert 0 < len(page) <= 2, reply
+        seen += [m["digest"] for m in page]
+        count += 1
+        target = next_link(registry, reply)
+        assert count <= 5, "the Link headers never end"
+    assert seen == sorted(digests)
+    assert count == 3
+
+    target = url(registry, f"/v2/{name}/referrers/{subject.digest}?n=1&artifactType=application/vnd.example.sbom")
+    seen = []
+    for _ in range(10):
+        reply = await fetch("GET", target)
+        assert reply.header("OCI-Filters-Applied") == "artifactType", reply
+        seen += [m["digest"] for m in reply.json()["manifests"]]
+        target = next_link(registry, reply)
+        if target is None:
+            break
+        assert query_of(target)["artifactType"] == "application/vnd.example.sbom"
+    assert seen == sorted(digests[1::2])

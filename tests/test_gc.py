@@ -187,7 +187,7 @@ async def test_delete_untagged_keeps_index_children_and_referrers(registry):
     for kept in (child, child_layer, signature, sig_layer, pushed.digest):
         assert await blob_exists(registry, kept)
     referrers = await registry.referrers(Name("app"), pushed.digest)
-    assert [r["digest"] for r in referrers] == [str(signature)]
+    assert [r["digest"] for r in referrers.entries] == [str(signature)]
 
 
 @pytest_twisted.ensureDeferred
@@ -199,7 +199,7 @@ async def test_tag_retention(registry):
     await push_image(registry, "app", "stable", b"stable layer")
     report = await collect(registry.storage, GCOptions(keep_tags=2, tag_pattern="build-*"), now=LATER)
     assert sorted(t for _, t in report.tags_removed) == ["build-0", "build-1", "build-2"]
-    assert await registry.list_tags(Name("app")) == ["build-3", "build-4", "stable"]
+    assert (await registry.list_tags(Name("app"))).entries == ["build-3", "build-4", "stable"]
     assert len(report.manifests_removed) == 3
 
 

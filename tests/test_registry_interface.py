@@ -122,7 +122,7 @@ async def test_the_pull_through_cache_refuses_every_write_under_its_prefix(local
             await getattr(proxy, name)(*_arguments(name))
         assert refused.value.status == 405 and refused.value.code == "UNSUPPORTED", name
         assert refused.value.message == "the repository is a read-only pull-through cache"
-    assert await local.catalog() == ["local/app"]  # nothing was written for the proxied name
+    assert (await local.catalog()).entries == ["local/app"]  # nothing was written for the proxied name
 
 
 @pytest.fixture

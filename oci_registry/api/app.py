@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import time
+from urllib.parse import urlencode
 
 from klein import Klein
 from twisted.logger import Logger
@@ -32,12 +33,13 @@ from ..errors import (
 )
 from ..identity import Caller, Principal
 from ..interfaces import IRegistry
+from ..listing import REFERRERS_PAGE
 from ..manifest import OCI_INDEX
 from ..reference import Digest, Name, Tag, parse_reference
 from ..registry import UploadStatus, upload_location
 from ..storage.interfaces import StorageFull, StorageUnavailable
 from .body import body_of, declared_length, read_small_body
-from .responses import json_body, next_link, number, page, parse_range, send_reader
+from .responses import json_body, next_link, number, page_size, parse_range, send_reader
 
 log = Logger()
 
@@ -429,32 +431,59 @@ class RegistryAPI:
     async def list_tags(self, request, name):
         name = Name.parse(name)
         caller = caller_of(request, await self.auth.authorize(request, [pull(name)]))
-        n, last = _arg(request, "n"), _arg(request, "last")
-        tags, more = page(await self.registry.list_tags(name, caller=caller), n, last)
-        if more:
-            _set(request, Link=next_link(f"/v2/{name}/tags/list", n, tags[-1]))
-        return json_body(request, {"name": str(name), "tags": tags})
+        n, last = _arg(request, "n"), _arg(request, "last") or None
+        tags = await self.registry.list_tags(name, page_size(n), last, caller=caller)
+        if tags.next is not None:
+            _set(request, Link=next_link(f"/v2/{name}/tags/list", n, tags.next))
+        return json_body(request, {"name": str(name), "tags": tags.entries})
 
     @app.route("/v2/_catalog", methods=["GET"])
     async def catalog(self, request):
         principal = await self.auth.authorize(request, [CATALOG])
         caller = caller_of(request, principal)
-        n, last = _arg(request, "n"), _arg(request, "last")
-        visible = await self.auth.filter_repositories(principal, await self.registry.catalog(caller=caller))
-        names, more = page(visible, n, last)
+        n, last = _arg(request, "n"), _arg(request, "last") or None
+        names, more = await self._visible_repositories(principal, caller, page_size(n), last)
         if more:
             _set(request, Link=next_link("/v2/_catalog", n, names[-1]))
         return json_body(request, {"repositories": names})
+
+    async def _visible_repositories(
+        self, principal: Principal, caller: Caller, limit: int, last: str | None
+    ) -> tuple[list[str], bool]:
+        """
+        Up to ``limit`` repositories after ``last`` that the request may see,
+        and whether more follow.  The catalog is read a page at a time until
+        the page is full: a caller who may see few repositories costs the
+        reading of those hidden from it (never named in a ``Link`` either).
+        """
+        if limit <= 0:
+            return [], False
+        names: list[str] = []
+        for _ in range(1 << 40):  # ends: each turn moves past what it read
+            found = await self.registry.catalog(limit + 1 - len(names), last, caller=caller)
+            names += await self.auth.filter_repositories(principal, found.entries)
+            if len(names) > limit or found.next is None:
+                break
+            last = found.next
+        return names[:limit], len(names) > limit
 
     @app.route("/v2/<name:name>/referrers/<digest>", methods=["GET"])
     async def referrers(self, request, name, digest):
         name, digest = Name.parse(name), Digest.parse(digest)
         caller = caller_of(request, await self.auth.authorize(request, [pull(name)]))
         artifact_type = _arg(request, "artifactType") or None
-        found = await self.registry.referrers(name, digest, artifact_type, caller=caller)
+        n, last = _arg(request, "n"), _arg(request, "last") or None
+        limit = min(page_size(n), REFERRERS_PAGE) if n else REFERRERS_PAGE
+        found = await self.registry.referrers(name, digest, artifact_type, last, limit, caller=caller)
         if artifact_type is not None:
             _set(request, OCI_Filters_Applied="artifactType")
-        index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": found}
+        if found.next is not None:
+            query = {"n": n} if n else {}
+            query["last"] = found.next
+            if artifact_type is not None:
+                query["artifactType"] = artifact_type
+            _set(request, Link=f'</v2/{name}/referrers/{digest}?{urlencode(query)}>; rel="next"')
+        index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": found.entries}
         return json_body(request, index, content_type=OCI_INDEX)
 
 

@@ -85,20 +85,26 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     return start, min(end, size - 1)
 
 
-def page(items: list[str], n: str | None, last: str | None) -> tuple[list[str], bool]:
-    """The slice of sorted ``items`` after ``last``, at most ``n`` long, and whether more follow."""
-    if last:
-        items = [i for i in items if i > last]
+MAX_PAGE = 10_000  # catalog and tag list entries in one answer, at most (then a Link to the next)
+
+
+def page_size(n: str | None) -> int:
+    """
+    The entries a listing answers with for the request's ``n``: `MAX_PAGE`
+    when it asks for none or more (the spec lets a registry answer fewer
+    than ``n`` with a ``Link`` to the rest), ``PAGINATION_NUMBER_INVALID``
+    when it is not a number.
+    """
     if n is None or n == "":
-        return items, False
+        return MAX_PAGE
     if not (n.isascii() and n.isdigit()):
         raise PaginationInvalid(n)
-    count = number(n)
-    return items[:count], len(items) > count and count > 0
+    return min(number(n), MAX_PAGE)
 
 
-def next_link(path: str, n: str, last: str) -> str:
-    return f'<{path}?{urlencode({"n": n, "last": last})}>; rel="next"'
+def next_link(path: str, n: str | None, last: str) -> str:
+    query = {"n": n, "last": last} if n else {"last": last}
+    return f'<{path}?{urlencode(query)}>; rel="next"'
 
 
 @implementer(IPushProducer)

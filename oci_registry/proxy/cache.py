@@ -56,6 +56,7 @@ from ..errors import (
 )
 from ..identity import Caller
 from ..interfaces import IRegistry
+from ..listing import REFERRERS_PAGE, Page, page_of, referrer_digest, referrer_entry
 from ..reference import DEFAULT_ALGORITHM, Digest, Name, Tag
 from ..registry import BlobInfo, PushedManifest, Registry, StoredManifest, UploadStatus
 from ..storage.interfaces import PathNotFound, StorageFull
@@ -593,13 +594,15 @@ class ProxyRegistry:
     async def repository_exists(self, name: Name) -> bool:
         return await self.local.repository_exists(name)
 
-    async def list_tags(self, name: Name, caller: Caller | None = None) -> list[str]:
-        """The upstream's tags; the cached ones when the upstream is unavailable."""
+    async def list_tags(
+        self, name: Name, limit: int | None = None, last: str | None = None, caller: Caller | None = None
+    ) -> Page:
+        """The upstream's tags (its whole list, bounded in size, paged here); the cached ones when it is unavailable."""
         route = self.route(name)
         if route is None:
-            return await self.local.list_tags(name, caller=caller)
+            return await self.local.list_tags(name, limit, last, caller=caller)
         try:
-            return await route.client.list_tags(route.remote)
+            tags = await route.client.list_tags(route.remote)
         except UpstreamNotFound:
             raise NameUnknown(str(name)) from None
         except UpstreamDenied as e:
@@ -611,17 +614,29 @@ class ProxyRegistry:
                 url=route.upstream.config.url,
                 error=str(e),
             )
-            return await self.local.list_tags(name)
+            return await self.local.list_tags(name, limit, last, caller=caller)
+        return page_of([t for t in tags if last is None or t > last], limit)
 
-    async def catalog(self, caller: Caller | None = None) -> list[str]:
+    async def catalog(self, limit: int | None = None, last: str | None = None, caller: Caller | None = None) -> Page:
         """Local repositories and the cached ones (the upstreams' catalogs are not merged in)."""
-        return await self.local.catalog(caller=caller)
+        return await self.local.catalog(limit, last, caller=caller)
 
     async def referrers(
-        self, name: Name, subject: Digest, artifact_type: str | None = None, caller: Caller | None = None
-    ) -> list[dict]:
-        """The upstream's referrers with any cached ones; only the cached ones when the upstream cannot say."""
-        cached = await self.local.referrers(name, subject, artifact_type)
+        self,
+        name: Name,
+        subject: Digest,
+        artifact_type: str | None = None,
+        last: str | None = None,
+        limit: int = REFERRERS_PAGE,
+        caller: Caller | None = None,
+    ) -> Page:
+        """
+        The upstream's referrers with any cached ones, in digest order, a
+        page at a time (the upstream's first answer, bounded in size, merged
+        into each page of the cache's); only the cached ones when the
+        upstream cannot say.
+        """
+        cached = await self.local.referrers(name, subject, artifact_type, last, limit, caller=caller)
         route = self.route(name)
         if route is None:
             return cached
@@ -640,8 +655,17 @@ class ProxyRegistry:
             return cached
         if artifact_type is not None:
             remote = [d for d in remote if d.get("artifactType") == artifact_type]
-        seen = {d.get("digest") for d in remote}
-        return remote + [d for d in cached if d.get("digest") not in seen]
+        start = referrer_entry(last) if last else None
+        end = referrer_entry(cached.next) if cached.next else None  # the cache's later pages hold the rest
+        merged = {referrer_entry(str(d.get("digest"))): d for d in cached.entries}
+        for descriptor in remote:
+            key = referrer_entry(str(descriptor.get("digest")))
+            if (start is None or key > start) and (end is None or key <= end):
+                merged[key] = descriptor  # the upstream's word over the cache's
+        keys = sorted(merged)
+        if len(keys) > limit:
+            return Page([merged[k] for k in keys[:limit]], referrer_digest(keys[limit - 1]))
+        return Page([merged[k] for k in keys], cached.next)
 
 
 def _for(stored: StoredManifest, head: bool) -> StoredManifest:
