@@ -32,6 +32,7 @@ import signal
 from .common import log
 from .report import print_report
 from .session import Session
+from .workloads import SUITES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,6 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--tmpdir", default=None, help="where to put test data and data directories (default: the system's)"
     )
     parser.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
+    parser.add_argument(
+        "--suite",
+        choices=sorted(SUITES),
+        default="standard",
+        help="the workloads: standard (the comparison in docs/benchmarks.md) or listing (catalog and tag "
+        "pages over 1,000 repositories)",
+    )
     parser.add_argument(
         "--s3",
         action="store_true",
@@ -110,7 +118,7 @@ def on_signal(signum, frame):
 def main(argv=None) -> int:
     args, worker_counts = parse_args(argv)
     check_machine()
-    session = Session(args, worker_counts)
+    session = Session(args, worker_counts, SUITES[args.suite])
     signal.signal(signal.SIGTERM, on_signal)  # so that SIGTERM, like Ctrl-C, cleans up
     try:
         report = session.new_report()

@@ -35,6 +35,8 @@ def metric_labels(metrics, sizes: Sizes) -> list[tuple[str, str, str, str]]:
         "huge": human_size(sizes.huge_blob),
         "n": sizes.small_blobs,
         "image": image,
+        "listing_repositories": f"{sizes.listing_repositories:,}",
+        "listing_tags": f"{sizes.listing_tags:,}",
     }
     return [(k, label.format(**fill), unit, better) for k, label, unit, better in metrics]
 

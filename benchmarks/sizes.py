@@ -25,6 +25,9 @@ class Sizes:
         self.skopeo_reps = 1 if quick else 3
         self.sample_rate = 50.0  # manifest GETs per second during the huge push
         self.idle_sample_seconds = 1.0 if quick else 2.0
+        self.listing_repositories = 150 if quick else 1000  # --suite listing
+        self.listing_tags = 200 if quick else 2000
+        self.listing_reps = 10 if quick else 50
 
     @property
     def huge_blob(self) -> int:

@@ -18,9 +18,10 @@ beside ``STANDARD``, so that the figures in the docs keep their meaning.
 
 from __future__ import annotations
 
-from . import base, huge_push, pull, push, request_rates, skopeo, small_blobs
+from . import base, huge_push, listing, pull, push, request_rates, skopeo, small_blobs
 
 STANDARD = (push, pull, request_rates, small_blobs, skopeo, huge_push)
+SUITES = {"standard": STANDARD, "listing": (listing,)}  # --suite
 
 
 def steps(families=STANDARD) -> list[base.Step]:
