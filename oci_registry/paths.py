@@ -25,6 +25,9 @@ Every storage path the registry uses, in one place.
                                                      under its subject's digest
     repositories/<name>/_uploads/<id>/data           an upload's bytes so far
     repositories/<name>/_uploads/<id>/startedat      when it began
+    fills/<key>/<alg>/<hex>/claim-<n>                a pull-through cache's process fetching
+                                                     the blob from the upstream <key> (JSON:
+                                                     its lease; see proxy/claim.py)
 
 Repository names never contain a component starting with ``_``, so the
 registry's own folders cannot collide with a nested repository.
@@ -38,6 +41,7 @@ from .reference import Digest, Name, Tag
 
 BLOBS = "blobs"
 REPOSITORIES = "repositories"
+FILLS = "fills"
 
 
 def blob_data(digest: Digest) -> str:
@@ -65,6 +69,15 @@ def blob_upstream(digest: Digest, upstream_url: str) -> str:
     """Marks that the upstream at ``upstream_url`` sent the blob's bytes to a pull-through cache (proxy only)."""
     key = hashlib.sha256(upstream_url.encode()).hexdigest()[:32]
     return f"{blob_upstreams(digest)}/{key}"
+
+
+def fill_claim(digest: Digest, upstream_url: str, generation: int) -> str:
+    """
+    A claim on fetching the blob from the upstream at ``upstream_url``; a
+    claim whose lease ran out is taken over by creating the next generation.
+    """
+    key = hashlib.sha256(upstream_url.encode()).hexdigest()[:32]
+    return f"{FILLS}/{key}/{digest.algorithm}/{digest.hex}/claim-{generation}"
 
 
 def repository(name: Name) -> str:

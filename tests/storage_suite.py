@@ -24,6 +24,7 @@ from zope.interface.verify import verifyObject
 from oci_registry.storage.interfaces import (
     DestinationExists,
     IClosableDriver,
+    IExclusiveCreate,
     IReader,
     ISendfileReader,
     IStorageDriver,
@@ -33,7 +34,7 @@ from oci_registry.storage.interfaces import (
 )
 
 # Every optional capability a driver or its readers may declare.
-CAPABILITIES = (IClosableDriver, ISendfileReader)
+CAPABILITIES = (IClosableDriver, ISendfileReader, IExclusiveCreate)
 
 
 async def _write_file(driver, path, chunks, hasher=None):
@@ -183,6 +184,26 @@ class StorageSuite:
         assert await driver.read_bytes("keep") == b"k"
 
     @pytest_twisted.ensureDeferred
+    @pytest_twisted.ensureDeferred
+    async def test_exclusive_create(self, driver):
+        """``create_bytes`` creates a file only where none is: of many at once, exactly one does."""
+        if not IExclusiveCreate.providedBy(driver):
+            pytest.skip("the driver cannot create exclusively")
+        await driver.create_bytes("claims/one", b"first")
+        with pytest.raises(DestinationExists):
+            await driver.create_bytes("claims/one", b"second")
+        assert await driver.read_bytes("claims/one") == b"first"
+        results = await DeferredList(
+            [driver.create_bytes("claims/race", b"%d" % i) for i in range(8)], consumeErrors=True
+        )
+        won = [i for i, (ok, _) in enumerate(results) if ok]
+        assert len(won) == 1
+        assert all(f.check(DestinationExists) for ok, f in results if not ok)
+        assert await driver.read_bytes("claims/race") == b"%d" % won[0]
+        await driver.delete("claims/one")
+        await driver.create_bytes("claims/one", b"again")
+        assert await driver.read_bytes("claims/one") == b"again"
+
     async def test_move_replaces(self, driver):
         await driver.write_bytes("src", b"new")
         await driver.write_bytes("deep/dst", b"old")

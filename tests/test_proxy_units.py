@@ -65,9 +65,12 @@ def test_yaml_mapping_with_durations():
             "username": "u",
             "password": "p",
             "max_retry_wait": 3,
+            "fill_lease": "1m",
         }
     )
     assert (config.tag_ttl, config.timeout, config.max_retry_wait) == (120.0, 5.0, 3.0)
+    assert config.fill_lease == 60.0
+    assert UpstreamConfig.parse("hub=https://example.com").fill_lease == 30.0
 
 
 @pytest.mark.parametrize(
@@ -82,6 +85,7 @@ def test_yaml_mapping_with_durations():
         ({"prefix": "hub", "url": "https://example.com", "username": "u"}, "both username and password"),
         ({"prefix": "hub", "url": "https://example.com", "tag_ttl": "soon"}, "not a duration"),
         ({"prefix": "hub", "url": "https://example.com", "timeout": 0}, "timeout must be more than 0"),
+        ({"prefix": "hub", "url": "https://example.com", "fill_lease": 0}, "fill_lease must be more than 0"),
         ({"prefix": "hub", "url": "https://example.com", "private_redirects": "sometimes"}, "one of auto, allow"),
         ({"prefix": "hub", "url": "https://example.com", "min_body_rate": "fast"}, "min_body_rate must be"),
     ],

@@ -7,12 +7,12 @@ import pytest
 import pytest_twisted
 
 from oci_registry.storage.filesystem import TEMP_PREFIX, FilesystemDriver
-from oci_registry.storage.interfaces import IClosableDriver, ISendfileReader, StorageFull
+from oci_registry.storage.interfaces import IClosableDriver, IExclusiveCreate, ISendfileReader, StorageFull
 from storage_suite import StorageSuite
 
 
 class TestFilesystemStorage(StorageSuite):
-    driver_capabilities = (IClosableDriver,)
+    driver_capabilities = (IClosableDriver, IExclusiveCreate)
     reader_capabilities = (ISendfileReader,)
 
     @pytest.fixture
@@ -50,7 +50,7 @@ class TestFilesystemStorage(StorageSuite):
 class TestFilesystemStorageThreadedReads(StorageSuite):
     """The same suite with every read going through the thread pool."""
 
-    driver_capabilities = (IClosableDriver,)
+    driver_capabilities = (IClosableDriver, IExclusiveCreate)
     reader_capabilities = (ISendfileReader,)
 
     @pytest.fixture

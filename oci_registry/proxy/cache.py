@@ -15,9 +15,11 @@ own storage as ordinary content, and hands every other name to the local
   is 503 ``UNAVAILABLE``.
 - Pushes and deletes under a proxied prefix are 405 ``UNSUPPORTED``.
 - One blob is fetched once however many clients ask for it at the same time
-  (`oci_registry.proxy.fill`); concurrent requests for the same manifest
-  share one upstream request too.  Both within one process: with several
-  worker processes each may fetch a blob once.
+  (`oci_registry.proxy.fill`), in this process and in every other on the
+  same storage (worker processes, replicas on one bucket): the fetch is
+  claimed in storage (`oci_registry.proxy.claim`), and the others wait for
+  it.  Concurrent requests for the same manifest share one upstream request
+  within one process.
 - Bytes served from a proxied repository come from its upstream, verified
   against their digest, and from nowhere else: from that repository's own
   cache, or from a blob this same upstream sent before (for another
@@ -60,6 +62,7 @@ from ..listing import REFERRERS_PAGE, Page, page_of, referrer_digest, referrer_e
 from ..reference import DEFAULT_ALGORITHM, Digest, Name, Tag
 from ..registry import BlobInfo, PushedManifest, Registry, StoredManifest, UploadStatus
 from ..storage.interfaces import PathNotFound, StorageFull
+from .claim import FillClaims
 from .client import IUpstream, UpstreamClient, UpstreamDenied, UpstreamError, UpstreamNotFound, UpstreamUnavailable
 from .config import UpstreamConfig
 from .fill import BlobFill, _Signal
@@ -178,6 +181,12 @@ class ProxyRegistry:
         self._fills: dict[tuple[str, Digest], BlobFill] = {}  # by (upstream URL, digest)
         self._manifests = _Coalescer()
         self._parse_pool: ThreadPool | None = None
+        self._claims: dict[str, FillClaims] = {}  # by upstream URL; none where the storage cannot claim
+        if FillClaims.supported(self.storage):
+            for upstream in self.upstreams:
+                self._claims[upstream.config.url] = FillClaims(
+                    self.storage, reactor, lease=upstream.config.fill_lease, clock=clock
+                )
 
     @classmethod
     def from_config(cls, local: Registry, configs, reactor=None) -> ProxyRegistry:
@@ -319,7 +328,15 @@ class ProxyRegistry:
         if fill is not None and not fill.done:
             fill.names.add(name)
             return fill
-        fill = BlobFill(self.local, route.client, name, route.remote, digest, on_done=self._fill_done)
+        fill = BlobFill(
+            self.local,
+            route.client,
+            name,
+            route.remote,
+            digest,
+            on_done=self._fill_done,
+            claims=self._claims.get(route.upstream.config.url),
+        )
         self._fills[key] = fill
         fill.start()
         return fill

@@ -8,6 +8,7 @@ upstream registry, from YAML mappings or ``--proxy PREFIX=URL`` options::
         username: me                  # optional: the upstream's token server or Basic auth
         password: secret
         tag_ttl: 5m                   # a cached tag is served without asking upstream for this long
+        fill_lease: 30s               # a process fetching a blob for all others is taken over this long after it died
         timeout: 30s                  # connecting, response headers, any pause in a body, a whole small body
         min_body_rate: 1024           # bytes/s a blob body must average over each timeout-long stretch
         private_redirects: auto       # redirects/token realms to non-public addresses: auto, allow, deny
@@ -42,6 +43,7 @@ _KEYS = {
     "username",
     "password",
     "tag_ttl",
+    "fill_lease",
     "default_namespace",
     "timeout",
     "max_retry_wait",
@@ -64,6 +66,7 @@ class UpstreamConfig:
     max_retry_wait: float = 10.0  # longest Retry-After honoured by waiting; longer counts as unavailable
     min_body_rate: int = 1024  # bytes/s a blob body must average over each ``timeout`` seconds; 0: off
     private_redirects: str = "auto"  # redirects and token realms to non-public addresses: auto, allow, deny
+    fill_lease: float = 30.0  # seconds a claim on a blob's fetch holds unrenewed (its holder died): proxy/claim.py
 
     @property
     def host(self) -> str:
@@ -106,13 +109,15 @@ class UpstreamConfig:
             "password": password,
             "default_namespace": namespace or None,
         }
-        for key in ("tag_ttl", "timeout", "max_retry_wait"):
+        for key in ("tag_ttl", "timeout", "max_retry_wait", "fill_lease"):
             if key in value:
                 values[key] = parse_duration(value[key])
                 if values[key] < 0:
                     raise ValueError(f"{key} must not be negative")
         if "timeout" in values and not values["timeout"] > 0:
             raise ValueError("timeout must be more than 0: every wait on an upstream needs a deadline")
+        if "fill_lease" in values and not values["fill_lease"] > 0:
+            raise ValueError("fill_lease must be more than 0: a claim held by a process that died must expire")
         if "min_body_rate" in value:
             rate = value["min_body_rate"]
             if isinstance(rate, bool) or not isinstance(rate, int) or rate < 0:

@@ -42,6 +42,7 @@ from zope.interface import implementer
 from .. import paths
 from ..reference import Digest, Name
 from ..storage.interfaces import IReader, PathNotFound
+from .claim import Claim, FillClaims, FillElsewhereFailed
 from .client import IUpstream, UpstreamUnavailable
 
 log = Logger()
@@ -83,7 +84,16 @@ class _Signal:
 class BlobFill:
     """One upstream fetch of ``digest`` into storage; see the module docstring."""
 
-    def __init__(self, registry, upstream: IUpstream, name: Name, remote_name: Name, digest: Digest, on_done=None):
+    def __init__(
+        self,
+        registry,
+        upstream: IUpstream,
+        name: Name,
+        remote_name: Name,
+        digest: Digest,
+        on_done=None,
+        claims: FillClaims | None = None,
+    ):
         self.registry = registry
         self.storage = registry.storage
         self.upstream = upstream
@@ -102,6 +112,9 @@ class BlobFill:
         self._progress: list[Deferred] = []
         self._live: set[_Follower] = set()
         self._on_done = on_done
+        self._claims = claims
+        # True while another process holds the claim: clients read what it stores, none is live.
+        self.remote = False
 
     def __repr__(self) -> str:
         return f"<BlobFill {self.digest} {self.received}/{self.size}>"
@@ -152,10 +165,79 @@ class BlobFill:
         self._notify()
         return pending
 
+    async def _published(self) -> bool:
+        """Whether the blob is stored, sent by this upstream (as a fill in any process leaves it)."""
+        if (await self.storage.stat(paths.blob_upstream(self.digest, self.upstream.url))) is None:
+            return False
+        return (await self.storage.stat(paths.blob_data(self.digest))) is not None
+
+    def _seen(self, record) -> None:
+        """What the claim of the process fetching the blob says: its size, where its bytes are written."""
+        if record.size is not None and self.size is None:
+            self.size = record.size
+            self._sized.fire(self.size)
+        if record.data is not None and self.data_path is None:
+            self.data_path = record.data
+
+    async def _claim(self) -> Claim | None:
+        """
+        This process's claim on the fetch; None when another process stored
+        the blob meanwhile (and it is linked here now).
+        """
+        assert self._claims is not None
+        for _ in range(8):
+            outcome = await self._claims.acquire(self.upstream.url, self.digest, str(self.remote_name))
+            if isinstance(outcome, Claim):
+                if not await self._published():
+                    self.remote = False
+                    return outcome
+                await outcome.release()  # stored by a fill whose claim was released just before ours
+                fetched_for = None
+            else:
+                self.remote = True
+                try:
+                    stored = await self._claims.wait(outcome, self._published, self._seen, self._notify)
+                except FillElsewhereFailed as e:
+                    raise UpstreamUnavailable(str(e)) from None
+                if not stored:
+                    continue  # its holder died: take the fetch over
+                fetched_for = outcome.record.remote
+            if fetched_for != str(self.remote_name):
+                # Fetched for another repository: linked here only once the upstream confirms it
+                # holds the blob under this name too (as in ProxyRegistry._blob_source).
+                await self.upstream.head_blob(self.remote_name, self.digest)
+            info = await self.storage.stat(paths.blob_data(self.digest))
+            if info is None:
+                continue
+            self.size = info.size
+            await self._link()
+            self.complete = True
+            log.info(
+                "{digest} ({size} bytes) from {upstream} was cached by another process; linked for {names}",
+                digest=str(self.digest),
+                size=self.size,
+                upstream=self.upstream.url,
+                names=", ".join(sorted(map(str, self.names))),
+            )
+            return None
+        raise UpstreamUnavailable(f"the fetch of {self.digest} kept changing hands")
+
+    async def _link(self) -> None:
+        linked: set = set()
+        while self.names - linked:  # repositories may join while the links are written
+            for name in sorted(self.names - linked, key=str):
+                await self.registry.adopt_blob(name, self.digest)
+                linked.add(name)
+
     async def _run(self) -> None:
         upload_folder = None
         writer = None
+        claim = None
         try:
+            if self._claims is not None:
+                claim = await self._claim()
+                if claim is None:
+                    return
             blob = await self.upstream.get_blob(self.remote_name, self.digest)
             self.limit = getattr(self.registry, "max_upload_size", 0) or None
             if blob.length is not None and self.limit is not None and blob.length > self.limit:
@@ -172,9 +254,17 @@ class BlobFill:
             except Exception:
                 blob.cancel()
                 raise
-            self.size = blob.length
-            if self.size is not None:
+            if blob.length is not None and self.size is not None and blob.length != self.size:
+                blob.cancel()
+                raise UpstreamUnavailable(f"the upstream announced {blob.length} bytes, before {self.size}")
+            if blob.length is not None:
+                self.size = blob.length
                 self._sized.fire(self.size)
+            if claim is not None:
+                # Where moving is a rename, the data being written is a file other
+                # processes can read as it grows; on object storage it is not there yet.
+                shared = None if self.storage.move_is_copy else self.data_path
+                await claim.update(size=self.size, data=shared)
             await blob.deliver(lambda chunk: self._chunk(writer, chunk))
             committing, writer = writer, None
             await committing.commit()
@@ -188,11 +278,7 @@ class BlobFill:
             await self.storage.write_bytes(
                 paths.blob_upstream(self.digest, self.upstream.url), self.upstream.url.encode()
             )
-            linked: set = set()
-            while self.names - linked:  # repositories may join while the links are written
-                for name in sorted(self.names - linked, key=str):
-                    await self.registry.adopt_blob(name, self.digest)
-                    linked.add(name)
+            await self._link()
             self.complete = True
             log.info(
                 "cached {digest} ({size} bytes) from {upstream} for {names}",
@@ -219,6 +305,11 @@ class BlobFill:
                         error=cancel_error,
                     )
         finally:
+            if claim is not None:
+                try:
+                    await claim.release()
+                except Exception:  # noqa: BLE001 a claim left behind expires; the fill's own outcome stands
+                    log.failure("releasing the claim {path}", path=claim.path)
             if upload_folder is not None:
                 try:
                     await self.storage.delete(upload_folder)
@@ -252,7 +343,7 @@ class _Follower:
         self._queued = 0
         self._reader: IReader | None = None
         self._reading_published = False
-        self._live = offset == fill.received and not fill.done
+        self._live = offset == fill.received and not fill.done and not fill.remote
         if self._live:
             fill._live.add(self)
 

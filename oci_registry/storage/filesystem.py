@@ -44,6 +44,7 @@ from .interfaces import (
     DriverFactory,
     FileInfo,
     IClosableDriver,
+    IExclusiveCreate,
     ISendfileReader,
     IStorageDriver,
     IWriter,
@@ -165,7 +166,7 @@ def _in_folder(full: str, create, source: str | None = None, durable: bool = Tru
     raise OSError(errno.EAGAIN, f"{folder} keeps being removed")
 
 
-@implementer(IStorageDriver, IClosableDriver)
+@implementer(IStorageDriver, IClosableDriver, IExclusiveCreate)
 class FilesystemDriver:
     """Stores files under ``root``; ``reactor`` and the pool are injectable."""
 
@@ -261,6 +262,15 @@ class FilesystemDriver:
 
     def write_bytes(self, path, data, durable=True):
         return self._call(_atomic_write, path, bytes(data), durable)
+
+    def create_bytes(self, path, data):
+        def create(full):
+            try:
+                _atomic_write(full, bytes(data), replace=False)
+            except FileExistsError:
+                raise DestinationExists(path) from None
+
+        return self._call(create, path)
 
     def stat(self, path):
         def stat(full):
@@ -603,7 +613,8 @@ class _Listings:
                 self._kept_names -= len(old[1])
 
 
-def _atomic_write(full: str, data: bytes, durable: bool = True) -> None:
+def _atomic_write(full: str, data: bytes, durable: bool = True, replace: bool = True) -> None:
+    """Write ``data`` at ``full`` by a rename; ``replace=False``: only if nothing is there (`FileExistsError`)."""
     directory = os.path.dirname(full)
     temp = os.path.join(directory, TEMP_PREFIX + uuid.uuid4().hex)
 
@@ -614,7 +625,10 @@ def _atomic_write(full: str, data: bytes, durable: bool = True) -> None:
                 if durable:
                     f.flush()
                     os.fsync(f.fileno())
-            os.replace(temp, full)
+            if replace:
+                os.replace(temp, full)
+            else:
+                _rename_noreplace(temp, full)
         except BaseException:
             try:
                 os.unlink(temp)

@@ -22,8 +22,9 @@ Beyond `IStorageDriver`, a driver (or its readers) may provide optional
 capabilities, each an interface of its own that callers check with
 ``providedBy``: `ISendfileReader` (bytes straight from a file to a socket),
 `IClosableDriver` (release threads and connections before the reactor
-stops).  A driver is found by the name of its configuration section through
-the `IStorageDriverFactory` its module declares (`oci_registry.storage.drivers`).
+stops), `IExclusiveCreate` (create a small file only where none is).  A
+driver is found by the name of its configuration section through the
+`IStorageDriverFactory` its module declares (`oci_registry.storage.drivers`).
 """
 
 from __future__ import annotations
@@ -230,6 +231,25 @@ class IClosableDriver(Interface):
 
     def close():
         """Release them; may return a Deferred that fires once they are (or None)."""
+
+
+class IExclusiveCreate(Interface):
+    """
+    A driver that can create a small file only if nothing is at its path,
+    in one atomic step that every process and machine on the storage
+    agrees on (a rename that refuses to replace, on a file system; a
+    conditional put, ``If-None-Match: *``, on S3).  Processes use it to
+    claim work no other should do at the same time (one upstream fetch of a
+    blob: `oci_registry.proxy.claim`).
+    """
+
+    def create_bytes(path, data):
+        """
+        Atomically create ``path`` holding ``data``, durably; fail with
+        `DestinationExists` when something is there already (and change
+        nothing).  A storage that does not check the condition would replace
+        the file: callers read it back to see whose it is.
+        """
 
 
 # ------------------------------------------------------------ drivers by name

@@ -50,6 +50,7 @@ from .interfaces import (
     DriverFactory,
     FileInfo,
     IClosableDriver,
+    IExclusiveCreate,
     IReader,
     IStorageDriver,
     IWriter,
@@ -146,7 +147,7 @@ def _copy_ranges(size: int, part_size: int) -> list[tuple[int, int]]:
     return ranges
 
 
-@implementer(IStorageDriver, IClosableDriver)
+@implementer(IStorageDriver, IClosableDriver, IExclusiveCreate)
 class S3Driver:
     """Stores files as objects in one bucket (under ``settings.prefix``)."""
 
@@ -307,6 +308,20 @@ class S3Driver:
         key = self._key(path)
         data = bytes(data)
         await self.client.put(key, data, await self.payload_hash(data))
+
+    @_deferred
+    async def create_bytes(self, path, data):
+        key = self._key(path)
+        data = bytes(data)
+        try:
+            await self.client.put(key, data, await self.payload_hash(data), if_absent=True)
+        except S3Error as e:
+            if e.code == "PreconditionFailed" or e.status == 412:
+                raise DestinationExists(path) from None
+            if e.code == "ConditionalRequestConflict" or e.status == 409:
+                # AWS: another conditional write of the key was in progress; it wins.
+                raise DestinationExists(path) from None
+            raise
 
     @_deferred
     async def stat(self, path):

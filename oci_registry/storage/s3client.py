@@ -576,8 +576,23 @@ class S3Client:
         response, content = await self.request("GET", key)
         return _info_from_headers(key, response.headers), content
 
-    async def put(self, key: str, data: bytes, payload_hash: str | None = None, metadata: dict | None = None) -> str:
+    async def put(
+        self,
+        key: str,
+        data: bytes,
+        payload_hash: str | None = None,
+        metadata: dict | None = None,
+        if_absent: bool = False,
+    ) -> str:
+        """
+        Store an object; with ``if_absent``, only while nothing is at ``key``
+        (``If-None-Match: *``: AWS S3, MinIO and SeaweedFS check it; a server
+        that does not replaces the object).  A condition that fails is an
+        `S3Error` ``PreconditionFailed``.
+        """
         headers = {f"x-amz-meta-{k}": v for k, v in (metadata or {}).items()}
+        if if_absent:
+            headers["If-None-Match"] = "*"
         response, _ = await self.request("PUT", key, headers=headers, body=data, payload_hash=payload_hash)
         return (_header(response.headers, "etag") or "").strip('"')
 
