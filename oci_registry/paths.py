@@ -28,6 +28,16 @@ Every storage path the registry uses, in one place.
     fills/<key>/<alg>/<hex>/claim-<n>                a pull-through cache's process fetching
                                                      the blob from the upstream <key> (JSON:
                                                      its lease; see proxy/claim.py)
+    notifications/endpoints/<endpoint>/pending/<batch>
+                                                     events waiting for delivery to the
+                                                     endpoint (JSON lines; see notifications/)
+    notifications/endpoints/<endpoint>/dead/<batch>  events given up on (dead letters)
+    notifications/endpoints/<endpoint>/lease/<generation>
+                                                     which process delivers the endpoint's
+                                                     events, and until when
+    notifications/endpoints/<endpoint>/claims/<owner>-<generation>
+                                                     a lease being taken
+    notifications/repositories/<name>/_created       the repository's creation was announced
 
 Repository names never contain a component starting with ``_``, so the
 registry's own folders cannot collide with a nested repository.
@@ -42,6 +52,7 @@ from .reference import Digest, Name, Tag
 BLOBS = "blobs"
 REPOSITORIES = "repositories"
 FILLS = "fills"
+NOTIFICATIONS = "notifications"
 
 
 def blob_data(digest: Digest) -> str:
@@ -139,3 +150,29 @@ def upload_data(name: Name, upload_id: str) -> str:
 
 def upload_started(name: Name, upload_id: str) -> str:
     return f"{upload(name, upload_id)}/startedat"
+
+
+def notification_endpoints() -> str:
+    """The folder of every endpoint's outbox (one folder per endpoint name)."""
+    return f"{NOTIFICATIONS}/endpoints"
+
+
+def notification_pending(endpoint: str) -> str:
+    return f"{NOTIFICATIONS}/endpoints/{endpoint}/pending"
+
+
+def notification_dead(endpoint: str) -> str:
+    return f"{NOTIFICATIONS}/endpoints/{endpoint}/dead"
+
+
+def notification_lease(endpoint: str) -> str:
+    return f"{NOTIFICATIONS}/endpoints/{endpoint}/lease"
+
+
+def notification_claims(endpoint: str) -> str:
+    return f"{NOTIFICATIONS}/endpoints/{endpoint}/claims"
+
+
+def repository_announced(name: str) -> str:
+    """Marks that an ``ociregistry.repository.created`` event was recorded for the repository."""
+    return f"{NOTIFICATIONS}/repositories/{name}/_created"

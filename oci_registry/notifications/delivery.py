@@ -1,0 +1,455 @@
+"""
+`EndpointDelivery`: sends one endpoint's recorded events, in order per
+repository, at least once, and removes each batch from the outbox once
+every event in it was answered 2xx.
+
+Every registry process runs one per endpoint; the one holding the
+endpoint's `Lease` delivers, the others only keep trying to take the lease
+(which they get once its holder stopped renewing it: stopped, killed, cut
+off from the storage).  The holder lists the outbox every
+``poll_interval`` (and at once when this process recorded events), loads
+batches oldest first (at most `MAX_LOADED` events at a time), and queues
+their events per repository: one request per event, as Distribution sends
+them (pull events: up to ``pull_batch`` per request, in a queue of their
+own), up to ``concurrency`` requests at once, never two for one repository,
+so each repository's events arrive in the order they were recorded.
+
+A failed request (no answer in time, not 2xx) keeps its events at the head
+of their queue and pauses the whole endpoint for its backoff, which doubles
+with each failure in a row up to the cap.  An event that failed
+``max_attempts`` times, or that has waited ``max_age``, is moved to the
+dead letters with a log line, and counted.  A process that delivered an
+event and died before removing its batch sends it again after a restart or
+a takeover: receivers see an event more than once only then (use its
+``id``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict, deque
+
+import attr
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.logger import Logger
+
+from ..storage.interfaces import StorageFull, StorageUnavailable
+from .config import EndpointConfig, NotificationsConfig
+from .formats import sendable
+from .notice import Notice
+from .outbox import BatchName, Lease, Outbox
+from .sender import DeliveryFailed
+
+log = Logger(namespace="oci_registry.notifications")
+
+MAX_LOADED = 10000  # events of one endpoint held in memory for delivery at once
+PULLS = "\0pulls"  # the queue of pull events (repository names never hold a NUL)
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0)
+_STORAGE_ERRORS = (StorageUnavailable, StorageFull, OSError)
+
+
+@attr.s(auto_attribs=True, frozen=True)
+class EndpointStatus:
+    """
+    What one process knows of one endpoint's delivery, for metrics and
+    operators.  ``pending`` and ``oldest_age`` are known to the process that
+    delivers (``leader``); the counters count what this process did since it
+    started: events ``delivered`` (2xx), requests ``failed``, events
+    ``dead_lettered``, events ``lost`` (that could not be recorded at all:
+    the storage failed for longer than the buffer holds).  ``latency_*``:
+    seconds from an event's operation to its 2xx, as a cumulative histogram
+    over `LATENCY_BUCKETS` (``latency_buckets``: (upper bound, count) pairs).
+    """
+
+    name: str
+    leader: bool
+    pending: int
+    oldest_age: float | None
+    delivered: int
+    failed: int
+    dead_lettered: int
+    lost: int
+    latency_count: int
+    latency_sum: float
+    latency_buckets: tuple[tuple[float, int], ...]
+    last_error: str | None
+
+
+@attr.s(auto_attribs=True)
+class _Batch:
+    name: BatchName
+    notices: list[Notice]
+    remaining: int
+
+
+class EndpointDelivery:
+    """Delivers ``endpoint``'s events from ``outbox`` through ``sender`` while this process holds ``lease``."""
+
+    def __init__(
+        self,
+        endpoint: EndpointConfig,
+        settings: NotificationsConfig,
+        outbox: Outbox,
+        lease: Lease,
+        sender,
+        reactor,
+        clock=time.time,
+    ):
+        self.endpoint = endpoint
+        self.settings = settings
+        self.outbox = outbox
+        self.lease = lease
+        self.sender = sender
+        self._reactor = reactor
+        self._clock = clock
+        self._running = False
+        self._loop: Deferred | None = None
+        self._waiter: Deferred | None = None
+        self._woken = False
+        self._leader = False
+        self._lease_checked = float("-inf")
+        self._batches: dict[BatchName, _Batch] = {}
+        self._queues: OrderedDict[str, deque] = OrderedDict()  # key -> (batch name, index) in order
+        self._in_flight: dict[str, Deferred] = {}
+        self._stale: set[str] = set()  # queues to purge once their request in flight ends
+        self._removed: set[BatchName] = set()  # batches complete and removed (or being removed)
+        self._attempts: dict[str, int] = {}  # event id -> failed requests
+        self._listed: list[BatchName] = []
+        self._resume_at = 0.0
+        self._failures = 0  # in a row
+        self._failing_since: float | None = None
+        self._last_logged = float("-inf")
+        self._storage_failing = False
+        # counters
+        self.lost = 0
+        self._delivered = 0
+        self._failed = 0
+        self._dead = 0
+        self._latency = [0] * len(LATENCY_BUCKETS)
+        self._latency_count = 0
+        self._latency_sum = 0.0
+        self._last_error: str | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        if self._running:
+            return
+        self._running = True
+        self._loop = Deferred.fromCoroutine(self._run())
+        self._loop.addErrback(lambda f: log.failure("notifications to {endpoint}: stopped", f, endpoint=self.name))
+
+    async def stop(self) -> None:
+        """Stop: let the requests in flight end (each within its timeout), then give up the lease."""
+        self._running = False
+        self.wake()
+        if self._loop is not None:
+            await self._loop
+        if self._in_flight:
+            await DeferredList(list(self._in_flight.values()))
+        if self._leader:
+            self._leader = False
+            try:
+                await self.lease.release()
+            except _STORAGE_ERRORS as e:
+                log.warn("notifications to {endpoint}: lease not released: {error}", endpoint=self.name, error=e)
+        await self.sender.close()
+
+    @property
+    def name(self) -> str:
+        return self.endpoint.name
+
+    def wake(self) -> None:
+        """Look at the outbox now (this process recorded events, a request ended, or it is stopping)."""
+        self._woken = True
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            waiter.callback(None)
+
+    async def _sleep(self, seconds: float) -> None:
+        if self._woken or not self._running:
+            self._woken = False
+            return
+        waiter = self._waiter = Deferred()
+        timer = self._reactor.callLater(max(0.0, seconds), self.wake)
+        await waiter
+        if timer.active():
+            timer.cancel()
+        self._woken = False
+
+    # ----------------------------------------------------------------- loop
+
+    async def _run(self) -> None:
+        while self._running:
+            try:
+                await self._step()
+                self._storage_recovered()
+            except _STORAGE_ERRORS as e:
+                self._storage_failed(e)
+                await self._sleep(self.settings.poll_interval)
+                continue
+            if not self._leader:
+                await self._sleep(self.lease.duration / 3)
+            elif self._clock() < self._resume_at:
+                await self._sleep(self._resume_at - self._clock())
+            else:
+                await self._sleep(self.settings.poll_interval)
+
+    async def _step(self) -> None:
+        now = self._clock()
+        if not self._leader or now - self._lease_checked >= self.lease.duration / 3:
+            leading = await self.lease.hold()
+            self._lease_checked = now
+            if leading and not self._leader:
+                log.info("notifications to {endpoint}: this process delivers them", endpoint=self.name)
+            if not leading and self._leader:
+                self._forget()
+            self._leader = leading
+        if not self._leader or not self._running:
+            return
+        await self._load()
+        self._dispatch()
+
+    def _forget(self) -> None:
+        """Another process delivers now: drop what was loaded (requests in flight still end)."""
+        self._batches.clear()
+        self._queues.clear()
+        self._listed = []
+
+    async def _load(self) -> None:
+        before = set(self._batches)
+        listed = await self.outbox.pending()
+        self._listed = listed
+        present = set(listed)
+        self._removed &= present  # a removal the listing no longer shows is complete
+        for name in before - present:
+            self._drop(name)  # delivered by another process, or removed by an operator
+        loaded = sum(b.remaining for b in self._batches.values())
+        for name in listed:
+            if name in self._batches or name in self._removed:
+                continue
+            if loaded and loaded + name.count > MAX_LOADED:
+                break
+            try:
+                notices = await self.outbox.read(name)
+            except ValueError as e:
+                log.error(
+                    "notifications to {endpoint}: batch {batch} cannot be read ({error}): moved to the dead letters",
+                    endpoint=self.name,
+                    batch=str(name),
+                    error=e,
+                )
+                await self.outbox.quarantine(name)
+                continue
+            if notices is None or name in self._batches or name in self._removed:
+                continue  # gone, or offered while it was read
+            loaded += await self._add(name, notices)
+
+    def offer(self, name: BatchName, notices: list[Notice]) -> None:
+        """This process just recorded ``notices`` as ``name``: queue them now, without reading them back."""
+        if not self._leader or not self._running or name in self._batches:
+            return
+        if sum(b.remaining for b in self._batches.values()) + len(notices) > MAX_LOADED:
+            self.wake()  # left for the next listing
+            return
+        Deferred.fromCoroutine(self._add(name, notices)).addCallback(lambda _: self._dispatch())
+
+    async def _add(self, name: BatchName, notices: list[Notice]) -> int:
+        keep = [(i, n) for i, n in enumerate(notices) if sendable(self.endpoint.format, n)]
+        batch = _Batch(name, notices, len(keep))
+        self._batches[name] = batch
+        for i, notice in keep:
+            self._queues.setdefault(PULLS if notice.is_pull else notice.repository, deque()).append((name, i))
+        if not keep:
+            await self._finished(batch)
+        return len(keep)
+
+    def _drop(self, name: BatchName) -> None:
+        self._batches.pop(name, None)
+        for key in list(self._queues):
+            if key in self._in_flight:
+                self._stale.add(key)  # its head is being sent: purged when that ends
+                continue
+            self._purge(key)
+
+    def _purge(self, key: str) -> None:
+        """Drop the items of batches no longer loaded from ``key``'s queue."""
+        queue = self._queues.get(key)
+        if queue is None:
+            return
+        kept = deque(item for item in queue if item[0] in self._batches)
+        if kept:
+            self._queues[key] = kept
+        else:
+            del self._queues[key]
+
+    def _dispatch(self) -> None:
+        if self._clock() < self._resume_at or not self._running:
+            return
+        for key in list(self._queues):
+            if len(self._in_flight) >= self.endpoint.concurrency:
+                return
+            if key in self._in_flight:
+                continue
+            queue = self._queues[key]
+            size = self.endpoint.pull_batch if key == PULLS else 1
+            items = [queue[i] for i in range(min(size, len(queue)))]
+            if not items:
+                del self._queues[key]
+                continue
+            self._queues.move_to_end(key)  # the next free slot goes to another repository first
+            done: Deferred[None] = Deferred()
+            self._in_flight[key] = done  # before it starts: it may end at once
+            Deferred.fromCoroutine(self._deliver(key, items)).chainDeferred(done)
+
+    async def _deliver(self, key: str, items: list[tuple[BatchName, int]]) -> None:
+        notices = [self._batches[name].notices[i] for name, i in items]
+        try:
+            await self.sender.send(notices)
+        except DeliveryFailed as e:
+            await self._failed_request(key, items, notices, str(e))
+        except Exception as e:  # noqa: BLE001 a bug encoding or sending must not stop the endpoint: logged, retried
+            log.failure("notifications to {endpoint}: sending failed", endpoint=self.name)
+            await self._failed_request(key, items, notices, f"{type(e).__name__}: {e}")
+        else:
+            self._succeeded(notices)
+            await self._done(key, items)
+        finally:
+            self._in_flight.pop(key, None)
+            if key in self._stale:
+                self._stale.discard(key)
+                self._purge(key)
+            if self._running:
+                self._reactor.callLater(0, self._dispatch)
+
+    def _succeeded(self, notices: list[Notice]) -> None:
+        now = self._clock()
+        if self._failing_since is not None:
+            log.info(
+                "notifications to {endpoint}: delivering again, after {failures} failed requests in {seconds:.0f}s",
+                endpoint=self.name,
+                failures=self._failures,
+                seconds=now - self._failing_since,
+            )
+        self._failures = 0
+        self._failing_since = None
+        self._delivered += len(notices)
+        for notice in notices:
+            self._attempts.pop(notice.id, None)
+            latency = max(0.0, now - notice.timestamp)
+            self._latency_count += 1
+            self._latency_sum += latency
+            for i, bound in enumerate(LATENCY_BUCKETS):
+                if latency <= bound:
+                    self._latency[i] += 1
+
+    async def _failed_request(self, key: str, items, notices: list[Notice], reason: str) -> None:
+        now = self._clock()
+        self._failed += 1
+        self._failures += 1
+        self._last_error = reason
+        if self._failing_since is None:
+            self._failing_since = now
+        delay = min(self.endpoint.backoff_initial * 2 ** min(self._failures - 1, 30), self.endpoint.backoff_max)
+        self._resume_at = max(self._resume_at, now + delay)
+        if self._failures == 1 or now - self._last_logged >= 60:
+            self._last_logged = now
+            log.warn(
+                "notifications to {endpoint} failing: {reason}; retrying in {delay:g}s "
+                "({failures} failed requests in a row, {pending} events waiting)",
+                endpoint=self.name,
+                reason=reason,
+                delay=delay,
+                failures=self._failures,
+                pending=self._pending(),
+            )
+        dead = []
+        attempts = 0
+        for item, notice in zip(items, notices, strict=True):
+            attempts = self._attempts[notice.id] = self._attempts.get(notice.id, 0) + 1
+            too_many = self.endpoint.max_attempts and attempts >= self.endpoint.max_attempts
+            too_old = self.endpoint.max_age and now - item[0].written_at >= self.endpoint.max_age
+            if too_many or too_old:
+                dead.append((item, notice))
+        if not dead:
+            return
+        await self.outbox.bury([notice for _, notice in dead])
+        self._dead += len(dead)
+        for _, notice in dead:
+            self._attempts.pop(notice.id, None)
+        log.error(
+            "notifications to {endpoint}: gave up on {count} event(s) after {attempts} failed requests "
+            "({reason}): moved to the dead letters (ociregistry events resend); first: {action} {repository}",
+            endpoint=self.name,
+            count=len(dead),
+            attempts=attempts,
+            reason=reason,
+            action=dead[0][1].action,
+            repository=dead[0][1].repository,
+        )
+        await self._done(key, [item for item, _ in dead])
+
+    async def _done(self, key: str, items: list[tuple[BatchName, int]]) -> None:
+        """``items`` (at the head of ``key``'s queue) are handled: off the queue, and their batches when complete."""
+        queue = self._queues.get(key)
+        for item in items:
+            if queue:
+                if queue[0] == item:
+                    queue.popleft()
+                else:
+                    try:
+                        queue.remove(item)
+                    except ValueError:
+                        pass  # purged meanwhile
+            batch = self._batches.get(item[0])
+            if batch is None:
+                continue
+            batch.remaining -= 1
+            if batch.remaining <= 0:
+                await self._finished(batch)
+        if queue is not None and not queue:
+            self._queues.pop(key, None)
+
+    async def _finished(self, batch: _Batch) -> None:
+        self._batches.pop(batch.name, None)
+        self._removed.add(batch.name)  # never loaded again, even when its removal fails
+        try:
+            await self.outbox.remove(batch.name)
+        except _STORAGE_ERRORS as e:
+            # Left in the outbox: sent again by the next leader (an event may then arrive twice).
+            self._storage_failed(e)
+
+    # ----------------------------------------------------------- reporting
+
+    def _storage_failed(self, error: Exception) -> None:
+        if not self._storage_failing:
+            self._storage_failing = True
+            log.error("notifications to {endpoint}: outbox unusable: {error}", endpoint=self.name, error=error)
+
+    def _storage_recovered(self) -> None:
+        if self._storage_failing:
+            self._storage_failing = False
+            log.info("notifications to {endpoint}: the outbox can be used again", endpoint=self.name)
+
+    def _pending(self) -> int:
+        loaded = set(self._batches)
+        return sum(b.remaining for b in self._batches.values()) + sum(n.count for n in self._listed if n not in loaded)
+
+    def status(self) -> EndpointStatus:
+        oldest = None
+        if self._leader and self._listed:
+            oldest = max(0.0, self._clock() - self._listed[0].written_at)
+        return EndpointStatus(
+            name=self.name,
+            leader=self._leader,
+            pending=self._pending() if self._leader else 0,
+            oldest_age=oldest,
+            delivered=self._delivered,
+            failed=self._failed,
+            dead_lettered=self._dead,
+            lost=self.lost,
+            latency_count=self._latency_count,
+            latency_sum=self._latency_sum,
+            latency_buckets=tuple(zip(LATENCY_BUCKETS, self._latency, strict=True)),
+            last_error=self._last_error,
+        )

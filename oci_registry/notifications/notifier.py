@@ -1,0 +1,305 @@
+"""
+`Notifier`: the registry's notifications, as one service.  It observes the
+registry (an `oci_registry.observe.IRegistryObserver`), records each event
+in the outbox of every endpoint whose filters want it, and runs each
+endpoint's `EndpointDelivery`.
+
+Recording is a group commit: an event observed while the request that
+caused it is being answered goes into the next write, which starts as soon
+as the previous one ended, so an event is in storage one storage write
+after its request was answered (a few milliseconds on a local disk; the
+window in which a killed process loses what it observed).  Pull events
+wait for ``pull_window`` and are written as one batch.  While the storage
+cannot take a write, events wait in memory (at most ``max_buffered``; more
+are counted as lost, with a log line) and the write is retried.  Stopping
+the service writes what waits before it returns.
+
+An endpoint in the ``cloudevents`` format also gets
+``ociregistry.repository.created`` before the first push or mount into a
+repository that held no manifest; a marker in storage
+(``notifications/repositories/<name>/_created``, taken with an exclusive
+create) makes it once per repository across processes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, TimeoutError, gatherResults
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from zope.interface import Interface, implementer
+
+from .. import paths
+from ..storage.interfaces import DestinationExists, PathNotFound, StorageFull, StorageUnavailable
+from .config import CLOUDEVENTS, MOUNT, PUSH, EndpointConfig, NotificationsConfig
+from .delivery import EndpointDelivery, EndpointStatus
+from .formats import sendable
+from .notice import CREATE, MANIFEST, Notice, Source, notices_of, repository_created
+from .outbox import Lease, Outbox
+from .sender import Sender
+
+log = Logger(namespace="oci_registry.notifications")
+
+STOP_TIMEOUT = 10.0  # seconds stopping waits for the events in memory to be written
+KNOWN_REPOSITORIES = 10000  # repositories remembered as announced already, per process
+_STORAGE_ERRORS = (StorageUnavailable, StorageFull, OSError)
+
+
+class INotificationStatus(Interface):
+    def status():
+        """
+        An `EndpointStatus` per configured endpoint, by name: what this
+        process knows of the endpoint's delivery (for metrics and operators).
+        """
+
+
+def _wants(endpoint: EndpointConfig, notice: Notice) -> bool:
+    action = PUSH if notice.action == CREATE else notice.action
+    return sendable(endpoint.format, notice) and endpoint.filter.matches(action, notice.repository, notice.media_type)
+
+
+@implementer(INotificationStatus)
+class Notifier(Service):
+    """
+    Records and delivers the events of the registry over ``storage`` to the
+    endpoints of ``settings``.  ``source`` names this process in the events;
+    ``scheme`` is the one of the content URLs when ``registry_url`` is not
+    configured.  ``sender_factory(endpoint)`` makes each endpoint's sender
+    (a `Sender` by default).
+    """
+
+    def __init__(
+        self,
+        settings: NotificationsConfig,
+        storage,
+        reactor,
+        source: Source,
+        scheme: str = "http",
+        sender_factory=None,
+        clock=time.time,
+    ):
+        self.setName("notifications")
+        self.settings = settings
+        self.storage = storage
+        self.source = source
+        self.scheme = scheme
+        self._reactor = reactor
+        self._clock = clock
+        writer = source.instance.replace("-", "")[:16]
+        if sender_factory is None:
+
+            def sender_factory(endpoint):
+                return Sender(endpoint, reactor, settings.registry_url)
+
+        self.outboxes: dict[str, Outbox] = {}
+        self.deliveries: dict[str, EndpointDelivery] = {}
+        for endpoint in settings.endpoints:
+            outbox = self.outboxes[endpoint.name] = Outbox(storage, endpoint.name, writer, clock)
+            lease = Lease(storage, endpoint.name, writer, settings.lease, reactor, clock)
+            self.deliveries[endpoint.name] = EndpointDelivery(
+                endpoint, settings, outbox, lease, sender_factory(endpoint), reactor, clock
+            )
+        self._cloudevents = any(e.format == CLOUDEVENTS for e in settings.endpoints)
+        self._intake: list[Notice] = []
+        self._pulls: list[Notice] = []
+        self._buffers: dict[str, list[Notice]] = {e.name: [] for e in settings.endpoints}
+        self._flushing: Deferred | None = None
+        self._kick_call = None
+        self._pull_call = None
+        self._known: OrderedDict[str, None] = OrderedDict()
+        self._last_lost_log = float("-inf")
+        self._write_failures = 0
+
+    # --------------------------------------------------------------- observe
+
+    def observe(self, event) -> None:
+        """Take note of a `RegistryEvent` (on the reactor thread; returns at once)."""
+        self.record(notices_of(event, self.source, self.settings.registry_url, self.scheme))
+
+    def record(self, notices: list[Notice]) -> None:
+        """Record ``notices`` in the outboxes of the endpoints that want them (soon: see the module's docstring)."""
+        wanted = [n for n in notices if any(_wants(e, n) for e in self.settings.endpoints)]
+        if not wanted:
+            return
+        room = self.settings.max_buffered - self._buffered()
+        if room < len(wanted):
+            self._lose(wanted[max(room, 0) :])
+            wanted = wanted[: max(room, 0)]
+        for notice in wanted:
+            (self._pulls if notice.is_pull else self._intake).append(notice)
+        if self._pulls and self._pull_call is None and self.running:
+            self._pull_call = self._reactor.callLater(self.settings.pull_window, self._release_pulls)
+        if self._intake:
+            self._kick()
+
+    def _buffered(self) -> int:
+        return len(self._intake) + len(self._pulls) + sum(len(b) for b in self._buffers.values())
+
+    def _lose(self, notices: list[Notice]) -> None:
+        for endpoint in self.settings.endpoints:
+            count = sum(1 for n in notices if _wants(endpoint, n))
+            self.deliveries[endpoint.name].lost += count
+        now = self._clock()
+        if now - self._last_lost_log >= 60:
+            self._last_lost_log = now
+            log.error(
+                "notifications: {count} event(s) lost: {buffered} wait in memory for the storage, the most "
+                "max_buffered allows",
+                count=len(notices),
+                buffered=self._buffered(),
+            )
+
+    def _release_pulls(self) -> None:
+        self._pull_call = None
+        self._intake.extend(self._pulls)
+        self._pulls = []
+        self._kick()
+
+    def _kick(self) -> None:
+        # On the next reactor turn: what one request reports (a delete and its tags) goes in one write.
+        if self._kick_call is None and self._flushing is None and self.running:
+            self._kick_call = self._reactor.callLater(0, self._start_flush)
+
+    def _start_flush(self) -> None:
+        self._kick_call = None
+        if self._flushing is not None:
+            return
+        self._flushing = Deferred.fromCoroutine(self._flush())
+        self._flushing.addErrback(lambda f: log.failure("notifications: recording events failed", f))
+        self._flushing.addBoth(self._flushed)
+
+    def _flushed(self, _):
+        self._flushing = None
+        if self._intake and self.running:
+            self._kick()
+
+    async def _flush(self) -> None:
+        while self._intake or any(self._buffers.values()):
+            batch, self._intake = self._intake, []
+            if batch:
+                batch = await self._announce(batch)
+                for endpoint in self.settings.endpoints:
+                    self._buffers[endpoint.name].extend(n for n in batch if _wants(endpoint, n))
+            writes = [Deferred.fromCoroutine(self._write(name)) for name, buffer in self._buffers.items() if buffer]
+            results: list[bool] = await gatherResults(writes) if writes else []
+            if all(results):
+                self._write_failures = 0
+                continue
+            self._write_failures += 1
+            await _sleep(self._reactor, min(0.25 * 2 ** min(self._write_failures, 6), 10.0))
+            if not self.running and self._write_failures > 3:
+                return  # stopping, and the storage is down: what is left is reported lost by stopService
+
+    async def _write(self, endpoint: str) -> bool:
+        notices, self._buffers[endpoint] = self._buffers[endpoint], []
+        try:
+            name = await self.outboxes[endpoint].append(notices)
+        except _STORAGE_ERRORS as e:
+            self._buffers[endpoint][:0] = notices  # first in line for the next try
+            if self._write_failures == 0:
+                log.error(
+                    "notifications to {endpoint}: cannot record {count} event(s) in the outbox: {error}; retrying",
+                    endpoint=endpoint,
+                    count=len(notices),
+                    error=e,
+                )
+            return False
+        self.deliveries[endpoint].offer(name, notices)
+        return True
+
+    # -------------------------------------------------- repository created
+
+    async def _announce(self, batch: list[Notice]) -> list[Notice]:
+        """``batch`` with a repository-created notice before the first push into each new repository."""
+        if not self._cloudevents:
+            return batch
+        out: list[Notice] = []
+        for notice in batch:
+            if notice.action in (PUSH, MOUNT) and notice.repository not in self._known:
+                try:
+                    created = await self._first_content(notice)
+                except _STORAGE_ERRORS as e:
+                    log.warn(
+                        "notifications: cannot tell whether {repository} is new: {error}",
+                        repository=notice.repository,
+                        error=e,
+                    )
+                else:
+                    self._known[notice.repository] = None
+                    if len(self._known) > KNOWN_REPOSITORIES:
+                        self._known.popitem(last=False)
+                    if created:
+                        out.append(repository_created(notice))
+            out.append(notice)
+        return out
+
+    async def _first_content(self, notice: Notice) -> bool:
+        """Whether ``notice`` reports the first content of its repository, and this process is to say so."""
+        marker = paths.repository_announced(notice.repository)
+        if await self.storage.stat(marker) is not None:
+            return False
+        pushed = notice.digest.split(":", 1)[-1] if notice.kind == MANIFEST and notice.digest else None
+        revisions = await self.storage.walk(f"{paths.REPOSITORIES}/{notice.repository}/_manifests/revisions")
+        new = not any(path.endswith("/link") and path.split("/")[1] != pushed for path in revisions)
+        claim = f"{marker}.{self.source.instance}"
+        await self.storage.write_bytes(claim, notice.id.encode())
+        try:
+            await self.storage.move(claim, marker, replace=False)
+        except DestinationExists:
+            await self.storage.delete(claim)
+            return False
+        except PathNotFound:
+            return False
+        return new
+
+    # --------------------------------------------------------------- service
+
+    def startService(self):
+        super().startService()
+        for delivery in self.deliveries.values():
+            delivery.start()
+        if self._pulls and self._pull_call is None:
+            self._pull_call = self._reactor.callLater(self.settings.pull_window, self._release_pulls)
+        if self._intake:
+            self._kick()
+
+    async def _stop(self) -> None:
+        if self._pull_call is not None and self._pull_call.active():
+            self._pull_call.cancel()
+        self._pull_call = None
+        self._intake.extend(self._pulls)
+        self._pulls = []
+        if self._kick_call is not None and self._kick_call.active():
+            self._kick_call.cancel()
+        self._kick_call = None
+        if self._flushing is None and self._intake:
+            self._flushing = Deferred.fromCoroutine(self._flush())
+            self._flushing.addBoth(self._flushed)
+        if self._flushing is not None:
+            waiting: Deferred[None] = Deferred()
+            self._flushing.chainDeferred(waiting)
+            waiting.addTimeout(STOP_TIMEOUT, self._reactor)
+            try:
+                await waiting
+            except TimeoutError:
+                log.error("notifications: the storage did not take the last events within {s:g}s", s=STOP_TIMEOUT)
+        left = self._buffered()
+        if left:
+            log.error("notifications: {count} event(s) not recorded before stopping: lost", count=left)
+        await DeferredList([Deferred.fromCoroutine(d.stop()) for d in self.deliveries.values()])
+
+    def stopService(self):
+        super().stopService()
+        return Deferred.fromCoroutine(self._stop())
+
+    # ---------------------------------------------------------------- status
+
+    def status(self) -> dict[str, EndpointStatus]:
+        return {name: delivery.status() for name, delivery in self.deliveries.items()}
+
+
+def _sleep(reactor, seconds: float) -> Deferred:
+    return deferLater(reactor, seconds, lambda: None)
