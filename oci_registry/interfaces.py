@@ -87,7 +87,10 @@ class IRegistry(Interface):
         """Store a manifest under ``reference`` and tag it with ``tags`` too; fire with a `PushedManifest`."""
 
     def delete_manifest(name, reference, caller=None):
-        """Delete a manifest (a `Digest`: with every tag pointing at it) or untag it (a `Tag`)."""
+        """
+        Delete a manifest (a `Digest`: with every tag pointing at it) or untag
+        it (a `Tag`); fire with the tags that were removed.
+        """
 
     # ------------------------------------------------------------- discovery
 

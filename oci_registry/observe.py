@@ -21,7 +21,9 @@ action      kind        when
                         the tag it was asked by).  A HEAD is not a pull.
 ``delete``  blob        a blob was unlinked from the repository
 ``delete``  manifest    a manifest was deleted (by digest)
-``delete``  tag         a tag was deleted
+``delete``  tag         a tag was deleted; also each tag a manifest's delete
+                        removed, after the manifest's event (as CNCF
+                        Distribution reports them)
 ==========  ==========  ===================================================
 
 The fields are those of a CNCF Distribution notification's ``target``,
@@ -250,11 +252,14 @@ class ObservedRegistry:
         return pushed
 
     async def delete_manifest(self, name, reference, caller=None):
-        await self.registry.delete_manifest(name, reference, caller=caller)
+        removed = await self.registry.delete_manifest(name, reference, caller=caller)
         if isinstance(reference, Tag):
             self._report(DELETE, Target(TAG, name, tags=(reference,)), caller)
         else:
             self._report(DELETE, Target(MANIFEST, name, reference), caller)
+            for tag in removed or ():
+                self._report(DELETE, Target(TAG, name, tags=(tag,)), caller)
+        return removed
 
     # ------------------------------------------------------------- discovery
 

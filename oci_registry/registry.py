@@ -524,23 +524,28 @@ class Registry:
         if info is None or info.size != len(data):
             await self._write(target, data)
 
-    async def delete_manifest(self, name: Name, reference: Digest | Tag, caller: Caller | None = None) -> None:
+    async def delete_manifest(
+        self, name: Name, reference: Digest | Tag, caller: Caller | None = None
+    ) -> tuple[Tag, ...]:
         if isinstance(reference, Tag):
             if (await self.storage.stat(paths.tag_link(name, reference))) is None:
                 raise ManifestUnknown(str(reference))
             await self.storage.delete(paths.tag_folder(name, reference))
-            return
+            return (reference,)
         digest = reference
         link = paths.manifest_link(name, digest)
         if (await self.storage.stat(link)) is None:
             raise ManifestUnknown(str(digest))
+        removed = []
         for tag in await self.storage.list(paths.tags(name)):
             if await self._read_link(paths.tag_link(name, Tag(tag))) == str(digest):
                 await self.storage.delete(paths.tag_folder(name, tag))
+                removed.append(Tag(tag))
         subject = await self._subject_of(digest)
         if subject is not None:
             await self.storage.delete(paths.referrer(name, subject, digest))
         await self.storage.delete(link.rsplit("/", 1)[0])
+        return tuple(removed)
 
     async def _subject_of(self, digest: Digest) -> Digest | None:
         try:

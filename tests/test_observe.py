@@ -186,6 +186,23 @@ async def test_every_completed_operation_is_reported_with_who_did_it(served, as_
 
 
 @pytest_twisted.ensureDeferred
+async def test_deleting_a_manifest_reports_the_tags_it_removed(served, as_alice):
+    """As Distribution does: the manifest's delete, then one tag delete per tag that pointed at it."""
+    events = recorder(served)
+    image = await push_image(served, "app", "v1", layers=1)
+    manifest_url = url(served, "/v2/app/manifests/v2")
+    assert (await as_alice("PUT", manifest_url, image.manifest, {"Content-Type": OCI_MANIFEST})).status == 201
+    events.take()
+    assert (await as_alice("DELETE", url(served, f"/v2/app/manifests/{image.digest}"))).status == 202
+    deleted, *untagged = events.events
+    assert events.take() == [("delete", "manifest", "app"), ("delete", "tag", "app"), ("delete", "tag", "app")]
+    assert deleted.target.digest == Digest.parse(image.digest)
+    assert sorted(e.target.tags for e in untagged) == [(Tag("v1"),), (Tag("v2"),)]
+    assert {e.caller.request_id for e in (deleted, *untagged)} == {deleted.caller.request_id}
+    assert deleted.caller.request_id is not None
+
+
+@pytest_twisted.ensureDeferred
 async def test_an_anonymous_caller_is_reported_as_such(tmp_path):
     events = Recorder()
     api = RegistryAPI(ObservedRegistry(Registry(FilesystemDriver(str(tmp_path))), [events]))

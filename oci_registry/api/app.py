@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import time
+import uuid
 from urllib.parse import urlencode
 
 from klein import Klein
@@ -109,7 +110,8 @@ def caller_of(request, principal: Principal) -> Caller:
     """
     Who asks, and from where, as the registry's operations are told it
     (see `oci_registry.identity`): the principal its authorizer returned
-    and the request's facts.
+    and the request's facts, with a new id for the request (what ties the
+    events one request caused together, as in Distribution's notifications).
     """
     address = request.getClientAddress()
     return Caller(
@@ -118,6 +120,7 @@ def caller_of(request, principal: Principal) -> Caller:
         host=_header(request, "Host"),
         method=request.method.decode("ascii", "replace"),
         useragent=_header(request, "User-Agent"),
+        request_id=str(uuid.uuid4()),
     )
 
 

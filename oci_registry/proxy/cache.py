@@ -430,7 +430,9 @@ class ProxyRegistry:
         self._local_only(name)
         return await self.local.put_manifest(name, reference, data, content_type, tags, caller=caller)
 
-    async def delete_manifest(self, name: Name, reference: Digest | Tag, caller: Caller | None = None) -> None:
+    async def delete_manifest(
+        self, name: Name, reference: Digest | Tag, caller: Caller | None = None
+    ) -> tuple[Tag, ...]:
         self._local_only(name)
         return await self.local.delete_manifest(name, reference, caller=caller)
 
