@@ -4,9 +4,11 @@
     ociregistry gc [--dry-run] [--grace 24h] [--upload-expiry 24h]
                    [--delete-untagged] [--keep-tags K [--tag-pattern GLOB]]
     ociregistry du
+    ociregistry events [list]             the notifications' outbox: events waiting per endpoint, the oldest's age
+    ociregistry events resend [--endpoint NAME]   put dead letters back in the queue
 
-Both read the same configuration as the daemon (``--config FILE`` and/or
-``--data-dir DIR``) and work on the same storage while it serves.
+Each reads the same configuration as the daemon (``--config FILE`` and/or
+``--data-dir DIR``) and works on the same storage while it serves.
 
 Exit status: 0 done; 2 the configuration cannot work (including a data
 directory or bucket that cannot be used); 1 the storage failed (unreachable,
@@ -63,6 +65,17 @@ def _parser() -> argparse.ArgumentParser:
 
     du = sub.add_parser("du", help="space used per repository, unique and shared")
     common(du)
+
+    events = sub.add_parser("events", help="the notifications' outbox; re-send dead letters")
+    common(events)
+    events.add_argument(
+        "action",
+        nargs="?",
+        choices=("list", "resend"),
+        default="list",
+        help="list: events waiting per endpoint (the default); resend: put dead letters back in the queue",
+    )
+    events.add_argument("--endpoint", "-e", help="only this endpoint (resend: the default is every one)")
     return parser
 
 
@@ -113,6 +126,8 @@ async def _run(reactor, args) -> int:
                     f"{_human(report.bytes_freed)} {'would be ' if options.dry_run else ''}freed; "
                     f"{report.blobs_kept} blobs kept"
                 )
+        elif args.command == "events":
+            await _events(storage, config, args)
         else:
             rows = await usage(storage)
             if args.json:
@@ -133,6 +148,35 @@ async def _run(reactor, args) -> int:
             storage.close()
 
 
+async def _events(storage, config: Config, args) -> None:
+    from .notifications.admin import human_age, outbox_reports, resend_dead_letters
+
+    reports = await outbox_reports(storage, config.notifications)
+    if args.endpoint is not None:
+        reports = [r for r in reports if r.endpoint == args.endpoint]
+        if not reports:
+            raise ConfigError(f"no endpoint named {args.endpoint!r} is configured or has an outbox")
+    if args.action == "resend":
+        moved = {r.endpoint: await resend_dead_letters(storage, r.endpoint) for r in reports if r.dead_batches}
+        if args.json:
+            print(json.dumps({"resent": moved}, indent=2))
+        else:
+            for endpoint, count in moved.items():
+                print(f"{endpoint}: {count} dead letter(s) put back in the queue")
+            print(f"{sum(moved.values())} event(s) to be sent again")
+        return
+    if args.json:
+        print(json.dumps([r.to_json() for r in reports], indent=2))
+        return
+    if not reports:
+        print("no notification endpoints configured, and no outbox in storage")
+        return
+    print(f"{'ENDPOINT':24} {'PENDING':>8} {'OLDEST':>8} {'DEAD':>6}  DELIVERED BY")
+    for r in reports:
+        name = r.endpoint if r.configured else f"{r.endpoint} (not configured)"
+        print(f"{name:24} {r.pending:>8} {human_age(r.oldest_age):>8} {r.dead:>6}  {r.delivered_by or '-'}")
+
+
 def main(argv=None) -> None:
     args = _parser().parse_args(argv)
     try:
@@ -144,6 +188,9 @@ def main(argv=None) -> None:
     async def run(reactor):
         try:
             return await _run(reactor, args)
+        except ConfigError as e:  # found on the way (an endpoint that does not exist)
+            print(f"ociregistry {args.command}: {e}", file=sys.stderr)
+            raise SystemExit(CONFIG_STATUS) from None
         except GCAborted as e:
             stopped = "stopped before deleting anything: " if args.command == "gc" else ""
             print(f"ociregistry {args.command}: {stopped}{e}", file=sys.stderr)

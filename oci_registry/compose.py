@@ -15,6 +15,8 @@ Everything else receives its collaborators; nothing else chooses them.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import attr
 from twisted.application.service import Service
 from twisted.logger import Logger
@@ -30,6 +32,9 @@ from .site import RegistrySite
 from .startup import StorageCheck
 from .storage.drivers import build_driver
 from .storage.interfaces import IStorageDriver
+
+if TYPE_CHECKING:
+    from .notifications.notifier import Notifier
 
 log = Logger(namespace="oci_registry.service")
 
@@ -81,6 +86,7 @@ class Components:
     api: RegistryAPI
     resource: IResource  # the API, with ``/token`` in front when this registry issues tokens
     site: RegistrySite  # ``resource`` served with the config's connection, header and body limits
+    notifier: Notifier | None = None  # observes ``registry`` when notification endpoints are configured
 
     def storage_check(self) -> Service:
         """Checks the storage at start-up: the daemon does not start on one it cannot use."""
@@ -95,6 +101,14 @@ class Components:
             grace=config.gc_grace, upload_expiry=config.upload_expiry, delete_untagged=config.gc_delete_untagged
         )
         return scheduled(self.storage, options, config.gc_interval, self.reactor)
+
+    def notification_service(self) -> Notifier | None:
+        """
+        The notifications (`oci_registry.notifications`): records the events
+        ``notifier`` observes in the outbox and delivers them; None without
+        endpoints.  Every process serving the registry runs one.
+        """
+        return self.notifier
 
     def auth_service(self, forward=None) -> Service | None:
         """The login thread pool and the reload of the auth settings on SIGHUP (see `Auth.service`)."""
@@ -120,6 +134,7 @@ def build(config: Config, reactor=None) -> Components:
         authorizer=auth.authorizer,
     )
     resource = auth.wrap(api.resource())
+    notifier = build_notifier(config, registry, storage, reactor)
     return Components(
         config=config,
         reactor=reactor,
@@ -129,4 +144,21 @@ def build(config: Config, reactor=None) -> Components:
         api=api,
         resource=resource,
         site=RegistrySite.from_config(resource, config, reactor),
+        notifier=notifier,
     )
+
+
+def build_notifier(config: Config, registry: ObservedRegistry, storage: IStorageDriver, reactor) -> Notifier | None:
+    """The `Notifier` of ``config``'s notification endpoints, observing ``registry``; None when there are none."""
+    settings = config.notifications
+    if settings is None or not settings.endpoints:
+        return None
+    from .notifications.notice import Source
+    from .notifications.notifier import Notifier
+
+    plain = any(not description.startswith("ssl:") for description in config.listen)
+    notifier = Notifier(
+        settings, storage, reactor, Source.for_listen(config.listen), scheme="http" if plain else "https"
+    )
+    registry.add_observer(notifier)
+    return notifier

@@ -24,6 +24,7 @@ YAML (every key optional)::
     storage: {s3: {bucket: ...}}  # a storage driver by name instead of data_dir: oci_registry/storage/drivers.py
     auth: {...}                   # users, access rules, tokens: see oci_registry/auth/config.py, docs/auth.md
     # pull-through caches: docs/proxy.md
+    notifications: {endpoints: [...]}  # webhooks: see oci_registry/notifications/config.py, docs/notifications.md
     proxies: [{prefix: dockerhub, url: "https://registry-1.docker.io", tag_ttl: 5m}]
 """
 
@@ -41,6 +42,7 @@ from .units import parse_duration, parse_size
 
 if TYPE_CHECKING:
     from .auth.config import AuthConfig
+    from .notifications.config import NotificationsConfig
 
 DEFAULT_LISTEN = "tcp:5000"
 
@@ -87,6 +89,7 @@ class Config:
     auth: AuthConfig | None = None  # None: open to anyone
     storage: object = None  # the chosen driver's settings (oci_registry.storage.drivers); None: data_dir's files
     proxies: tuple = ()  # oci_registry.proxy.config.UpstreamConfig: pull-through caches of other registries
+    notifications: NotificationsConfig | None = None  # None: no webhooks
 
     def to_dict(self) -> dict:
         return {
@@ -94,6 +97,7 @@ class Config:
             "listen": list(self.listen),
             "auth": self.auth.to_dict() if self.auth else None,
             "storage": section_of(self.storage),
+            "notifications": self.notifications.to_dict() if self.notifications else None,
         }
 
     @classmethod
@@ -190,4 +194,11 @@ class Config:
                 values["proxies"] = parse_upstreams(values["proxies"] or ())
             except ValueError as e:
                 raise ConfigError(f"proxies: {e}") from None
+        if values.get("notifications") is not None:
+            from .notifications.config import NotificationsConfig
+
+            try:
+                values["notifications"] = NotificationsConfig.parse(values["notifications"])
+            except ValueError as e:
+                raise ConfigError(f"notifications: {e}") from None
         return cls(**values)

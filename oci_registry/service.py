@@ -165,6 +165,13 @@ def _daemon_service(components: Components) -> MultiService:
     gc = components.gc_service()
     if gc is not None:
         top.addService(gc)
+    notifications = components.notification_service()
+    if notifications is not None:
+        top.addService(notifications)
+        log.info(
+            "notifications to {endpoints}",
+            endpoints=", ".join(f"{e.name} ({e.url}, {e.format})" for e in notifications.settings.endpoints),
+        )
     log.info(
         "ociregistry storing data in {data_dir}",
         data_dir=drivers.describe(config.storage, config.data_dir),
@@ -184,6 +191,9 @@ def _daemon_service(components: Components) -> MultiService:
 def _worker_service(components: Components) -> MultiService:
     top = MultiService()
     _shared_listeners(top, components)
+    notifications = components.notification_service()  # every worker records what it serves
+    if notifications is not None:
+        top.addService(notifications)
     auth = components.auth_service()  # worker 0 passes SIGHUP on
     if auth is not None:
         top.addService(auth)

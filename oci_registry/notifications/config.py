@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 import attr
 
 from ..auth.rules import Glob
-from ..gc import parse_duration
+from ..units import parse_duration
 
 DISTRIBUTION, CLOUDEVENTS = "distribution", "cloudevents"
 FORMATS = (DISTRIBUTION, CLOUDEVENTS)

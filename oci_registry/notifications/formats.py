@@ -50,8 +50,12 @@ def _descriptor(media_type: str, digest: str, size: int) -> dict:
     return {"mediaType": media_type, "size": size, "digest": digest}
 
 
-def distribution_event(notice: Notice) -> dict:
-    """One event as Distribution writes it (a ``create`` notice has none: see `encode`)."""
+def distribution_event(notice: Notice, references: bool = False) -> dict:
+    """
+    One event as Distribution writes it (a ``create`` notice has none: see
+    `encode`); ``references``: with a pushed manifest's references, as
+    Distribution's ``includereferences`` does.
+    """
     target: dict = {}
     if notice.media_type is not None:
         target["mediaType"] = notice.media_type
@@ -65,7 +69,7 @@ def distribution_event(notice: Notice) -> dict:
     for key, value in (("fromRepository", notice.from_repository), ("url", notice.url), ("tag", notice.tag)):
         if value is not None:
             target[key] = value
-    if notice.references:
+    if references and notice.references:
         target["references"] = [_descriptor(*r) for r in notice.references]
     request = dict(notice.request)
     source = {k: v for k, v in (("addr", notice.source_addr), ("instanceID", notice.instance)) if v}
@@ -84,10 +88,11 @@ def cloudevent_type(notice: Notice) -> str:
     return f"{CLOUDEVENT_TYPE_PREFIX}.{notice.kind}.{_PAST[notice.action]}"
 
 
-def cloudevent(notice: Notice, source: str | None = None) -> dict:
+def cloudevent(notice: Notice, source: str | None = None, references: bool = False) -> dict:
     """
     One CloudEvent (structured mode).  ``source``: the registry's URL, by
-    default ``//hostname:port`` of the process that recorded the event.
+    default ``//hostname:port`` of the process that recorded the event;
+    ``references``: with a pushed manifest's references.
     """
     if notice.tag is not None and notice.kind != BLOB:
         subject = f"{notice.repository}:{notice.tag}"
@@ -106,7 +111,7 @@ def cloudevent(notice: Notice, source: str | None = None) -> dict:
     ):
         if value is not None:
             data[key] = value
-    if notice.references:
+    if references and notice.references:
         data["references"] = [_descriptor(*r) for r in notice.references]
     data["actor"] = {"name": notice.actor} if notice.actor else {}
     data["request"] = dict(notice.request)
@@ -122,15 +127,17 @@ def cloudevent(notice: Notice, source: str | None = None) -> dict:
     }
 
 
-def encode(format: str, notices: Sequence[Notice], source: str | None = None) -> tuple[str, bytes]:
+def encode(
+    format: str, notices: Sequence[Notice], source: str | None = None, references: bool = False
+) -> tuple[str, bytes]:
     """``(content type, body)`` for ``notices`` in ``format``; ``create`` notices are CloudEvents only."""
     if format == DISTRIBUTION:
-        events = [distribution_event(n) for n in notices if n.action != CREATE]
+        events = [distribution_event(n, references) for n in notices if n.action != CREATE]
         return DISTRIBUTION_MEDIA_TYPE, _dump({"events": events})
     if format == CLOUDEVENTS:
         if len(notices) == 1:
-            return CLOUDEVENT_MEDIA_TYPE, _dump(cloudevent(notices[0], source))
-        return CLOUDEVENT_BATCH_MEDIA_TYPE, _dump([cloudevent(n, source) for n in notices])
+            return CLOUDEVENT_MEDIA_TYPE, _dump(cloudevent(notices[0], source, references))
+        return CLOUDEVENT_BATCH_MEDIA_TYPE, _dump([cloudevent(n, source, references) for n in notices])
     raise ValueError(f"unknown format {format!r}")
 
 

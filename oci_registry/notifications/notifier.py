@@ -33,6 +33,7 @@ from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
 from .. import paths
+from ..observe import IRegistryObserver
 from ..storage.interfaces import DestinationExists, PathNotFound, StorageFull, StorageUnavailable
 from .config import CLOUDEVENTS, MOUNT, PUSH, EndpointConfig, NotificationsConfig
 from .delivery import EndpointDelivery, EndpointStatus
@@ -61,7 +62,7 @@ def _wants(endpoint: EndpointConfig, notice: Notice) -> bool:
     return sendable(endpoint.format, notice) and endpoint.filter.matches(action, notice.repository, notice.media_type)
 
 
-@implementer(INotificationStatus)
+@implementer(IRegistryObserver, INotificationStatus)
 class Notifier(Service):
     """
     Records and delivers the events of the registry over ``storage`` to the

@@ -69,7 +69,7 @@ class Sender:
         self._content_type_set = any(name.lower() == "content-type" for name, _ in endpoint.headers)
 
     def body(self, notices: list[Notice]) -> tuple[str, bytes]:
-        return encode(self.endpoint.format, notices, self._source)
+        return encode(self.endpoint.format, notices, self._source, self.endpoint.include_references)
 
     async def send(self, notices: list[Notice]) -> None:
         """Deliver ``notices`` in one request; `DeliveryFailed` unless the endpoint answered 2xx in time."""
