@@ -146,6 +146,7 @@ class ReceiverProcess:
 
     def __init__(self, directory: str | None = None, secret: str | None = None, count_only: bool = False):
         self.dir = directory or tempfile.mkdtemp(prefix="ociregistry-receiver-")
+        os.makedirs(self.dir, exist_ok=True)
         self.log_path = os.path.join(self.dir, "requests.jsonl")
         self.port = _free_port()
         self.secret = secret
@@ -165,11 +166,13 @@ class ReceiverProcess:
         env.pop("RECEIVER_SECRET", None)
         if self.secret is not None:
             env["RECEIVER_SECRET"] = self.secret  # not in argv, which any local user can read
-        self.process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with open(os.path.join(self.dir, "receiver.err"), "ab") as errors:
+            self.process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stderr=errors)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"the receiver exited with {self.process.returncode}")
+                with open(os.path.join(self.dir, "receiver.err"), errors="replace") as f:
+                    raise RuntimeError(f"the receiver exited with {self.process.returncode}: {f.read()[-2000:]}")
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
                 return self
