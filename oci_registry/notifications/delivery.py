@@ -431,14 +431,18 @@ class EndpointDelivery:
             self._storage_failing = False
             log.info("notifications to {endpoint}: the outbox can be used again", endpoint=self.name)
 
+    def _unloaded(self) -> list[BatchName]:
+        """The batches the last listing showed that are neither loaded nor delivered since."""
+        return [n for n in self._listed if n not in self._batches and n not in self._removed]
+
     def _pending(self) -> int:
-        loaded = set(self._batches)
-        return sum(b.remaining for b in self._batches.values()) + sum(n.count for n in self._listed if n not in loaded)
+        return sum(b.remaining for b in self._batches.values()) + sum(n.count for n in self._unloaded())
 
     def status(self) -> EndpointStatus:
         oldest = None
-        if self._leader and self._listed:
-            oldest = max(0.0, self._clock() - self._listed[0].written_at)
+        waiting = [n.written_at for n in self._unloaded()] + [b.name.written_at for b in self._batches.values()]
+        if self._leader and waiting:
+            oldest = max(0.0, self._clock() - min(waiting))
         return EndpointStatus(
             name=self.name,
             leader=self._leader,
