@@ -10,7 +10,10 @@ ociregistry worker count and one for the reference, with the ratio
 ours/reference) and the same figures as JSON.  With ``--s3`` every registry
 also runs storing in S3, on one SeaweedFS server (``weed``) started on
 127.0.0.1 for the run: columns "ociregistry wN s3" and "reference s3", whose
-ratios are against each other.  See docs/benchmarks.md.
+ratios are against each other.  With ``--notifications`` every ociregistry
+column runs again with one webhook endpoint configured (a receiver process
+on 127.0.0.1 that counts what it gets): columns "ociregistry wN notify",
+whose ratios are against the same registry without.  See docs/benchmarks.md.
 
 The load generators are plain sockets (sendfile for large bodies, recv_into
 for large responses), threads for concurrency, `wrk` for the manifest GET
@@ -82,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also run every registry storing in S3: one SeaweedFS (weed) on 127.0.0.1, "
         "a column per registry with ' s3' after its name",
+    )
+    parser.add_argument(
+        "--notifications",
+        action="store_true",
+        help="also run every ociregistry column with one notification endpoint (a receiver on 127.0.0.1): "
+        "a column with ' notify' in its name, its ratios against the same registry without",
     )
     return parser
 

@@ -1,12 +1,18 @@
-"""The table's columns: one per registry run ("ociregistry w1", "reference", the same with " s3")."""
+"""
+The table's columns: one per registry run ("ociregistry w1", "reference",
+the same with " s3"; with ``--notifications`` also "ociregistry w1 notify",
+the same registry with one notification endpoint configured).
+"""
 
 from __future__ import annotations
 
+NOTIFY = " notify"
 
-def run_label(kind: str, workers: int, storage: str = "filesystem") -> str:
-    """A run's column: "ociregistry w1", "reference", and " s3" after either on S3."""
+
+def run_label(kind: str, workers: int, storage: str = "filesystem", notify: bool = False) -> str:
+    """A run's column: "ociregistry w1", "reference", " notify" with an endpoint, and " s3" last on S3."""
     label = "reference" if kind == "reference" else f"ociregistry w{workers}"
-    return label + (" s3" if storage == "s3" else "")
+    return label + (NOTIFY if notify else "") + (" s3" if storage == "s3" else "")
 
 
 def is_reference(label: str) -> bool:
@@ -14,5 +20,10 @@ def is_reference(label: str) -> bool:
 
 
 def baseline_of(label: str) -> str:
-    """The reference column a run's ratios are against: the one on the same storage."""
+    """
+    The column a run's ratios are against: the reference on the same
+    storage; for a run with notifications, the same registry without.
+    """
+    if NOTIFY in label:
+        return label.replace(NOTIFY, "")
     return "reference s3" if label.endswith(" s3") else "reference"

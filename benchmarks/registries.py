@@ -44,6 +44,7 @@ class Registry(RegistryProcess):
         access_log: bool = False,
         reference_cache: bool = False,
         s3: S3Place | None = None,
+        notify_url: str | None = None,
     ):
         directory = tempfile.mkdtemp(prefix=f"{kind}-w{workers}{'-s3' if s3 else ''}-", dir=root)
         self.workers, self.access_log, self.reference_cache, self.s3 = workers, access_log, reference_cache, s3
@@ -51,7 +52,13 @@ class Registry(RegistryProcess):
             os.path.join(directory, "data"), kind, self.ociregistry_args(), python=python, directory=directory
         )
         self.reference_log = "{level: error}" if access_log else "{level: error, accesslog: {disabled: true}}"
-        self.label = run_label(kind, workers, "s3" if s3 else "filesystem")
+        self.label = run_label(kind, workers, "s3" if s3 else "filesystem", notify=notify_url is not None)
+        if notify_url is not None:
+            # One endpoint, in Distribution's format, with what a user would configure.
+            self.config = os.path.join(directory, "notifications.yaml")
+            endpoint = {"name": "bench", "url": notify_url, "secret": "benchmark", "timeout": "5s"}
+            with open(self.config, "w") as f:
+                json.dump({"notifications": {"endpoints": [endpoint]}}, f)
         self._bucket_deleted = False
 
     def ociregistry_args(self) -> list[str]:

@@ -121,8 +121,8 @@ def layout(runs: dict) -> tuple[list[str], list[str]]:
 
 
 def ratio_heading(label: str, separator: str = "/") -> str:
-    """ "w1/ref" for "ociregistry w1", "w1 s3/ref s3" for "ociregistry w1 s3"."""
-    reference = baseline_of(label).replace("reference", "ref")
+    """ "w1/ref" for "ociregistry w1", "w1 s3/ref s3" for "ociregistry w1 s3", "w1 notify/w1"."""
+    reference = baseline_of(label).replace("reference", "ref").replace("ociregistry ", "")
     return f"{label.replace('ociregistry ', '')}{separator}{reference}"
 
 

@@ -18,7 +18,7 @@ from .environment import default_python, describe, tool_version
 from .registries import Registry
 from .report import add_ratios, combine_rounds, metric_labels
 from .s3 import S3Place, S3Server
-from .shared import find_weed
+from .shared import ReceiverProcess, find_weed
 from .sizes import Sizes
 from .workloads import STANDARD, metrics, steps
 from .workloads.base import Bench
@@ -38,6 +38,7 @@ class Session:
         self.started = time.monotonic()
         self.registries: list[Registry] = []
         self.s3_server: S3Server | None = None
+        self.receiver: ReceiverProcess | None = None
         self.s3_unavailable: str | None = None
         self.weed = find_weed(self.python) if args.s3 else None
         if args.s3 and self.weed is None:
@@ -63,9 +64,12 @@ class Session:
         self.data.build()
         if self.weed is not None:
             self.start_s3()
+        if getattr(self.args, "notifications", False):
+            self.receiver = ReceiverProcess(os.path.join(self.root, "receiver"), count_only=True).start()
+            log(f"notification receiver on {self.receiver.url} (pid {self.receiver.process.pid})")
         for round_index in range(self.args.rounds):
-            for kind, workers, storage in self.targets():
-                self.run_one(report, round_index, kind, workers, storage)
+            for kind, workers, storage, notify in self.targets():
+                self.run_one(report, round_index, kind, workers, storage, notify)
         for run in report["runs"].values():
             combine_rounds(run)
         add_ratios(report, self.args.s3)
@@ -87,13 +91,22 @@ class Session:
             self.s3_unavailable = str(e)
             log(f"SeaweedFS unavailable: {e}")
 
-    def targets(self) -> list[tuple[str, int, str]]:
-        """(kind, workers, storage) of each run, in the order they run in a round."""
-        targets = [("ociregistry", w, "filesystem") for w in self.worker_counts]
+    def targets(self) -> list[tuple[str, int, str, bool]]:
+        """
+        (kind, workers, storage, with a notification endpoint) of each run, in
+        the order they run in a round: with ``--notifications``, each
+        ociregistry run is followed by the same with an endpoint.
+        """
+        notify = getattr(self.args, "notifications", False)
+        targets = []
+        for w in self.worker_counts:
+            targets.append(("ociregistry", w, "filesystem", False))
+            if notify:
+                targets.append(("ociregistry", w, "filesystem", True))
         if not self.args.no_reference:
-            targets.append(("reference", 1, "filesystem"))
+            targets.append(("reference", 1, "filesystem", False))
         if self.args.s3:
-            targets += [(kind, workers, "s3") for kind, workers, _ in list(targets)]
+            targets += [(kind, workers, "s3", n) for kind, workers, _, n in list(targets)]
         return targets
 
     def s3_place(self) -> S3Place:
@@ -102,9 +115,11 @@ class Session:
             raise Unavailable(f"SeaweedFS exited: {self.s3_server.log_tail()[-500:].strip()}")
         return S3Place(self.s3_server, self.s3_server.new_bucket(), f"run-{os.urandom(4).hex()}")
 
-    def run_one(self, report: dict, round_index: int, kind: str, workers: int, storage: str) -> None:
+    def run_one(
+        self, report: dict, round_index: int, kind: str, workers: int, storage: str, notify: bool = False
+    ) -> None:
         """One round of the workloads on one registry, started for it and removed after it."""
-        label = run_label(kind, workers, storage)
+        label = run_label(kind, workers, storage, notify)
         run = report["runs"].setdefault(label, {"results": {}, "notes": {}, "cpu": {}, "rounds": []})
         if storage == "s3" and self.s3_unavailable:
             run["unavailable"] = self.s3_unavailable
@@ -127,13 +142,17 @@ class Session:
             access_log=a.access_log,
             reference_cache=a.reference_cache,
             s3=place,
+            notify_url=self.receiver.url if notify and self.receiver is not None else None,
         )
         self.registries.append(registry)
         try:
             registry.start()
             log(f"{registry.label} listening on 127.0.0.1:{registry.port}, pids {registry.pids()}")
             bench = Bench(registry, self.data, self.sizes)
+            received_before = len(self.receiver.records()) if notify and self.receiver is not None else 0
             bench.run(steps(self.families))
+            if notify and self.receiver is not None:
+                self.note_deliveries(bench, received_before)
             if not registry.alive():
                 bench.notes["registry"] = "exited during the run: " + registry.log_tail()[-500:]
             run["rounds"].append({"results": bench.results, "notes": bench.notes, "cpu": bench.cpu})
@@ -143,7 +162,25 @@ class Session:
         finally:
             registry.cleanup()
 
+    def note_deliveries(self, bench: Bench, before: int) -> None:
+        """How many notifications the receiver got for the run, and how long after its last workload."""
+        ended = time.monotonic()
+        count, since = -1, ended
+        while time.monotonic() - ended < 120:
+            now = len(self.receiver.records()) - before
+            if now != count:
+                count, since = now, time.monotonic()
+            elif time.monotonic() - since >= 2.0:
+                break
+            time.sleep(0.2)
+        bench.notes["notifications received"] = (
+            f"{count} requests; the last {since - ended:.1f}s after the workloads ended"
+        )
+        log(f"{bench.r.label}: {bench.notes['notifications received']}")
+
     def cleanup(self) -> None:
+        if self.receiver is not None:
+            self.receiver.cleanup()
         for registry in self.registries:
             registry.cleanup()
         if self.s3_server is not None:

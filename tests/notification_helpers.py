@@ -62,7 +62,7 @@ def pending_events(data_dir: str, endpoint_name: str = "test") -> int:
     """Events waiting in a filesystem outbox, as the batch names count them."""
     folder = os.path.join(data_dir, "notifications", "endpoints", endpoint_name, "pending")
     try:
-        names = [n for n in os.listdir(folder) if not n.startswith(".")]
+        names = [n for n in os.listdir(folder) if n.count("-") == 3]  # batches, not the keep file
     except FileNotFoundError:
         return 0
     return sum(int(n.rsplit("-", 1)[1]) for n in names)

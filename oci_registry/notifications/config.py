@@ -3,6 +3,7 @@ The ``notifications`` section of the configuration (see docs/notifications.md)::
 
     notifications:
       registry_url: https://registry.example.com  # base of the events' target URLs (default: the request's Host)
+      record_window: 20ms                         # events are written to the outbox in groups, at most this late
       endpoints:
         - name: ci                                # names the endpoint's outbox: keep it when the url changes
           url: https://ci.example.com/registry-events
@@ -19,6 +20,8 @@ The ``notifications`` section of the configuration (see docs/notifications.md)::
           max_attempts: 0                         # dead-letter an event after this many failed tries (0: no limit)
           max_age: 3d                             # ... or once it has waited this long (0: no limit)
           concurrency: 4                          # requests in flight (to different repositories) at once
+          batch: 50                               # at most this many waiting events of a repository per request
+                                                  # (distribution: 50; cloudevents: 1, more is batched mode)
           pull_batch: 100                         # pull events per request
 
 Parsed once, at start-up; a mistake is a `ValueError` naming the key.
@@ -60,9 +63,10 @@ _ENDPOINT_KEYS = {
     "max_attempts",
     "max_age",
     "concurrency",
+    "batch",
     "pull_batch",
 }
-_SECTION_KEYS = {"registry_url", "endpoints", "lease", "poll_interval", "pull_window", "max_buffered"}
+_SECTION_KEYS = {"registry_url", "endpoints", "lease", "poll_interval", "record_window", "pull_window", "max_buffered"}
 _FILTER_KEYS = {"actions", "repositories", "media_types"}
 #: Headers the registry sets itself: configuring them would break the format or the signature.
 _RESERVED_HEADERS = {"content-length", "host", "transfer-encoding", "ociregistry-signature"}
@@ -137,6 +141,7 @@ class EndpointConfig:
     max_attempts: int = 0  # failed requests after which an event is dead-lettered; 0: no limit
     max_age: float = 3 * 86400.0  # seconds an event may wait before it is dead-lettered; 0: no limit
     concurrency: int = 4  # requests in flight at once, each for another repository
+    batch: int = 50  # events of one repository sent in one request, when that many wait
     pull_batch: int = 100  # pull events sent in one request
 
     def to_dict(self) -> dict:
@@ -153,6 +158,7 @@ class EndpointConfig:
             "max_attempts": self.max_attempts,
             "max_age": self.max_age,
             "concurrency": self.concurrency,
+            "batch": self.batch,
             "pull_batch": self.pull_batch,
         }
 
@@ -201,6 +207,14 @@ class EndpointConfig:
             values["concurrency"] = _whole("concurrency", value["concurrency"], minimum=1, maximum=64)
         if "pull_batch" in value:
             values["pull_batch"] = _whole("pull_batch", value["pull_batch"], minimum=1, maximum=1000)
+        # Distribution's envelope holds "one or more events"; a CloudEvents receiver may know only the
+        # structured mode, one event per request, unless it is told to expect batches.
+        values["batch"] = _whole(
+            "batch",
+            value.get("batch", 50 if values.get("format", DISTRIBUTION) == DISTRIBUTION else 1),
+            minimum=1,
+            maximum=1000,
+        )
         return cls(**values)
 
 
@@ -211,8 +225,11 @@ class NotificationsConfig:
     ``lease`` is how long one process delivers an endpoint's events
     without renewing its claim (another takes over once it lapses, when
     that process died); ``poll_interval`` how often the delivering process
-    looks for events other processes recorded; ``pull_window`` how long
-    pull events are gathered before they are recorded, as one batch;
+    looks for events other processes recorded; ``record_window`` how long
+    an event may wait in memory, gathering others, before they are written
+    to the outbox together (one durable write for all: with the time of
+    that write, how long after its request was answered an event can be
+    lost with the process); ``pull_window`` the same for pull events;
     ``max_buffered`` how many events a process holds while the storage
     cannot take them (more are counted as lost).
     """
@@ -221,6 +238,7 @@ class NotificationsConfig:
     registry_url: str | None = None
     lease: float = 15.0
     poll_interval: float = 1.0
+    record_window: float = 0.02
     pull_window: float = 1.0
     max_buffered: int = 10000
 
@@ -230,6 +248,7 @@ class NotificationsConfig:
             "registry_url": self.registry_url,
             "lease": self.lease,
             "poll_interval": self.poll_interval,
+            "record_window": self.record_window,
             "pull_window": self.pull_window,
             "max_buffered": self.max_buffered,
         }
@@ -264,9 +283,11 @@ class NotificationsConfig:
         values: dict = {"endpoints": tuple(parsed)}
         if value.get("registry_url") is not None:
             values["registry_url"] = _url(value["registry_url"], "registry_url").rstrip("/")
-        for key in ("lease", "poll_interval", "pull_window"):
+        for key in ("lease", "poll_interval", "record_window", "pull_window"):
             if key in value:
                 values[key] = _duration(key, value[key])
+        if values.get("record_window", 0) > 1:
+            raise ValueError("record_window must be at most 1s: it is how long an event may be held in memory")
         if "lease" in values and values["lease"] < 1:
             raise ValueError("lease must be at least 1s")
         if "poll_interval" in values and not values["poll_interval"] > 0:
@@ -288,8 +309,10 @@ def _url(value, key: str = "url") -> str:
 
 
 def _duration(key: str, value) -> float:
+    """Seconds, from what `parse_duration` reads or ``250ms``."""
     try:
-        seconds = parse_duration(value)
+        text = str(value).strip()
+        seconds = float(text[:-2]) / 1000 if text.endswith("ms") else parse_duration(value)
     except ValueError as e:
         raise ValueError(f"{key}: {e}") from None
     if seconds < 0:

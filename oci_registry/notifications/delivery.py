@@ -9,10 +9,12 @@ endpoint's `Lease` delivers, the others only keep trying to take the lease
 off from the storage).  The holder lists the outbox every
 ``poll_interval`` (and at once when this process recorded events), loads
 batches oldest first (at most `MAX_LOADED` events at a time), and queues
-their events per repository: one request per event, as Distribution sends
-them (pull events: up to ``pull_batch`` per request, in a queue of their
-own), up to ``concurrency`` requests at once, never two for one repository,
-so each repository's events arrive in the order they were recorded.
+their events per repository.  A request carries the events of one
+repository that wait, up to ``batch`` (one when they come one at a time, as
+Distribution sends them; more under load; pull events: up to
+``pull_batch``, in a queue of their own); up to ``concurrency`` requests
+are in flight at once, never two for one repository, so each repository's
+events arrive in the order they were recorded.
 
 A failed request (no answer in time, not 2xx) keeps its events at the head
 of their queue and pauses the whole endpoint for its backoff, which doubles
@@ -292,7 +294,7 @@ class EndpointDelivery:
             if key in self._in_flight:
                 continue
             queue = self._queues[key]
-            size = self.endpoint.pull_batch if key == PULLS else 1
+            size = self.endpoint.pull_batch if key == PULLS else self.endpoint.batch
             items = [queue[i] for i in range(min(size, len(queue)))]
             if not items:
                 del self._queues[key]

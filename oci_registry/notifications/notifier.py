@@ -4,12 +4,14 @@ registry (an `oci_registry.observe.IRegistryObserver`), records each event
 in the outbox of every endpoint whose filters want it, and runs each
 endpoint's `EndpointDelivery`.
 
-Recording is a group commit: an event observed while the request that
-caused it is being answered goes into the next write, which starts as soon
-as the previous one ended, so an event is in storage one storage write
-after its request was answered (a few milliseconds on a local disk; the
-window in which a killed process loses what it observed).  Pull events
-wait for ``pull_window`` and are written as one batch.  While the storage
+Recording is a group commit: the first event to wait starts a
+``record_window`` (20 ms by default), and every event observed by then goes
+into the same durable write, one file per endpoint; events that arrive
+during a write go in the next.  So an event is in storage at most
+``record_window`` plus one storage write after its request was answered
+(the window in which a killed process loses what it observed), and a busy
+registry makes one write, and later one request to the endpoint, for many
+events.  Pull events wait for ``pull_window`` (1 s) instead.  While the storage
 cannot take a write, events wait in memory (at most ``max_buffered``; more
 are counted as lost, with a log line) and the write is retried.  Stopping
 the service writes what waits before it returns.
@@ -160,9 +162,9 @@ class Notifier(Service):
         self._kick()
 
     def _kick(self) -> None:
-        # On the next reactor turn: what one request reports (a delete and its tags) goes in one write.
+        # Once the first waiting event has waited record_window: what arrives meanwhile goes in the same write.
         if self._kick_call is None and self._flushing is None and self.running:
-            self._kick_call = self._reactor.callLater(0, self._start_flush)
+            self._kick_call = self._reactor.callLater(self.settings.record_window, self._start_flush)
 
     def _start_flush(self) -> None:
         self._kick_call = None
@@ -260,6 +262,12 @@ class Notifier(Service):
 
     def startService(self):
         super().startService()
+        for outbox in self.outboxes.values():
+            Deferred.fromCoroutine(outbox.prepare()).addErrback(
+                lambda f, name=outbox.endpoint: log.warn(
+                    "notifications to {endpoint}: outbox not prepared: {error}", endpoint=name, error=f.value
+                )
+            )
         for delivery in self.deliveries.values():
             delivery.start()
         if self._pulls and self._pull_call is None:

@@ -42,6 +42,7 @@ from .notice import Notice, decode_batch, encode_batch
 
 log = Logger(namespace="oci_registry.notifications")
 
+KEEP = "keep"  # not a batch: see Outbox.prepare
 _BATCH_RE = re.compile(r"(\d{20})-([A-Za-z0-9]{1,32})-(\d{1,12})-(\d{1,9})")
 
 
@@ -82,6 +83,14 @@ class Outbox:
         self._seq = 0
         self.pending_folder = paths.notification_pending(endpoint)
         self.dead_folder = paths.notification_dead(endpoint)
+
+    async def prepare(self) -> None:
+        """
+        Put a file that stays in the pending folder: on the filesystem, a
+        folder emptied by the last delivery would be removed and made again
+        (with an fsync of its parent) for the next batch.
+        """
+        await self.storage.write_bytes(f"{self.pending_folder}/{KEEP}", b"")
 
     def _name(self, count: int) -> BatchName:
         self._seq += 1
