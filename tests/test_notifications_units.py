@@ -371,3 +371,29 @@ async def test_an_endpoint_that_filters_an_event_out_never_stores_it(storage):
     kept.observe(manifest_push())
     await kept.stopService()
     assert [b.count for b in await Outbox(storage, "ci", "w").pending()] == [1]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_busy_registry_writes_many_events_at_a_time(storage):
+    """The first event is written at once; those observed within record_window after go in one more write."""
+    settings = NotificationsConfig.parse(
+        {"record_window": "300ms", "endpoints": [{"name": "ci", "url": "http://127.0.0.1:1/"}]}
+    )
+    assert settings.record_window == 0.3
+    notifier = Notifier(settings, storage, reactor, SOURCE)
+    notifier.startService()
+    try:
+        for _ in range(30):
+            notifier.observe(manifest_push())
+            await deferLater(reactor, 0.002, lambda: None)
+        outbox = Outbox(storage, "ci", "w")
+        batches = []
+        for _ in range(200):  # until all 30 are in storage (at most 10 s)
+            batches = await outbox.pending()
+            if sum(b.count for b in batches) == 30:
+                break
+            await deferLater(reactor, 0.05, lambda: None)
+        assert [b.count for b in batches][0] == 1 and sum(b.count for b in batches) == 30
+        assert len(batches) <= 3  # not one write per event
+    finally:
+        await notifier.stopService()

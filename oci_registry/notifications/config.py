@@ -3,7 +3,7 @@ The ``notifications`` section of the configuration (see docs/notifications.md)::
 
     notifications:
       registry_url: https://registry.example.com  # base of the events' target URLs (default: the request's Host)
-      record_window: 20ms                         # events are written to the outbox in groups, at most this late
+      record_window: 100ms                        # events are written to the outbox in groups, at most this late
       endpoints:
         - name: ci                                # names the endpoint's outbox: keep it when the url changes
           url: https://ci.example.com/registry-events
@@ -238,7 +238,7 @@ class NotificationsConfig:
     registry_url: str | None = None
     lease: float = 15.0
     poll_interval: float = 1.0
-    record_window: float = 0.02
+    record_window: float = 0.1
     pull_window: float = 1.0
     max_buffered: int = 10000
 

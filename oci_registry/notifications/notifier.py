@@ -4,13 +4,14 @@ registry (an `oci_registry.observe.IRegistryObserver`), records each event
 in the outbox of every endpoint whose filters want it, and runs each
 endpoint's `EndpointDelivery`.
 
-Recording is a group commit: the first event to wait starts a
-``record_window`` (20 ms by default), and every event observed by then goes
-into the same durable write, one file per endpoint; events that arrive
-during a write go in the next.  So an event is in storage at most
-``record_window`` plus one storage write after its request was answered
+Recording is a group commit: events are written at once (on the next
+reactor turn) when no write started within the last ``record_window`` (100
+ms by default), else once that much time has passed since the last one
+started; everything waiting by then goes into the same durable write, one
+file per endpoint.  So an event is in storage at most ``record_window``
+plus the time of the writes in progress after its request was answered
 (the window in which a killed process loses what it observed), and a busy
-registry makes one write, and later one request to the endpoint, for many
+registry makes one write, and then one request to the endpoint, for many
 events.  Pull events wait for ``pull_window`` (1 s) instead.  While the storage
 cannot take a write, events wait in memory (at most ``max_buffered``; more
 are counted as lost, with a log line) and the write is retried.  Stopping
@@ -115,6 +116,8 @@ class Notifier(Service):
         self._known: OrderedDict[str, None] = OrderedDict()
         self._last_lost_log = float("-inf")
         self._write_failures = 0
+        self._last_flush = float("-inf")  # when the last write started (reactor time)
+        self._retry_at = 0.0  # after a failed write: not before this
 
     # --------------------------------------------------------------- observe
 
@@ -162,39 +165,48 @@ class Notifier(Service):
         self._kick()
 
     def _kick(self) -> None:
-        # Once the first waiting event has waited record_window: what arrives meanwhile goes in the same write.
-        if self._kick_call is None and self._flushing is None and self.running:
-            self._kick_call = self._reactor.callLater(self.settings.record_window, self._start_flush)
+        """
+        Write what waits: at once when no write started within the last
+        ``record_window``, else once it has passed (so that a busy registry
+        writes, and later sends, many events at a time), or after a failed
+        write's backoff.
+        """
+        if self._kick_call is not None or self._flushing is not None or not self.running:
+            return
+        now = self._reactor.seconds()
+        delay = max(self._last_flush + self.settings.record_window, self._retry_at) - now
+        # At least the next reactor turn: the events one request reports (a delete and its tags) go together.
+        self._kick_call = self._reactor.callLater(max(0.0, delay), self._start_flush)
 
     def _start_flush(self) -> None:
         self._kick_call = None
         if self._flushing is not None:
             return
+        self._last_flush = self._reactor.seconds()
         self._flushing = Deferred.fromCoroutine(self._flush())
         self._flushing.addErrback(lambda f: log.failure("notifications: recording events failed", f))
         self._flushing.addBoth(self._flushed)
 
     def _flushed(self, _):
         self._flushing = None
-        if self._intake and self.running:
+        if self._intake or any(self._buffers.values()):
             self._kick()
 
     async def _flush(self) -> None:
-        while self._intake or any(self._buffers.values()):
-            batch, self._intake = self._intake, []
-            if batch:
-                batch = await self._announce(batch)
-                for endpoint in self.settings.endpoints:
-                    self._buffers[endpoint.name].extend(n for n in batch if _wants(endpoint, n))
-            writes = [Deferred.fromCoroutine(self._write(name)) for name, buffer in self._buffers.items() if buffer]
-            results: list[bool] = await gatherResults(writes) if writes else []
-            if all(results):
-                self._write_failures = 0
-                continue
+        """One write per endpoint with events waiting; a failed one keeps its events for the next, after a backoff."""
+        batch, self._intake = self._intake, []
+        if batch:
+            batch = await self._announce(batch)
+            for endpoint in self.settings.endpoints:
+                self._buffers[endpoint.name].extend(n for n in batch if _wants(endpoint, n))
+        writes = [Deferred.fromCoroutine(self._write(name)) for name, buffer in self._buffers.items() if buffer]
+        results: list[bool] = await gatherResults(writes) if writes else []
+        if all(results):
+            self._write_failures = 0
+            self._retry_at = 0.0
+        else:
             self._write_failures += 1
-            await _sleep(self._reactor, min(0.25 * 2 ** min(self._write_failures, 6), 10.0))
-            if not self.running and self._write_failures > 3:
-                return  # stopping, and the storage is down: what is left is reported lost by stopService
+            self._retry_at = self._reactor.seconds() + min(0.25 * 2 ** min(self._write_failures, 6), 10.0)
 
     async def _write(self, endpoint: str) -> bool:
         notices, self._buffers[endpoint] = self._buffers[endpoint], []
@@ -284,17 +296,25 @@ class Notifier(Service):
         if self._kick_call is not None and self._kick_call.active():
             self._kick_call.cancel()
         self._kick_call = None
-        if self._flushing is None and self._intake:
-            self._flushing = Deferred.fromCoroutine(self._flush())
-            self._flushing.addBoth(self._flushed)
-        if self._flushing is not None:
+        deadline = self._reactor.seconds() + STOP_TIMEOUT
+        for _ in range(20):  # what waits, written now: a write in progress, then the rest
+            if self._flushing is None:
+                if not (self._intake or any(self._buffers.values())):
+                    break
+                self._start_flush()
             waiting: Deferred[None] = Deferred()
+            assert self._flushing is not None
             self._flushing.chainDeferred(waiting)
-            waiting.addTimeout(STOP_TIMEOUT, self._reactor)
+            waiting.addTimeout(max(0.1, deadline - self._reactor.seconds()), self._reactor)
             try:
                 await waiting
             except TimeoutError:
                 log.error("notifications: the storage did not take the last events within {s:g}s", s=STOP_TIMEOUT)
+                break
+            if self._write_failures:
+                await _sleep(self._reactor, 0.25)
+            if self._reactor.seconds() >= deadline:
+                break
         left = self._buffered()
         if left:
             log.error("notifications: {count} event(s) not recorded before stopping: lost", count=left)
