@@ -397,3 +397,15 @@ async def test_a_busy_registry_writes_many_events_at_a_time(storage):
         assert len(batches) <= 3  # not one write per event
     finally:
         await notifier.stopService()
+
+
+def test_the_composition_root_wires_the_notifier_to_the_registry(tmp_path):
+    from oci_registry.compose import build
+
+    config = Config.from_dict(
+        {"data_dir": str(tmp_path), "notifications": {"endpoints": [{"name": "ci", "url": "http://127.0.0.1:1/"}]}}
+    )
+    components = build(config, reactor)
+    assert components.notification_service() is components.notifier
+    assert components.notifier in components.registry.observers
+    assert build(Config.from_dict({"data_dir": str(tmp_path)}), reactor).notification_service() is None
