@@ -1,8 +1,14 @@
+import re
+
 from setuptools import find_packages, setup
+
+# The version is written once, in the package (ociregistry --version prints it too).
+with open("oci_registry/__init__.py", encoding="utf-8") as f:
+    VERSION = re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
 
 setup(
     name="ociregistry",
-    version="0.1.0",
+    version=VERSION,
     description="A container registry speaking the OCI Distribution Specification, on Twisted",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",

@@ -24,7 +24,7 @@ import sys
 from twisted.internet.defer import Deferred
 from twisted.internet.task import react
 
-from . import startup
+from . import __version__, startup
 from .config import Config, ConfigError
 from .gc import GCAborted, GCOptions, collect, usage
 from .startup import CONFIG_STATUS, FAILED_STATUS
@@ -43,6 +43,7 @@ def _human(size: int) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ociregistry", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"ociregistry {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p):

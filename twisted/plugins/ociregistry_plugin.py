@@ -41,6 +41,13 @@ class Options(usage.Options):
 
     opt_l = opt_listen
 
+    def opt_version(self):
+        """Print the ociregistry version and exit."""
+        from oci_registry import __version__
+
+        print(f"ociregistry {__version__}")
+        raise SystemExit(0)
+
     def opt_proxy(self, mapping):
         """Pull-through cache (repeatable): PREFIX=URL, e.g. dockerhub=https://registry-1.docker.io, ghcr=https://user:token@ghcr.io; an empty PREFIX mirrors a whole registry. Replaces the config file's proxies."""  # noqa: E501 twistd --help shows it, wrapped: one line
         self["proxy"].append(mapping)
