@@ -23,9 +23,12 @@ from twisted.logger import Logger
 from twisted.web.resource import IResource
 
 from .api.app import RegistryAPI
+from .api.health import HealthResource, HealthRoute
 from .auth.service import Auth, build_auth
 from .config import Config
+from .drain import DrainService
 from .gc import GCOptions, scheduled
+from .health import Readiness
 from .observe import LogObserver, ObservedRegistry
 from .registry import Registry
 from .site import RegistrySite
@@ -85,7 +88,8 @@ class Components:
     auth: Auth
     api: RegistryAPI
     resource: IResource  # the API, with ``/token`` in front when this registry issues tokens
-    site: RegistrySite  # ``resource`` served with the config's connection, header and body limits
+    health: HealthResource  # /healthz and /readyz, to mount on any resource (``health.mount(root)``)
+    site: RegistrySite  # ``resource`` and ``health`` served with the config's limits and trusted proxies
     notifier: Notifier | None = None  # observes ``registry`` when notification endpoints are configured
 
     def storage_check(self) -> Service:
@@ -114,6 +118,10 @@ class Components:
         """The login thread pool and the reload of the auth settings on SIGHUP (see `Auth.service`)."""
         return self.auth.service(forward=forward)
 
+    def drain_service(self) -> Service:
+        """On stop, lets the site's requests in flight finish, for up to ``shutdown_timeout`` (`DrainService`)."""
+        return DrainService(self.reactor, self.site.tracker, self.health.readiness, self.config.shutdown_timeout)
+
 
 def build(config: Config, reactor=None) -> Components:
     """
@@ -135,6 +143,7 @@ def build(config: Config, reactor=None) -> Components:
     )
     resource = auth.wrap(api.resource())
     notifier = build_notifier(config, registry, storage, reactor)
+    health = HealthResource(Readiness(storage, reactor))
     return Components(
         config=config,
         reactor=reactor,
@@ -143,8 +152,9 @@ def build(config: Config, reactor=None) -> Components:
         auth=auth,
         api=api,
         resource=resource,
-        site=RegistrySite.from_config(resource, config, reactor),
         notifier=notifier,
+        health=health,
+        site=RegistrySite.from_config(HealthRoute(resource, health), config, reactor),
     )
 
 

@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING
 import attr
 import yaml
 
+from .api.forwarded import TrustedProxies
+from .logs import parse_log_format, parse_log_level
 from .manifest import MAX_MANIFEST_SIZE
 from .storage.drivers import parse_storage, section_of, storage_values
 from .units import parse_duration, parse_size
@@ -90,6 +92,10 @@ class Config:
     storage: object = None  # the chosen driver's settings (oci_registry.storage.drivers); None: data_dir's files
     proxies: tuple = ()  # oci_registry.proxy.config.UpstreamConfig: pull-through caches of other registries
     notifications: NotificationsConfig | None = None  # None: no webhooks
+    log_format: str = "text"  # text or json
+    log_level: str = "info"  # events below this level are not logged
+    trusted_proxies: TrustedProxies = attr.ib(factory=TrustedProxies)  # peers whose X-Forwarded-* are believed
+    shutdown_timeout: float = 30.0  # seconds in-flight requests get to finish after SIGTERM
 
     def to_dict(self) -> dict:
         return {
@@ -98,6 +104,7 @@ class Config:
             "auth": self.auth.to_dict() if self.auth else None,
             "storage": section_of(self.storage),
             "notifications": self.notifications.to_dict() if self.notifications else None,
+            "trusted_proxies": self.trusted_proxies.to_list(),
         }
 
     @classmethod
@@ -162,10 +169,20 @@ class Config:
                     values[key] = int(values[key])
                 except (TypeError, ValueError):
                     raise ConfigError(f"{key} must be a whole number") from None
-        for key in ("gc_interval", "gc_grace", "upload_expiry", "client_timeout"):
+        for key in ("gc_interval", "gc_grace", "upload_expiry", "client_timeout", "shutdown_timeout"):
             if key in values:
                 try:
                     values[key] = parse_duration(values[key])
+                except ValueError as e:
+                    raise ConfigError(f"{key}: {e}") from None
+        for key, parse in (
+            ("log_format", parse_log_format),
+            ("log_level", parse_log_level),
+            ("trusted_proxies", TrustedProxies.parse),
+        ):
+            if key in values:
+                try:
+                    values[key] = parse(values[key])
                 except ValueError as e:
                     raise ConfigError(f"{key}: {e}") from None
         if values.get("workers", 1) < 1:

@@ -38,6 +38,8 @@ Every storage path the registry uses, in one place.
     notifications/endpoints/<endpoint>/claims/<owner>-<generation>
                                                      a lease being taken
     notifications/repositories/<name>/_created       the repository's creation was announced
+    _health/<id>                                     a readiness probe's file, for a moment:
+                                                     written, read back and deleted
 
 Repository names never contain a component starting with ``_``, so the
 registry's own folders cannot collide with a nested repository.
@@ -53,6 +55,7 @@ BLOBS = "blobs"
 REPOSITORIES = "repositories"
 FILLS = "fills"
 NOTIFICATIONS = "notifications"
+HEALTH = "_health"  # outside blobs/ and repositories/: garbage collection never looks here
 
 
 def blob_data(digest: Digest) -> str:
@@ -176,3 +179,8 @@ def notification_claims(endpoint: str) -> str:
 def repository_announced(name: str) -> str:
     """Marks that an ``ociregistry.repository.created`` event was recorded for the repository."""
     return f"{NOTIFICATIONS}/repositories/{name}/_created"
+
+
+def health_probe(probe_id: str) -> str:
+    """A readiness probe's file (see `oci_registry.health`)."""
+    return f"{HEALTH}/{probe_id}"

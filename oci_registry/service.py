@@ -23,7 +23,7 @@ import resource
 from collections.abc import Sequence
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
@@ -148,20 +148,44 @@ def make_service(config: Config, reactor=None, worker: int = 0) -> MultiService:
     return _daemon_service(components)
 
 
+class _ServingFirst(MultiService):
+    """
+    The daemon's services in two groups: ``serving`` (the listeners, the
+    workers, the drain) and the others (``background``: the storage check,
+    GC, notifications, auth).  They start background first; they stop
+    serving first, and the others only once its requests are done, so that
+    what the last requests do (the events they record) is still taken care of.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.background = MultiService()
+        self.serving = MultiService()
+        self.background.setServiceParent(self)
+        self.serving.setServiceParent(self)
+
+    def stopService(self):
+        Service.stopService(self)
+        stopped = maybeDeferred(self.serving.stopService)
+        stopped.addBoth(lambda _: self.background.stopService())
+        return stopped
+
+
 def _daemon_service(components: Components) -> MultiService:
     config, reactor = components.config, components.reactor
-    top = MultiService()
+    stages = _ServingFirst()
+    top, serving = stages.background, stages.serving
     components.storage_check().setServiceParent(top)
     supervisor = None
     listeners: Sequence[Listener | ListenService]
     if config.workers > 1:
-        listeners = _shared_listeners(top, components)
+        listeners = _shared_listeners(serving, components)
         supervisor = WorkerSupervisor(reactor, config)
-        supervisor.setServiceParent(top)
+        supervisor.setServiceParent(serving)
     else:
         listeners = [Listener(reactor, description, components.site) for description in config.listen]
         for listener in listeners:
-            listener.setServiceParent(top)
+            listener.setServiceParent(serving)
     gc = components.gc_service()
     if gc is not None:
         top.addService(gc)
@@ -172,6 +196,7 @@ def _daemon_service(components: Components) -> MultiService:
             "notifications to {endpoints}",
             endpoints=", ".join(f"{e.name} ({e.url}, {e.format})" for e in notifications.settings.endpoints),
         )
+    components.drain_service().setServiceParent(serving)
     log.info(
         "ociregistry storing data in {data_dir}",
         data_dir=drivers.describe(config.storage, config.data_dir),
@@ -184,20 +209,22 @@ def _daemon_service(components: Components) -> MultiService:
     if auth is not None:
         top.addService(auth)
 
-    _Announce(config, listeners).setServiceParent(top)  # last: once everything else has started
-    return top
+    _Announce(config, listeners).setServiceParent(serving)  # last: once everything else has started
+    return stages
 
 
 def _worker_service(components: Components) -> MultiService:
-    top = MultiService()
-    _shared_listeners(top, components)
+    stages = _ServingFirst()
+    top = stages.background
+    _shared_listeners(stages.serving, components)
+    components.drain_service().setServiceParent(stages.serving)
     notifications = components.notification_service()  # every worker records what it serves
     if notifications is not None:
         top.addService(notifications)
     auth = components.auth_service()  # worker 0 passes SIGHUP on
     if auth is not None:
         top.addService(auth)
-    return top
+    return stages
 
 
 def _shared_listeners(top: MultiService, components: Components) -> list[ListenService]:

@@ -9,14 +9,15 @@ application may build its own around any resource.
 
 from __future__ import annotations
 
-from twisted.logger import Logger
 from twisted.web import server
 
+from .api.access_log import log_request
 from .api.body import BodyBudget, StreamingRequest
 from .api.channel import ConnectionLimits, RegistryChannel
+from .api.forwarded import TrustedProxies
 from .config import Config
+from .drain import RequestTracker
 
-log = Logger(namespace="oci_registry.service")  # the access log's namespace, as operators filter it
 _DEFAULTS = Config()  # for RegistrySite's defaults
 
 
@@ -27,6 +28,10 @@ class RegistrySite(server.Site):
     small bodies hold, and logs one line per request.  ``timeout`` (seconds)
     closes idle connections, bounds the time to send a request's line and
     headers, and drops a client that stops reading a response.
+    ``trusted_proxies``: the peers whose ``X-Forwarded-*`` headers are
+    believed (`oci_registry.api.forwarded`).  ``tracker`` knows its open
+    connections and requests in flight, for a graceful stop
+    (`oci_registry.drain`).
     """
 
     requestFactory = StreamingRequest
@@ -43,10 +48,13 @@ class RegistrySite(server.Site):
         max_connections: int = _DEFAULTS.max_connections,
         max_connections_per_client: int = _DEFAULTS.max_connections_per_client,
         max_body_memory: int = _DEFAULTS.max_body_memory,
+        trusted_proxies: TrustedProxies | None = None,
         **kwargs,
     ):
         super().__init__(resource, **kwargs)
         self.access_log = access_log
+        self.trusted_proxies = trusted_proxies or TrustedProxies()
+        self.tracker = RequestTracker()
         self.max_header_size = max_header_size
         self.min_body_rate = min_body_rate
         self.body_rate_window = body_rate_window
@@ -65,6 +73,7 @@ class RegistrySite(server.Site):
             max_connections=config.max_connections,
             max_connections_per_client=config.max_connections_per_client,
             max_body_memory=config.max_body_memory,
+            trusted_proxies=config.trusted_proxies,
             timeout=config.client_timeout,
             reactor=reactor,
         )
@@ -76,19 +85,10 @@ class RegistrySite(server.Site):
             return self.connections.refusal(refused)
         channel = super().buildProtocol(addr)
         channel.limits, channel.client = self.connections, client
+        self.tracker.connected(channel)
         channel.totalHeadersSize = channel.MAX_LENGTH = self.max_header_size
         return channel
 
     def log(self, request):
-        if not self.access_log:
-            return
-        log.info(
-            '{client} "{method} {uri} {protocol}" {code} {length} "{agent}"',
-            client=request.getClientAddress().host if hasattr(request.getClientAddress(), "host") else "-",
-            method=request.method.decode("ascii", "replace"),
-            uri=request.uri.decode("ascii", "replace"),
-            protocol=request.clientproto.decode("ascii", "replace"),
-            code=request.code,
-            length=request.sentLength or "-",
-            agent=(request.getHeader(b"user-agent") or b"-").decode("latin-1"),
-        )
+        if self.access_log:
+            log_request(request)

@@ -85,23 +85,33 @@ def _exit() -> None:
 def _stop_on_signals(reactor) -> None:
     # Twisted's own handlers end the process with the signal once it has
     # stopped (a shell sees 143); a registry that stopped as asked exits 0.
-    def stop(number, frame):
+    def signalled(number, frame):
         log.info("received {signal}: stopping", signal=signal.Signals(number).name)
-        reactor.callFromThread(_stop, reactor)
+        reactor.callFromThread(stop, reactor)
 
     for number in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(number, stop)
+        signal.signal(number, signalled)
 
 
 class DaemonService(MultiService):
     """
     The registry's services as twistd runs them: before any of them starts,
     `install` and `raise_open_files_limit` for the whole process.
+    ``log_observer``, if given, is the one twistd is to log to (set on the
+    application, which twistd asks before it builds its own).
     """
 
-    def __init__(self, reactor):
+    def __init__(self, reactor, log_observer=None):
         super().__init__()
         self._reactor = reactor
+        self._log_observer = log_observer
+
+    def setServiceParent(self, parent):
+        if self._log_observer is not None and hasattr(parent, "setComponent"):
+            from twisted.logger import ILogObserver
+
+            parent.setComponent(ILogObserver, self._log_observer)
+        return super().setServiceParent(parent)
 
     def privilegedStartService(self):
         install(self._reactor)
@@ -114,12 +124,13 @@ def fail(reactor, error: StartupError) -> None:
     log.critical("{message}", message=str(error))
     _Exit.status = error.status
     if reactor.running:
-        _stop(reactor)
+        stop(reactor)
     else:
-        reactor.callWhenRunning(_stop, reactor)
+        reactor.callWhenRunning(stop, reactor)
 
 
-def _stop(reactor) -> None:
+def stop(reactor) -> None:
+    """Stop the reactor, unless it is stopping already."""
     try:
         reactor.stop()
     except ReactorNotRunning:

@@ -18,6 +18,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from .config import Config
+from .logs import forwarding_observer, stamp_request_ids
+from .startup import stop
 from .workers import CONFIG_VARIABLE
 
 log = Logger(namespace="oci_registry.workers")  # the namespace worker lines have always had
@@ -51,14 +53,14 @@ class _ParentWatch:
 
     def connectionLost(self, reason):
         # The reactor reports a hung-up pipe here rather than as a read.
-        if self._reactor.running:
-            self._reactor.stop()
+        # After SIGTERM the reactor is stopping already (draining): no second stop.
+        stop(self._reactor)
 
 
 def main(argv=None) -> None:
     """Entry point of worker processes 1..N-1."""
     from twisted.internet import reactor
-    from twisted.logger import globalLogBeginner, textFileLogObserver
+    from twisted.logger import globalLogBeginner
 
     from .bulk import large_buffers_from_mmap
     from .service import make_service
@@ -70,7 +72,9 @@ def main(argv=None) -> None:
     index = int(argv[0])
     payload = argv[1] if len(argv) > 1 else os.environ.pop(CONFIG_VARIABLE)
     config = Config.from_dict(json.loads(payload))
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
+    # Every event goes to worker 0, which logs it where and as it logs its own.
+    stamp_request_ids()
+    globalLogBeginner.beginLoggingTo([forwarding_observer(reactor, config.log_level)], redirectStandardIO=False)
     install(reactor)
     top = make_service(config, reactor, worker=index)
     reactor.addReader(_ParentWatch(reactor))

@@ -25,12 +25,13 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
 from .config import Config, ConfigError
+from .logs import EVENT_FD, EventReader
 from .startup import StartupError
 
 log = Logger(namespace="oci_registry.workers")
 
 RESTART_DELAY = 1.0
-STOP_TIMEOUT = 10.0  # seconds workers get to stop before they are killed
+STOP_GRACE = 10.0  # seconds workers get to stop, beyond their shutdown_timeout, before they are killed
 CONFIG_VARIABLE = "OCIREGISTRY_WORKER_CONFIG"  # the JSON config a worker process starts from
 
 
@@ -95,12 +96,20 @@ class ListenService(Service):
 
 
 class _WorkerProtocol(protocol.ProcessProtocol):
+    """A worker process: its log events arrive on `EVENT_FD` and are logged here, as if this process had."""
+
     def __init__(self, supervisor: WorkerSupervisor, index: int):
         self.supervisor = supervisor
         self.index = index
         self.ended: Deferred[None] = Deferred()
+        self.events = EventReader(index)
+
+    def childDataReceived(self, childFD, data):
+        if childFD == EVENT_FD:
+            self.events.feed(data)
 
     def processEnded(self, reason):
+        self.events.close()
         self.supervisor.ended(self, reason)
         self.ended.callback(None)
 
@@ -112,6 +121,7 @@ class WorkerSupervisor(Service):
         self._reactor = reactor
         self._config = config
         self._workers: dict[int, _WorkerProtocol] = {}
+        self._stop_timeout = config.shutdown_timeout + STOP_GRACE
 
     def startService(self):
         super().startService()
@@ -128,7 +138,7 @@ class WorkerSupervisor(Service):
             sys.executable,
             [sys.executable, "-m", "oci_registry.worker", str(index)],
             env={**os.environ, CONFIG_VARIABLE: payload},
-            childFDs={0: "w", 1: 1, 2: 2},
+            childFDs={0: "w", 1: 1, 2: 2, EVENT_FD: "r"},
         )
         self._workers[index] = worker
 
@@ -153,7 +163,7 @@ class WorkerSupervisor(Service):
             self._spawn(index)
 
     def stopService(self):
-        """Stop every worker; fires once they have all ended (killed after ``STOP_TIMEOUT``)."""
+        """Stop every worker; fires once they have all ended (killed after ``shutdown_timeout`` + `STOP_GRACE`)."""
         super().stopService()
         workers = list(self._workers.values())
         for worker in workers:
@@ -168,12 +178,12 @@ class WorkerSupervisor(Service):
                     log.warn(
                         "worker {index} did not stop within {timeout}s: killing it",
                         index=worker.index,
-                        timeout=STOP_TIMEOUT,
+                        timeout=self._stop_timeout,
                     )
                     with contextlib.suppress(ProcessExitedAlready):
                         worker.transport.signalProcess("KILL")
 
-        timer = self._reactor.callLater(STOP_TIMEOUT, kill)
+        timer = self._reactor.callLater(self._stop_timeout, kill)
         done = DeferredList([worker.ended for worker in workers])
         done.addBoth(lambda _: timer.cancel() if timer.active() else None)
         return done

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 import time
-import uuid
 from urllib.parse import urlencode
 
 from klein import Klein
@@ -40,6 +39,7 @@ from ..reference import Digest, Name, Tag, parse_reference
 from ..registry import UploadStatus, upload_location
 from ..storage.interfaces import StorageFull, StorageUnavailable
 from .body import body_of, declared_length, read_small_body
+from .context import client_of, context_of, noted_user
 from .responses import json_body, next_link, number, page_size, parse_range, send_reader
 
 log = Logger()
@@ -113,14 +113,15 @@ def caller_of(request, principal: Principal) -> Caller:
     and the request's facts, with a new id for the request (what ties the
     events one request caused together, as in Distribution's notifications).
     """
-    address = request.getClientAddress()
+    noted_user(request, principal.name)
+    context = context_of(request)
     return Caller(
         principal=principal,
-        addr=getattr(address, "host", None) or str(address),
-        host=_header(request, "Host"),
+        addr=context.origin.client,  # behind a trusted proxy, the address it reports
+        host=context.origin.host,
         method=request.method.decode("ascii", "replace"),
         useragent=_header(request, "User-Agent"),
-        request_id=str(uuid.uuid4()),
+        request_id=context.request_id,
     )
 
 
@@ -193,7 +194,7 @@ class RegistryAPI:
 
     @app.route("/v2/", methods=["GET", "HEAD"])
     async def base(self, request):
-        await self.auth.authorize(request, [])
+        noted_user(request, (await self.auth.authorize(request, [])).name)
         return json_body(request, {})
 
     # ----------------------------------------------------------------- blobs
@@ -280,8 +281,7 @@ class RegistryAPI:
 
     def _admit_upload(self, request) -> str:
         """Per-client cap on open upload sessions (429 past it); expired sessions do not count."""
-        address = request.getClientAddress()
-        client = getattr(address, "host", None) or str(address)
+        client = client_of(request)
         sessions = self._open_uploads.get(client, {})
         cutoff = time.time() - self.upload_expiry
         for upload_id in [u for u, started in sessions.items() if started < cutoff]:

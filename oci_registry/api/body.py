@@ -32,14 +32,18 @@ from urllib.parse import parse_qs
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionLost
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.web import server
 
 from .. import twisted_compat as compat
 from ..bulk import raise_limits, restore_limits
 from ..errors import TooLarge, Unavailable
+from ..logs import in_request
+from .access_log import log_request
 from .channel import BodyRefused
+from .context import IRequestContext, make_context
+from .forwarded import TrustedProxies
 
 log = Logger()
 
@@ -285,7 +289,12 @@ def declared_length(request) -> int | None:
 
 
 class StreamingRequest(server.Request):
-    """A `Request` routed from its headers, whose body is read when (and if) its handler asks."""
+    """
+    A `Request` routed from its headers, whose body is read when (and if)
+    its handler asks; it carries a `RequestContext` (request id, origin)
+    from the moment it is routed, and is handled in a logging context of
+    its own (`oci_registry.logs.in_request`).
+    """
 
     body_stream: BodyStream | None = None
     args: dict[bytes, list[bytes]]  # type: ignore[assignment]  # Twisted declares Request.args by its default, None
@@ -297,6 +306,21 @@ class StreamingRequest(server.Request):
     _closing = False
     _chunked = False
     _chunks = 0
+
+    @property
+    def body_bytes(self) -> int:
+        """Request body bytes received so far."""
+        return self._body_bytes
+
+    def process(self):
+        site = self.channel.site
+        context = make_context(self, getattr(site, "trusted_proxies", None) or TrustedProxies())
+        self.setComponent(IRequestContext, context)
+        self.setHeader(b"x-request-id", context.request_id.encode("ascii"))
+        tracker = getattr(site, "tracker", None)
+        if tracker is not None:
+            tracker.started(self)
+        return in_request(context.request_id, super().process)
 
     def gotLength(self, length):
         if length == 0:
@@ -407,6 +431,14 @@ class StreamingRequest(server.Request):
                 self.setHeader(b"connection", b"close")
 
     def connectionLost(self, reason):
+        if not self.finished and self.getComponent(IRequestContext) is not None:
+            cut = getattr(self.channel, "cut_reason", None)
+            if cut or getattr(self.site, "access_log", True):
+                log_request(
+                    self,
+                    error=cut or "the connection closed before the response was complete",
+                    level=LogLevel.warn if cut else None,
+                )
         self._stop_watchdog()
         restore_limits(self._bulk)
         self._bulk = None

@@ -85,6 +85,7 @@ class RegistryChannel(compat.HTTPChannelHooks):
     drain_on_close = False
     limits: ConnectionLimits | None = None
     client = None
+    cut_reason: str | None = None  # set when the registry itself cuts the connection (at shutdown)
 
     def connectionMade(self):
         super().connectionMade()
@@ -264,6 +265,9 @@ class RegistryChannel(compat.HTTPChannelHooks):
         if self.limits is not None:
             self.limits.release(self.client)
             self.limits = None
+        tracker = getattr(getattr(self, "site", None), "tracker", None)
+        if tracker is not None:
+            tracker.disconnected(self)
         super().connectionLost(reason)
 
     def dataReceived(self, data):

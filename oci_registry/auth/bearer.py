@@ -19,6 +19,7 @@ from __future__ import annotations
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
+from ..api.context import context_of
 from ..errors import Denied, Unauthorized
 from ..identity import Principal
 from . import IAuthorizer, InsufficientScope
@@ -39,10 +40,13 @@ def bearer_token(request) -> str | None:
 
 
 def own_token_url(request) -> str:
-    """``http(s)://<Host>/token`` for this request."""
-    scheme = "https" if request.isSecure() else "http"
-    host = (request.getHeader(b"host") or b"").decode("latin-1").strip()
-    if not host or any(c in host for c in '"\\/ \t'):
+    """
+    ``http(s)://<Host>/token`` for this request, as the client reached us:
+    behind a trusted proxy, its ``X-Forwarded-Proto`` and ``X-Forwarded-Host``.
+    """
+    origin = context_of(request).origin
+    scheme, host = origin.scheme, origin.host
+    if not host:
         address = request.getHost()
         host = f"{getattr(address, 'host', 'localhost')}:{getattr(address, 'port', '')}".rstrip(":")
     return f"{scheme}://{host}/token"

@@ -30,6 +30,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ..api.context import client_of
 from ..errors import TooManyRequests
 from .config import AuthConfig
 from .htpasswd import DEFAULT_DUMMY_COST, HtpasswdFile, verify_hash, verify_unknown
@@ -44,8 +45,8 @@ CACHE_SIZE = 4096
 
 
 def client_address(request) -> str:
-    address = request.getClientAddress()
-    return getattr(address, "host", None) or str(address)
+    """The key of the failed-login limit: the client's address, believed through trusted proxies only."""
+    return client_of(request)
 
 
 def printable(name: str) -> str:
@@ -176,6 +177,8 @@ class PasswordLogin:
         else:
             self._start_check(client, key, user, secret, answer)
         if not await answer:
+            # Here rather than where the check ends: in the request's own log context, once per request.
+            log.info("failed login as {user} from {client}", user=printable(user), client=client)
             return None
         if len(self._cache) >= CACHE_SIZE:
             self._cache.clear()
@@ -218,8 +221,6 @@ class PasswordLogin:
                 limit=limiter.limit,
                 window=limiter.window,
             )
-        if failed:
-            log.info("failed login as {user} from {client}", user=printable(user), client=client)
         for waiter in waiters:
             if isinstance(result, Failure):
                 waiter.errback(result)

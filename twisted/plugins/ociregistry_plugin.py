@@ -24,6 +24,14 @@ class Options(usage.Options):
         ["s3-endpoint", None, None, "S3 endpoint URL, e.g. http://127.0.0.1:8333 (default: AWS for --s3-region)."],
         ["s3-region", None, None, "S3 region (default us-east-1)."],
         ["s3-prefix", None, None, "Key prefix inside the S3 bucket (default: none)."],
+        ["log-format", None, None, "text (default) or json: one JSON object per line, for every worker."],
+        ["log-level", None, None, "Log events of this level and above: debug, info (default), warn, error."],
+        [
+            "shutdown-timeout",
+            None,
+            None,
+            "On SIGTERM, time in-flight requests get to finish before they are cut (default 30s).",
+        ],
     ]
     optFlags = [
         ["no-access-log", None, "Do not log a line per request."],
@@ -34,12 +42,17 @@ class Options(usage.Options):
         super().__init__()
         self["listen"] = []
         self["proxy"] = []
+        self["trusted-proxy"] = []
 
     def opt_listen(self, description):
         """Twisted endpoint to listen on (repeatable), e.g. tcp:5000, ssl:5443:privateKey=k.pem:certKey=c.pem, unix:/run/reg.sock. Default tcp:5000."""  # noqa: E501 twistd --help shows it, wrapped: one line
         self["listen"].append(description)
 
     opt_l = opt_listen
+
+    def opt_trusted_proxy(self, cidr):
+        """A reverse proxy (CIDR, repeatable) whose X-Forwarded-For/-Proto/-Host are believed, e.g. 10.0.0.0/8. Replaces the config file's trusted_proxies."""  # noqa: E501 twistd --help shows it, wrapped: one line
+        self["trusted-proxy"].append(cidr)
 
     def opt_version(self):
         """Print the ociregistry version and exit."""
@@ -66,10 +79,12 @@ class RegistryServiceMaker:
 
         from oci_registry.bulk import large_buffers_from_mmap
         from oci_registry.config import Config, ConfigError
+        from oci_registry.logs import stamp_request_ids, twistd_observer
         from oci_registry.service import make_service
         from oci_registry.startup import CONFIG_STATUS, DaemonService, report
 
         large_buffers_from_mmap()
+        stamp_request_ids()
 
         try:
             config = Config.load(
@@ -80,6 +95,10 @@ class RegistryServiceMaker:
                 workers=options["workers"],
                 access_log=False if options["no-access-log"] else None,
                 proxies=options["proxy"],
+                log_format=options["log-format"],
+                log_level=options["log-level"],
+                trusted_proxies=options["trusted-proxy"],
+                shutdown_timeout=options["shutdown-timeout"],
                 storage_options={
                     "bucket": options["s3-bucket"],
                     "endpoint": options["s3-endpoint"],
@@ -93,7 +112,13 @@ class RegistryServiceMaker:
             # The message alone: a traceback would bury it.
             report(str(e))
             sys.exit(CONFIG_STATUS)
-        daemon = DaemonService(reactor)
+        twistd_options = getattr(options, "parent", None)
+        observer = None
+        if twistd_options is not None:
+            observer = twistd_observer(
+                twistd_options, config.log_format, config.log_level, worker=0 if config.workers > 1 else None
+            )
+        daemon = DaemonService(reactor, observer)
         service.setServiceParent(daemon)
         return daemon
 
