@@ -5,6 +5,8 @@ import subprocess
 import sys
 import zipfile
 
+from oci_registry import __version__
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -15,6 +17,7 @@ def test_wheel_installs_twistd_plugin(tmp_path):
         timeout=300,
     )
     (wheel,) = [p for p in os.listdir(tmp_path) if p.endswith(".whl")]
+    assert wheel.startswith(f"ociregistry-{__version__}-")  # setup.py reads the package's version
     names = zipfile.ZipFile(tmp_path / wheel).namelist()
     assert "twisted/plugins/ociregistry_plugin.py" in names
     # A namespace: shipping twisted/__init__.py would shadow Twisted itself.
