@@ -2,7 +2,9 @@
 `IRegistry`: every operation the HTTP API (`oci_registry.api`) calls on the
 registry, and so the seam where cross-cutting behaviour goes.
 
-`oci_registry.registry.Registry` is the implementation over storage; the
+`oci_registry.registry.Registry` is the implementation over storage
+(`ILocalRegistry` adds the primitives the pull-through cache stores
+through, so that only `Registry` writes storage paths); the
 pull-through cache (`oci_registry.proxy.ProxyRegistry`) and the observed
 registry (`oci_registry.observe.ObservedRegistry`) wrap another `IRegistry`
 and implement every method themselves, so that a method added here and
@@ -110,6 +112,51 @@ class IRegistry(Interface):
         whose subject is ``subject``, after the one whose digest is ``last``,
         at most ``limit``; ``Page.next`` is the ``last`` of the next page.
         """
+
+
+class ILocalRegistry(IRegistry):
+    """
+    The registry over this process's own storage (`Registry`), with the
+    primitives a pull-through cache keeps its copies through.  They are the
+    only way anything but `Registry` changes what is stored, and they apply
+    the checks a push does: a manifest is stored only as
+    `verify_manifest` checked it (size, validity, its digest computed from
+    its bytes), a blob only once its size and digest are verified
+    (`receive_blob`).
+    """
+
+    storage = Attribute("The `IStorageDriver`, for what runs beside the registry (garbage collection, checks).")
+    max_upload_size = Attribute("The largest blob accepted, in bytes (0: no limit).")
+
+    def has_blob(name, digest):
+        """Fire with whether ``name`` holds the blob."""
+
+    def repository_exists(name):
+        """Fire with whether anything is stored under ``name``."""
+
+    def verify_manifest(data, content_type, algorithm="sha256"):
+        """Fire with a `VerifiedManifest`: `TooLarge` past the limit, `ManifestInvalid` unless valid."""
+
+    def store_manifest(name, manifest, tags=(), check_references=True):
+        """Store a `VerifiedManifest` in ``name``, tagged with ``tags``; fire with a `PushedManifest`."""
+
+    def set_tag(name, tag, digest):
+        """Point ``tag`` at a manifest ``name`` holds (`ManifestUnknown` if it does not)."""
+
+    def remove_tag(name, tag):
+        """Remove ``tag``, if it is there."""
+
+    def tag_checked_at(name, tag):
+        """Fire with when an upstream last confirmed ``tag`` (`record_tag_check`), or None."""
+
+    def record_tag_check(name, tag, when):
+        """Record that an upstream confirmed ``tag`` at ``when`` (seconds since the epoch)."""
+
+    def receive_blob(name, digest):
+        """Fire with an `IncomingBlob` receiving the blob ``digest`` through an upload session of ``name``."""
+
+    def sent_by(digest, upstream_url):
+        """Fire with whether that upstream sent the blob's bytes (`IncomingBlob.publish`) and they are stored."""
 
 
 _ACCESS = {

@@ -17,7 +17,7 @@ import uuid
 from typing import Protocol
 
 import attr
-from twisted.internet.defer import DeferredLock
+from twisted.internet.defer import DeferredLock, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -39,7 +39,7 @@ from .errors import (
 )
 from .gc import DAY, Keeper
 from .identity import Caller
-from .interfaces import IRegistry
+from .interfaces import ILocalRegistry
 from .listing import Page
 from .reference import DEFAULT_ALGORITHM, Digest, Name, Tag, is_upload_id
 from .storage.interfaces import IStorageDriver, PathNotFound, SourceChanged, StorageFull
@@ -84,6 +84,24 @@ class BlobInfo:
 
 
 @attr.s(auto_attribs=True, frozen=True, slots=True)
+class VerifiedManifest:
+    """
+    Manifest bytes that `Registry.verify_manifest` checked: no larger than
+    the limit, valid, and ``digest`` computed from them.  The only thing
+    `Registry.store_manifest` stores, so nothing lands under a digest that
+    is not its bytes'.
+    """
+
+    digest: Digest
+    data: bytes
+    parsed: manifests.Manifest
+
+    @property
+    def media_type(self) -> str:
+        return self.parsed.media_type
+
+
+@attr.s(auto_attribs=True, frozen=True, slots=True)
 class PushedManifest:
     digest: Digest
     subject: Digest | None
@@ -112,18 +130,12 @@ class _LiveUpload:
 
 
 def _digest_and_parse(data: bytes, algorithm: str, content_type: str | None):
-    """
-    The manifest's digest; the manifest parsed and validated (`ManifestInvalid`
-    if not); and the digests of the blobs and child manifests the repository
-    must hold, each once.
-    """
+    """The manifest's digest, and the manifest parsed and validated (`ManifestInvalid` if not)."""
     parsed = manifests.parse(data, content_type)
-    blobs = list(dict.fromkeys(blob.digest for blob in parsed.blobs if not blob.is_foreign))
-    children = list(dict.fromkeys(child.digest for child in parsed.manifests))
-    return Digest.of(data, algorithm), parsed, blobs, children
+    return Digest.of(data, algorithm), parsed
 
 
-@implementer(IRegistry)
+@implementer(ILocalRegistry)
 class Registry:
     """
     The `IRegistry` over an `IStorageDriver`.  ``caller`` arguments are
@@ -378,10 +390,10 @@ class Registry:
 
     async def _publish(self, name: Name, digest: Digest, data_path: str, size: int) -> None:
         """Make verified upload data (``size`` bytes) the blob ``digest``, atomically, and link it."""
-        await self.publish_blob(digest, data_path, size)
+        await self._publish_data(digest, data_path, size)
         await self._link_blob(name, digest)
 
-    async def publish_blob(self, digest: Digest, data_path: str, size: int) -> None:
+    async def _publish_data(self, digest: Digest, data_path: str, size: int) -> None:
         """
         Make verified data (``size`` bytes at ``data_path``) the blob
         ``digest``, durably: a blob stored already is replaced by it where a
@@ -402,6 +414,30 @@ class Registry:
             raise InsufficientStorage() from None
         except SourceChanged:
             raise BlobUploadInvalid("the upload was appended to while it was being finished") from None
+
+    async def receive_blob(self, name: Name, digest: Digest) -> IncomingBlob:
+        """
+        Start receiving the blob ``digest`` from elsewhere than a client's
+        upload (a pull-through cache's upstream) into an upload session of
+        ``name``; see `IncomingBlob`.
+        """
+        status = await self.start_upload(name)
+        data_path = paths.upload_data(name, status.id)
+        hasher = digest.hasher()
+        try:
+            writer = await self.storage.open_writer(data_path, hasher=hasher)
+        except BaseException as e:
+            await self.storage.delete(paths.upload(name, status.id))
+            if isinstance(e, StorageFull):
+                raise InsufficientStorage() from None
+            raise
+        return IncomingBlob(self, name, status.id, digest, writer, hasher)
+
+    async def sent_by(self, digest: Digest, upstream_url: str) -> bool:
+        """Whether the upstream at ``upstream_url`` sent this blob's bytes (`IncomingBlob.publish`), still stored."""
+        if (await self.storage.stat(paths.blob_upstream(digest, upstream_url))) is None:
+            return False
+        return (await self.storage.stat(paths.blob_data(digest))) is not None
 
     async def put_blob(
         self, name: Name, digest: Digest, body: Body, length: int | None = None, caller: Caller | None = None
@@ -473,16 +509,69 @@ class Registry:
         caller: Caller | None = None,
     ) -> PushedManifest:
         """Store a manifest under ``reference``, and also tag it with ``tags`` (``PUT …?tag=``)."""
+        algorithm = reference.algorithm if isinstance(reference, Digest) else DEFAULT_ALGORITHM
+        verified = await self.verify_manifest(data, content_type, algorithm)
+        if isinstance(reference, Digest) and verified.digest != reference:
+            raise DigestInvalid(f"manifest has digest {verified.digest}, not {reference}")
+        every_tag = ((reference,) if isinstance(reference, Tag) else ()) + tuple(tags)
+        return await self.store_manifest(name, verified, every_tag)
+
+    async def verify_manifest(
+        self, data: bytes, content_type: str | None, algorithm: str = DEFAULT_ALGORITHM
+    ) -> VerifiedManifest:
+        """
+        Check manifest bytes before anything is stored: `TooLarge` past
+        ``max_manifest_size``, `ManifestInvalid` unless valid; their digest
+        (by ``algorithm``) computed.  A large one is parsed and hashed off
+        the reactor thread.
+        """
         if len(data) > self.max_manifest_size:
             raise TooLarge(f"a manifest may be at most {self.max_manifest_size} bytes")
-        algorithm = reference.algorithm if isinstance(reference, Digest) else DEFAULT_ALGORITHM
         if len(data) > INLINE_PARSE_LIMIT:
-            digest, parsed, blobs, children = await self._cpu.run(_digest_and_parse, data, algorithm, content_type)
+            digest, parsed = await self._cpu.run(_digest_and_parse, data, algorithm, content_type)
         else:
-            digest, parsed, blobs, children = _digest_and_parse(data, algorithm, content_type)
-        if isinstance(reference, Digest) and digest != reference:
-            raise DigestInvalid(f"manifest has digest {digest}, not {reference}")
+            digest, parsed = _digest_and_parse(data, algorithm, content_type)
+        return VerifiedManifest(digest, data, parsed)
 
+    async def store_manifest(
+        self, name: Name, manifest: VerifiedManifest, tags: tuple = (), check_references: bool = True
+    ) -> PushedManifest:
+        """
+        Store a verified manifest in ``name``: its bytes, its revision link,
+        its referrer entry (when it has a subject) and ``tags`` pointing at
+        it.  ``check_references``: first make sure ``name`` holds every blob
+        and child manifest it references (`ManifestBlobUnknown`), as a push
+        must; a pull-through cache stores what its upstream holds, whose
+        blobs it fetches when they are asked for.
+        """
+        if not isinstance(manifest, VerifiedManifest):
+            raise TypeError("store_manifest stores what verify_manifest checked")
+        digest, data, parsed = manifest.digest, manifest.data, manifest.parsed
+        if check_references:
+            await self._check_references(name, parsed)
+        await self._store_manifest_data(digest, data)
+        await self._write(paths.manifest_link(name, digest), parsed.media_type.encode())
+        if parsed.subject is not None:
+            descriptor = parsed.referrer_descriptor(digest, len(data))
+            await self._write(
+                paths.referrer(name, parsed.subject.digest, digest),
+                json.dumps(descriptor.to_json()).encode(),
+            )
+        every_tag = tuple(dict.fromkeys(tags))
+        for tag in every_tag:
+            await self._write(paths.tag_link(name, tag), str(digest).encode())
+        return PushedManifest(
+            digest,
+            parsed.subject.digest if parsed.subject else None,
+            parsed.media_type,
+            len(data),
+            every_tag,
+            parsed.blobs + parsed.manifests,
+        )
+
+    async def _check_references(self, name: Name, parsed: manifests.Manifest) -> None:
+        blobs = list(dict.fromkeys(blob.digest for blob in parsed.blobs if not blob.is_foreign))
+        children = list(dict.fromkeys(child.digest for child in parsed.manifests))
         for i, blob in enumerate(blobs, 1):
             # The link says the repository holds it; the data must still be there too, and stay.
             if not await self._holds(name, blob):
@@ -495,27 +584,7 @@ class Registry:
             if i % CHECKS_PER_TURN == 0:
                 await self._cpu.yield_now()
 
-        await self.store_manifest_data(digest, data)
-        await self._write(paths.manifest_link(name, digest), parsed.media_type.encode())
-        if parsed.subject is not None:
-            descriptor = parsed.referrer_descriptor(digest, len(data))
-            await self._write(
-                paths.referrer(name, parsed.subject.digest, digest),
-                json.dumps(descriptor.to_json()).encode(),
-            )
-        every_tag = tuple(dict.fromkeys(((reference,) if isinstance(reference, Tag) else ()) + tuple(tags)))
-        for tag in every_tag:
-            await self._write(paths.tag_link(name, tag), str(digest).encode())
-        return PushedManifest(
-            digest,
-            parsed.subject.digest if parsed.subject else None,
-            parsed.media_type,
-            len(data),
-            every_tag,
-            parsed.blobs + parsed.manifests,
-        )
-
-    async def store_manifest_data(self, digest: Digest, data: bytes) -> None:
+    async def _store_manifest_data(self, digest: Digest, data: bytes) -> None:
         """Store a verified manifest's bytes, or keep them (from a running GC too) if they are stored already."""
         target = paths.blob_data(digest)
         info = await self.storage.stat(target)
@@ -524,13 +593,36 @@ class Registry:
         if info is None or info.size != len(data):
             await self._write(target, data)
 
+    # ------------------------------------------------------------------ tags
+
+    async def set_tag(self, name: Name, tag: Tag, digest: Digest) -> None:
+        """Point ``tag`` at a manifest ``name`` holds (`ManifestUnknown` if it does not)."""
+        if (await self.storage.stat(paths.manifest_link(name, digest))) is None:
+            raise ManifestUnknown(str(digest))
+        await self._write(paths.tag_link(name, tag), str(digest).encode())
+
+    async def remove_tag(self, name: Name, tag: Tag) -> None:
+        """Remove ``tag`` (with what a pull-through cache recorded of it), if it is there."""
+        await self.storage.delete(paths.tag_folder(name, tag))
+
+    async def tag_checked_at(self, name: Name, tag: Tag) -> float | None:
+        """When a pull-through cache last recorded that its upstream confirmed ``tag`` (`record_tag_check`)."""
+        try:
+            return float((await self.storage.read_bytes(paths.tag_checked(name, tag))).decode())
+        except (PathNotFound, ValueError):
+            return None
+
+    async def record_tag_check(self, name: Name, tag: Tag, when: float) -> None:
+        """Record that the upstream confirmed ``tag`` at ``when`` (in storage: every worker sees it)."""
+        await self._write(paths.tag_checked(name, tag), repr(when).encode())
+
     async def delete_manifest(
         self, name: Name, reference: Digest | Tag, caller: Caller | None = None
     ) -> tuple[Tag, ...]:
         if isinstance(reference, Tag):
             if (await self.storage.stat(paths.tag_link(name, reference))) is None:
                 raise ManifestUnknown(str(reference))
-            await self.storage.delete(paths.tag_folder(name, reference))
+            await self.remove_tag(name, reference)
             return (reference,)
         digest = reference
         link = paths.manifest_link(name, digest)
@@ -595,6 +687,97 @@ class Registry:
         return await listing.referrer_page(
             self.storage, name, subject, artifact_type or None, last, limit, self.max_manifest_size
         )
+
+
+class IncomingBlob:
+    """
+    A blob on its way in from elsewhere than a client's upload (a
+    pull-through cache's upstream), made by `Registry.receive_blob`.  Its
+    bytes go into an upload session, hashed as they pass, with the limits a
+    push has: `write` refuses to go past ``max_upload_size`` (`TooLarge`),
+    and `publish` makes the data the blob only once its size and digest are
+    the ones expected, exactly as finishing an upload does.  `discard`
+    removes the session, whatever happened.
+    """
+
+    def __init__(self, registry: Registry, name: Name, upload_id: str, digest: Digest, writer, hasher):
+        self.registry = registry
+        self.name = name
+        self.digest = digest
+        self.actual: Digest | None = None  # the digest of what was received, once `publish` computed it
+        self._upload_id = upload_id
+        self.data_path = paths.upload_data(name, upload_id)  # where the bytes are written, for readers
+        self._writer = writer
+        self._hasher = hasher
+        self._limit = registry.max_upload_size
+
+    @property
+    def size(self) -> int:
+        """Bytes received so far."""
+        return self._writer.size
+
+    def write(self, data: bytes):
+        """Append ``data``; the Deferred fires when more may be written.  `TooLarge` (raised) past the limit."""
+        if self._limit and self._writer.size + len(data) > self._limit:
+            raise TooLarge(f"an upload may hold at most {self._limit} bytes")
+        return self._writer.write(data)
+
+    @property
+    def shared_path(self) -> str | None:
+        """
+        ``data_path`` where other processes can read the bytes as they
+        arrive (a storage whose move is a rename: the file is there as it
+        grows); None where they cannot (object storage: nothing is there
+        before the upload completes).
+        """
+        return None if self.registry.storage.move_is_copy else self.data_path
+
+    async def publish(self, size: int, source: str | None = None) -> BlobInfo:
+        """
+        Make the bytes the blob: `SizeInvalid` unless exactly ``size`` were
+        received, `DigestInvalid` unless they have the digest expected.
+        ``source``: the upstream's URL, recorded as having sent these bytes
+        (`Registry.sent_by`).  The blob is linked into no repository yet
+        (`Registry.adopt_blob` does that).
+        """
+        writer, self._writer = self._writer, _Closed(self._writer.size)
+        try:
+            await writer.commit()
+        except StorageFull:
+            raise InsufficientStorage() from None
+        if writer.size != size:
+            raise SizeInvalid(f"received {writer.size} bytes, not {size}")
+        self.actual = Digest.from_hasher(self._hasher)
+        if self.actual != self.digest:
+            raise DigestInvalid(f"upload has digest {self.actual}, not {self.digest}")
+        await self.registry._publish_data(self.digest, self.data_path, size)
+        if source is not None:
+            await self.registry._write(paths.blob_upstream(self.digest, source), source.encode())
+        return BlobInfo(self.digest, size)
+
+    async def discard(self) -> None:
+        """Stop writing (if `publish` did not) and remove the upload session."""
+        writer, self._writer = self._writer, _Closed(self._writer.size)
+        try:
+            await writer.cancel()
+        finally:
+            await self.registry.storage.delete(paths.upload(self.name, self._upload_id))
+
+
+class _Closed:
+    """Where an `IncomingBlob`'s writer was: published or discarded."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def write(self, data):
+        raise ValueError("the incoming blob is closed")
+
+    def commit(self):
+        raise ValueError("the incoming blob is closed")
+
+    def cancel(self):
+        return succeed(None)
 
 
 class _CappedWriter:

@@ -12,6 +12,7 @@ import os
 import sys
 
 import pytest
+import pytest_twisted
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
@@ -19,6 +20,8 @@ from zope.interface.verify import verifyObject
 
 from oci_registry import manifest as manifests
 from oci_registry.config import Config, ConfigError
+from oci_registry.interfaces import ILocalRegistry, IRegistry
+from oci_registry.interfaces import operations as registry_operations
 from oci_registry.proxy import IUpstream, ProxyRegistry, Upstream, UpstreamClient, UpstreamConfig
 from oci_registry.proxy.auth import MAX_TOKEN_LIFETIME, MAX_TOKENS, TokenCache, basic_authorization, parse_challenges
 from oci_registry.proxy.cache import _acceptable, _canonical, _upstream_accept
@@ -27,6 +30,7 @@ from oci_registry.proxy.fill import BlobFill, FillFailed
 from oci_registry.proxy.transport import AddressGuard
 from oci_registry.reference import Digest, Name
 from oci_registry.registry import Registry
+from oci_registry.storage.filesystem import FilesystemDriver
 from oci_registry.storage.interfaces import IReader
 
 # -- configuration -------------------------------------------------------------------
@@ -160,10 +164,18 @@ def test_names_outside_every_prefix_are_local():
 
 
 def test_every_registry_method_is_decided_by_the_proxy():
-    """A new Registry method must be routed (or refused) explicitly, not slip through to local storage."""
+    """
+    A new Registry method must be routed (or refused) explicitly, not slip through to local storage: every
+    public method is declared by IRegistry, which the proxy implements itself, or is one of the primitives
+    ILocalRegistry adds, which only the proxy and its fills call, on the local registry.
+    """
     public = {n for n, f in inspect.getmembers(Registry, inspect.isfunction) if not n.startswith("_")}
-    missing = {n for n in public if n not in ProxyRegistry.__dict__}
+    operations = set(IRegistry.names(all=True))
+    primitives = set(registry_operations(ILocalRegistry)) - operations
+    assert not public - operations - primitives, f"undeclared: {sorted(public - operations - primitives)}"
+    missing = {n for n in public & operations if n not in ProxyRegistry.__dict__}
     assert not missing, f"ProxyRegistry does not decide about {sorted(missing)}"
+    assert not primitives & set(ProxyRegistry.__dict__), "the proxy offers no storage primitive of its own"
 
 
 def test_manifest_accept_rules():
@@ -361,17 +373,22 @@ def test_a_failed_fill_fails_its_clients():
     pending.addErrback(lambda f: None)
 
 
-def test_a_fill_takes_no_more_than_the_announced_size_or_the_upload_limit():
+@pytest_twisted.ensureDeferred
+async def test_a_fill_takes_no_more_than_the_announced_size_or_the_upload_limit(tmp_path):
     announced, writer = _fill(10), _Writer()
     announced._chunk(writer, b"1234567890")
     with pytest.raises(UpstreamUnavailable, match="more than the 10 bytes it announced"):
         announced._chunk(writer, b"1")
-    unannounced = _fill(None)
-    unannounced.limit = 8
-    unannounced._chunk(writer, b"12345678")
+    assert writer.data == b"1234567890"  # nothing past the announced size was written
+    # Without an announced size, the local registry's upload limit is the bound: the fill writes through it.
+    registry = Registry(FilesystemDriver(str(tmp_path)), max_upload_size=8)
+    unannounced = BlobFill(registry, upstream=None, name=Name("a"), remote_name=Name("a"), digest=Digest.of(b"x"))
+    incoming = await registry.receive_blob(Name("a"), Digest.of(b"x"))
+    await unannounced._chunk(incoming, b"12345678")
     with pytest.raises(UpstreamUnavailable, match="more than max_upload_size"):
-        unannounced._chunk(writer, b"9")
-    assert writer.data == b"1234567890" + b"12345678"  # nothing past either bound was written
+        unannounced._chunk(incoming, b"9")
+    assert incoming.size == 8  # nothing past the limit was written
+    await incoming.discard()
 
 
 def test_a_client_that_falls_behind_stops_being_buffered():

@@ -34,17 +34,13 @@ own storage as ordinary content, and hands every other name to the local
 
 from __future__ import annotations
 
-import json
 import time
 
 import attr
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from .. import manifest as manifests
-from .. import paths
 from ..errors import (
     BlobUnknown,
     Denied,
@@ -53,24 +49,22 @@ from ..errors import (
     ManifestUnknown,
     NameUnknown,
     RegistryError,
+    TooLarge,
     Unavailable,
     Unsupported,
 )
 from ..identity import Caller
-from ..interfaces import IRegistry
+from ..interfaces import ILocalRegistry, IRegistry
 from ..listing import REFERRERS_PAGE, Page, page_of, referrer_digest, referrer_entry
 from ..reference import DEFAULT_ALGORITHM, Digest, Name, Tag
-from ..registry import BlobInfo, PushedManifest, Registry, StoredManifest, UploadStatus
-from ..storage.interfaces import PathNotFound, StorageFull
+from ..registry import BlobInfo, PushedManifest, StoredManifest, UploadStatus
+from ..storage.interfaces import StorageFull
 from .claim import FillClaims
 from .client import IUpstream, UpstreamClient, UpstreamDenied, UpstreamError, UpstreamNotFound, UpstreamUnavailable
 from .config import UpstreamConfig
 from .fill import BlobFill, _Signal
 
 log = Logger()
-
-#: Manifests at least this big are parsed in a thread.
-PARSE_IN_THREAD = 256 << 10
 
 #: Every manifest type we store, for requests where the client's choice does not matter.
 ALL_MANIFEST_TYPES = (
@@ -171,16 +165,14 @@ class ProxyRegistry:
     push or delete under a prefix is refused (`_local_only`).
     """
 
-    def __init__(self, local: Registry, upstreams, clock=time.time, reactor=None):
+    def __init__(self, local: ILocalRegistry, upstreams, clock=time.time, reactor=None):
         self.local = local
-        self.storage = local.storage
         # Longest prefix first; a mirror (prefix "") takes what no prefix does.
         self.upstreams = sorted(upstreams, key=lambda u: len(u.config.prefix), reverse=True)
         self._clock = clock
         self._reactor = reactor
         self._fills: dict[tuple[str, Digest], BlobFill] = {}  # by (upstream URL, digest)
         self._manifests = _Coalescer()
-        self._parse_pool: ThreadPool | None = None
         self._claims: dict[str, FillClaims] = {}  # by upstream URL; none where the storage cannot claim
         if FillClaims.supported(self.storage):
             for upstream in self.upstreams:
@@ -189,7 +181,7 @@ class ProxyRegistry:
                 )
 
     @classmethod
-    def from_config(cls, local: Registry, configs, reactor=None) -> ProxyRegistry:
+    def from_config(cls, local: ILocalRegistry, configs, reactor=None) -> ProxyRegistry:
         return cls(
             local,
             [
@@ -198,6 +190,11 @@ class ProxyRegistry:
             ],
             reactor=reactor,
         )
+
+    @property
+    def storage(self):
+        """The local registry's storage, for what runs beside the registry (garbage collection, checks)."""
+        return self.local.storage
 
     @property
     def max_manifest_size(self) -> int:
@@ -238,9 +235,6 @@ class ProxyRegistry:
 
     # ------------------------------------------------------------------ blobs
 
-    async def has_blob(self, name: Name, digest: Digest) -> bool:
-        return await self.local.has_blob(name, digest)
-
     async def stat_blob(self, name: Name, digest: Digest, head: bool = False, caller: Caller | None = None) -> BlobInfo:
         """
         The blob's size.  For a GET (``head`` false) of a blob not cached yet,
@@ -280,9 +274,7 @@ class ProxyRegistry:
 
     async def _sent_by(self, upstream: Upstream, digest: Digest) -> bool:
         """Whether ``upstream`` sent this blob's bytes before (for any repository) and they are stored."""
-        if (await self.storage.stat(paths.blob_upstream(digest, upstream.config.url))) is None:
-            return False
-        return (await self.storage.stat(paths.blob_data(digest))) is not None
+        return await self.local.sent_by(digest, upstream.config.url)
 
     async def _blob_source(self, route: Route, name: Name, digest: Digest, fetch: bool):
         """
@@ -370,13 +362,6 @@ class ProxyRegistry:
     async def adopt_blob(self, name: Name, digest: Digest, caller: Caller | None = None) -> BlobInfo | None:
         self._local_only(name)
         return await self.local.adopt_blob(name, digest, caller=caller)
-
-    async def publish_blob(self, digest: Digest, data_path: str, size: int) -> None:
-        # Storage-level: no repository is involved (fills and uploads both publish through the local registry).
-        return await self.local.publish_blob(digest, data_path, size)
-
-    async def store_manifest_data(self, digest: Digest, data: bytes) -> None:
-        return await self.local.store_manifest_data(digest, data)
 
     # ---------------------------------------------------------------- uploads
 
@@ -489,7 +474,7 @@ class ProxyRegistry:
                     tag=str(tag),
                     url=route.upstream.config.url,
                 )
-                await self.storage.delete(paths.tag_folder(name, tag))
+                await self.local.remove_tag(name, tag)
             raise ManifestUnknown(str(tag)) from None
         except UpstreamDenied as e:
             raise Denied(f"the upstream registry refused access: {e}") from None
@@ -516,15 +501,14 @@ class ProxyRegistry:
         ttl = route.upstream.config.tag_ttl
         if ttl <= 0:
             return False
-        try:
-            checked = float((await self.storage.read_bytes(paths.tag_checked(name, tag))).decode())
-        except (PathNotFound, ValueError):
+        checked = await self.local.tag_checked_at(name, tag)
+        if checked is None:
             return False
         return 0 <= self._clock() - checked < ttl
 
     async def _checked(self, name: Name, tag: Tag) -> None:
         """Record that the upstream just confirmed the tag (state lives in storage, for every worker)."""
-        await self._write(paths.tag_checked(name, tag), repr(self._clock()).encode())
+        await self.local.record_tag_check(name, tag, self._clock())
 
     async def _retag(self, name: Name, tag: Tag, digest: Digest, head: bool, accept: tuple) -> StoredManifest | None:
         """Move the tag to ``digest`` when that manifest is cached already (None when it is not)."""
@@ -534,7 +518,7 @@ class ProxyRegistry:
             return None
         if not _acceptable(stored.media_type, accept):
             return None
-        await self._write(paths.tag_link(name, tag), str(digest).encode())
+        await self.local.set_tag(name, tag, digest)
         await self._checked(name, tag)
         log.info("{name}:{tag} moved to {digest} upstream", name=str(name), tag=str(tag), digest=str(digest))
         return stored
@@ -545,35 +529,35 @@ class ProxyRegistry:
         return await self._manifests.run(key, lambda: self._fetch_and_store(route, name, reference, accept))
 
     async def _fetch_and_store(self, route, name, reference, accept) -> StoredManifest:
+        """
+        Store what the upstream sends, as the local registry checks a push:
+        within ``max_manifest_size``, valid, and of the digest asked for (or
+        announced); a big one parsed and hashed off the reactor thread.  Its
+        blobs are not required: they are fetched when they are asked for.
+        """
         fetched = await route.client.get_manifest(route.remote, reference, accept)
-        data = fetched.data
-        if len(data) > self.local.max_manifest_size:
+        if isinstance(reference, Digest):
+            algorithm = reference.algorithm
+        else:
+            algorithm = fetched.digest.algorithm if fetched.digest else DEFAULT_ALGORITHM
+        try:
+            verified = await self.local.verify_manifest(fetched.data, fetched.media_type, algorithm)
+        except TooLarge:
             raise UpstreamUnavailable(
                 f"the upstream's manifest is larger than max_manifest_size ({self.local.max_manifest_size} bytes)"
-            )
-        if isinstance(reference, Digest):
-            digest = Digest.of(data, reference.algorithm)
-            if digest != reference:
-                raise UpstreamUnavailable(f"the upstream sent a manifest with digest {digest} for {reference}")
-        else:
-            digest = Digest.of(data, fetched.digest.algorithm if fetched.digest else DEFAULT_ALGORITHM)
-            if fetched.digest is not None and digest != fetched.digest:
-                raise UpstreamUnavailable(
-                    f"the upstream's manifest has digest {digest}, not the {fetched.digest} it announced"
-                )
-        try:
-            parsed = await self._parse(data, fetched.media_type)
+            ) from None
         except ManifestInvalid as e:
             raise UpstreamUnavailable(f"the upstream sent a manifest this registry cannot store: {e.detail}") from None
-        await self.local.store_manifest_data(digest, data)
-        await self._write(paths.manifest_link(name, digest), parsed.media_type.encode())
-        if parsed.subject is not None:
-            descriptor = parsed.referrer_descriptor(digest, len(data))
-            await self._write(
-                paths.referrer(name, parsed.subject.digest, digest), json.dumps(descriptor.to_json()).encode()
+        digest = verified.digest
+        if isinstance(reference, Digest) and digest != reference:
+            raise UpstreamUnavailable(f"the upstream sent a manifest with digest {digest} for {reference}")
+        if isinstance(reference, Tag) and fetched.digest is not None and digest != fetched.digest:
+            raise UpstreamUnavailable(
+                f"the upstream's manifest has digest {digest}, not the {fetched.digest} it announced"
             )
-        if isinstance(reference, Tag) and _canonical(accept, parsed):
-            await self._write(paths.tag_link(name, reference), str(digest).encode())
+        moves_tag = isinstance(reference, Tag) and _canonical(accept, verified.parsed)
+        await self.local.store_manifest(name, verified, (reference,) if moves_tag else (), check_references=False)
+        if moves_tag:
             await self._checked(name, reference)
         log.info(
             "cached manifest {name}@{digest} ({reference}) from {url}",
@@ -582,36 +566,9 @@ class ProxyRegistry:
             reference=str(reference),
             url=route.upstream.config.url,
         )
-        return StoredManifest(digest, parsed.media_type, len(data), data)
-
-    async def _parse(self, data: bytes, media_type: str | None):
-        """
-        An upstream's manifest, parsed; a big one in a thread of its own, so
-        that an upstream sending 25,000-layer manifests (validating one takes
-        about 0.3 s) does not hold the reactor.  One thread: big manifests
-        queue there rather than all contend with the reactor for the GIL.
-        """
-        if len(data) < PARSE_IN_THREAD:
-            return manifests.parse(data, media_type)
-        reactor = self._reactor
-        if reactor is None:
-            from twisted.internet import reactor
-        if self._parse_pool is None:
-            self._parse_pool = ThreadPool(minthreads=0, maxthreads=1, name="ociregistry-proxy-manifests")
-            self._parse_pool.start()
-            reactor.addSystemEventTrigger("during", "shutdown", self._parse_pool.stop)
-        return await deferToThreadPool(reactor, self._parse_pool, manifests.parse, data, media_type)
-
-    async def _write(self, path: str, data: bytes) -> None:
-        try:
-            await self.storage.write_bytes(path, data)
-        except StorageFull:
-            raise InsufficientStorage() from None
+        return StoredManifest(digest, verified.media_type, len(verified.data), verified.data)
 
     # -------------------------------------------------------------- discovery
-
-    async def repository_exists(self, name: Name) -> bool:
-        return await self.local.repository_exists(name)
 
     async def list_tags(
         self, name: Name, limit: int | None = None, last: str | None = None, caller: Caller | None = None

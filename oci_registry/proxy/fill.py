@@ -2,11 +2,12 @@
 Filling the cache with one blob: one upstream GET whose bytes go into
 storage and, as they arrive, to every client waiting for that blob.
 
-The bytes are written, hashed as they pass, to an upload session of the
-repository (``_uploads/<id>/data``, so an interrupted fill is cleaned up by
-garbage collection like any abandoned upload); the blob becomes visible only
-when the whole body is in, its digest verified and the data moved to its
-content-addressed path, exactly as a push publishes a blob.
+The bytes go into the local registry through `Registry.receive_blob`: an
+upload session of the repository (so an interrupted fill is cleaned up by
+garbage collection like any abandoned upload), hashed as they pass, capped
+at ``max_upload_size``; the blob becomes visible only when the whole body is
+in and the registry verified its size and digest, as it does for a push.
+Nothing here writes the registry's content.
 
 Clients read through a `_Follower` (an `IReader`):
 
@@ -26,8 +27,8 @@ The upstream is read only as fast as storage takes the bytes; a slow client
 never slows the fill, and memory stays bounded whatever the blob's size.
 No more is taken from the upstream than the size it announced, or than
 ``max_upload_size`` when it announced none (a larger announced size is
-refused before the body is read).  Once verified, the blob is marked as sent
-by this upstream (`paths.blob_upstream`), which lets other repositories of
+refused before the body is read).  Once verified, the blob is recorded as
+sent by this upstream (`Registry.sent_by`), which lets other repositories of
 the same upstream link it after a HEAD (`ProxyRegistry._blob_source`).
 """
 
@@ -39,7 +40,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from .. import paths
+from ..errors import DigestInvalid, TooLarge
 from ..reference import Digest, Name
 from ..storage.interfaces import IReader, PathNotFound
 from .claim import Claim, FillClaims, FillElsewhereFailed
@@ -153,13 +154,16 @@ class BlobFill:
             raise ValueError("the blob's size is not known yet")
         return _Follower(self, offset, self.size)
 
-    def _chunk(self, writer, chunk: bytes):
+    def _chunk(self, incoming, chunk: bytes):
         self.received += len(chunk)
         if self.size is not None and self.received > self.size:
             raise UpstreamUnavailable(f"the upstream sent more than the {self.size} bytes it announced")
-        if self.limit is not None and self.received > self.limit:
-            raise UpstreamUnavailable(f"the upstream sent more than max_upload_size ({self.limit} bytes)")
-        pending = writer.write(chunk)
+        try:
+            pending = incoming.write(chunk)  # the registry's limit: TooLarge past max_upload_size
+        except TooLarge:
+            raise UpstreamUnavailable(
+                f"the upstream sent more than max_upload_size ({self.registry.max_upload_size} bytes)"
+            ) from None
         for follower in list(self._live):
             follower._feed(chunk)
         self._notify()
@@ -167,9 +171,7 @@ class BlobFill:
 
     async def _published(self) -> bool:
         """Whether the blob is stored, sent by this upstream (as a fill in any process leaves it)."""
-        if (await self.storage.stat(paths.blob_upstream(self.digest, self.upstream.url))) is None:
-            return False
-        return (await self.storage.stat(paths.blob_data(self.digest))) is not None
+        return await self.registry.sent_by(self.digest, self.upstream.url)
 
     def _seen(self, record) -> None:
         """What the claim of the process fetching the blob says: its size, where its bytes are written."""
@@ -206,11 +208,10 @@ class BlobFill:
                 # Fetched for another repository: linked here only once the upstream confirms it
                 # holds the blob under this name too (as in ProxyRegistry._blob_source).
                 await self.upstream.head_blob(self.remote_name, self.digest)
-            info = await self.storage.stat(paths.blob_data(self.digest))
+            info = await self._link()
             if info is None:
-                continue
+                continue  # gone again meanwhile
             self.size = info.size
-            await self._link()
             self.complete = True
             log.info(
                 "{digest} ({size} bytes) from {upstream} was cached by another process; linked for {names}",
@@ -222,16 +223,20 @@ class BlobFill:
             return None
         raise UpstreamUnavailable(f"the fetch of {self.digest} kept changing hands")
 
-    async def _link(self) -> None:
-        linked: set = set()
+    async def _link(self):
+        """Link the stored blob into every repository waiting for it; its `BlobInfo`, or None if it is not stored."""
+        info = await self.registry.adopt_blob(self.name, self.digest)
+        if info is None:
+            return None
+        linked: set = {self.name}
         while self.names - linked:  # repositories may join while the links are written
             for name in sorted(self.names - linked, key=str):
                 await self.registry.adopt_blob(name, self.digest)
                 linked.add(name)
+        return info
 
     async def _run(self) -> None:
-        upload_folder = None
-        writer = None
+        incoming = None
         claim = None
         try:
             if self._claims is not None:
@@ -239,21 +244,18 @@ class BlobFill:
                 if claim is None:
                     return
             blob = await self.upstream.get_blob(self.remote_name, self.digest)
-            self.limit = getattr(self.registry, "max_upload_size", 0) or None
+            self.limit = self.registry.max_upload_size or None
             if blob.length is not None and self.limit is not None and blob.length > self.limit:
                 blob.cancel()
                 raise UpstreamUnavailable(
                     f"the upstream's blob is {blob.length} bytes, more than max_upload_size ({self.limit} bytes)"
                 )
             try:
-                upload = await self.registry.start_upload(self.name)
-                upload_folder = paths.upload(self.name, upload.id)
-                self.data_path = paths.upload_data(self.name, upload.id)
-                hasher = self.digest.hasher()
-                writer = await self.storage.open_writer(self.data_path, hasher=hasher)
-            except Exception:
+                incoming = await self.registry.receive_blob(self.name, self.digest)
+            except BaseException:
                 blob.cancel()
                 raise
+            self.data_path = incoming.data_path
             if blob.length is not None and self.size is not None and blob.length != self.size:
                 blob.cancel()
                 raise UpstreamUnavailable(f"the upstream announced {blob.length} bytes, before {self.size}")
@@ -263,21 +265,17 @@ class BlobFill:
             if claim is not None:
                 # Where moving is a rename, the data being written is a file other
                 # processes can read as it grows; on object storage it is not there yet.
-                shared = None if self.storage.move_is_copy else self.data_path
-                await claim.update(size=self.size, data=shared)
-            await blob.deliver(lambda chunk: self._chunk(writer, chunk))
-            committing, writer = writer, None
-            await committing.commit()
+                await claim.update(size=self.size, data=incoming.shared_path)
+            await blob.deliver(lambda chunk: self._chunk(incoming, chunk))
             if self.size is not None and self.received != self.size:
                 raise UpstreamUnavailable(f"the upstream sent {self.received} of {self.size} bytes")
-            actual = Digest.from_hasher(hasher)
-            if actual != self.digest:
-                raise UpstreamUnavailable(f"the upstream sent a blob with digest {actual} for {self.digest}")
+            try:
+                await incoming.publish(self.received, source=self.upstream.url)
+            except DigestInvalid:
+                raise UpstreamUnavailable(
+                    f"the upstream sent a blob with digest {incoming.actual} for {self.digest}"
+                ) from None
             self.size = self.received
-            await self.registry.publish_blob(self.digest, self.data_path, self.size)
-            await self.storage.write_bytes(
-                paths.blob_upstream(self.digest, self.upstream.url), self.upstream.url.encode()
-            )
             await self._link()
             self.complete = True
             log.info(
@@ -295,26 +293,17 @@ class BlobFill:
                 upstream=self.upstream.url,
                 error=e,
             )
-            if writer is not None:
-                try:
-                    await writer.cancel()
-                except Exception as cancel_error:  # noqa: BLE001 the fill has failed already; this is a leftover
-                    log.warn(
-                        "cancelling the partial copy of {digest} failed: {error}",
-                        digest=str(self.digest),
-                        error=cancel_error,
-                    )
         finally:
             if claim is not None:
                 try:
                     await claim.release()
                 except Exception:  # noqa: BLE001 a claim left behind expires; the fill's own outcome stands
                     log.failure("releasing the claim {path}", path=claim.path)
-            if upload_folder is not None:
+            if incoming is not None:
                 try:
-                    await self.storage.delete(upload_folder)
-                except Exception:  # noqa: BLE001 a folder left behind is logged; the fill's own outcome stands
-                    log.failure("removing {folder} after a fill", folder=upload_folder)
+                    await incoming.discard()
+                except Exception:  # noqa: BLE001 a session left behind is logged; the fill's own outcome stands
+                    log.failure("removing the upload session of a fill of {digest}", digest=str(self.digest))
             self._live.clear()
             if self.error is None:
                 self._sized.fire(self.size)
@@ -409,7 +398,7 @@ class _Follower:
         fill = self._fill
         if fill.complete and not self._reading_published:
             await self._close_reader()
-            self._reader = await fill.storage.open_reader(paths.blob_data(fill.digest), self._pos)
+            self._reader = await fill.registry.open_blob(fill.name, fill.digest, self._pos)
             self._reading_published = True
         elif self._reader is None:
             if fill.data_path is None:
