@@ -77,8 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--suite",
         choices=sorted(SUITES),
         default="standard",
-        help="the workloads: standard (the comparison in docs/benchmarks.md) or listing (catalog and tag "
-        "pages over 1,000 repositories)",
+        help="the workloads: standard (the comparison in docs/benchmarks.md), listing (catalog and tag "
+        "pages over 1,000 repositories) or pushes (small blobs and skopeo only, for --notifications)",
     )
     parser.add_argument(
         "--s3",

@@ -409,3 +409,90 @@ def test_the_composition_root_wires_the_notifier_to_the_registry(tmp_path):
     assert components.notification_service() is components.notifier
     assert components.notifier in components.registry.observers
     assert build(Config.from_dict({"data_dir": str(tmp_path)}), reactor).notification_service() is None
+
+
+class _Hostile:
+    """A TCP server on 127.0.0.1 that answers every connection with ``reply`` (bytes, or None: never)."""
+
+    def __init__(self, reply: bytes | None, repeat: int = 1):
+        import socket
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.sock.settimeout(20)
+        self.port = self.sock.getsockname()[1]
+        self.reply, self.repeat = reply, repeat
+        self.connections: list = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        for _ in range(4):  # connections, at most
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections.append(conn)
+            conn.settimeout(20)
+            try:
+                conn.recv(65536)
+                if self.reply is not None:
+                    for _ in range(self.repeat):
+                        conn.sendall(self.reply)
+            except OSError:
+                continue  # the registry dropped the connection: what the test wants
+
+    def close(self):
+        for conn in self.connections:
+            conn.close()
+        self.sock.close()
+
+
+@pytest.mark.parametrize(
+    "reply, repeat, reason",
+    [
+        (None, 1, "no answer within 0.5s"),
+        (b"HTTP/1.1 302 Found\r\nLocation: http://elsewhere/\r\nContent-Length: 0\r\n\r\n", 1, "answered 302 Found"),
+        (
+            b"HTTP/1.1 200 OK\r\n" + b"X-Pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n" * 2000,
+            1,
+            "headers are longer than",
+        ),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_an_endpoint_that_stalls_redirects_or_floods_is_a_failed_delivery(reply, repeat, reason):
+    from oci_registry.notifications.config import EndpointConfig
+    from oci_registry.notifications.sender import DeliveryFailed, Sender
+
+    server = _Hostile(reply, repeat)
+    sender = Sender(
+        EndpointConfig.parse({"name": "x", "url": f"http://127.0.0.1:{server.port}/", "timeout": 0.5}), reactor
+    )
+    try:
+        with pytest.raises(DeliveryFailed) as failed:
+            await sender.send(notices_of(manifest_push(), SOURCE))
+        assert reason in str(failed.value)
+    finally:
+        await sender.close()
+        server.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_endpoint_answering_200_with_an_endless_body_took_the_events():
+    """The status is the answer: a body past 64 KiB is not read (the connection is dropped)."""
+    from oci_registry.notifications.config import EndpointConfig
+    from oci_registry.notifications.sender import Sender
+
+    chunk = b"8000\r\n" + b"x" * 0x8000 + b"\r\n"
+    server = _Hostile(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk * 4)  # and more: never ends
+    sender = Sender(
+        EndpointConfig.parse({"name": "x", "url": f"http://127.0.0.1:{server.port}/", "timeout": 0.5}), reactor
+    )
+    try:
+        await sender.send(notices_of(manifest_push(), SOURCE))
+    finally:
+        await sender.close()
+        server.close()

@@ -21,7 +21,9 @@ from __future__ import annotations
 from . import base, huge_push, listing, pull, push, request_rates, skopeo, small_blobs
 
 STANDARD = (push, pull, request_rates, small_blobs, skopeo, huge_push)
-SUITES = {"standard": STANDARD, "listing": (listing,)}  # --suite
+# The figures a notification endpoint must not slow (docs/benchmarks.md, "With notifications").
+PUSHES = (small_blobs, skopeo)
+SUITES = {"standard": STANDARD, "listing": (listing,), "pushes": PUSHES}  # --suite
 
 
 def steps(families=STANDARD) -> list[base.Step]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.web.client import Agent, ResponseFailed
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer
@@ -82,11 +82,12 @@ class Sender:
         if self.endpoint.secret is not None:
             headers.addRawHeader(SIGNATURE_HEADER.encode(), signature(self.endpoint.secret, body, int(self._clock())))
         exchange = Deferred.fromCoroutine(self._exchange(headers, body))
-        exchange.addTimeout(self.endpoint.timeout, self._reactor)
-        try:
-            await exchange
-        except (TimeoutError, CancelledError):
-            raise DeliveryFailed(f"no answer within {self.endpoint.timeout:g}s") from None
+
+        def timed_out(result, timeout):
+            raise DeliveryFailed(f"no answer within {timeout:g}s")
+
+        exchange.addTimeout(self.endpoint.timeout, self._reactor, onTimeoutCancel=timed_out)
+        await exchange
 
     async def _exchange(self, headers: Headers, body: bytes) -> None:
         try:
@@ -94,8 +95,8 @@ class Sender:
         except ResponseFailed as e:
             reasons = "; ".join(r.getErrorMessage() for r in e.reasons) or "the connection broke"
             raise DeliveryFailed(reasons) from None
-        except (CancelledError, TimeoutError):
-            raise
+        except CancelledError:
+            raise  # the timeout: see send
         except Exception as e:  # noqa: BLE001 whatever connecting failed with (refused, DNS, TLS) is one line
             raise DeliveryFailed(str(e) or type(e).__name__) from None
         await discard_body(response, self._reactor, self.endpoint.timeout)  # bounded; a bad one is dropped
