@@ -110,7 +110,7 @@ def test_distribution_events_are_what_the_reference_sends(tmp_path, skopeo, layo
     ours = ociregistry(tmp_path, str(tmp_path / "data"), [endpoint(receiver)]).start()
     try:
         operations(ours, skopeo, layout)
-        our_events = receiver.wait_for(len(their_events), timeout=30)
+        our_events = receiver.wait_for(len(their_events), timeout=90)
         time.sleep(1.0)  # nothing more comes
         our_events = receiver.events()
     finally:
@@ -188,7 +188,7 @@ def test_cloudevents(tmp_path, skopeo, layout, receiver):
         operations(registry, skopeo, layout)
         untagged = http_request("DELETE", f"{registry.url}/v2/notify/app/manifests/v2")
         assert untagged.status == 202
-        events = receiver.wait_for(15, timeout=30)
+        events = receiver.wait_for(15, timeout=90)
         time.sleep(1.0)
         events = receiver.events()
     finally:

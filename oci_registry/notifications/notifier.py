@@ -37,12 +37,12 @@ from zope.interface import Interface, implementer
 
 from .. import paths
 from ..observe import IRegistryObserver
-from ..storage.interfaces import DestinationExists, PathNotFound, StorageFull, StorageUnavailable
+from ..storage.interfaces import PathNotFound, StorageFull, StorageUnavailable
 from .config import CLOUDEVENTS, MOUNT, PUSH, EndpointConfig, NotificationsConfig
 from .delivery import EndpointDelivery, EndpointStatus
 from .formats import sendable
 from .notice import CREATE, MANIFEST, Notice, Source, notices_of, repository_created
-from .outbox import Lease, Outbox
+from .outbox import Lease, Outbox, create_exclusive
 from .sender import Sender
 
 log = Logger(namespace="oci_registry.notifications")
@@ -259,16 +259,13 @@ class Notifier(Service):
         pushed = notice.digest.split(":", 1)[-1] if notice.kind == MANIFEST and notice.digest else None
         revisions = await self.storage.walk(f"{paths.REPOSITORIES}/{notice.repository}/_manifests/revisions")
         new = not any(path.endswith("/link") and path.split("/")[1] != pushed for path in revisions)
-        claim = f"{marker}.{self.source.instance}"
-        await self.storage.write_bytes(claim, notice.id.encode())
         try:
-            await self.storage.move(claim, marker, replace=False)
-        except DestinationExists:
-            await self.storage.delete(claim)
-            return False
+            created = await create_exclusive(
+                self.storage, marker, notice.id.encode(), f"{marker}.{self.source.instance}"
+            )
         except PathNotFound:
             return False
-        return new
+        return new and created
 
     # --------------------------------------------------------------- service
 

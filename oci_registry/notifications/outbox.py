@@ -32,12 +32,11 @@ import time
 from collections.abc import Callable, Sequence
 
 import attr
-from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from .. import paths
-from ..storage.interfaces import DestinationExists, PathNotFound
+from ..storage.interfaces import DestinationExists, IExclusiveCreate, PathNotFound
 from .notice import Notice, decode_batch, encode_batch
 
 log = Logger(namespace="oci_registry.notifications")
@@ -246,12 +245,9 @@ class Lease:
         return await self._take(generation, [] if found is None else [found[0]])
 
     async def _take(self, generation: int, older: list[int]) -> bool:
-        claim = f"{self._claims}/{self.owner}-{generation}"
-        await self.storage.write_bytes(claim, self._info(), durable=False)
-        try:
-            await self.storage.move(claim, self._path(generation), replace=False)
-        except DestinationExists:
-            await self.storage.delete(claim)
+        if not await create_exclusive(
+            self.storage, self._path(generation), self._info(), f"{self._claims}/{self.owner}-{generation}"
+        ):
             return False
         if self._settle:
             await deferLater(self._reactor, self._settle, lambda: None)
@@ -275,5 +271,24 @@ class Lease:
             await self.storage.write_bytes(self._path(generation), self._info(until=0.0), durable=False)
 
 
-def sleep(reactor, seconds: float) -> Deferred:
-    return deferLater(reactor, seconds, lambda: None)
+async def create_exclusive(storage, path: str, data: bytes, scratch: str) -> bool:
+    """
+    Create ``path`` holding ``data`` unless something is there: whether this
+    call created it.  With the storage's exclusive create (`IExclusiveCreate`)
+    in one step; else written at ``scratch`` and moved without replacing.
+    Where the storage does not check the condition, another process's file
+    may replace ours: callers read it back.
+    """
+    if IExclusiveCreate.providedBy(storage):
+        try:
+            await storage.create_bytes(path, data)
+        except DestinationExists:
+            return False
+        return True
+    await storage.write_bytes(scratch, data, durable=False)
+    try:
+        await storage.move(scratch, path, replace=False)
+    except DestinationExists:
+        await storage.delete(scratch)
+        return False
+    return True
