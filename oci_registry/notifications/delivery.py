@@ -28,6 +28,8 @@ a takeover: receivers see an event more than once only then (use its
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import time
 from collections import OrderedDict, deque
 
@@ -127,7 +129,7 @@ class EndpointDelivery:
         self._delivered = 0
         self._failed = 0
         self._dead = 0
-        self._latency = [0] * len(LATENCY_BUCKETS)
+        self._latency = [0] * (len(LATENCY_BUCKETS) + 1)  # per bucket, not cumulative
         self._latency_count = 0
         self._latency_sum = 0.0
         self._last_error: str | None = None
@@ -336,14 +338,14 @@ class EndpointDelivery:
         self._failures = 0
         self._failing_since = None
         self._delivered += len(notices)
+        attempts, counts = self._attempts, self._latency
         for notice in notices:
-            self._attempts.pop(notice.id, None)
+            if attempts:
+                attempts.pop(notice.id, None)
             latency = max(0.0, now - notice.timestamp)
-            self._latency_count += 1
             self._latency_sum += latency
-            for i, bound in enumerate(LATENCY_BUCKETS):
-                if latency <= bound:
-                    self._latency[i] += 1
+            counts[bisect.bisect_left(LATENCY_BUCKETS, latency)] += 1  # the last slot: above every bound
+        self._latency_count += len(notices)
 
     async def _failed_request(self, key: str, items, notices: list[Notice], reason: str) -> None:
         now = self._clock()
@@ -456,6 +458,6 @@ class EndpointDelivery:
             lost=self.lost,
             latency_count=self._latency_count,
             latency_sum=self._latency_sum,
-            latency_buckets=tuple(zip(LATENCY_BUCKETS, self._latency, strict=True)),
+            latency_buckets=tuple(zip(LATENCY_BUCKETS, itertools.accumulate(self._latency[:-1]), strict=True)),
             last_error=self._last_error,
         )

@@ -147,12 +147,11 @@ class Source:
 
 def uuid_text(value: str | None) -> str:
     """A UUID as Distribution writes one (with dashes), from ours (hex) or a fresh one."""
-    if value:
-        try:
-            return str(uuid.UUID(value))
-        except ValueError:
-            return value
-    return str(uuid.uuid4())
+    if not value:
+        return str(uuid.uuid4())
+    if len(value) == 32:  # the registry's event ids: uuid4().hex (this runs for every event: no parsing)
+        return f"{value[:8]}-{value[8:12]}-{value[12:16]}-{value[16:20]}-{value[20:]}"
+    return value
 
 
 def content_url(base: str | None, kind: str, repository: str, digest: str | None) -> str | None:

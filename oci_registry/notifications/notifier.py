@@ -38,7 +38,7 @@ from zope.interface import Interface, implementer
 from .. import paths
 from ..observe import IRegistryObserver
 from ..storage.interfaces import PathNotFound, StorageFull, StorageUnavailable
-from .config import CLOUDEVENTS, MOUNT, PUSH, EndpointConfig, NotificationsConfig
+from .config import CLOUDEVENTS, DELETE, MOUNT, PUSH, EndpointConfig, NotificationsConfig
 from .delivery import EndpointDelivery, EndpointStatus
 from .formats import sendable
 from .notice import CREATE, MANIFEST, Notice, Source, notices_of, repository_created
@@ -107,6 +107,7 @@ class Notifier(Service):
                 endpoint, settings, outbox, lease, sender_factory(endpoint), reactor, clock
             )
         self._cloudevents = any(e.format == CLOUDEVENTS for e in settings.endpoints)
+        self._actions = {a for e in settings.endpoints for a in e.filter.actions if e.filter.wants_action(a)}
         self._intake: list[Notice] = []
         self._pulls: list[Notice] = []
         self._buffers: dict[str, list[Notice]] = {e.name: [] for e in settings.endpoints}
@@ -123,11 +124,21 @@ class Notifier(Service):
 
     def observe(self, event) -> None:
         """Take note of a `RegistryEvent` (on the reactor thread; returns at once)."""
-        self.record(notices_of(event, self.source, self.settings.registry_url, self.scheme))
+        action = event.action
+        if action not in self._actions:
+            return  # a pull, most often: nothing to build (this runs for every GET the registry answers)
+        target = event.target
+        repository = str(target.repository)
+        media_type = None if action == DELETE else target.media_type
+        if not any(e.filter.matches(action, repository, media_type) for e in self.settings.endpoints):
+            return
+        self._take(notices_of(event, self.source, self.settings.registry_url, self.scheme))
 
     def record(self, notices: list[Notice]) -> None:
         """Record ``notices`` in the outboxes of the endpoints that want them (soon: see the module's docstring)."""
-        wanted = [n for n in notices if any(_wants(e, n) for e in self.settings.endpoints)]
+        self._take([n for n in notices if any(_wants(e, n) for e in self.settings.endpoints)])
+
+    def _take(self, wanted: list[Notice]) -> None:
         if not wanted:
             return
         room = self.settings.max_buffered - self._buffered()
