@@ -44,8 +44,8 @@ class IRegistry(Interface):
     def open_blob(name, digest, offset=0, length=None, caller=None):
         """Fire with an `IReader` of the blob from ``offset``; ``length``: how much will be read (None: all)."""
 
-    def blob_redirect(digest, caller=None):
-        """Fire with a URL clients may fetch the blob's bytes from directly, or None."""
+    def blob_redirect(name, digest, caller=None):
+        """Fire with a URL clients may fetch ``name``'s blob from directly, or None (send the bytes)."""
 
     def delete_blob(name, digest, caller=None):
         """Unlink the blob from ``name`` (`BlobUnknown` if it does not hold it)."""

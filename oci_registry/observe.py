@@ -180,8 +180,8 @@ class ObservedRegistry:
     async def open_blob(self, name, digest, offset=0, length=None, caller=None):
         return await self.registry.open_blob(name, digest, offset, length, caller=caller)
 
-    async def blob_redirect(self, digest, caller=None):
-        return await self.registry.blob_redirect(digest, caller=caller)
+    async def blob_redirect(self, name, digest, caller=None):
+        return await self.registry.blob_redirect(name, digest, caller=caller)
 
     async def delete_blob(self, name, digest, caller=None):
         await self.registry.delete_blob(name, digest, caller=caller)

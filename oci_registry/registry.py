@@ -223,7 +223,7 @@ class Registry:
             return False
         return (await self._kept(digest, await self.storage.stat(paths.blob_data(digest)))) is not None
 
-    async def blob_redirect(self, digest: Digest, caller: Caller | None = None) -> str | None:
+    async def blob_redirect(self, name: Name, digest: Digest, caller: Caller | None = None) -> str | None:
         return await self.storage.redirect_url(paths.blob_data(digest))
 
     async def delete_blob(self, name: Name, digest: Digest, caller: Caller | None = None) -> None:

@@ -209,7 +209,7 @@ class RegistryAPI:
             request.setResponseCode(304)
             return b""
         if request.method == b"GET":
-            url = await self.registry.blob_redirect(digest, caller=caller)
+            url = await self.registry.blob_redirect(name, digest, caller=caller)
             if url:
                 request.setResponseCode(307)
                 _set(request, Location=url, Content_Length=0)

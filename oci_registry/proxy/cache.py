@@ -338,16 +338,18 @@ class ProxyRegistry:
         if self._fills.get(key) is fill:
             del self._fills[key]
 
-    async def blob_redirect(self, digest: Digest, caller: Caller | None = None) -> str | None:
+    async def blob_redirect(self, name: Name, digest: Digest, caller: Caller | None = None) -> str | None:
         """
-        The storage's URL for a stored blob; never while it is being fetched:
-        it is not there yet, or what is there is another repository's copy
-        (the API asks right after `stat_blob`, which for a proxied repository
-        that does not hold the blob has just started or joined the fetch).
+        The storage's URL for a stored blob.  For a proxied repository, never
+        while the blob is being fetched: it is not there yet, or what is there
+        is another repository's copy (the API asks right after `stat_blob`,
+        which for a proxied repository that does not hold the blob has just
+        started or joined the fetch).  A local repository's blob was verified
+        when it was pushed, whatever a fill elsewhere is doing.
         """
-        if any(f.digest == digest and not f.complete for f in self._fills.values()):
+        if self.route(name) is not None and any(f.digest == digest and not f.complete for f in self._fills.values()):
             return None
-        return await self.local.blob_redirect(digest)
+        return await self.local.blob_redirect(name, digest)
 
     async def delete_blob(self, name: Name, digest: Digest, caller: Caller | None = None) -> None:
         self._local_only(name)
