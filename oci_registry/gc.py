@@ -52,33 +52,58 @@ marker, and one marker write per half grace period.
 
 Garbage collection in a serving process yields to the reactor every few
 milliseconds (`_Pace`), so that requests are served while it runs.
+
+What a run holds does not grow with every path of the store: it walks
+``repositories/`` and ``blobs/`` a page at a time where the storage can
+(`IWalkPages`), judges one repository at a time (a few at once), and keeps
+from the mark only the referenced digests, as bytes.  Unreferenced blobs,
+and the repositories linking them (from a second walk), are what grows
+with the garbage.  Files deleted once a blob is gone (link quarantines,
+upstream records, stale fill claims) go many to a request where the
+storage can (`IBatchDelete`: S3 DeleteObjects).
 """
 
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 import re
 import time
 from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
 
 import attr
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.task import deferLater
+from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from . import manifest as manifests
 from . import paths
 from .errors import DigestInvalid, ManifestInvalid
 from .reference import ALGORITHMS, Digest, Name, Tag
-from .storage.interfaces import DestinationExists, IStorageDriver, PathNotFound, StorageUnavailable
+from .storage.interfaces import (
+    DestinationExists,
+    IBatchDelete,
+    IStorageDriver,
+    IWalkPages,
+    PathNotFound,
+    StorageUnavailable,
+)
 from .units import DAY
 
 log = Logger()
 
 PACE = 0.001  # seconds of work between two yields to the reactor
 LARGE_MANIFEST = 256 << 10  # bytes above which a manifest is parsed in a thread
+PAGE = 1000  # paths per listing request, where the storage walks page by page
+REPOSITORIES_AT_ONCE = 8  # repositories whose manifests are read at the same time
+MANIFESTS_AT_ONCE = 4  # manifests of one repository read at the same time
+BLOBS_AT_ONCE = 8  # unreferenced blobs being collected at the same time
+DELETE_BATCH = 1000  # files per batched delete (S3 DeleteObjects takes 1,000 keys)
+CLAIM_STALE = 600.0  # seconds after its lease ran out that a pull-through fill claim is deleted
 
 
 class GCAborted(Exception):
@@ -103,6 +128,7 @@ class GCReport:
     tags_removed: list = attr.Factory(list)  # (repository, tag)
     uploads_removed: list = attr.Factory(list)  # (repository, upload id, size)
     blobs_kept: int = 0
+    claims_removed: int = 0  # pull-through fill claims whose lease ran out long ago
 
     @property
     def bytes_freed(self) -> int:
@@ -116,6 +142,7 @@ class GCReport:
             "tags_removed": [{"repository": r, "tag": t} for r, t in self.tags_removed],
             "uploads_removed": [{"repository": r, "id": i, "size": s} for r, i, s in self.uploads_removed],
             "blobs_kept": self.blobs_kept,
+            "claims_removed": self.claims_removed,
             "bytes_freed": self.bytes_freed,
         }
 
@@ -189,22 +216,35 @@ class Keeper:
 
 
 class _Pace:
-    """Yields to the reactor once ``PACE`` seconds of work went by without a pause."""
+    """
+    Yields to the reactor once ``PACE`` seconds of work went by without a
+    pause.  The parts of a run that go on at once share it: once the time
+    is up, each of them waits for the same turn of the reactor, so that a
+    turn costs about ``PACE`` however many there are.
+    """
 
     def __init__(self, reactor=None):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
         self._since = time.monotonic()
+        self._waiting: list[Deferred] | None = None
 
     def __call__(self):
-        if time.monotonic() - self._since < PACE:
-            return succeed(None)
+        if self._waiting is None:
+            if time.monotonic() - self._since < PACE:
+                return succeed(None)
+            self._waiting = []
+            self.reactor.callLater(0, self._resume)
+        d: Deferred = Deferred()
+        self._waiting.append(d)
+        return d
 
-        def resumed(_):
-            self._since = time.monotonic()
-
-        return deferLater(self.reactor, 0, lambda: None).addCallback(resumed)
+    def _resume(self) -> None:
+        waiting, self._waiting = self._waiting or [], None
+        self._since = time.monotonic()
+        for d in waiting:
+            d.callback(None)
 
 
 def _no_pace():
@@ -214,7 +254,7 @@ def _no_pace():
 @attr.s(auto_attribs=True)
 class _Repository:
     name: str
-    revisions: set = attr.Factory(set)  # Digest
+    revisions: set = attr.Factory(set)  # digests
     tags: dict = attr.Factory(dict)  # tag -> digest, or None when the link holds no digest
     layers: set = attr.Factory(set)  # digests
     quarantined_layers: set = attr.Factory(set)  # digests: link quarantines left behind
@@ -223,10 +263,13 @@ class _Repository:
 
 
 # A run holds a digest for every blob and link of the store: as plain
-# strings ("sha256:<hex>"), not `Digest` objects, because Python's cyclic
-# garbage collector walks every container object on each full pass, and
-# 100,000 of them made each pass stall the reactor for 50 ms or more.
+# strings ("sha256:<hex>") or bytes, not `Digest` objects, because Python's
+# cyclic garbage collector walks every container object on each full pass,
+# and 100,000 of them made each pass stall the reactor for 50 ms or more.
+# What lives for the whole run (the mark) is bytes: a digest's 32 (sha256)
+# or 64 (sha512) bytes, about half the memory of its text.
 _HEX = re.compile(r"[a-f0-9]+")
+_ALGORITHM_OF_SIZE = {length // 2: algorithm for algorithm, length in ALGORITHMS.items()}
 
 
 def _digest(algorithm: str, hex_: str) -> str | None:
@@ -234,6 +277,18 @@ def _digest(algorithm: str, hex_: str) -> str | None:
     if ALGORITHMS.get(algorithm) == len(hex_) and _HEX.fullmatch(hex_):
         return f"{algorithm}:{hex_}"
     return None
+
+
+def _key(digest: str) -> bytes | None:
+    """A digest as the mark holds it: its bytes (the length tells the algorithm), None when it has no hex."""
+    try:
+        return bytes.fromhex(digest.split(":", 1)[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def _unkey(key: bytes) -> str:
+    return f"{_ALGORITHM_OF_SIZE[len(key)]}:{key.hex()}"
 
 
 def _parsed(digest: str) -> Digest:
@@ -251,39 +306,128 @@ async def _read(storage: IStorageDriver, path: str) -> bytes | None:
         raise GCAborted(f"could not read {path}: {e}") from e
 
 
-async def scan(storage: IStorageDriver, pace=_no_pace) -> dict[str, _Repository]:
-    """Every repository's revisions, tags, layer links, uploads and referrers, from one walk."""
-    repos: dict[str, _Repository] = {}
-    for path in await storage.walk(paths.REPOSITORIES):
+async def _walk(storage: IStorageDriver, path: str):
+    """The paths of every file below ``path``: a page at a time where the storage can (`IWalkPages`)."""
+    if not IWalkPages.providedBy(storage):
+        for found in await storage.walk(path):
+            yield found
+        return
+    cursor = None
+    while True:
+        page, cursor = await storage.walk_page(path, cursor, PAGE)
+        for found in page:
+            yield found
+        if cursor is None:
+            return
+
+
+async def _over(items):
+    for item in items:
+        yield item
+
+
+async def _each(items, work, at_once: int) -> None:
+    """
+    ``await work(item)`` for every item of the (async) iterable ``items``,
+    ``at_once`` at a time; the first failure stops taking items, and is
+    raised once the ones under way ended.
+    """
+    slots = DeferredSemaphore(at_once)
+    running: set[Deferred] = set()
+    failures: list = []
+
+    def ended(result, d):
+        running.discard(d)
+        slots.release()
+        if isinstance(result, Failure):
+            failures.append(result)
+
+    iterator = items if hasattr(items, "__aiter__") else _over(items)
+    try:
+        async for item in iterator:
+            await slots.acquire()
+            if failures:
+                slots.release()
+                break
+            d = Deferred.fromCoroutine(work(item))
+            running.add(d)
+            d.addBoth(ended, d)
+    finally:
+        await iterator.aclose()
+        if running:
+            await gatherResults(list(running))
+    if failures:
+        failures[0].raiseException()
+
+
+def _add_path(repo: _Repository, kind: str, rest: list[str]) -> str | None:
+    """Record one path of the repository's tree; the tag whose link is to be read, if it is one."""
+    if kind == "_layers" and len(rest) == 3 and rest[2] in ("link", "quarantine"):
+        if (d := _digest(rest[0], rest[1])) is not None:
+            (repo.layers if rest[2] == "link" else repo.quarantined_layers).add(d)
+    elif kind == "_manifests" and rest[:1] == ["revisions"] and len(rest) == 4:
+        if (d := _digest(rest[1], rest[2])) is not None:
+            repo.revisions.add(d)
+    elif kind == "_manifests" and rest[:1] == ["tags"] and rest[2:] == ["current", "link"]:
+        return rest[1]
+    elif kind == "_uploads" and rest:
+        repo.uploads.add(rest[0])
+    elif kind == "_referrers" and len(rest) == 3:
+        subject = _digest(rest[0], rest[1])
+        referrer = _digest(*rest[2].split("-", 1)) if "-" in rest[2] else None
+        if subject is not None and referrer is not None:
+            repo.referrers[referrer] = subject
+    return None
+
+
+def _split(path: str) -> tuple[str, str, list[str]] | None:
+    """``(repository, kind, rest)`` of a path below ``repositories/``, None for one outside a repository."""
+    parts = path.split("/")
+    marker = next((i for i, p in enumerate(parts) if p.startswith("_")), None)
+    if marker is None or marker == 0:
+        return None
+    return "/".join(parts[:marker]), parts[marker], parts[marker + 1 :]
+
+
+async def repositories(storage: IStorageDriver, pace=None):
+    """
+    Every repository's revisions, tags, layer links, uploads and referrers,
+    one repository at a time, from one walk of ``repositories/`` (a walk
+    lists one repository's files next to each other: they all start with
+    ``<name>/_``), so that a run holds one repository's paths at a time.
+    """
+    pace = _no_pace if pace is None else pace
+    repo: _Repository | None = None
+    seen: set[str] = set()
+    async for path in _walk(storage, paths.REPOSITORIES):
         await pace()
-        parts = path.split("/")
-        marker = next((i for i, p in enumerate(parts) if p.startswith("_")), None)
-        if marker is None or marker == 0:
+        split = _split(path)
+        if split is None:
             continue
-        name, kind, rest = "/".join(parts[:marker]), parts[marker], parts[marker + 1 :]
-        repo = repos.setdefault(name, _Repository(name))
-        if kind == "_layers" and len(rest) == 3 and rest[2] in ("link", "quarantine"):
-            if (d := _digest(rest[0], rest[1])) is not None:
-                (repo.layers if rest[2] == "link" else repo.quarantined_layers).add(d)
-        elif kind == "_manifests" and rest[:1] == ["revisions"] and len(rest) == 4:
-            if (d := _digest(rest[1], rest[2])) is not None:
-                repo.revisions.add(d)
-        elif kind == "_manifests" and rest[:1] == ["tags"] and rest[2:] == ["current", "link"]:
+        name, kind, rest = split
+        if repo is None or repo.name != name:
+            if repo is not None:
+                seen.add(repo.name)
+                yield repo
+            if name in seen:
+                raise GCAborted(f"the storage listed the files of {name} apart from each other")
+            repo = _Repository(name)
+        tag = _add_path(repo, kind, rest)
+        if tag is not None:
             raw = await _read(storage, f"{paths.REPOSITORIES}/{path}")
             if raw is None:
                 continue  # deleted since the walk
             try:
-                repo.tags[rest[1]] = str(Digest.parse(raw.decode()))
+                repo.tags[tag] = str(Digest.parse(raw.decode()))
             except (DigestInvalid, UnicodeDecodeError):
-                repo.tags[rest[1]] = None
-        elif kind == "_uploads" and rest:
-            repo.uploads.add(rest[0])
-        elif kind == "_referrers" and len(rest) == 3:
-            subject = _digest(rest[0], rest[1])
-            referrer = _digest(*rest[2].split("-", 1)) if "-" in rest[2] else None
-            if subject is not None and referrer is not None:
-                repo.referrers[referrer] = subject
-    return repos
+                repo.tags[tag] = None
+    if repo is not None:
+        yield repo
+
+
+async def scan(storage: IStorageDriver, pace=_no_pace) -> dict[str, _Repository]:
+    """Every repository's revisions, tags, layer links, uploads and referrers, from one walk."""
+    return {repo.name: repo async for repo in repositories(storage, pace)}
 
 
 @attr.s(auto_attribs=True, frozen=True, slots=True)
@@ -347,23 +491,24 @@ async def _read_manifest(storage: IStorageDriver, repo: str, manifest: str, reac
         return _every_digest_in(data)
 
 
-async def _read_manifests(storage, repos, pace, reactor=None) -> dict:
-    """Every revision's references, read before anything is deleted: ``{(repository, digest): _References}``."""
+async def _read_manifests(storage, repo: _Repository, pace, reactor=None) -> dict:
+    """Every revision's references in one repository: ``{digest: _References}``."""
     documents = {}
-    for repo in repos.values():
-        for digest in sorted(repo.revisions, key=str):
-            await pace()
-            documents[(repo.name, digest)] = await _read_manifest(storage, repo.name, digest, reactor)
+
+    async def read(digest):
+        await pace()
+        documents[digest] = await _read_manifest(storage, repo.name, digest, reactor)
+
+    await _each(sorted(repo.revisions), read, MANIFESTS_AT_ONCE)
     return documents
 
 
-def _check_tags(repos) -> None:
+def _check_tags(repo: _Repository) -> None:
     """Deciding which manifests no tag reaches needs every tag: one that holds no digest stops the run."""
-    for repo in repos.values():
-        for tag, digest in repo.tags.items():
-            if digest is None:
-                path = paths.tag_link(Name(repo.name), Tag(tag))
-                raise GCAborted(f"tag {repo.name}:{tag} does not hold a digest ({path}): repair or delete it")
+    for tag, digest in repo.tags.items():
+        if digest is None:
+            path = paths.tag_link(Name(repo.name), Tag(tag))
+            raise GCAborted(f"tag {repo.name}:{tag} does not hold a digest ({path}): repair or delete it")
 
 
 async def _mtime(storage: IStorageDriver, path: str) -> float | None:
@@ -371,100 +516,215 @@ async def _mtime(storage: IStorageDriver, path: str) -> float | None:
     return None if info is None else info.mtime
 
 
+class _Deletes:
+    """
+    Deletions of files that nothing waits for, sent together through
+    `IBatchDelete` (``DELETE_BATCH`` a request) where the storage has it,
+    one by one as they come where it does not.
+    """
+
+    def __init__(self, storage: Any):
+        self.storage = storage
+        self.batched = IBatchDelete.providedBy(storage)
+        self.pending: list[str] = []
+
+    async def add(self, path: str) -> None:
+        if not self.batched:
+            await self.storage.delete(path)
+            return
+        self.pending.append(path)
+        if len(self.pending) >= DELETE_BATCH:
+            await self.flush()
+
+    async def flush(self) -> None:
+        while self.pending:
+            batch, self.pending = self.pending[:DELETE_BATCH], self.pending[DELETE_BATCH:]
+            await self.storage.delete_files(batch)
+
+
+async def _delete_file(storage: Any, path: str) -> None:
+    """Delete one file now: one request on S3 (``delete`` also looks for a folder of that name)."""
+    if IBatchDelete.providedBy(storage):
+        await storage.delete_files([path])
+    else:
+        await storage.delete(path)
+
+
+@attr.s(auto_attribs=True)
+class _Run:
+    """One run's state; what lives from the first repository to the sweep is compact."""
+
+    storage: IStorageDriver
+    options: GCOptions
+    report: GCReport
+    now: float
+    pace: Callable[[], Deferred]
+    reactor: Any = None
+    marked: set = attr.Factory(set)  # digests' bytes (`_key`)
+    doomed_tags: list = attr.Factory(list)  # (repository, tag)
+    doomed_manifests: list = attr.Factory(list)  # (repository, digest, subject digest or None)
+    uploads: list = attr.Factory(list)  # (repository, upload id)
+    quarantined_links: list = attr.Factory(list)  # (repository, digest)
+
+
 # ------------------------------------------------------ manifests, uploads
 
 
-async def _apply_retention(storage, repos, options: GCOptions, report: GCReport, pace) -> None:
+async def _apply_retention(run: _Run, repo: _Repository) -> None:
+    options = run.options
     keep_tags = options.keep_tags
     if keep_tags is None:
         return
-    doomed = []
-    for repo in repos.values():
-        matching = [t for t in repo.tags if fnmatch.fnmatchcase(t, options.tag_pattern)]
-        if len(matching) <= keep_tags:
-            continue
-        dated = []
-        for tag in matching:
-            await pace()
-            mtime = await _mtime(storage, paths.tag_link(Name(repo.name), Tag(tag)))
-            dated.append((mtime or 0.0, tag))
-        dated.sort(reverse=True)
-        doomed += [(repo, tag) for _, tag in dated[keep_tags:]]
-    for repo, tag in doomed:
-        await pace()
-        report.tags_removed.append((repo.name, tag))
+    matching = [t for t in repo.tags if fnmatch.fnmatchcase(t, options.tag_pattern)]
+    if len(matching) <= keep_tags:
+        return
+    dated = []
+    for tag in matching:
+        await run.pace()
+        mtime = await _mtime(run.storage, paths.tag_link(Name(repo.name), Tag(tag)))
+        dated.append((mtime or 0.0, tag))
+    dated.sort(reverse=True)
+    for _, tag in dated[keep_tags:]:
+        run.report.tags_removed.append((repo.name, tag))
+        run.doomed_tags.append((repo.name, tag))
         del repo.tags[tag]
-        if not options.dry_run:
-            await storage.delete(paths.tag_folder(Name(repo.name), tag))
 
 
-async def _delete_untagged(storage, repos, documents, options: GCOptions, report: GCReport, now: float, pace) -> None:
-    for repo in repos.values():
-        kept = set(repo.tags.values()) & repo.revisions
-        changed = True
-        while changed:
-            changed = False
-            for digest in list(kept):
-                for child in documents.get((repo.name, digest), _NOTHING).manifests:
-                    if child in repo.revisions and child not in kept:
-                        kept.add(child)
-                        changed = True
-            for referrer, subject in repo.referrers.items():
-                if subject in kept and referrer in repo.revisions and referrer not in kept:
-                    kept.add(referrer)
+async def _delete_untagged(run: _Run, repo: _Repository, documents) -> None:
+    kept = set(repo.tags.values()) & repo.revisions
+    changed = True
+    while changed:
+        changed = False
+        for digest in list(kept):
+            for child in documents.get(digest, _NOTHING).manifests:
+                if child in repo.revisions and child not in kept:
+                    kept.add(child)
                     changed = True
-        for manifest in sorted(repo.revisions - kept):
-            await pace()
-            digest = _parsed(manifest)
-            link = paths.manifest_link(Name(repo.name), digest)
-            # A manifest pushed by digest moments ago may be about to be tagged.
-            mtime = await _mtime(storage, link)
-            if mtime is not None and now - mtime < options.grace:
+        for referrer, subject in repo.referrers.items():
+            if subject in kept and referrer in repo.revisions and referrer not in kept:
+                kept.add(referrer)
+                changed = True
+    for manifest in sorted(repo.revisions - kept):
+        await run.pace()
+        link = paths.manifest_link(Name(repo.name), _parsed(manifest))
+        # A manifest pushed by digest moments ago may be about to be tagged.
+        mtime = await _mtime(run.storage, link)
+        if mtime is not None and run.now - mtime < run.options.grace:
+            continue
+        run.report.manifests_removed.append((repo.name, manifest))
+        run.doomed_manifests.append((repo.name, manifest, repo.referrers.get(manifest)))
+        repo.revisions.discard(manifest)
+
+
+def _mark(run: _Run, repo: _Repository, documents) -> None:
+    marked = run.marked
+    for digest in repo.revisions:
+        references = documents.get(digest, _NOTHING)
+        for found in (digest, *references.blobs, *references.manifests):
+            if (key := _key(found)) is not None:
+                marked.add(key)
+
+
+async def _judge(run: _Run, repo: _Repository) -> None:
+    """
+    One repository's part of the mark: what its manifests reference, and
+    (deciding only: nothing is deleted before every repository was read)
+    its tags, manifests and uploads to remove.
+    """
+    options = run.options
+    documents = await _read_manifests(run.storage, repo, run.pace, run.reactor)
+    if options.keep_tags is not None or options.delete_untagged:
+        _check_tags(repo)
+    if options.keep_tags is not None:
+        await _apply_retention(run, repo)
+    if options.delete_untagged or options.keep_tags is not None:
+        await _delete_untagged(run, repo, documents)
+    _mark(run, repo, documents)
+    run.uploads.extend((repo.name, upload_id) for upload_id in sorted(repo.uploads))
+    run.quarantined_links.extend((repo.name, blob) for blob in sorted(repo.quarantined_layers))
+
+
+async def _remove_decided(run: _Run) -> None:
+    """The tags and manifests `_judge` decided to remove, once every repository was read."""
+    if run.options.dry_run:
+        return
+    storage = run.storage
+    for repo, tag in run.doomed_tags:
+        await run.pace()
+        await storage.delete(paths.tag_folder(Name(repo), tag))
+    for repo, manifest, subject in run.doomed_manifests:
+        await run.pace()
+        name, digest = Name(repo), _parsed(manifest)
+        if subject is not None:
+            await storage.delete(paths.referrer(name, _parsed(subject), digest))
+        await storage.delete(paths.manifest_link(name, digest).rsplit("/", 1)[0])
+
+
+async def _expire_uploads(run: _Run) -> None:
+    storage, options, report = run.storage, run.options, run.report
+    for repo, upload_id in run.uploads:
+        await run.pace()
+        name = Name(repo)
+        started = await storage.stat(paths.upload_started(name, upload_id))
+        data = await storage.stat(paths.upload_data(name, upload_id))
+        if started is None and data is None:
+            continue  # finished or cancelled since the scan
+        last = max(i.mtime for i in (started, data) if i is not None)
+        if run.now - last < options.upload_expiry:
+            continue
+        report.uploads_removed.append((repo, upload_id, data.size if data else 0))
+        if not options.dry_run:
+            await storage.delete(paths.upload(name, upload_id))
+
+
+def _lease_end(data: bytes) -> float | None:
+    """When a claim's lease ends (``expires`` of `oci_registry.proxy.claim.ClaimRecord`), None if it cannot tell."""
+    try:
+        return float(json.loads(data)["expires"])
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
+async def _expire_claims(run: _Run, deletes: _Deletes) -> None:
+    """
+    Pull-through fill claims (`oci_registry.proxy.claim`) whose lease ran
+    out more than ``CLAIM_STALE`` ago: their holder died, and every process
+    that waited took the fetch over long since.  A claim that cannot be read
+    is left for the next run.
+    """
+    storage = run.storage
+    try:
+        async for path in _walk(storage, paths.FILLS):
+            await run.pace()
+            parts = path.split("/")
+            if len(parts) != 4 or not parts[3].startswith("claim-"):
                 continue
-            report.manifests_removed.append((repo.name, manifest))
-            repo.revisions.discard(manifest)
-            if not options.dry_run:
-                subject = repo.referrers.get(manifest)
-                if subject is not None:
-                    await storage.delete(paths.referrer(Name(repo.name), _parsed(subject), digest))
-                await storage.delete(link.rsplit("/", 1)[0])
-
-
-def _mark(repos, documents) -> set[str]:
-    marked: set[str] = set()
-    for repo in repos.values():
-        for digest in repo.revisions:
-            marked.add(digest)
-            references = documents.get((repo.name, digest), _NOTHING)
-            marked.update(references.blobs)
-            marked.update(references.manifests)
-    return marked
-
-
-async def _expire_uploads(storage, repos, options: GCOptions, report: GCReport, now: float, pace) -> None:
-    for repo in repos.values():
-        name = Name(repo.name)
-        for upload_id in sorted(repo.uploads):
-            await pace()
-            started = await storage.stat(paths.upload_started(name, upload_id))
-            data = await storage.stat(paths.upload_data(name, upload_id))
-            if started is None and data is None:
-                continue  # finished or cancelled since the scan
-            last = max(i.mtime for i in (started, data) if i is not None)
-            if now - last < options.upload_expiry:
+            full = f"{paths.FILLS}/{path}"
+            try:
+                data = await storage.read_bytes(full)
+            except PathNotFound:
+                continue  # released since the walk
+            # Torn or foreign: as old as the file.
+            ended = _lease_end(data)
+            if ended is None:
+                ended = await _mtime(storage, full)
+            if ended is None or run.now - ended < CLAIM_STALE:
                 continue
-            report.uploads_removed.append((repo.name, upload_id, data.size if data else 0))
-            if not options.dry_run:
-                await storage.delete(paths.upload(name, upload_id))
+            run.report.claims_removed += 1
+            if not run.options.dry_run:
+                await deletes.add(full)
+    except Exception as e:  # noqa: BLE001 claims are bookkeeping: the run's report stands without them
+        log.warn("garbage collection could not go through the fill claims: {error}", error=e)
 
 
 # ------------------------------------------------------------------ sweep
 
 
-async def _collect_blob(storage, blob: str, linked, options: GCOptions, now: float):
+async def _collect_blob(storage, blob: str, linked, options: GCOptions, now: float, names: int, deletes: _Deletes):
     """
     The sweep's half of the handshake for one unmarked blob: fires with the
     bytes freed (or that would be, in a dry run), or None when it is kept.
+    ``names``: what the walk found in the blob's folder.
     """
     digest = _parsed(blob)
     marker = paths.blob_referenced(digest)
@@ -473,8 +733,8 @@ async def _collect_blob(storage, blob: str, linked, options: GCOptions, now: flo
     if info is None or now - info.mtime < options.grace:
         return None
     # The marker's content is read before its age: a rewrite after that shows in the content.
-    # (A stat first: most blobs have none, and a read of nothing raises, which costs far more.)
-    before = await _read(storage, marker) if (await storage.stat(marker)) is not None else None
+    # Most blobs have none, and the walk said so: a marker written since is a change all the same.
+    before = await _read(storage, marker) if names & _REFERENCED else None
     if before is not None:
         mtime = await _mtime(storage, marker)
         if mtime is not None and now - mtime < options.grace:
@@ -497,14 +757,14 @@ async def _collect_blob(storage, blob: str, linked, options: GCOptions, now: flo
         try:
             await storage.move(quarantine, data, replace=False)
         except DestinationExists:
-            await storage.delete(quarantine)  # the data came back another way: this copy is not needed
+            await _delete_file(storage, quarantine)  # the data came back another way: this copy is not needed
         except PathNotFound:
             pass  # the request put it back
         return None
     # A new marker first: another run that judged the blob before this one
     # took it sees a change, and backs off from whatever is at the data by now.
     await storage.write_bytes(marker, _marker_bytes())
-    await storage.delete(quarantine)
+    await _delete_file(storage, quarantine)
     if (await storage.stat(data)) is not None:
         return None  # published again meanwhile, or put back from quarantine by a request
     # The links go last, through a quarantine a request can restore them
@@ -512,16 +772,16 @@ async def _collect_blob(storage, blob: str, linked, options: GCOptions, now: flo
     # finish at any moment, and then its link stays.
     for link, held in links:
         await storage.write_bytes(held, str(digest).encode())
-        await storage.delete(link)
+        await _delete_file(storage, link)
     if (await storage.stat(data)) is not None:
         for link, held in links:
             await storage.write_bytes(link, str(digest).encode())
-            await storage.delete(held)
+            await _delete_file(storage, held)
         return None
+    # What is left is for nobody: a request finding a link's quarantine
+    # without the data fails as it would without it.
     for _, held in links:
-        await storage.delete(held)
-    # Which upstreams sent the bytes means nothing once they are gone (a fill of them again writes it anew).
-    await storage.delete(paths.blob_upstreams(digest))
+        await deletes.add(held)
     # The marker stays a while: a run that judged the blob before this one must see it changed.
     return info.size
 
@@ -552,77 +812,134 @@ async def _tidy_blob(storage, blob: str, names: int, options: GCOptions, now: fl
     return False
 
 
-async def _tidy_links(storage, repos, options: GCOptions, now: float, pace) -> None:
+async def _tidy_links(run: _Run) -> None:
     """Link quarantines an interrupted run left: the link goes back while the blob's data is there."""
-    for repo in repos.values():
-        name = Name(repo.name)
-        for blob in sorted(repo.quarantined_layers):
-            await pace()
-            digest = _parsed(blob)
-            held = paths.layer_quarantine(name, digest)
-            if options.dry_run:
-                continue
-            if (await storage.stat(paths.blob_data(digest))) is not None:
-                if (await storage.stat(paths.layer_link(name, digest))) is None:
-                    await storage.write_bytes(paths.layer_link(name, digest), str(digest).encode())
-                    repo.layers.add(blob)
+    storage = run.storage
+    for repo, blob in run.quarantined_links:
+        await run.pace()
+        if run.options.dry_run:
+            continue
+        name, digest = Name(repo), _parsed(blob)
+        held = paths.layer_quarantine(name, digest)
+        if (await storage.stat(paths.blob_data(digest))) is not None:
+            if (await storage.stat(paths.layer_link(name, digest))) is None:
+                await storage.write_bytes(paths.layer_link(name, digest), str(digest).encode())
+            await storage.delete(held)
+        else:
+            mtime = await _mtime(storage, held)
+            if mtime is not None and run.now - mtime >= run.options.grace:
                 await storage.delete(held)
-            else:
-                mtime = await _mtime(storage, held)
-                if mtime is not None and now - mtime >= options.grace:
-                    await storage.delete(held)
 
 
 _DATA, _REFERENCED, _QUARANTINE = 1, 2, 4  # what a blob's folder holds
 _FOLDER_FILES = {"data": _DATA, "referenced": _REFERENCED, "quarantine": _QUARANTINE}
 
 
-async def _sweep(storage, repos, marked: set[str], options: GCOptions, report: GCReport, now: float, pace) -> None:
+async def _blob_folders(storage, pace):
+    """
+    ``(digest, names, upstream records' paths)`` for every blob folder, one
+    at a time, from one walk of ``blobs/`` (a folder's files are next to
+    each other in it).
+    """
+    current: str | None = None
+    names = 0
+    upstreams: list[str] = []
+    async for path in _walk(storage, paths.BLOBS):
+        await pace()
+        parts = path.split("/")
+        if len(parts) < 4 or parts[1] != parts[2][:2]:
+            continue
+        blob = _digest(parts[0], parts[2])
+        if blob is None:
+            continue
+        if blob != current:
+            if current is not None:
+                yield current, names, upstreams
+            current, names, upstreams = blob, 0, []
+        if len(parts) == 4 and parts[3] in _FOLDER_FILES:
+            names |= _FOLDER_FILES[parts[3]]
+        elif len(parts) == 5 and parts[3] == "upstreams":
+            upstreams.append(f"{paths.BLOBS}/{path}")
+    if current is not None:
+        yield current, names, upstreams
+
+
+async def _links_to(storage, candidates, pace) -> dict:
+    """The repositories linking each candidate blob (by its `_key`): one more walk of ``repositories/``."""
+    linked: dict[bytes, object] = {}  # a repository name, or a tuple of them
+    async for path in _walk(storage, paths.REPOSITORIES):
+        await pace()
+        split = _split(path)
+        if split is None:
+            continue
+        name, kind, rest = split
+        if kind != "_layers" or len(rest) != 3 or rest[2] != "link":
+            continue
+        blob = _digest(rest[0], rest[1])
+        key = None if blob is None else _key(blob)
+        if key is None or key not in candidates:
+            continue
+        held = linked.get(key)
+        if held is None:
+            linked[key] = name
+        elif held != name and not (isinstance(held, tuple) and name in held):
+            linked[key] = (*(held if isinstance(held, tuple) else (held,)), name)
+    return linked
+
+
+async def _sweep(run: _Run, deletes: _Deletes) -> None:
+    storage, options, report, now, pace = run.storage, run.options, run.report, run.now, run.pace
     started = time.monotonic()
     # Past this, a blob a request kept alive by skipping its marker (data or
     # marker younger than half the grace period) might look old: stop.
     deadline = started + options.grace / 4 if options.grace > 0 else None
-    await _tidy_links(storage, repos, options, now, pace)
-    linked_from: dict[str, object] = {}  # digest -> a repository name, or a tuple of them
-    for repo in repos.values():
-        for blob in repo.layers:
-            await pace()
-            held = linked_from.get(blob)
-            linked_from[blob] = (
-                repo.name if held is None else (*(held if isinstance(held, tuple) else (held,)), repo.name)
-            )
-    folders: dict[str, int] = {}  # digest -> _DATA | _REFERENCED | _QUARANTINE
-    for path in await storage.walk(paths.BLOBS):
-        await pace()
-        parts = path.split("/")
-        if len(parts) != 4 or parts[3] not in _FOLDER_FILES:
-            continue
-        blob = _digest(parts[0], parts[2])
-        if blob is not None and parts[1] == parts[2][:2]:
-            folders[blob] = folders.get(blob, 0) | _FOLDER_FILES[parts[3]]
-    for blob, names in folders.items():
-        await pace()
+    await _tidy_links(run)
+    candidates: dict[bytes, int] = {}  # unmarked blobs with data: what their folder holds
+    upstreams: dict[bytes, list] = {}  # their upstream records, the few that have any
+    async for blob, names, records in _blob_folders(storage, pace):
         if not names & _DATA:
             if await _tidy_blob(storage, blob, names, options, now):
                 report.blobs_kept += 1
             continue
-        if blob in marked:
+        key = _key(blob)
+        if key is None or key in run.marked:
             report.blobs_kept += 1
             continue
-        if deadline is not None and time.monotonic() > deadline:
-            log.warn(
-                "garbage collection stopped sweeping after {seconds:.0f} s, a quarter of the grace period: "
-                "the next run carries on",
-                seconds=time.monotonic() - started,
-            )
+        candidates[key] = names
+        if records:
+            upstreams[key] = records
+    if not candidates:
+        return
+    linked = await _links_to(storage, candidates, pace)
+    stopped = False
+
+    async def collect_one(key: bytes) -> None:
+        nonlocal stopped
+        await pace()
+        if stopped or (deadline is not None and time.monotonic() > deadline):
+            if not stopped:
+                stopped = True
+                log.warn(
+                    "garbage collection stopped sweeping after {seconds:.0f} s, a quarter of the grace period: "
+                    "the next run carries on",
+                    seconds=time.monotonic() - started,
+                )
             return
-        held = linked_from.get(blob, ())
-        linked = sorted(held) if isinstance(held, tuple) else [held]
-        freed = await _collect_blob(storage, blob, linked, options, now)
+        blob = _unkey(key)
+        held = linked.get(key, ())
+        repos = sorted(held) if isinstance(held, tuple) else [held]
+        freed = await _collect_blob(storage, blob, repos, options, now, candidates[key], deletes)
         if freed is None:
             report.blobs_kept += 1
-        else:
-            report.blobs_removed.append((blob, freed))
+            return
+        report.blobs_removed.append((blob, freed))
+        if not options.dry_run:
+            # Which upstreams sent the bytes means nothing once they are gone (a fill of them again writes it anew).
+            for record in upstreams.get(key, ()):
+                await deletes.add(record)
+
+    await _each(sorted(candidates), collect_one, BLOBS_AT_ONCE)
+    report.blobs_removed.sort()
 
 
 async def collect(
@@ -635,34 +952,37 @@ async def collect(
     """
     options = GCOptions() if options is None else options
     now = time.time() if now is None else now
-    pace = _Pace(reactor)
     clock = time.monotonic()
     report = GCReport(dry_run=options.dry_run)
+    run = _Run(storage, options, report, now, _Pace(reactor), reactor)
     log.info("garbage collection{dry} started", dry=" (dry run)" if options.dry_run else "")
+
+    async def judge(repo):
+        await _judge(run, repo)
+
     try:
-        repos = await scan(storage, pace)
-        documents = await _read_manifests(storage, repos, pace, reactor)
-        if options.keep_tags is not None or options.delete_untagged:
-            _check_tags(repos)
+        await _each(repositories(storage, run.pace), judge, REPOSITORIES_AT_ONCE)
     except GCAborted as e:
         log.error("garbage collection stopped before deleting anything: {error}", error=str(e))
         raise
-    if options.keep_tags is not None:
-        await _apply_retention(storage, repos, options, report, pace)
-    if options.delete_untagged or options.keep_tags is not None:
-        await _delete_untagged(storage, repos, documents, options, report, now, pace)
-    await _expire_uploads(storage, repos, options, report, now, pace)
-    marked = _mark(repos, documents)
-    await _sweep(storage, repos, marked, options, report, now, pace)
+    await _remove_decided(run)
+    await _expire_uploads(run)
+    deletes = _Deletes(storage)
+    try:
+        await _sweep(run, deletes)
+        await _expire_claims(run, deletes)
+    finally:
+        await deletes.flush()
     log.info(
         "garbage collection{dry}: {blobs} blobs ({freed} bytes), {manifests} manifests, {tags} tags, "
-        "{uploads} uploads removed; {kept} blobs kept ({seconds:.2f} s)",
+        "{uploads} uploads, {claims} fill claims removed; {kept} blobs kept ({seconds:.2f} s)",
         dry=" (dry run)" if options.dry_run else "",
         blobs=len(report.blobs_removed),
         freed=report.bytes_freed,
         manifests=len(report.manifests_removed),
         tags=len(report.tags_removed),
         uploads=len(report.uploads_removed),
+        claims=report.claims_removed,
         kept=report.blobs_kept,
         seconds=time.monotonic() - clock,
     )

@@ -23,18 +23,20 @@ from zope.interface.verify import verifyObject
 
 from oci_registry.storage.interfaces import (
     DestinationExists,
+    IBatchDelete,
     IClosableDriver,
     IExclusiveCreate,
     IReader,
     ISendfileReader,
     IStorageDriver,
+    IWalkPages,
     IWriter,
     PathNotFound,
     SourceChanged,
 )
 
 # Every optional capability a driver or its readers may declare.
-CAPABILITIES = (IClosableDriver, ISendfileReader, IExclusiveCreate)
+CAPABILITIES = (IClosableDriver, ISendfileReader, IExclusiveCreate, IWalkPages, IBatchDelete)
 
 
 async def _write_file(driver, path, chunks, hasher=None):
@@ -169,6 +171,46 @@ class StorageSuite:
             await driver.write_bytes(name, b"data")
         assert await driver.walk("x") == ["1", "y/2", "y/z/3"]
         assert await driver.walk("missing") == []
+
+    @pytest_twisted.ensureDeferred
+    async def test_walk_page_by_page(self, driver):
+        """Pages of any size give every file once, each folder's files next to each other, as ``walk`` does."""
+        if not IWalkPages.providedBy(driver):
+            pytest.skip("the driver walks in one piece only")
+        # Names that sort differently by key and folder by folder ("a-b/" < "a/" < "a0").
+        names = ["a/1", "a/b/2", "a/b/3", "a-b/4", "a0", "a/_c/5", "c/d/e/6", "c/d/7", "z"]
+        for name in names:
+            await driver.write_bytes(f"w/{name}", b"data")
+        await driver.write_bytes("w-outside", b"data")
+        for limit in (1, 2, 3, 1000):
+            found, cursor, pages = [], None, 0
+            while pages < 20:
+                page, cursor = await driver.walk_page("w", cursor, limit)
+                pages += 1
+                assert len(page) <= limit
+                found += page
+                if cursor is None:
+                    break
+            assert sorted(found) == sorted(names) == await driver.walk("w")
+            for folder in ("a/", "a/b/", "c/", "c/d/"):
+                at = [i for i, path in enumerate(found) if path.startswith(folder)]
+                assert at == list(range(at[0], at[-1] + 1)), (folder, found)
+        assert await driver.walk_page("missing", None, 10) == ([], None)
+
+    @pytest_twisted.ensureDeferred
+    async def test_delete_files(self, driver):
+        """Many files in one call, missing ones too; a folder named among them stays."""
+        if not IBatchDelete.providedBy(driver):
+            pytest.skip("the driver deletes one path at a time")
+        paths = [f"many/{i:04d}/file" for i in range(1100)]  # more than one S3 request's worth
+        for path in paths[:20]:
+            await driver.write_bytes(path, b"x")
+        await driver.write_bytes("many/folder/inside", b"kept")
+        await driver.write_bytes("many/kept", b"kept")
+        await driver.delete_files([*paths, "many/folder", "many/missing"])
+        assert await driver.walk("many") == ["folder/inside", "kept"]
+        assert await driver.list("many") == ["folder", "kept"]
+        await driver.delete_files([])
 
     @pytest_twisted.ensureDeferred
     async def test_delete_file_and_folder(self, driver):

@@ -468,7 +468,11 @@ async def test_an_upload_finished_during_the_run_is_not_reported_as_removed(regi
     report = await collect(HookedStorage(registry.storage, before=hook), GCOptions(), now=LATER)
     assert hook.fired
     assert report.uploads_removed == []
-    assert await registry.has_blob(name, Digest.of(b"finished meanwhile"))
+    # At LATER the new blob looks old and unreferenced: the sweep may take it, but whole, never a dangling link.
+    digest = Digest.of(b"finished meanwhile")
+    linked = await registry.has_blob(name, digest)
+    assert linked == ((await registry.storage.stat(paths.blob_data(digest))) is not None)
+    assert linked == (str(digest) not in {d for d, _ in report.blobs_removed})
 
 
 def test_cli_stops_with_one_line_when_a_manifest_cannot_be_read(tmp_path):

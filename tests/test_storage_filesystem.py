@@ -7,12 +7,19 @@ import pytest
 import pytest_twisted
 
 from oci_registry.storage.filesystem import TEMP_PREFIX, FilesystemDriver
-from oci_registry.storage.interfaces import IClosableDriver, IExclusiveCreate, ISendfileReader, StorageFull
+from oci_registry.storage.interfaces import (
+    IBatchDelete,
+    IClosableDriver,
+    IExclusiveCreate,
+    ISendfileReader,
+    IWalkPages,
+    StorageFull,
+)
 from storage_suite import StorageSuite
 
 
 class TestFilesystemStorage(StorageSuite):
-    driver_capabilities = (IClosableDriver, IExclusiveCreate)
+    driver_capabilities = (IClosableDriver, IExclusiveCreate, IWalkPages, IBatchDelete)
     reader_capabilities = (ISendfileReader,)
 
     @pytest.fixture
@@ -50,7 +57,7 @@ class TestFilesystemStorage(StorageSuite):
 class TestFilesystemStorageThreadedReads(StorageSuite):
     """The same suite with every read going through the thread pool."""
 
-    driver_capabilities = (IClosableDriver, IExclusiveCreate)
+    driver_capabilities = (IClosableDriver, IExclusiveCreate, IWalkPages, IBatchDelete)
     reader_capabilities = (ISendfileReader,)
 
     @pytest.fixture

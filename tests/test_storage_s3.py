@@ -22,7 +22,14 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from oci_registry.config import Config, ConfigError
-from oci_registry.storage.interfaces import IClosableDriver, IExclusiveCreate, PathNotFound, StorageUnavailable
+from oci_registry.storage.interfaces import (
+    IBatchDelete,
+    IClosableDriver,
+    IExclusiveCreate,
+    IWalkPages,
+    PathNotFound,
+    StorageUnavailable,
+)
 from oci_registry.storage.s3 import STATE_HEADER, S3Driver, _copy_ranges
 from oci_registry.storage.s3client import S3Client
 from oci_registry.storage.settings import MIN_PART_SIZE, S3Settings
@@ -40,7 +47,7 @@ def make_driver(server, **overrides) -> S3Driver:
 
 
 class TestS3Storage(StorageSuite):
-    driver_capabilities = (IClosableDriver, IExclusiveCreate)
+    driver_capabilities = (IClosableDriver, IExclusiveCreate, IWalkPages, IBatchDelete)
 
     @pytest.fixture
     def driver(self, s3_server):  # noqa: F811

@@ -43,10 +43,12 @@ from .interfaces import (
     DestinationExists,
     DriverFactory,
     FileInfo,
+    IBatchDelete,
     IClosableDriver,
     IExclusiveCreate,
     ISendfileReader,
     IStorageDriver,
+    IWalkPages,
     IWriter,
     PathNotFound,
     SourceChanged,
@@ -166,7 +168,7 @@ def _in_folder(full: str, create, source: str | None = None, durable: bool = Tru
     raise OSError(errno.EAGAIN, f"{folder} keeps being removed")
 
 
-@implementer(IStorageDriver, IClosableDriver, IExclusiveCreate)
+@implementer(IStorageDriver, IClosableDriver, IExclusiveCreate, IWalkPages, IBatchDelete)
 class FilesystemDriver:
     """Stores files under ``root``; ``reactor`` and the pool are injectable."""
 
@@ -372,6 +374,65 @@ class FilesystemDriver:
             return found
 
         return self._call(walk, path)
+
+    def walk_page(self, path, cursor=None, limit=1000):
+        """
+        Folder by folder, each in name order: the cursor is the last path
+        given, and the next page descends to it again, one sorted folder
+        listing per level.
+        """
+        limit = max(1, limit)
+
+        def page(full):
+            found: list[str] = []
+
+            def visit(folder: str, prefix: str, after: list[str] | None) -> bool:
+                # False once the page is full.
+                try:
+                    with os.scandir(folder) as it:
+                        entries = sorted(
+                            (e.name, e.is_dir(follow_symlinks=False)) for e in it if not e.name.startswith(TEMP_PREFIX)
+                        )
+                except (FileNotFoundError, NotADirectoryError):
+                    return True
+                start = 0 if not after else bisect.bisect_left(entries, (after[0],))
+                for name, is_dir in entries[start:]:
+                    below = after[1:] if after and name == after[0] else None
+                    if is_dir:
+                        if not visit(os.path.join(folder, name), f"{prefix}{name}/", below or None):
+                            return False
+                    elif below is None:
+                        found.append(prefix + name)
+                        if len(found) >= limit:
+                            return False
+                return True
+
+            done = visit(full, "", cursor.split("/") if cursor else None)
+            return found, (None if done else found[-1])
+
+        return self._call(page, path)
+
+    def delete_files(self, paths):
+        root = self.root
+
+        def remove(fulls):
+            for full in fulls:
+                try:
+                    os.unlink(full)
+                except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                    continue
+                folder = os.path.dirname(full)
+                if folder != root:
+                    try:
+                        os.rmdir(folder)  # only when that was its last entry
+                    except OSError:
+                        pass
+
+        try:
+            fulls = [self._path(path) for path in paths]
+        except ValueError:
+            return fail()
+        return self._run(remove, fulls)
 
     def delete(self, path):
         root = self.root

@@ -22,7 +22,9 @@ Beyond `IStorageDriver`, a driver (or its readers) may provide optional
 capabilities, each an interface of its own that callers check with
 ``providedBy``: `ISendfileReader` (bytes straight from a file to a socket),
 `IClosableDriver` (release threads and connections before the reactor
-stops), `IExclusiveCreate` (create a small file only where none is).  A
+stops), `IExclusiveCreate` (create a small file only where none is),
+`IWalkPages` (a walk page by page, for stores too large to list at once),
+`IBatchDelete` (delete many files in few requests).  A
 driver is found by the name of its configuration section through the
 `IStorageDriverFactory` its module declares (`oci_registry.storage.drivers`).
 """
@@ -249,6 +251,43 @@ class IExclusiveCreate(Interface):
         `DestinationExists` when something is there already (and change
         nothing).  A storage that does not check the condition would replace
         the file: callers read it back to see whose it is.
+        """
+
+
+class IWalkPages(Interface):
+    """
+    A driver that can walk a folder a page at a time, so that a caller
+    going through a whole store (garbage collection) holds one page of
+    paths, not all of them, and on S3 starts working after the first
+    listing request rather than the last.
+    """
+
+    def walk_page(path, cursor=None, limit=1000):
+        """
+        Fire with ``(paths, cursor)``: at most ``limit`` paths of files
+        below ``path`` (relative to it, like ``walk``), and the cursor that
+        continues after them, or None when the walk is done.  ``cursor`` is
+        None for the first page, then what the previous page gave.  Paths
+        come in an order of the driver's own, the same from page to page,
+        in which the paths below any one folder are next to each other (S3:
+        key order; a file system: name by name, folder by folder); files
+        created or deleted while the walk goes on may or may not be seen.
+        """
+
+
+class IBatchDelete(Interface):
+    """
+    A driver that can delete many files in one request (S3: DeleteObjects,
+    up to 1,000 keys each).  Garbage collection sends its deletions of
+    files it knows are files through it.
+    """
+
+    def delete_files(paths):
+        """
+        Delete each of these files that exists, in as few requests as the
+        storage allows; missing paths are not an error.  Each is deleted as
+        ``delete`` deletes a file (a folder it leaves empty goes too, where
+        the storage has folders); a path that names a folder is left alone.
         """
 
 

@@ -49,10 +49,12 @@ from .interfaces import (
     DestinationExists,
     DriverFactory,
     FileInfo,
+    IBatchDelete,
     IClosableDriver,
     IExclusiveCreate,
     IReader,
     IStorageDriver,
+    IWalkPages,
     IWriter,
     PathNotFound,
     SourceChanged,
@@ -147,7 +149,7 @@ def _copy_ranges(size: int, part_size: int) -> list[tuple[int, int]]:
     return ranges
 
 
-@implementer(IStorageDriver, IClosableDriver, IExclusiveCreate)
+@implementer(IStorageDriver, IClosableDriver, IExclusiveCreate, IWalkPages, IBatchDelete)
 class S3Driver:
     """Stores files as objects in one bucket (under ``settings.prefix``)."""
 
@@ -412,6 +414,22 @@ class S3Driver:
     async def walk(self, path):
         key = self._key(path) + "/"
         return sorted(info.key[len(key) :] for info in await self.client.list(key))
+
+    @_deferred
+    async def walk_page(self, path, cursor=None, limit=1000):
+        """One ListObjectsV2 request; the cursor is its continuation token."""
+        key = self._key(path) + "/"
+        listed = await self.client.list_once(key, max_keys=limit, token=cursor)
+        return [k[len(key) :] for k in listed.keys], listed.token if listed.truncated else None
+
+    @_deferred
+    async def delete_files(self, paths):
+        """DeleteObjects, 1,000 keys a request (a plain DELETE for one key)."""
+        keys = [self._key(path) for path in paths]
+        if len(keys) == 1:
+            await self.client.delete(keys[0])
+        elif keys:
+            await self.client.delete_many(keys)
 
     @_deferred
     async def delete(self, path):
