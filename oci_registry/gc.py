@@ -99,9 +99,11 @@ log = Logger()
 PACE = 0.001  # seconds of work between two yields to the reactor
 LARGE_MANIFEST = 256 << 10  # bytes above which a manifest is parsed in a thread
 PAGE = 1000  # paths per listing request, where the storage walks page by page
-REPOSITORIES_AT_ONCE = 8  # repositories whose manifests are read at the same time
-MANIFESTS_AT_ONCE = 4  # manifests of one repository read at the same time
-BLOBS_AT_ONCE = 8  # unreferenced blobs being collected at the same time
+# Storage requests a run keeps going at once: repositories judged, manifests
+# of one repository read, or unreferenced blobs collected at the same time.
+# A run in a serving process (`scheduled`) keeps to one, so that the
+# storage keeps answering the requests served meanwhile.
+AT_ONCE = 8
 DELETE_BATCH = 1000  # files per batched delete (S3 DeleteObjects takes 1,000 keys)
 CLAIM_STALE = 600.0  # seconds after its lease ran out that a pull-through fill claim is deleted
 
@@ -491,15 +493,24 @@ async def _read_manifest(storage: IStorageDriver, repo: str, manifest: str, reac
         return _every_digest_in(data)
 
 
-async def _read_manifests(storage, repo: _Repository, pace, reactor=None) -> dict:
-    """Every revision's references in one repository: ``{digest: _References}``."""
+async def _read_manifests(storage, repo: _Repository, pace, reactor=None, slots: DeferredSemaphore | None = None):
+    """
+    Every revision's references in one repository: ``{digest: _References}``;
+    as many at once as ``slots`` (shared by the repositories read at the
+    same time) allows, else one at a time.
+    """
     documents = {}
+    slots = DeferredSemaphore(1) if slots is None else slots
 
     async def read(digest):
         await pace()
-        documents[digest] = await _read_manifest(storage, repo.name, digest, reactor)
+        await slots.acquire()
+        try:
+            documents[digest] = await _read_manifest(storage, repo.name, digest, reactor)
+        finally:
+            slots.release()
 
-    await _each(sorted(repo.revisions), read, MANIFESTS_AT_ONCE)
+    await _each(sorted(repo.revisions), read, slots.limit)
     return documents
 
 
@@ -560,6 +571,12 @@ class _Run:
     now: float
     pace: Callable[[], Deferred]
     reactor: Any = None
+    at_once: int = AT_ONCE
+    reads: DeferredSemaphore = attr.ib(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.reads = DeferredSemaphore(self.at_once)  # manifest reads, shared by the repositories judged at once
+
     marked: set = attr.Factory(set)  # digests' bytes (`_key`)
     doomed_tags: list = attr.Factory(list)  # (repository, tag)
     doomed_manifests: list = attr.Factory(list)  # (repository, digest, subject digest or None)
@@ -632,7 +649,7 @@ async def _judge(run: _Run, repo: _Repository) -> None:
     its tags, manifests and uploads to remove.
     """
     options = run.options
-    documents = await _read_manifests(run.storage, repo, run.pace, run.reactor)
+    documents = await _read_manifests(run.storage, repo, run.pace, run.reactor, run.reads)
     if options.keep_tags is not None or options.delete_untagged:
         _check_tags(repo)
     if options.keep_tags is not None:
@@ -938,30 +955,35 @@ async def _sweep(run: _Run, deletes: _Deletes) -> None:
             for record in upstreams.get(key, ()):
                 await deletes.add(record)
 
-    await _each(sorted(candidates), collect_one, BLOBS_AT_ONCE)
+    await _each(sorted(candidates), collect_one, run.at_once)
     report.blobs_removed.sort()
 
 
 async def collect(
-    storage: IStorageDriver, options: GCOptions | None = None, now: float | None = None, reactor=None
+    storage: IStorageDriver,
+    options: GCOptions | None = None,
+    now: float | None = None,
+    reactor=None,
+    at_once: int = AT_ONCE,
 ) -> GCReport:
     """
     Run one garbage collection over ``storage``, yielding to ``reactor``
-    (the global one by default) every few milliseconds.  Fails with
+    (the global one by default) every few milliseconds, with up to
+    ``at_once`` storage requests going at the same time.  Fails with
     `GCAborted` when a read fails before anything was deleted.
     """
     options = GCOptions() if options is None else options
     now = time.time() if now is None else now
     clock = time.monotonic()
     report = GCReport(dry_run=options.dry_run)
-    run = _Run(storage, options, report, now, _Pace(reactor), reactor)
+    run = _Run(storage, options, report, now, _Pace(reactor), reactor, max(1, at_once))
     log.info("garbage collection{dry} started", dry=" (dry run)" if options.dry_run else "")
 
     async def judge(repo):
         await _judge(run, repo)
 
     try:
-        await _each(repositories(storage, run.pace), judge, REPOSITORIES_AT_ONCE)
+        await _each(repositories(storage, run.pace), judge, run.at_once)
     except GCAborted as e:
         log.error("garbage collection stopped before deleting anything: {error}", error=str(e))
         raise
@@ -1030,7 +1052,7 @@ def scheduled(storage: IStorageDriver, options: GCOptions, interval: float, reac
             log.failure("scheduled garbage collection failed", failure)
 
     def run():
-        return Deferred.fromCoroutine(collect(storage, options, reactor=reactor)).addErrback(failed)
+        return Deferred.fromCoroutine(collect(storage, options, reactor=reactor, at_once=1)).addErrback(failed)
 
     service = TimerService(interval, run)
     service.setName("gc")
