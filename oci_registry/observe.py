@@ -36,6 +36,11 @@ return promptly and never block.  Slow work (an HTTP delivery) is started
 and left running: an observer may return a Deferred or a coroutine, which is
 not waited for.  An observer that raises (or whose Deferred fails) is
 logged; the operation and the other observers go on as if it had not.
+
+An observer may say which actions it wants with an ``actions`` attribute (a
+set of them) and gets only those; an event no observer wants is never built, so that a
+registry whose observers ignore pulls pays nothing for them.  Without the
+attribute, an observer gets every event.
 """
 
 from __future__ import annotations
@@ -88,6 +93,11 @@ class RegistryEvent:
 
 
 class IRegistryObserver(Interface):
+    """
+    Sees the registry's events.  Optionally ``actions``: the set of actions
+    it wants (PUSH, PULL, MOUNT, DELETE); without it, all of them.
+    """
+
     def observe(event):
         """
         Take note of a `RegistryEvent`.  Called on the reactor thread: return
@@ -98,6 +108,8 @@ class IRegistryObserver(Interface):
 @implementer(IRegistryObserver)
 class LogObserver:
     """The registry's log lines about what clients did: a manifest push, with who pushed it."""
+
+    actions = frozenset({PUSH})
 
     def __init__(self, logger: Logger | None = None):
         self.log = logger if logger is not None else Logger(namespace="oci_registry.registry")
@@ -128,9 +140,25 @@ class ObservedRegistry:
         self.registry = registry
         self.observers: list = list(observers)
         self._clock = clock
+        self._wanted: frozenset | None = self._wanted_by(self.observers)
 
     def add_observer(self, observer) -> None:
         self.observers.append(observer)
+        self._wanted = self._wanted_by(self.observers)
+
+    @staticmethod
+    def _wanted_by(observers) -> frozenset | None:
+        """The actions some observer wants; None: every action (an observer without ``actions``)."""
+        wanted: set = set()
+        for observer in observers:
+            actions = getattr(observer, "actions", None)
+            if actions is None:
+                return None
+            wanted.update(actions)
+        return frozenset(wanted)
+
+    def _wants(self, action: str) -> bool:
+        return self._wanted is None or action in self._wanted
 
     @property
     def max_manifest_size(self) -> int:
@@ -146,10 +174,13 @@ class ObservedRegistry:
         return self.registry.storage
 
     def _report(self, action: str, target: Target, caller: Caller | None) -> None:
-        if not self.observers:
+        if not self._wants(action):
             return
         event = RegistryEvent(action, target, caller if caller is not None else NOBODY, self._clock())
         for observer in list(self.observers):
+            actions = getattr(observer, "actions", None)
+            if actions is not None and action not in actions:
+                continue
             try:
                 result = observer.observe(event)
                 if inspect.iscoroutine(result):
@@ -173,7 +204,7 @@ class ObservedRegistry:
 
     async def stat_blob(self, name, digest, head=False, caller=None):
         info = await self.registry.stat_blob(name, digest, head=head, caller=caller)
-        if not head:
+        if not head and self._wants(PULL):
             self._report(PULL, Target(BLOB, name, digest, BLOB_MEDIA_TYPE, info.size), caller)
         return info
 
@@ -232,7 +263,7 @@ class ObservedRegistry:
 
     async def get_manifest(self, name, reference, head=False, accept=(), caller=None):
         stored = await self.registry.get_manifest(name, reference, head=head, accept=accept, caller=caller)
-        if not head:
+        if not head and self._wants(PULL):
             tags = (reference,) if isinstance(reference, Tag) else ()
             self._report(PULL, Target(MANIFEST, name, stored.digest, stored.media_type, stored.size, tags), caller)
         return stored

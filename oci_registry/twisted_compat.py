@@ -107,6 +107,12 @@ def unregister_network_producer(channel: http.HTTPChannel) -> None:
     channel._networkProducer.unregisterProducer()
 
 
+# Looked up once: twisted.web.http is a deprecated-attribute module proxy, whose
+# every attribute access costs a few function calls, and these run per header.
+_choose_transfer_decoder = http.HTTPChannel._maybeChooseTransferDecoder
+_respond_to_bad_request = http.HTTPChannel._respondToBadRequestAndDisconnect
+
+
 class HTTPChannelHooks(http.HTTPChannel):
     """
     An `HTTPChannel` whose private hooks a subclass overrides under names
@@ -120,7 +126,7 @@ class HTTPChannelHooks(http.HTTPChannel):
 
     def choose_transfer_decoder(self, header: bytes, data: bytes) -> bool:
         """Frame the body from a Content-Length or Transfer-Encoding header; False: the request is refused."""
-        return http.HTTPChannel._maybeChooseTransferDecoder(self, header, data)
+        return _choose_transfer_decoder(self, header, data)
 
     def _respondToBadRequestAndDisconnect(self):
         # HTTPChannel calls this for a malformed request line, header or
@@ -129,7 +135,7 @@ class HTTPChannelHooks(http.HTTPChannel):
 
     def bad_request(self) -> None:
         """Answer a request that cannot be parsed, and close."""
-        http.HTTPChannel._respondToBadRequestAndDisconnect(self)
+        _respond_to_bad_request(self)
 
 
 # ------------------------------------------------------- twisted.web.server.Request

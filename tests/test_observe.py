@@ -370,3 +370,45 @@ async def test_a_manifest_pushed_by_digest_with_tags_reports_every_tag(served, a
     assert reply.status == 201, reply
     pushed = recorder(served).events[-1]
     assert (pushed.action, pushed.target.tags) == (PUSH, (Tag("a"), Tag("b")))
+
+
+@implementer(IRegistryObserver)
+class PushesOnly(Recorder):
+    actions = frozenset({PUSH})
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_event_no_observer_wants_is_never_built(tmp_path):
+    """Observers that declare ``actions`` get only those; with none wanting pulls, a GET builds no event."""
+    stamps = []
+
+    def clock():
+        stamps.append(1)  # the clock stamps every event built
+        return 0.0
+
+    pushes = PushesOnly()
+    registry = ObservedRegistry(Registry(FilesystemDriver(str(tmp_path))), [pushes], clock=clock)
+    port = reactor.listenTCP(0, Site(RegistryAPI(registry).resource()), interface="127.0.0.1")
+    served = Served(f"http://127.0.0.1:{port.getHost().port}", registry)
+    try:
+        image = await push_image(served, "app", "v1", layers=1)
+        assert pushes.take() == [("push", "blob", "app")] * 2 + [("push", "manifest", "app")]
+        built = len(stamps)
+        layer = sha256_digest(image.layers[0])
+        for _ in range(3):
+            assert (await fetch_status(served, "/v2/app/manifests/v1")) == 200
+            assert (await fetch_status(served, f"/v2/app/blobs/{layer}")) == 200
+        assert pushes.take() == [] and len(stamps) == built
+
+        everything = Recorder()  # no ``actions``: every event, pulls included
+        registry.add_observer(everything)
+        assert (await fetch_status(served, "/v2/app/manifests/v1")) == 200
+        assert everything.take() == [("pull", "manifest", "app")] and pushes.take() == []
+    finally:
+        await port.stopListening()
+
+
+async def fetch_status(served, path: str) -> int:
+    import api_helpers
+
+    return (await api_helpers.fetch("GET", url(served, path))).status

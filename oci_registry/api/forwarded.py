@@ -102,9 +102,10 @@ class TrustedProxies:
         secure = getattr(request, "isSecure", None)  # a test's stand-in request may have none
         scheme = "https" if secure is not None and secure() else "http"
         host = _valid_host((request.getHeader(b"host") or b"").decode("latin-1").strip())
+        if not self.networks:
+            return Origin(client, scheme, host)
         # A unix socket's peer is whoever may open it: a local proxy, trusted as such.
-        peer_address = _address(peer_host) if peer_host else None
-        if not self.networks or not (peer_host is None or self.trusts(peer_address)):
+        if peer_host is not None and not self.trusts(_address(peer_host)):
             return Origin(client, scheme, host)
         forwarded = False
         for hop in reversed(_values(request, b"x-forwarded-for")):

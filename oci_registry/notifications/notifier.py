@@ -108,6 +108,7 @@ class Notifier(Service):
             )
         self._cloudevents = any(e.format == CLOUDEVENTS for e in settings.endpoints)
         self._actions = {a for e in settings.endpoints for a in e.filter.actions if e.filter.wants_action(a)}
+        self.actions = frozenset(self._actions)  # what ObservedRegistry reports to it
         self._intake: list[Notice] = []
         self._pulls: list[Notice] = []
         self._buffers: dict[str, list[Notice]] = {e.name: [] for e in settings.endpoints}
