@@ -28,6 +28,7 @@ setup(
         "bcrypt>=4.0",
         "PyJWT[crypto]>=2.8",
         "cryptography>=41",
+        "prometheus_client>=0.20",  # --metrics (multiprocess mode, gauges' livesum/livemax)
     ],
     entry_points={"console_scripts": ["ociregistry=oci_registry.cli:main"]},
     extras_require={

@@ -15,6 +15,7 @@ Everything else receives its collaborators; nothing else chooses them.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 import attr
@@ -37,6 +38,7 @@ from .storage.drivers import build_driver
 from .storage.interfaces import IStorageDriver
 
 if TYPE_CHECKING:
+    from .metrics.families import Metrics
     from .notifications.notifier import Notifier
 
 log = Logger(namespace="oci_registry.service")
@@ -91,6 +93,8 @@ class Components:
     health: HealthResource  # /healthz and /readyz, to mount on any resource (``health.mount(root)``)
     site: RegistrySite  # ``resource`` and ``health`` served with the config's limits and trusted proxies
     notifier: Notifier | None = None  # observes ``registry`` when notification endpoints are configured
+    metrics: Metrics | None = None  # this process's metrics, when ``metrics`` is configured
+    metrics_site: object = None  # /metrics, /healthz and /readyz, for the metrics listener (worker 0's)
 
     def storage_check(self) -> Service:
         """Checks the storage at start-up: the daemon does not start on one it cannot use."""
@@ -104,7 +108,20 @@ class Components:
         options = GCOptions(
             grace=config.gc_grace, upload_expiry=config.upload_expiry, delete_untagged=config.gc_delete_untagged
         )
-        return scheduled(self.storage, options, config.gc_interval, self.reactor)
+        observer = None
+        if self.metrics is not None:
+            from .metrics.observers import GCMetrics
+
+            observer = GCMetrics(self.metrics, time.time)
+        return scheduled(self.storage, options, config.gc_interval, self.reactor, observer=observer)
+
+    def metrics_sync_service(self) -> Service | None:
+        """Copies the notifier's counters and the open uploads into the metrics every few seconds."""
+        if self.metrics is None:
+            return None
+        from .metrics.observers import StatusSync
+
+        return StatusSync(self.metrics, self.notifier, self.api).service(self.reactor)
 
     def notification_service(self) -> Notifier | None:
         """
@@ -132,8 +149,17 @@ def build(config: Config, reactor=None) -> Components:
     """
     if reactor is None:
         from twisted.internet import reactor
+    metrics = build_metrics(config)
     storage = build_storage(config, reactor)
+    if metrics is not None:
+        from .metrics.storage import MeasuredDriver
+
+        storage = MeasuredDriver(storage, metrics)
     registry = build_registry(config, storage, reactor)
+    if metrics is not None and hasattr(registry.registry, "observer"):  # a pull-through cache
+        from .metrics.observers import ProxyMetrics
+
+        registry.registry.observer = ProxyMetrics(metrics)
     auth = build_auth(config, reactor)
     api = RegistryAPI(
         registry,
@@ -144,6 +170,14 @@ def build(config: Config, reactor=None) -> Components:
     resource = auth.wrap(api.resource())
     notifier = build_notifier(config, registry, storage, reactor)
     health = HealthResource(Readiness(storage, reactor))
+    site = RegistrySite.from_config(HealthRoute(resource, health), config, reactor)
+    metrics_site = None
+    if metrics is not None:
+        from .metrics.http import RequestMetrics
+        from .metrics.resource import MetricsSite
+
+        site.request_metrics = RequestMetrics(metrics)
+        metrics_site = MetricsSite(health, reactor)
     return Components(
         config=config,
         reactor=reactor,
@@ -154,8 +188,19 @@ def build(config: Config, reactor=None) -> Components:
         resource=resource,
         notifier=notifier,
         health=health,
-        site=RegistrySite.from_config(HealthRoute(resource, health), config, reactor),
+        site=site,
+        metrics=metrics,
+        metrics_site=metrics_site,
     )
+
+
+def build_metrics(config: Config) -> Metrics | None:
+    """This process's metrics when ``config`` asks for them (`oci_registry.metrics`), else None."""
+    if config.metrics is None:
+        return None
+    from .metrics.process import process_metrics
+
+    return process_metrics(repository_label=config.metrics.repository_label)
 
 
 def build_notifier(config: Config, registry: ObservedRegistry, storage: IStorageDriver, reactor) -> Notifier | None:

@@ -26,6 +26,8 @@ YAML (every key optional)::
     # pull-through caches: docs/proxy.md
     notifications: {endpoints: [...]}  # webhooks: see oci_registry/notifications/config.py, docs/notifications.md
     proxies: [{prefix: dockerhub, url: "https://registry-1.docker.io", tag_ttl: 5m}]
+    metrics: tcp:9100:interface=127.0.0.1  # Prometheus /metrics on a listener of its own (default: off);
+                                  # or {listen: ..., repository_label: true}: docs/metrics.md
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import yaml
 from .api.forwarded import TrustedProxies
 from .logs import parse_log_format, parse_log_level
 from .manifest import MAX_MANIFEST_SIZE
+from .metrics import MetricsConfig
 from .storage.drivers import parse_storage, section_of, storage_values
 from .units import parse_duration, parse_size
 
@@ -96,6 +99,7 @@ class Config:
     log_level: str = "info"  # events below this level are not logged
     trusted_proxies: TrustedProxies = attr.ib(factory=TrustedProxies)  # peers whose X-Forwarded-* are believed
     shutdown_timeout: float = 30.0  # seconds in-flight requests get to finish after SIGTERM
+    metrics: MetricsConfig | None = None  # None: no metrics listener
 
     def to_dict(self) -> dict:
         return {
@@ -105,6 +109,7 @@ class Config:
             "storage": section_of(self.storage),
             "notifications": self.notifications.to_dict() if self.notifications else None,
             "trusted_proxies": self.trusted_proxies.to_list(),
+            "metrics": self.metrics.to_dict() if self.metrics else None,
         }
 
     @classmethod
@@ -179,6 +184,7 @@ class Config:
             ("log_format", parse_log_format),
             ("log_level", parse_log_level),
             ("trusted_proxies", TrustedProxies.parse),
+            ("metrics", MetricsConfig.parse),
         ):
             if key in values:
                 try:

@@ -1036,23 +1036,33 @@ async def usage(storage: IStorageDriver) -> list[dict]:
     return rows
 
 
-def scheduled(storage: IStorageDriver, options: GCOptions, interval: float, reactor=None):
+def scheduled(storage: IStorageDriver, options: GCOptions, interval: float, reactor=None, observer=None):
     """
     A service collecting garbage every ``interval`` seconds in this process
     (the daemon runs it in worker 0 only), yielding to the reactor after
     each millisecond of work so that requests are served meanwhile.  A run
     that fails is logged in one line; the next one runs as planned.
+    ``observer`` (the metrics) is told of each run: ``ran(report,
+    seconds)`` or ``failed(seconds)``.
     """
     from twisted.application.internet import TimerService
 
-    def failed(failure):
+    def failed(failure, started):
+        if observer is not None:
+            observer.failed(time.monotonic() - started)
         if failure.check(StorageUnavailable):
             log.error("scheduled garbage collection not run: storage unavailable: {cause}", cause=failure.value.cause)
         elif not failure.check(GCAborted):  # already logged, in one line
             log.failure("scheduled garbage collection failed", failure)
 
+    def ran(report, started):
+        if observer is not None:
+            observer.ran(report, time.monotonic() - started)
+
     def run():
-        return Deferred.fromCoroutine(collect(storage, options, reactor=reactor, at_once=1)).addErrback(failed)
+        started = time.monotonic()
+        collecting = Deferred.fromCoroutine(collect(storage, options, reactor=reactor, at_once=1))
+        return collecting.addCallbacks(ran, failed, callbackArgs=(started,), errbackArgs=(started,))
 
     service = TimerService(interval, run)
     service.setName("gc")

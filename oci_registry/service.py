@@ -142,10 +142,18 @@ def make_service(config: Config, reactor=None, worker: int = 0) -> MultiService:
     `ConfigError` when the configuration cannot work; the services raise
     `StartupError` when they cannot start.
     """
+    cleanup = None
+    if config.metrics is not None and not worker:
+        from .metrics.process import DirectoryCleanup, make_directory
+
+        cleanup = DirectoryCleanup(make_directory())  # the workers find it in their environment
     components = build(config, reactor)
     if worker:
         return _worker_service(components)
-    return _daemon_service(components)
+    stages = _daemon_service(components)
+    if cleanup is not None:
+        cleanup.setServiceParent(stages.background)  # stops once the workers have
+    return stages
 
 
 class _ServingFirst(MultiService):
@@ -171,7 +179,7 @@ class _ServingFirst(MultiService):
         return stopped
 
 
-def _daemon_service(components: Components) -> MultiService:
+def _daemon_service(components: Components) -> _ServingFirst:
     config, reactor = components.config, components.reactor
     stages = _ServingFirst()
     top, serving = stages.background, stages.serving
@@ -180,7 +188,12 @@ def _daemon_service(components: Components) -> MultiService:
     listeners: Sequence[Listener | ListenService]
     if config.workers > 1:
         listeners = _shared_listeners(serving, components)
-        supervisor = WorkerSupervisor(reactor, config)
+        on_exit = None
+        if components.metrics is not None:
+            from .metrics.process import process_ended
+
+            on_exit = process_ended
+        supervisor = WorkerSupervisor(reactor, config, on_exit=on_exit)
         supervisor.setServiceParent(serving)
     else:
         listeners = [Listener(reactor, description, components.site) for description in config.listen]
@@ -196,6 +209,10 @@ def _daemon_service(components: Components) -> MultiService:
             "notifications to {endpoints}",
             endpoints=", ".join(f"{e.name} ({e.url}, {e.format})" for e in notifications.settings.endpoints),
         )
+    if components.metrics_site is not None and config.metrics is not None:
+        Listener(reactor, config.metrics.listen, components.metrics_site).setServiceParent(serving)
+        log.info("metrics on {listen} (/metrics)", listen=config.metrics.listen)
+    _add_metrics_sync(top, components)
     components.drain_service().setServiceParent(serving)
     log.info(
         "ociregistry storing data in {data_dir}",
@@ -221,10 +238,17 @@ def _worker_service(components: Components) -> MultiService:
     notifications = components.notification_service()  # every worker records what it serves
     if notifications is not None:
         top.addService(notifications)
+    _add_metrics_sync(top, components)
     auth = components.auth_service()  # worker 0 passes SIGHUP on
     if auth is not None:
         top.addService(auth)
     return stages
+
+
+def _add_metrics_sync(top: MultiService, components: Components) -> None:
+    sync = components.metrics_sync_service()
+    if sync is not None:
+        top.addService(sync)
 
 
 def _shared_listeners(top: MultiService, components: Components) -> list[ListenService]:

@@ -9,6 +9,8 @@ application may build its own around any resource.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from twisted.web import server
 
 from .api.access_log import log_request
@@ -17,6 +19,9 @@ from .api.channel import ConnectionLimits, RegistryChannel
 from .api.forwarded import TrustedProxies
 from .config import Config
 from .drain import RequestTracker
+
+if TYPE_CHECKING:
+    from .metrics.http import RequestMetrics
 
 _DEFAULTS = Config()  # for RegistrySite's defaults
 
@@ -55,6 +60,9 @@ class RegistrySite(server.Site):
         self.access_log = access_log
         self.trusted_proxies = trusted_proxies or TrustedProxies()
         self.tracker = RequestTracker()
+        self.request_metrics: RequestMetrics | None = (
+            None  # an `oci_registry.metrics.http.RequestMetrics`, when metrics are on
+        )
         self.max_header_size = max_header_size
         self.min_body_rate = min_body_rate
         self.body_rate_window = body_rate_window
@@ -90,5 +98,7 @@ class RegistrySite(server.Site):
         return channel
 
     def log(self, request):
+        if self.request_metrics is not None:
+            self.request_metrics.ended(request)
         if self.access_log:
             log_request(request)

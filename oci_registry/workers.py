@@ -103,6 +103,7 @@ class _WorkerProtocol(protocol.ProcessProtocol):
         self.index = index
         self.ended: Deferred[None] = Deferred()
         self.events = EventReader(index)
+        self.pid: int | None = None
 
     def childDataReceived(self, childFD, data):
         if childFD == EVENT_FD:
@@ -117,9 +118,10 @@ class _WorkerProtocol(protocol.ProcessProtocol):
 class WorkerSupervisor(Service):
     """Starts workers 1..N-1 and restarts any that die while it runs."""
 
-    def __init__(self, reactor, config: Config):
+    def __init__(self, reactor, config: Config, on_exit=None):
         self._reactor = reactor
         self._config = config
+        self._on_exit = on_exit  # called with the pid of each worker that ended (the metrics forget its gauges)
         self._workers: dict[int, _WorkerProtocol] = {}
         self._stop_timeout = config.shutdown_timeout + STOP_GRACE
 
@@ -133,13 +135,14 @@ class WorkerSupervisor(Service):
         # The config goes through the environment, not argv: it may hold
         # secrets (S3 keys), and any local user can read a process's argv.
         payload = json.dumps(self._config.to_dict())
-        self._reactor.spawnProcess(
+        transport = self._reactor.spawnProcess(
             worker,
             sys.executable,
             [sys.executable, "-m", "oci_registry.worker", str(index)],
             env={**os.environ, CONFIG_VARIABLE: payload},
             childFDs={0: "w", 1: 1, 2: 2, EVENT_FD: "r"},
         )
+        worker.pid = getattr(transport, "pid", None)
         self._workers[index] = worker
 
     def signal_workers(self, name: str) -> None:
@@ -154,6 +157,8 @@ class WorkerSupervisor(Service):
 
     def ended(self, worker: _WorkerProtocol, reason) -> None:
         self._workers.pop(worker.index, None)
+        if self._on_exit is not None and worker.pid:
+            self._on_exit(worker.pid)
         if self.running:
             log.warn("worker {index} ended ({reason}); restarting it", index=worker.index, reason=reason.value)
             self._reactor.callLater(RESTART_DELAY, self._restart, worker.index)

@@ -153,6 +153,11 @@ class RegistryAPI:
     def resource(self) -> Resource:
         return _APIResource(self.app.resource())
 
+    def open_uploads(self) -> int:
+        """Upload sessions started here and not finished, cancelled or expired yet (for the metrics)."""
+        cutoff = time.time() - self.upload_expiry
+        return sum(1 for sessions in self._open_uploads.values() for started in sessions.values() if started >= cutoff)
+
     # ---------------------------------------------------------------- errors
 
     @app.handle_errors(RegistryError)

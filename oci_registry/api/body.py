@@ -320,6 +320,9 @@ class StreamingRequest(server.Request):
         tracker = getattr(site, "tracker", None)
         if tracker is not None:
             tracker.started(self)
+        metrics = getattr(site, "request_metrics", None)
+        if metrics is not None:
+            metrics.started(self)
         return in_request(context.request_id, super().process)
 
     def gotLength(self, length):
@@ -433,6 +436,9 @@ class StreamingRequest(server.Request):
     def connectionLost(self, reason):
         if not self.finished and self.getComponent(IRequestContext) is not None:
             cut = getattr(self.channel, "cut_reason", None)
+            metrics = getattr(self.site, "request_metrics", None)
+            if metrics is not None:
+                metrics.ended(self, answered=False)
             if cut or getattr(self.site, "access_log", True):
                 log_request(
                     self,

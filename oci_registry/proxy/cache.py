@@ -38,7 +38,7 @@ import time
 
 import attr
 from twisted.logger import Logger
-from zope.interface import implementer
+from zope.interface import Interface, implementer
 
 from .. import manifest as manifests
 from ..errors import (
@@ -65,6 +65,40 @@ from .config import UpstreamConfig
 from .fill import BlobFill, _Signal
 
 log = Logger()
+
+BLOB_TYPE, MANIFEST_TYPE = "blob", "manifest"  # the ``type`` of what an `IProxyObserver` is told about
+
+
+class IProxyObserver(Interface):
+    """What the cache did, for metrics; called on the reactor thread, it must return at once."""
+
+    def read(kind, hit):
+        """A read of a proxied ``kind`` (blob, manifest) was served from the cache (``hit``) or the upstream."""
+
+    def pulled(kind, size):
+        """``size`` bytes of ``kind`` were fetched from an upstream."""
+
+    def upstream_failed(kind):
+        """A request to an upstream for ``kind`` failed (unreachable, 5xx, refused, an answer not stored)."""
+
+    def stale(kind):
+        """A cached ``kind`` was served because the upstream could not say whether it is current."""
+
+
+@implementer(IProxyObserver)
+class _Unobserved:
+    def read(self, kind, hit):
+        pass
+
+    def pulled(self, kind, size):
+        pass
+
+    def upstream_failed(self, kind):
+        pass
+
+    def stale(self, kind):
+        pass
+
 
 #: Every manifest type we store, for requests where the client's choice does not matter.
 ALL_MANIFEST_TYPES = (
@@ -171,6 +205,7 @@ class ProxyRegistry:
         self.upstreams = sorted(upstreams, key=lambda u: len(u.config.prefix), reverse=True)
         self._clock = clock
         self._reactor = reactor
+        self.observer = _Unobserved()  # an `IProxyObserver` (the metrics) may take its place
         self._fills: dict[tuple[str, Digest], BlobFill] = {}  # by (upstream URL, digest)
         self._manifests = _Coalescer()
         self._claims: dict[str, FillClaims] = {}  # by upstream URL; none where the storage cannot claim
@@ -220,15 +255,17 @@ class ProxyRegistry:
                 message="the repository is a read-only pull-through cache",
             )
 
-    async def _ask(self, call, not_found: RegistryError):
+    async def _ask(self, call, not_found: RegistryError, kind: str = BLOB_TYPE):
         """An upstream call with its failures turned into the registry's errors."""
         try:
             return await call
         except UpstreamNotFound:
             raise not_found from None
         except UpstreamDenied as e:
+            self.observer.upstream_failed(kind)
             raise Denied(f"the upstream registry refused access: {e}") from None
         except UpstreamError as e:
+            self.observer.upstream_failed(kind)
             raise Unavailable(f"the upstream registry is unavailable: {e}") from None
         except StorageFull:
             raise InsufficientStorage() from None
@@ -245,6 +282,8 @@ class ProxyRegistry:
         if route is None:
             return await self.local.stat_blob(name, digest, caller=caller)
         source = await self._blob_source(route, name, digest, fetch=not head)
+        if not head:
+            self.observer.read(BLOB_TYPE, source is None)
         if isinstance(source, BlobFill):
             return BlobInfo(digest, await self._ask(source.wait_size(), BlobUnknown(str(digest))))
         if isinstance(source, int):
@@ -337,6 +376,8 @@ class ProxyRegistry:
         key = (fill.upstream.url, fill.digest)
         if self._fills.get(key) is fill:
             del self._fills[key]
+        if fill.received:
+            self.observer.pulled(BLOB_TYPE, fill.received)
 
     async def blob_redirect(self, name: Name, digest: Digest, caller: Caller | None = None) -> str | None:
         """
@@ -440,13 +481,17 @@ class ProxyRegistry:
             return await self.local.get_manifest(name, reference, head=head, caller=caller)
         if isinstance(reference, Digest):
             try:
-                return await self.local.get_manifest(name, reference, head=head)
+                stored = await self.local.get_manifest(name, reference, head=head)
             except ManifestUnknown:
                 pass
+            else:
+                self.observer.read(MANIFEST_TYPE, True)
+                return stored
+            self.observer.read(MANIFEST_TYPE, False)
             # The digest pins the bytes, so any type the client did not name is fine too.
             wanted = tuple(dict.fromkeys(tuple(accept) + ALL_MANIFEST_TYPES))
             stored = await self._ask(
-                self._fetch_manifest(route, name, reference, wanted), ManifestUnknown(str(reference))
+                self._fetch_manifest(route, name, reference, wanted), ManifestUnknown(str(reference)), MANIFEST_TYPE
             )
             return _for(stored, head)
         return await self._manifest_by_tag(route, name, reference, head, tuple(accept))
@@ -455,17 +500,21 @@ class ProxyRegistry:
         cached = await self._cached_tag(name, tag, head)
         usable = cached if cached is not None and _acceptable(cached.media_type, accept) else None
         if usable is not None and await self._fresh(route, name, tag):
+            self.observer.read(MANIFEST_TYPE, True)
             return usable
         try:
             if usable is not None:
                 remote = await route.client.head_manifest(route.remote, tag, _upstream_accept(accept))
                 if remote.digest == usable.digest:
                     await self._checked(name, tag)
+                    self.observer.read(MANIFEST_TYPE, True)
                     return usable
                 if remote.digest is not None:
                     moved = await self._retag(name, tag, remote.digest, head, accept)
                     if moved is not None:
+                        self.observer.read(MANIFEST_TYPE, True)
                         return moved
+            self.observer.read(MANIFEST_TYPE, False)
             stored = await self._fetch_manifest(route, name, tag, _upstream_accept(accept))
             return _for(stored, head)
         except UpstreamNotFound:
@@ -479,10 +528,13 @@ class ProxyRegistry:
                 await self.local.remove_tag(name, tag)
             raise ManifestUnknown(str(tag)) from None
         except UpstreamDenied as e:
+            self.observer.upstream_failed(MANIFEST_TYPE)
             raise Denied(f"the upstream registry refused access: {e}") from None
         except UpstreamError as e:
+            self.observer.upstream_failed(MANIFEST_TYPE)
             if cached is None:
                 raise Unavailable(f"the upstream registry is unavailable: {e}") from None
+            self.observer.stale(MANIFEST_TYPE)
             log.warn(
                 "serving cached {name}:{tag} ({digest}): upstream {url} unavailable: {error}",
                 name=str(name),
@@ -559,6 +611,7 @@ class ProxyRegistry:
             )
         moves_tag = isinstance(reference, Tag) and _canonical(accept, verified.parsed)
         await self.local.store_manifest(name, verified, (reference,) if moves_tag else (), check_references=False)
+        self.observer.pulled(MANIFEST_TYPE, len(verified.data))
         if moves_tag:
             await self._checked(name, reference)
         log.info(

@@ -27,6 +27,12 @@ class Options(usage.Options):
         ["log-format", None, None, "text (default) or json: one JSON object per line, for every worker."],
         ["log-level", None, None, "Log events of this level and above: debug, info (default), warn, error."],
         [
+            "metrics",
+            None,
+            None,
+            "Serve Prometheus metrics (and /healthz, /readyz) on this endpoint, e.g. tcp:9100:interface=127.0.0.1.",
+        ],
+        [
             "shutdown-timeout",
             None,
             None,
@@ -99,6 +105,7 @@ class RegistryServiceMaker:
                 log_level=options["log-level"],
                 trusted_proxies=options["trusted-proxy"],
                 shutdown_timeout=options["shutdown-timeout"],
+                metrics=options["metrics"],
                 storage_options={
                     "bucket": options["s3-bucket"],
                     "endpoint": options["s3-endpoint"],
