@@ -354,3 +354,40 @@ def test_with_workers_one_scrape_sums_them_and_a_killed_worker_counts_on(tmp_pat
         assert not any(name.endswith(".db") for name in directory)
     finally:
         registry.stop()
+
+
+# ------------------------------------------------------------- notifications
+
+
+def test_notification_deliveries_are_counted_per_endpoint(tmp_path):
+    from notification_helpers import config_file, endpoint
+    from receiver_process import ReceiverProcess
+
+    receiver = ReceiverProcess(str(tmp_path / "receiver")).start()
+    port = free_port()
+    config = config_file(tmp_path, [endpoint(receiver, "hooks")])
+    with open(config, "a") as f:
+        f.write(f"metrics: 'tcp:{port}:interface=127.0.0.1'\n")
+    registry = RegistryProcess(str(tmp_path / "data"), config=config).start()
+    try:
+        for tag in ("v1", "v2"):
+            assert push_image(registry.url, "team/app", tag, {}, seed=tag).status == 201
+        events = len(receiver.wait_for(6, timeout=60))  # two blobs and a manifest, twice
+
+        def synced():
+            samples = scrape(port)
+            delivered = total(samples, "ociregistry_notifications_delivered_total", endpoint="hooks")
+            return samples if delivered >= events else None
+
+        samples = wait_for(synced, timeout=30)
+        assert samples, scrape(port)
+        assert total(samples, "ociregistry_notifications_delivered_total", endpoint="hooks") == events
+        assert total(samples, "ociregistry_notifications_delivery_seconds_count", endpoint="hooks") == events
+        assert total(samples, "ociregistry_notifications_delivery_seconds_sum", endpoint="hooks") > 0
+        inf = total(samples, "ociregistry_notifications_delivery_seconds_bucket", endpoint="hooks", le="+Inf")
+        assert inf == events
+        assert total(samples, "ociregistry_notifications_pending", endpoint="hooks") == 0
+        assert total(samples, "ociregistry_notifications_dropped_total", endpoint="hooks") == 0
+    finally:
+        registry.stop()
+        receiver.stop()
