@@ -13,7 +13,11 @@ also runs storing in S3, on one SeaweedFS server (``weed``) started on
 ratios are against each other.  With ``--notifications`` every ociregistry
 column runs again with one webhook endpoint configured (a receiver process
 on 127.0.0.1 that counts what it gets): columns "ociregistry wN notify",
-whose ratios are against the same registry without.  See docs/benchmarks.md.
+whose ratios are against the same registry without.  With ``--metrics`` every
+ociregistry column runs again with its Prometheus metrics on (``--metrics``
+on 127.0.0.1, scraped once at the end of each run): columns
+"ociregistry wN metrics", whose ratios are against the same registry
+without.  See docs/benchmarks.md.
 
 The load generators are plain sockets (sendfile for large bodies, recv_into
 for large responses), threads for concurrency, `wrk` for the manifest GET
@@ -78,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=sorted(SUITES),
         default="standard",
         help="the workloads: standard (the comparison in docs/benchmarks.md), listing (catalog and tag "
-        "pages over 1,000 repositories) or pushes (small blobs and skopeo only, for --notifications)",
+        "pages over 1,000 repositories), pushes (small blobs and skopeo only, for --notifications) or rates "
+        "(manifest GET and blob HEAD rates only, for --metrics)",
     )
     parser.add_argument(
         "--s3",
@@ -91,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also run every ociregistry column with one notification endpoint (a receiver on 127.0.0.1): "
         "a column with ' notify' in its name, its ratios against the same registry without",
+    )
+    parser.add_argument(
+        "--metrics",
+        action="store_true",
+        help="also run every ociregistry column with its Prometheus metrics on: "
+        "a column with ' metrics' in its name, its ratios against the same registry without",
     )
     return parser
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from .columns import run_label
 from .common import Unavailable, log
-from .shared import RegistryProcess, descendants, registry_environment
+from .shared import RegistryProcess, descendants, free_port, registry_environment
 
 if TYPE_CHECKING:
     from .s3 import S3Place
@@ -45,14 +45,18 @@ class Registry(RegistryProcess):
         reference_cache: bool = False,
         s3: S3Place | None = None,
         notify_url: str | None = None,
+        metrics: bool = False,
     ):
         directory = tempfile.mkdtemp(prefix=f"{kind}-w{workers}{'-s3' if s3 else ''}-", dir=root)
         self.workers, self.access_log, self.reference_cache, self.s3 = workers, access_log, reference_cache, s3
+        self.metrics_port = free_port() if metrics else None
         super().__init__(
             os.path.join(directory, "data"), kind, self.ociregistry_args(), python=python, directory=directory
         )
         self.reference_log = "{level: error}" if access_log else "{level: error, accesslog: {disabled: true}}"
-        self.label = run_label(kind, workers, "s3" if s3 else "filesystem", notify=notify_url is not None)
+        self.label = run_label(
+            kind, workers, "s3" if s3 else "filesystem", notify=notify_url is not None, metrics=metrics
+        )
         if notify_url is not None:
             # One endpoint, in Distribution's format, with what a user would configure.
             self.config = os.path.join(directory, "notifications.yaml")
@@ -66,6 +70,8 @@ class Registry(RegistryProcess):
         args = [] if self.access_log else ["--no-access-log"]
         if self.workers > 1:
             args += ["--workers", str(self.workers)]
+        if self.metrics_port is not None:
+            args += ["--metrics", f"tcp:{self.metrics_port}:interface=127.0.0.1"]
         if self.s3 is not None:
             server = self.s3.server
             args += ["--s3-bucket", self.s3.bucket, "--s3-endpoint", server.endpoint]

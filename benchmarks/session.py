@@ -68,8 +68,8 @@ class Session:
             self.receiver = ReceiverProcess(os.path.join(self.root, "receiver"), count_only=True).start()
             log(f"notification receiver on {self.receiver.url} (pid {self.receiver.process.pid})")
         for round_index in range(self.args.rounds):
-            for kind, workers, storage, notify in self.targets():
-                self.run_one(report, round_index, kind, workers, storage, notify)
+            for kind, workers, storage, notify, with_metrics in self.targets():
+                self.run_one(report, round_index, kind, workers, storage, notify, with_metrics)
         for run in report["runs"].values():
             combine_rounds(run)
         add_ratios(report, self.args.s3)
@@ -91,22 +91,26 @@ class Session:
             self.s3_unavailable = str(e)
             log(f"SeaweedFS unavailable: {e}")
 
-    def targets(self) -> list[tuple[str, int, str, bool]]:
+    def targets(self) -> list[tuple[str, int, str, bool, bool]]:
         """
-        (kind, workers, storage, with a notification endpoint) of each run, in
-        the order they run in a round: with ``--notifications``, each
-        ociregistry run is followed by the same with an endpoint.
+        (kind, workers, storage, with a notification endpoint, with metrics)
+        of each run, in the order they run in a round: with
+        ``--notifications`` (``--metrics``), each ociregistry run is
+        followed by the same with an endpoint (with its metrics on).
         """
         notify = getattr(self.args, "notifications", False)
+        with_metrics = getattr(self.args, "metrics", False)
         targets = []
         for w in self.worker_counts:
-            targets.append(("ociregistry", w, "filesystem", False))
+            targets.append(("ociregistry", w, "filesystem", False, False))
             if notify:
-                targets.append(("ociregistry", w, "filesystem", True))
+                targets.append(("ociregistry", w, "filesystem", True, False))
+            if with_metrics:
+                targets.append(("ociregistry", w, "filesystem", False, True))
         if not self.args.no_reference:
-            targets.append(("reference", 1, "filesystem", False))
+            targets.append(("reference", 1, "filesystem", False, False))
         if self.args.s3:
-            targets += [(kind, workers, "s3", n) for kind, workers, _, n in list(targets)]
+            targets += [(kind, workers, "s3", n, m) for kind, workers, _, n, m in list(targets)]
         return targets
 
     def s3_place(self) -> S3Place:
@@ -116,10 +120,17 @@ class Session:
         return S3Place(self.s3_server, self.s3_server.new_bucket(), f"run-{os.urandom(4).hex()}")
 
     def run_one(
-        self, report: dict, round_index: int, kind: str, workers: int, storage: str, notify: bool = False
+        self,
+        report: dict,
+        round_index: int,
+        kind: str,
+        workers: int,
+        storage: str,
+        notify: bool = False,
+        with_metrics: bool = False,
     ) -> None:
         """One round of the workloads on one registry, started for it and removed after it."""
-        label = run_label(kind, workers, storage, notify)
+        label = run_label(kind, workers, storage, notify, with_metrics)
         run = report["runs"].setdefault(label, {"results": {}, "notes": {}, "cpu": {}, "rounds": []})
         if storage == "s3" and self.s3_unavailable:
             run["unavailable"] = self.s3_unavailable
@@ -143,6 +154,7 @@ class Session:
             reference_cache=a.reference_cache,
             s3=place,
             notify_url=self.receiver.url if notify and self.receiver is not None else None,
+            metrics=with_metrics,
         )
         self.registries.append(registry)
         try:
@@ -153,6 +165,8 @@ class Session:
             bench.run(steps(self.families))
             if notify and self.receiver is not None:
                 self.note_deliveries(bench, received_before)
+            if registry.metrics_port is not None:
+                self.note_metrics(bench, registry.metrics_port)
             if not registry.alive():
                 bench.notes["registry"] = "exited during the run: " + registry.log_tail()[-500:]
             run["rounds"].append({"results": bench.results, "notes": bench.notes, "cpu": bench.cpu})
@@ -161,6 +175,26 @@ class Session:
             log(f"{registry.label} unavailable: {e}")
         finally:
             registry.cleanup()
+
+    def note_metrics(self, bench: Bench, port: int) -> None:
+        """One scrape at the end of the run, as Prometheus would make every few seconds: the requests it counted."""
+        import http.client
+        import re
+
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            started = time.monotonic()
+            connection.request("GET", "/metrics")
+            text = connection.getresponse().read().decode()
+            took = time.monotonic() - started
+        except OSError as e:
+            bench.notes["metrics"] = f"scrape failed: {e}"
+            return
+        finally:
+            connection.close()
+        counted = sum(float(v) for v in re.findall(r"^registry_http_requests_total\{[^}]*\} (\S+)$", text, re.M))
+        bench.notes["metrics"] = f"{counted:.0f} requests counted; a scrape: {len(text)} bytes in {took * 1000:.0f} ms"
+        log(f"{bench.r.label}: {bench.notes['metrics']}")
 
     def note_deliveries(self, bench: Bench, before: int) -> None:
         """How many notifications the receiver got for the run, and how long after its last workload."""

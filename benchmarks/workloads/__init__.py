@@ -23,7 +23,9 @@ from . import base, huge_push, listing, pull, push, request_rates, skopeo, small
 STANDARD = (push, pull, request_rates, small_blobs, skopeo, huge_push)
 # The figures a notification endpoint must not slow (docs/benchmarks.md, "With notifications").
 PUSHES = (small_blobs, skopeo)
-SUITES = {"standard": STANDARD, "listing": (listing,), "pushes": PUSHES}  # --suite
+# The request rates, what metrics must not slow (docs/benchmarks.md, "With metrics").
+RATES = (request_rates,)
+SUITES = {"standard": STANDARD, "listing": (listing,), "pushes": PUSHES, "rates": RATES}  # --suite
 
 
 def steps(families=STANDARD) -> list[base.Step]:
