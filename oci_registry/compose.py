@@ -116,7 +116,11 @@ class Components:
         return scheduled(self.storage, options, config.gc_interval, self.reactor, observer=observer)
 
     def metrics_sync_service(self) -> Service | None:
-        """Copies the notifier's counters and the open uploads into the metrics every few seconds."""
+        """
+        Adds what this process counted to the shared metrics every second (and
+        when it stops), and copies the notifier's counters and the open
+        uploads into them every few seconds.
+        """
         if self.metrics is None:
             return None
         from .metrics.observers import StatusSync
@@ -177,7 +181,7 @@ def build(config: Config, reactor=None) -> Components:
         from .metrics.resource import MetricsSite
 
         site.request_metrics = RequestMetrics(metrics)
-        metrics_site = MetricsSite(health, reactor)
+        metrics_site = MetricsSite(health, metrics, reactor)
     return Components(
         config=config,
         reactor=reactor,

@@ -10,12 +10,13 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from .. import __version__
 from ..notifications.delivery import LATENCY_BUCKETS
+from .tally import CounterTally, GaugeTally, HistogramTally, Tallies
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 SIZE_BUCKETS = tuple(float(4**n) for n in range(4, 17))  # 256 B .. 4 GiB
 STORAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 GC_BUCKETS = (0.1, 1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 24 * 3600.0)
-MAX_CHILDREN = 10000  # cached label sets per metric; more (repositories, with repository_label) are not kept
+MAX_CHILDREN = 10000  # label sets counted in tallies; more (repositories, with repository_label) go straight through
 
 
 class Metrics:
@@ -26,7 +27,7 @@ class Metrics:
 
     def __init__(self, repository_label: bool = False):
         self.repository_label = repository_label
-        self._children: dict = {}
+        self.tallies = Tallies()
         request_labels = ["handler", "method", "code"] + (["repository"] if repository_label else [])
         self.requests = Counter(
             "registry_http_requests_total",
@@ -181,12 +182,21 @@ class Metrics:
         )
         self.build_info.labels(__version__).set(1)
 
-    def child(self, metric, *labels):
-        """``metric.labels(*labels)``, made once per label set and kept."""
-        key = (id(metric), labels)
-        found = self._children.get(key)
-        if found is None:
-            found = metric.labels(*labels)
-            if len(self._children) < MAX_CHILDREN:
-                self._children[key] = found
-        return found
+    def counter(self, metric, *labels) -> CounterTally:
+        """This process's tally of ``metric`` (a counter) with ``labels``: kept, flushed with the others."""
+        return self._tally(CounterTally, metric, labels)
+
+    def gauge(self, metric, *labels) -> GaugeTally:
+        return self._tally(GaugeTally, metric, labels)
+
+    def histogram(self, metric, *labels) -> HistogramTally:
+        return self._tally(HistogramTally, metric, labels)
+
+    def _tally(self, kind, metric, labels):
+        if len(self.tallies._made) >= MAX_CHILDREN and (id(metric), labels) not in self.tallies._made:
+            return metric.labels(*labels) if labels else metric  # too many label sets to keep: written at once
+        return self.tallies.tally(kind, metric, labels)
+
+    def flush(self) -> None:
+        """Add what was counted here since the last flush to the values every scrape reads."""
+        self.tallies.flush()

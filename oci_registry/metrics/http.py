@@ -70,7 +70,7 @@ class RequestMetrics:
         handler, repository = route_of(request.path)
         method = request.method.decode("latin-1")
         request._metrics_route = (handler, method if method in METHODS else "OTHER", repository)
-        self.metrics.child(self.metrics.in_flight, handler).inc()
+        self.metrics.gauge(self.metrics.in_flight, handler).inc()
 
     def ended(self, request, answered: bool = True) -> None:
         route = getattr(request, "_metrics_route", None)
@@ -78,26 +78,27 @@ class RequestMetrics:
             return
         request._metrics_route = None  # counted once, whichever of finish and connectionLost comes
         handler, method, repository = route
-        metrics, child = self.metrics, self.metrics.child
-        child(metrics.in_flight, handler).dec()
+        metrics = self.metrics
+        metrics.gauge(metrics.in_flight, handler).dec()
         code = request.code if answered or request.startedWriting else None
         status = NO_STATUS if code is None else self._code(code)
         if metrics.repository_label:
-            child(metrics.requests, handler, method, status, repository or "").inc()
+            metrics.counter(metrics.requests, handler, method, status, repository or "").inc()
         else:
-            child(metrics.requests, handler, method, status).inc()
-        child(metrics.request_duration, handler, method).observe(time.monotonic() - context_of(request).started)
+            metrics.counter(metrics.requests, handler, method, status).inc()
+        elapsed = time.monotonic() - context_of(request).started
+        metrics.histogram(metrics.request_duration, handler, method).observe(elapsed)
         received, sent = body_bytes_of(request), request.sentLength
-        child(metrics.request_size, handler).observe(received)
-        child(metrics.response_size, handler).observe(sent)
+        metrics.histogram(metrics.request_size, handler).observe(received)
+        metrics.histogram(metrics.response_size, handler).observe(sent)
         if handler == BLOB and method == "GET":
-            metrics.blob_bytes_sent.inc(sent)
+            metrics.counter(metrics.blob_bytes_sent).inc(sent)
         elif handler in (BLOB_UPLOAD, BLOB_UPLOAD_CHUNK) and received:
-            metrics.blob_bytes_received.inc(received)
+            metrics.counter(metrics.blob_bytes_received).inc(received)
         if code == 401 and request.getHeader(b"authorization") is not None:
-            metrics.auth_failures.inc()
+            metrics.counter(metrics.auth_failures).inc()
         elif code == 429:
-            metrics.rate_limited.inc()
+            metrics.counter(metrics.rate_limited).inc()
 
     def _code(self, code: int) -> str:
         text = self._codes.get(code)

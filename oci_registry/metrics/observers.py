@@ -9,10 +9,12 @@ API's open uploads).
 from __future__ import annotations
 
 from twisted.application.internet import TimerService
+from twisted.application.service import MultiService
 from zope.interface import implementer
 
 from ..proxy.cache import IProxyObserver
 from .families import Metrics
+from .tally import FLUSH_INTERVAL
 
 SYNC_INTERVAL = 5.0  # seconds between two reads of the notifier's and the API's state
 
@@ -62,6 +64,17 @@ class GCMetrics:
         self._metrics.gc_duration.observe(seconds)
 
 
+class _Flushing(MultiService):
+    def __init__(self, metrics: Metrics):
+        super().__init__()
+        self._metrics = metrics
+
+    def stopService(self):
+        stopped = super().stopService()
+        self._metrics.flush()  # what the last requests counted
+        return stopped
+
+
 class StatusSync:
     """
     Copies into the metrics what the notifier and the API count themselves:
@@ -74,11 +87,15 @@ class StatusSync:
         self._api = api
         self._seen: dict = {}
 
-    def service(self, reactor, interval: float = SYNC_INTERVAL) -> TimerService:
-        service = TimerService(interval, self.sync)
-        service.clock = reactor
-        service.setName("metrics-sync")
-        return service
+    def service(self, reactor, interval: float = SYNC_INTERVAL) -> MultiService:
+        """Syncs every ``interval`` seconds, flushes the tallies every `FLUSH_INTERVAL` and once more on stop."""
+        top = _Flushing(self._metrics)
+        top.setName("metrics")
+        for every, call in ((interval, self.sync), (FLUSH_INTERVAL, self._metrics.flush)):
+            timer = TimerService(every, call)
+            timer.clock = reactor
+            timer.setServiceParent(top)
+        return top
 
     def _advance(self, counter, key, total: float) -> None:
         before = self._seen.get(key, 0)

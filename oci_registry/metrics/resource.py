@@ -20,11 +20,13 @@ log = Logger(namespace="oci_registry.metrics")
 class _Exposition(Resource):
     isLeaf = True
 
-    def __init__(self, reactor):
+    def __init__(self, reactor, metrics):
         super().__init__()
         self._reactor = reactor
+        self._metrics = metrics
 
     def render_GET(self, request):
+        self._metrics.flush()  # what this process counted so far (the others flush every second)
         # Reading every process's files is blocking work: off the reactor thread.
         d = deferToThreadPool(self._reactor, self._reactor.getThreadPool(), exposition)
         d.addCallbacks(self._send, self._failed, callbackArgs=(request,), errbackArgs=(request,))
@@ -55,9 +57,9 @@ class _Exposition(Resource):
 class MetricsSite(server.Site):
     """``/metrics``, and the health checks of ``health`` (a `HealthResource`)."""
 
-    def __init__(self, health, reactor):
+    def __init__(self, health, metrics, reactor):
         root = Resource()
-        root.putChild(b"metrics", _Exposition(reactor))
+        root.putChild(b"metrics", _Exposition(reactor, metrics))
         health.mount(root)
         super().__init__(root, reactor=reactor)
 

@@ -75,13 +75,13 @@ class MeasuredDriver:
         return f"MeasuredDriver({self.driver!r})"
 
     def _measured(self, action: str, method):
-        timing = self._metrics.child(self._metrics.storage_action, self._name, action)
+        timing = self._metrics.histogram(self._metrics.storage_action, self._name, action)
         errors = self._metrics.storage_errors
         name, metrics = self._name, self._metrics
 
         def failed(error: BaseException) -> None:
             if not isinstance(error, _EXPECTED):
-                metrics.child(errors, name, action, _kind(error)).inc()
+                metrics.counter(errors, name, action, _kind(error)).inc()
 
         def ended(result, started: float):
             timing.observe(time.perf_counter() - started)
