@@ -82,8 +82,23 @@ def build_parser() -> argparse.ArgumentParser:
         choices=sorted(SUITES),
         default="standard",
         help="the workloads: standard (the comparison in docs/benchmarks.md), listing (catalog and tag "
-        "pages over 1,000 repositories), pushes (small blobs and skopeo only, for --notifications) or rates "
-        "(manifest GET and blob HEAD rates only, for --metrics)",
+        "pages over 1,000 repositories), pushes (small blobs and skopeo only, for --notifications), rates "
+        "(manifest GET and blob HEAD rates only, for --metrics), "
+        "scale (catalog, tags and manifest GET as the store grows to --sizes repositories), "
+        "mixed (zb-style pushes, pulls and mixes at concurrency 1, 10 and 100) or "
+        "coldpull (8 clients pulling one image through the pull-through cache of 2 workers at once)",
+    )
+    parser.add_argument(
+        "--sizes",
+        default=None,
+        help="--suite scale: comma-separated repository counts reached in turn "
+        "(default 1000,10000,100000; with --quick 100,1000); on S3 those up to 10,000",
+    )
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="--suite mixed: seconds of each workload at each concurrency (default 10; with --quick 1)",
     )
     parser.add_argument(
         "--s3",
@@ -118,6 +133,15 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[int]]:
         options.error("--workers takes a comma-separated list of whole numbers >= 1")
     if not 1 <= args.rounds <= 20:
         options.error("--rounds must be between 1 and 20")
+    if args.sizes is not None:
+        try:
+            args.sizes = tuple(sorted({int(n) for n in args.sizes.split(",") if n.strip()}))
+            if not args.sizes or not 1 <= min(args.sizes) <= max(args.sizes) <= 1_000_000:
+                raise ValueError
+        except ValueError:
+            options.error("--sizes takes a comma-separated list of repository counts between 1 and 1000000")
+    if args.duration is not None and not 0.1 <= args.duration <= 600:
+        options.error("--duration must be between 0.1 and 600 seconds")
     return args, worker_counts
 
 

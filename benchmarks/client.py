@@ -89,6 +89,30 @@ class Connection:
             return status, rheaders, rbody
         return self._read_response(method, discard)
 
+    def request_chunked(self, method, target, headers, f, offset: int, count: int, piece: int):
+        """
+        Send ``count`` bytes of file ``f`` from ``offset`` as a request body in
+        ``Transfer-Encoding: chunked``, ``piece`` bytes a chunk (each sent with
+        sendfile), and read the response: ``(status, headers, body)``.
+        """
+        if self.sock is None:
+            self.connect()
+        lines = [f"{method} {target} HTTP/1.1", f"Host: {self.host}:{self.port}", "Transfer-Encoding: chunked"]
+        lines += [f"{k}: {v}" for k, v in headers]
+        try:
+            self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+            for start in range(offset, offset + count, piece):
+                size = min(piece, offset + count - start)
+                self.sock.sendall(f"{size:x}\r\n".encode())
+                if self.sock.sendfile(f, start, size) != size:
+                    raise HTTPError(f"sent less than {size} bytes")
+                self.sock.sendall(b"\r\n")
+            self.sock.sendall(b"0\r\n\r\n")
+        except OSError as e:
+            self.close()
+            raise HTTPError(f"{method} {target}: sending failed: {e}") from None
+        return self._read_response(method, False)
+
     def _fill(self) -> None:
         data = self.sock.recv(256 * 1024)
         if not data:

@@ -37,6 +37,8 @@ def metric_labels(metrics, sizes: Sizes) -> list[tuple[str, str, str, str]]:
         "image": image,
         "listing_repositories": f"{sizes.listing_repositories:,}",
         "listing_tags": f"{sizes.listing_tags:,}",
+        "coldpull": f"{sizes.coldpull_clients} clients",
+        "coldpull_blobs": sizes.coldpull_layers + 1,
     }
     return [(k, label.format(**fill), unit, better) for k, label, unit, better in metrics]
 

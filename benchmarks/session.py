@@ -32,7 +32,7 @@ class Session:
 
     def __init__(self, args, worker_counts: list[int], families=STANDARD):
         self.args, self.worker_counts, self.families = args, worker_counts, families
-        self.sizes = Sizes(args.quick)
+        self.sizes = Sizes(args.quick, getattr(args, "sizes", None), getattr(args, "duration", None))
         self.python = args.python or default_python()
         self.root = tempfile.mkdtemp(prefix="ociregistry-bench-", dir=args.tmpdir)
         self.started = time.monotonic()
@@ -51,7 +51,7 @@ class Session:
     def new_report(self) -> dict:
         report = {
             "meta": describe(self.args, self.sizes, self.python),
-            "metrics": metric_labels(metrics(self.families), self.sizes),
+            "metrics": metric_labels(metrics(self.families, self.sizes), self.sizes),
             "runs": {},
         }
         if self.args.s3:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from .common import MiB
+from .common import MB, MiB
 
 
 class Sizes:
     """What the full run and the quick check use."""
 
-    def __init__(self, quick: bool):
+    def __init__(self, quick: bool, scale_sizes: tuple[int, ...] | None = None, duration: float | None = None):
         self.quick = quick
         self.big_blob = 16 * MiB if quick else 256 * MiB
         self.chunk = 4 * MiB if quick else 8 * MiB
@@ -28,6 +28,20 @@ class Sizes:
         self.listing_repositories = 150 if quick else 1000  # --suite listing
         self.listing_tags = 200 if quick else 2000
         self.listing_reps = 10 if quick else 50
+        # --suite scale: the repository counts reached in turn (--sizes), the tags of one repository
+        self.scale_sizes = scale_sizes or ((100, 1000) if quick else (1000, 10_000, 100_000))
+        self.scale_s3_max = 10_000  # on S3, the sizes up to this one
+        self.scale_tags = 300 if quick else 10_000
+        self.scale_reps = 5 if quick else 30
+        # --suite mixed: seconds of each workload at each concurrency (--duration), the blob sizes
+        self.mixed_seconds = duration or (1.0 if quick else 10.0)
+        self.mixed_concurrencies = (1, 10, 100)
+        self.mixed_blob_sizes = (MB,) if quick else (MB, 10 * MB, 100 * MB)
+        self.mixed_in_flight_max = 2 * 1000 * MB  # bytes pushed at once at most: larger runs are n/a
+        # --suite coldpull: clients pulling one image through the cache at once, its layers
+        self.coldpull_clients = 8
+        self.coldpull_layers = 3
+        self.coldpull_layer_size = 4 * MiB if quick else 32 * MiB
 
     @property
     def huge_blob(self) -> int:

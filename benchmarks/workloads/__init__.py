@@ -18,20 +18,35 @@ beside ``STANDARD``, so that the figures in the docs keep their meaning.
 
 from __future__ import annotations
 
-from . import base, huge_push, listing, pull, push, request_rates, skopeo, small_blobs
+from . import base, coldpull, huge_push, listing, mixed, pull, push, request_rates, scale, skopeo, small_blobs
 
 STANDARD = (push, pull, request_rates, small_blobs, skopeo, huge_push)
 # The figures a notification endpoint must not slow (docs/benchmarks.md, "With notifications").
 PUSHES = (small_blobs, skopeo)
 # The request rates, what metrics must not slow (docs/benchmarks.md, "With metrics").
 RATES = (request_rates,)
-SUITES = {"standard": STANDARD, "listing": (listing,), "pushes": PUSHES, "rates": RATES}  # --suite
+SUITES = {
+    "standard": STANDARD,
+    "listing": (listing,),
+    "pushes": PUSHES,
+    "rates": RATES,
+    "scale": (scale,),
+    "mixed": (mixed,),
+    "coldpull": (coldpull,),
+}  # --suite
 
 
 def steps(families=STANDARD) -> list[base.Step]:
     return [step for family in families for step in family.STEPS]
 
 
-def metrics(families=STANDARD) -> list[base.Metric]:
-    """The table's rows: the families' in order, then what every round measures (peak RSS)."""
-    return [metric for family in families for metric in family.METRICS] + base.METRICS
+def metrics(families=STANDARD, sizes=None) -> list[base.Metric]:
+    """
+    The table's rows: the families' in order (``METRICS``, or for a family
+    whose rows depend on the sizes, ``metrics_for(sizes)``), then what every
+    round measures (peak RSS).
+    """
+    rows = []
+    for family in families:
+        rows += family.metrics_for(sizes) if hasattr(family, "metrics_for") else family.METRICS
+    return rows + base.METRICS

@@ -41,15 +41,20 @@ def repository(i: int) -> str:
 
 
 def push_seed(bench: Bench) -> None:
+    push_seed_into(bench, SEED)
+
+
+def push_seed_into(bench: Bench, seed: str) -> None:
+    """The small image into ``seed``, tagged latest: the repository the others mount its blobs from."""
     d = bench.data
     with bench.conn() as c:
         for blob, digest in ((d.small_config, d.small_config_digest), (d.small_layer, d.small_layer_digest)):
-            status, h, body = c.request("POST", f"/v2/{SEED}/blobs/uploads/")
+            status, h, body = c.request("POST", f"/v2/{seed}/blobs/uploads/")
             expect(status, 202, "POST upload", h, body)
             target = with_query(location_target(h), digest=digest)
             status, h, body = c.request("PUT", target, [("Content-Type", "application/octet-stream")], body=blob)
             expect(status, 201, "PUT blob", h, body)
-        put_manifest(c, SEED, "latest", d.small_manifest)
+        put_manifest(c, seed, "latest", d.small_manifest)
 
 
 def put_manifest(c: Connection, name: str, tag: str, manifest: bytes) -> None:
@@ -106,11 +111,16 @@ def populate(bench: Bench) -> None:
 
 def timed_gets(bench: Bench, target: str, check) -> float:
     """Milliseconds for a GET of ``target``: the median of ``listing_reps``, after one to warm up."""
+    return timed_gets_n(bench, target, check, bench.sizes.listing_reps)
+
+
+def timed_gets_n(bench: Bench, target: str, check, reps: int, headers=()) -> float:
+    """Milliseconds for a GET of ``target``: the median of ``reps``, after one to warm up (and ``check``ed)."""
     figures = []
     with bench.conn() as c:
-        for i in range(bench.sizes.listing_reps + 1):
+        for i in range(reps + 1):
             t0 = time.perf_counter()
-            status, h, body = c.request("GET", target)
+            status, h, body = c.request("GET", target, headers)
             elapsed = time.perf_counter() - t0
             expect(status, 200, f"GET {target}", h, body)
             if i == 0:
@@ -120,7 +130,7 @@ def timed_gets(bench: Bench, target: str, check) -> float:
     return statistics.median(figures)
 
 
-def page_check(key: str, expected: list[str]):
+def page_check(key: str, expected: list[str], ours_prefix=("bench/listing/", "build-")):
     """
     The page holds ``expected`` (of the names the workload pushed: the
     reference sorts "/" before "-", so the seed repositories fall elsewhere
@@ -129,7 +139,7 @@ def page_check(key: str, expected: list[str]):
 
     def check(headers, body) -> None:
         got = json.loads(body)[key]
-        ours = [g for g in got if g.startswith(("bench/listing/", "build-"))]
+        ours = [g for g in got if g.startswith(ours_prefix)]
         if ours != expected[: len(ours)] or len(ours) < min(len(expected), PAGE - 2):
             raise HTTPError(f"{key}: got {got[:3]}... ({len(got)}), wanted {expected[:3]}... ({len(expected)})")
         if len(got) == PAGE and "link" not in headers:
