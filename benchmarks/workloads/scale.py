@@ -190,6 +190,8 @@ def grow(bench: Bench) -> None:
         log(f"{bench.r.label}: {bench.notes[f'populate {n:,}']}")
         done = n
         measure_size(bench, n)
+        figures = ", ".join(f"{figure} {bench.results.get(key(figure, n))}" for figure, _ in FIGURES)
+        log(f"{bench.r.label}: at {n:,} repositories (ms): {figures}")
     growths(bench)
 
 
