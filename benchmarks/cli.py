@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
         "a column per registry with ' s3' after its name",
     )
     parser.add_argument(
+        "--s3-only", action="store_true", help="with --s3: only the S3 columns (no run on the filesystem)"
+    )
+    parser.add_argument(
         "--notifications",
         action="store_true",
         help="also run every ociregistry column with one notification endpoint (a receiver on 127.0.0.1): "
@@ -140,6 +143,8 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[int]]:
                 raise ValueError
         except ValueError:
             options.error("--sizes takes a comma-separated list of repository counts between 1 and 1000000")
+    if args.s3_only and not args.s3:
+        options.error("--s3-only needs --s3")
     if args.duration is not None and not 0.1 <= args.duration <= 600:
         options.error("--duration must be between 0.1 and 600 seconds")
     return args, worker_counts

@@ -111,6 +111,8 @@ class Session:
             targets.append(("reference", 1, "filesystem", False, False))
         if self.args.s3:
             targets += [(kind, workers, "s3", n, m) for kind, workers, _, n, m in list(targets)]
+            if getattr(self.args, "s3_only", False):
+                targets = [t for t in targets if t[2] == "s3"]
         return targets
 
     def s3_place(self) -> S3Place:
