@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-reference", action="store_true", help="do not run the reference registry")
     parser.add_argument(
+        "--reference-only", action="store_true", help="only the reference registry (e.g. beside a run of ours)"
+    )
+    parser.add_argument(
         "--python", default=None, help="interpreter that runs ociregistry (default: see the module docstring)"
     )
     parser.add_argument(
@@ -143,6 +146,8 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[int]]:
                 raise ValueError
         except ValueError:
             options.error("--sizes takes a comma-separated list of repository counts between 1 and 1000000")
+    if args.reference_only and args.no_reference:
+        options.error("--reference-only and --no-reference exclude each other")
     if args.s3_only and not args.s3:
         options.error("--s3-only needs --s3")
     if args.duration is not None and not 0.1 <= args.duration <= 600:

@@ -101,7 +101,7 @@ class Session:
         notify = getattr(self.args, "notifications", False)
         with_metrics = getattr(self.args, "metrics", False)
         targets = []
-        for w in self.worker_counts:
+        for w in [] if getattr(self.args, "reference_only", False) else self.worker_counts:
             targets.append(("ociregistry", w, "filesystem", False, False))
             if notify:
                 targets.append(("ociregistry", w, "filesystem", True, False))
