@@ -38,7 +38,7 @@ def test_scale_reports_each_figure_at_each_size_and_its_growth(tmp_path):
         assert results[f"scale_{figure}_ms_30"] > 0
         assert results[f"scale_{figure}_ms_120"] > 0
         assert results[f"scale_{figure}_growth_30_120"] == pytest.approx(
-            results[f"scale_{figure}_ms_120"] / results[f"scale_{figure}_ms_30"], abs=0.01
+            results[f"scale_{figure}_ms_120"] / results[f"scale_{figure}_ms_30"], rel=0.05, abs=0.02
         )
     notes = report["runs"]["ociregistry w1"]["notes"]
     assert notes["populate 120"].startswith("90 repositories in ")
