@@ -91,6 +91,7 @@ from .storage.interfaces import (
     IWalkPages,
     PathNotFound,
     StorageUnavailable,
+    stat_file,
 )
 from .units import DAY
 
@@ -162,7 +163,7 @@ async def _restore(storage: IStorageDriver, digest: Digest):
         await storage.move(paths.blob_quarantine(digest), paths.blob_data(digest), replace=False)
     except (PathNotFound, DestinationExists):
         pass  # nothing in quarantine, or the data is back (restored or published again)
-    return await storage.stat(paths.blob_data(digest))
+    return await stat_file(storage, paths.blob_data(digest))
 
 
 class Keeper:
@@ -189,13 +190,13 @@ class Keeper:
         if info is not None:
             if now - info.mtime < self.refresh:
                 return info
-            marker = await self.storage.stat(paths.blob_referenced(digest))
+            marker = await stat_file(self.storage, paths.blob_referenced(digest))
             if marker is not None and now - marker.mtime < self.refresh:
                 return info
-        elif (await self.storage.stat(paths.blob_quarantine(digest))) is None:
+        elif (await stat_file(self.storage, paths.blob_quarantine(digest))) is None:
             return None
         await self.storage.write_bytes(paths.blob_referenced(digest), _marker_bytes())
-        info = await self.storage.stat(paths.blob_data(digest))
+        info = await stat_file(self.storage, paths.blob_data(digest))
         if info is None:
             info = await _restore(self.storage, digest)
         return info
@@ -206,9 +207,9 @@ class Keeper:
         when a sweep had the link in quarantine and it is back (with the
         blob's data kept), False when the repository does not hold the blob.
         """
-        if (await self.storage.stat(paths.layer_quarantine(name, digest))) is None:
+        if (await stat_file(self.storage, paths.layer_quarantine(name, digest))) is None:
             return False
-        if await self.keep(digest, await self.storage.stat(paths.blob_data(digest))) is None:
+        if await self.keep(digest, await stat_file(self.storage, paths.blob_data(digest))) is None:
             return False
         await self.storage.write_bytes(paths.layer_link(name, digest), str(digest).encode())
         return True

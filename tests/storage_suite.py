@@ -28,6 +28,7 @@ from oci_registry.storage.interfaces import (
     IExclusiveCreate,
     IReader,
     ISendfileReader,
+    IStatFile,
     IStorageDriver,
     IWalkPages,
     IWriter,
@@ -36,7 +37,7 @@ from oci_registry.storage.interfaces import (
 )
 
 # Every optional capability a driver or its readers may declare.
-CAPABILITIES = (IClosableDriver, ISendfileReader, IExclusiveCreate, IWalkPages, IBatchDelete)
+CAPABILITIES = (IClosableDriver, ISendfileReader, IExclusiveCreate, IWalkPages, IBatchDelete, IStatFile)
 
 
 async def _write_file(driver, path, chunks, hasher=None):
@@ -196,6 +197,24 @@ class StorageSuite:
                 at = [i for i, path in enumerate(found) if path.startswith(folder)]
                 assert at == list(range(at[0], at[-1] + 1)), (folder, found)
         assert await driver.walk_page("missing", None, 10) == ([], None)
+
+    @pytest_twisted.ensureDeferred
+    async def test_stat_file(self, driver):
+        """A file's info as ``stat`` gives it; None for nothing, and for a folder."""
+        if not IStatFile.providedBy(driver):
+            pytest.skip("the driver has stat alone")
+        await driver.write_bytes("files/one", b"12345")
+        await driver.write_bytes("files/folder/inside", b"x")
+        info = await driver.stat_file("files/one")
+        assert info.size == 5 and not info.is_dir
+        assert info == await driver.stat("files/one")
+        assert await driver.stat_file("files/missing") is None
+        assert await driver.stat_file("files/folder") is None
+        writer = await driver.open_writer("files/growing")
+        await writer.write(b"abc")
+        await writer.close()
+        assert (await driver.stat_file("files/growing")).size == 3
+        await driver.delete("files")
 
     @pytest_twisted.ensureDeferred
     async def test_delete_files(self, driver):

@@ -26,6 +26,7 @@ from oci_registry.storage.interfaces import (
     IBatchDelete,
     IClosableDriver,
     IExclusiveCreate,
+    IStatFile,
     IWalkPages,
     PathNotFound,
     StorageUnavailable,
@@ -47,7 +48,7 @@ def make_driver(server, **overrides) -> S3Driver:
 
 
 class TestS3Storage(StorageSuite):
-    driver_capabilities = (IClosableDriver, IExclusiveCreate, IWalkPages, IBatchDelete)
+    driver_capabilities = (IClosableDriver, IExclusiveCreate, IWalkPages, IBatchDelete, IStatFile)
 
     @pytest.fixture
     def driver(self, s3_server):  # noqa: F811

@@ -24,7 +24,8 @@ capabilities, each an interface of its own that callers check with
 `IClosableDriver` (release threads and connections before the reactor
 stops), `IExclusiveCreate` (create a small file only where none is),
 `IWalkPages` (a walk page by page, for stores too large to list at once),
-`IBatchDelete` (delete many files in few requests).  A
+`IBatchDelete` (delete many files in few requests), `IStatFile` (a stat
+that looks for a file only, in one request).  A
 driver is found by the name of its configuration section through the
 `IStorageDriverFactory` its module declares (`oci_registry.storage.drivers`).
 """
@@ -289,6 +290,26 @@ class IBatchDelete(Interface):
         ``delete`` deletes a file (a folder it leaves empty goes too, where
         the storage has folders); a path that names a folder is left alone.
         """
+
+
+class IStatFile(Interface):
+    """
+    A driver whose ``stat`` of a missing path costs more than a look for a
+    file (S3: a HEAD, then a listing to tell an empty "folder" from
+    nothing), and that can look for a file alone.  The registry asks it
+    for paths it knows are files (links, blob data, upload sessions), so
+    that a push or a pull never lists.
+    """
+
+    def stat_file(path):
+        """Fire with the file's `FileInfo`, or None when no file is at the path (a folder there is None too)."""
+
+
+def stat_file(storage, path: str):
+    """The file's `FileInfo` or None (a Deferred), through `IStatFile` where the driver has it."""
+    if IStatFile.providedBy(storage):
+        return storage.stat_file(path)
+    return storage.stat(path)
 
 
 # ------------------------------------------------------------ drivers by name

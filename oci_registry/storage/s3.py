@@ -53,6 +53,7 @@ from .interfaces import (
     IClosableDriver,
     IExclusiveCreate,
     IReader,
+    IStatFile,
     IStorageDriver,
     IWalkPages,
     IWriter,
@@ -149,7 +150,7 @@ def _copy_ranges(size: int, part_size: int) -> list[tuple[int, int]]:
     return ranges
 
 
-@implementer(IStorageDriver, IClosableDriver, IExclusiveCreate, IWalkPages, IBatchDelete)
+@implementer(IStorageDriver, IClosableDriver, IExclusiveCreate, IWalkPages, IBatchDelete, IStatFile)
 class S3Driver:
     """Stores files as objects in one bucket (under ``settings.prefix``)."""
 
@@ -338,6 +339,14 @@ class S3Driver:
         return None
 
     @_deferred
+    async def stat_file(self, path):
+        """One HEAD: no listing for a folder."""
+        info = await self.client.head(self._key(path))
+        if info is None:
+            return None
+        return FileInfo(int(info.metadata.get(STATE_HEADER, info.size)), info.mtime, False, info.etag or None)
+
+    @_deferred
     async def list(self, path):
         # A listing without a delimiter: some servers (SeaweedFS) keep
         # reporting emptied "folders" as common prefixes.
@@ -496,6 +505,8 @@ class S3Driver:
             # Read the state only when there is something to add: a PUT
             # that finishes an upload often comes with an empty body.
             writer.resume_later(int(info.metadata[STATE_HEADER]))
+        elif info.size == 0:
+            writer.resume(None, [], b"")  # an empty file (an upload session just started): nothing to read
         elif info.size < MIN_PART_SIZE:
             _, data = await self.client.get_bytes(key)
             writer.resume(None, [], data)
