@@ -27,6 +27,7 @@ from .api.app import RegistryAPI
 from .api.health import HealthResource, HealthRoute
 from .auth.service import Auth, build_auth
 from .config import Config
+from .content_cache import ContentCache
 from .drain import DrainService
 from .gc import GCOptions, scheduled
 from .health import Readiness
@@ -60,6 +61,7 @@ def build_registry(config: Config, storage: IStorageDriver, reactor=None) -> Obs
         max_upload_size=config.max_upload_size,
         reactor=reactor,
         gc_grace=config.gc_grace,
+        cache=ContentCache(),  # per process, bounded: see oci_registry.content_cache
     )
     if config.proxies:
         from .proxy import ProxyRegistry

@@ -23,8 +23,9 @@ Every storage path the registry uses, in one place.
     repositories/<name>/_referrers/<alg>/<hex>/<alg>-<hex>
                                                      a referrer's descriptor (JSON),
                                                      under its subject's digest
-    repositories/<name>/_uploads/<id>/data           an upload's bytes so far
-    repositories/<name>/_uploads/<id>/startedat      when it began
+    repositories/<name>/_uploads/<id>/data           an upload's bytes so far (empty when it
+                                                     starts: the session is there while it is)
+    repositories/<name>/_uploads/<id>/startedat      marks a session an earlier release started
     fills/<key>/<alg>/<hex>/claim-<n>                a pull-through cache's process fetching
                                                      the blob from the upstream <key> (JSON:
                                                      its lease; see proxy/claim.py)

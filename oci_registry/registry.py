@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 import uuid
-from typing import Protocol
+from typing import Any, Protocol
 
 import attr
-from twisted.internet.defer import DeferredLock, succeed
+from twisted.internet.defer import Deferred, DeferredLock, fail, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from . import listing, paths
 from . import manifest as manifests
+from .content_cache import ContentCache, no_cache
 from .cpu import CPUPool
 from .errors import (
     BlobUnknown,
@@ -42,12 +42,15 @@ from .identity import Caller
 from .interfaces import ILocalRegistry
 from .listing import Page
 from .reference import DEFAULT_ALGORITHM, Digest, Name, Tag, is_upload_id
-from .storage.interfaces import IStorageDriver, PathNotFound, SourceChanged, StorageFull
+from .storage.interfaces import IBatchDelete, IStorageDriver, PathNotFound, SourceChanged, StorageFull, stat_file
 
 log = Logger()
 
 INLINE_PARSE_LIMIT = 64 << 10  # manifests up to this size are parsed on the reactor thread
 CHECKS_PER_TURN = 200  # a manifest's blob checks before other connections get a turn
+# A blob sent whole in one request up to this size is verified in memory and
+# stored at its digest at once, without going through an upload's data file.
+SMALL_BLOB = 64 << 10
 
 
 class Body(Protocol):
@@ -150,8 +153,11 @@ class Registry:
         max_upload_size: int = 0,
         reactor=None,
         gc_grace: float = DAY,
+        cache: ContentCache | None = None,
     ):
         self.storage = storage
+        # What this process read or wrote of the content, so that pulls ask the storage less.
+        self.cache = cache if cache is not None else no_cache()
         self.max_manifest_size = max_manifest_size
         self.max_upload_size = max_upload_size  # 0: no limit
         self._cpu = CPUPool(reactor)  # large manifests are parsed there
@@ -166,6 +172,10 @@ class Registry:
 
     # ------------------------------------------------------------------ blobs
 
+    def _stat(self, path: str):
+        """The `FileInfo` of a path the registry knows is a file (one request on S3: `IStatFile`), or None."""
+        return stat_file(self.storage, path)
+
     async def _read_link(self, path: str) -> str | None:
         try:
             return (await self.storage.read_bytes(path)).decode()
@@ -173,7 +183,16 @@ class Registry:
             return None
 
     async def has_blob(self, name: Name, digest: Digest) -> bool:
-        return (await self.storage.stat(paths.layer_link(name, digest))) is not None
+        return (await self._stat(paths.layer_link(name, digest))) is not None
+
+    async def _linked(self, name: Name, digest: Digest) -> bool:
+        """`has_blob`, for a read: a link seen in the last few seconds counts (see `oci_registry.content_cache`)."""
+        if self.cache.holds_blob(name, digest):
+            return True
+        if await self.has_blob(name, digest):
+            self.cache.add_blob_link(name, digest)
+            return True
+        return False
 
     async def stat_blob(self, name: Name, digest: Digest, head: bool = False, caller: Caller | None = None) -> BlobInfo:
         """
@@ -181,10 +200,11 @@ class Registry:
         ``head``: only the size is wanted (a pull-through cache then asks its
         upstream rather than starting the download a GET needs).
         """
-        if not await self.has_blob(name, digest):
+        if not await self._linked(name, digest):
             raise BlobUnknown(str(digest))
-        # A client may skip uploading a blob it found here: it stays.
-        info = await self._kept(digest, await self.storage.stat(paths.blob_data(digest)))
+        # A client may skip uploading a blob it found here: it stays.  The
+        # data is always looked up (never remembered: a GC may have taken it).
+        info = await self._kept(digest, await self._stat(paths.blob_data(digest)))
         if info is None:
             raise BlobUnknown(str(digest))
         return BlobInfo(digest, info.size)
@@ -198,7 +218,7 @@ class Registry:
         part of a blob it is still fetching only once it is verified.
         """
         # The HTTP layer asked stat_blob first (which keeps the blob from a running GC).
-        if not await self.has_blob(name, digest):
+        if not await self._linked(name, digest):
             raise BlobUnknown(str(digest))
         for _ in range(2):
             try:
@@ -219,9 +239,10 @@ class Registry:
 
     async def _holds(self, name: Name, digest: Digest) -> bool:
         """Whether ``name`` holds the blob and its data stays, for a reference about to be written."""
+        # Read again, not remembered: another replica may have deleted the link.
         if not await self.has_blob(name, digest) and not await self.keeper.keep_link(name, digest):
             return False
-        return (await self._kept(digest, await self.storage.stat(paths.blob_data(digest)))) is not None
+        return (await self._kept(digest, await self._stat(paths.blob_data(digest)))) is not None
 
     async def blob_redirect(self, name: Name, digest: Digest, caller: Caller | None = None) -> str | None:
         return await self.storage.redirect_url(paths.blob_data(digest))
@@ -230,6 +251,7 @@ class Registry:
         """Unlink the blob from the repository; its bytes go when GC finds them unused."""
         if not await self.has_blob(name, digest):
             raise BlobUnknown(str(digest))
+        self.cache.drop_blob_link(name, digest)
         await self.storage.delete(paths.layer_link(name, digest).rsplit("/", 1)[0])
 
     async def _link_blob(self, name: Name, digest: Digest) -> None:
@@ -241,7 +263,7 @@ class Registry:
         """Link a blob ``source`` holds into ``name``; None when it does not hold it."""
         if not await self.has_blob(source, digest):
             return None
-        info = await self._kept(digest, await self.storage.stat(paths.blob_data(digest)))
+        info = await self._kept(digest, await self._stat(paths.blob_data(digest)))
         if info is None:
             return None
         await self._link_blob(name, digest)
@@ -249,7 +271,7 @@ class Registry:
 
     async def adopt_blob(self, name: Name, digest: Digest, caller: Caller | None = None) -> BlobInfo | None:
         """Link a blob stored for any repository into ``name``; None when no repository has it."""
-        info = await self._kept(digest, await self.storage.stat(paths.blob_data(digest)))
+        info = await self._kept(digest, await self._stat(paths.blob_data(digest)))
         if info is None:
             return None
         await self._link_blob(name, digest)
@@ -266,22 +288,32 @@ class Registry:
 
     async def start_upload(self, name: Name, caller: Caller | None = None) -> UploadStatus:
         upload_id = uuid.uuid4().hex
-        # Not fsynced: a session lost in a power cut is one the client starts again (nothing was promised yet).
-        await self._write(paths.upload_started(name, upload_id), str(time.time()).encode(), durable=False)
+        # The session is its data file, empty for now: one look tells whether
+        # it exists and how far it got.  Not fsynced: a session lost in a
+        # power cut is one the client starts again (nothing was promised yet).
+        await self._write(paths.upload_data(name, upload_id), b"", durable=False)
         return UploadStatus(name, upload_id, 0)
 
     async def upload_status(self, name: Name, upload_id: str, caller: Caller | None = None) -> UploadStatus:
         return (await self._upload_data_status(name, upload_id))[0]
 
     async def _upload_data_status(self, name: Name, upload_id: str):
-        """The upload's status and the `FileInfo` of its data (None before any byte)."""
+        """
+        The upload's status, the `FileInfo` of its data (None before any
+        byte of a session that has none yet) and the session's files.
+        Sessions started before the data file marked them have a
+        ``startedat`` file instead.
+        """
         if not is_upload_id(upload_id):
             raise BlobUploadUnknown(upload_id)
-        started = await self.storage.stat(paths.upload_started(name, upload_id))
-        if started is None:
+        data_path = paths.upload_data(name, upload_id)
+        data = await self._stat(data_path)
+        if data is not None:
+            return UploadStatus(name, upload_id, data.size), data, [data_path]
+        started = paths.upload_started(name, upload_id)
+        if (await self._stat(started)) is None:
             raise BlobUploadUnknown(upload_id)
-        data = await self.storage.stat(paths.upload_data(name, upload_id))
-        return UploadStatus(name, upload_id, data.size if data else 0), data
+        return UploadStatus(name, upload_id, 0), None, [started]
 
     def _live_for(self, upload_id: str) -> _LiveUpload:
         live = self._live.get(upload_id)
@@ -305,36 +337,56 @@ class Registry:
         live = self._live_for(upload_id)
         await live.lock.acquire()
         try:
-            status, data = await self._upload_data_status(name, upload_id)
-            if start is not None and start != status.offset:
-                raise UploadRangeInvalid(
-                    f"chunk starts at {start} but the upload has {status.offset} bytes",
-                    headers={"Range": status.range, "Location": upload_location(name, upload_id)},
-                )
-            # Keep hashing as bytes arrive when this process has hashed every
-            # byte before them; otherwise the final step re-hashes from storage.
-            hashing = live.hasher is not None and live.matches(data)
-            if status.offset == 0:
-                live.hasher, hashing = hashlib.new(DEFAULT_ALGORITHM), True
-            limit = self.max_upload_size
-            if limit and length is not None and status.offset + length > limit:
-                raise TooLarge(f"an upload may hold at most {limit} bytes")
-            writer = await self._open_upload_writer(name, upload_id, live.hasher if hashing else None)
-            if limit:
-                writer = _CappedWriter(writer, limit)
-            received = 0
-            try:
-                received = await body.deliver(writer)
-            finally:
-                await self._close_writer(writer)
-                live.offset = writer.size if hashing else -1
-                live.version = writer.version
-            if length is not None and received != length:
-                raise SizeInvalid(f"received {received} bytes, Content-Length said {length}")
-            return UploadStatus(name, upload_id, writer.size)
+            return (await self._append(name, upload_id, live, body, start, length))[0]
         finally:
             live.lock.release()
             self._forget_idle(upload_id, live)
+
+    async def _append(self, name, upload_id, live, body, start=None, length=None, hold: bool = False):
+        """
+        `append_upload` under the upload's lock: fires with the new status and,
+        with ``hold``, the body's bytes when the upload was empty and the body
+        no larger than `SMALL_BLOB`: those are held in memory, not stored;
+        and the session's files.
+        """
+        status, data, files = await self._upload_data_status(name, upload_id)
+        if start is not None and start != status.offset:
+            raise UploadRangeInvalid(
+                f"chunk starts at {start} but the upload has {status.offset} bytes",
+                headers={"Range": status.range, "Location": upload_location(name, upload_id)},
+            )
+        # Keep hashing as bytes arrive when this process has hashed every
+        # byte before them; otherwise the final step re-hashes from storage.
+        hashing = live.hasher is not None and live.matches(data)
+        if status.offset == 0:
+            live.hasher, hashing = hashlib.new(DEFAULT_ALGORITHM), True
+        limit = self.max_upload_size
+        if limit and length is not None and status.offset + length > limit:
+            raise TooLarge(f"an upload may hold at most {limit} bytes")
+
+        async def open_writer():
+            writer = await self._open_upload_writer(name, upload_id, live.hasher if hashing else None)
+            return _CappedWriter(writer, limit) if limit else writer
+
+        writer: Any
+        if hold and status.offset == 0:
+            writer = _HeldFirst(min(SMALL_BLOB, limit or SMALL_BLOB), open_writer)
+        else:
+            writer = await open_writer()
+        received = 0
+        try:
+            received = await body.deliver(writer)
+        finally:
+            await self._close_writer(writer)
+            if isinstance(writer, _HeldFirst) and writer.held is not None:
+                live.hasher = None  # nothing stored: the held bytes are hashed when they are published
+            else:
+                live.offset = writer.size if hashing else -1
+                live.version = writer.version
+        if length is not None and received != length:
+            raise SizeInvalid(f"received {received} bytes, Content-Length said {length}")
+        held = writer.held if isinstance(writer, _HeldFirst) else None
+        return UploadStatus(name, upload_id, writer.size), held, files
 
     def _forget_idle(self, upload_id: str, live: _LiveUpload) -> None:
         # Requests for unknown uploads must not leave entries behind.
@@ -361,16 +413,23 @@ class Registry:
     async def finish_upload(
         self, name: Name, upload_id: str, digest: Digest, body: Body | None = None, caller: Caller | None = None
     ) -> BlobInfo:
-        """Append the last chunk (if any), verify ``digest`` and publish the blob."""
-        if body is not None:
-            await self.append_upload(name, upload_id, body)
+        """
+        Append the last chunk (if any), verify ``digest`` and publish the
+        blob.  A small blob sent whole in this last chunk is published from
+        memory: its bytes never go through the session's data file.
+        """
         live = self._live_for(upload_id)
         await live.lock.acquire()
         try:
-            status, data = await self._upload_data_status(name, upload_id)
+            if body is not None:
+                _, held, files = await self._append(name, upload_id, live, body, hold=True)
+                if held is not None:
+                    return await self._finish_held(name, upload_id, digest, held, files)
+            status, data, files = await self._upload_data_status(name, upload_id)
             data_path = paths.upload_data(name, upload_id)
-            if status.offset == 0:
+            if data is None:
                 await self._write(data_path, b"")
+                files = files + [data_path]
             # Another process may have written the same upload meanwhile (a
             # client appending through two replicas at once): then the data
             # is not what this process hashed, whatever its size.
@@ -381,35 +440,75 @@ class Registry:
             if actual != digest:
                 await self.cancel_upload(name, upload_id, locked=True)
                 raise DigestInvalid(f"upload has digest {actual}, not {digest}")
-            await self._publish(name, digest, data_path, status.offset)
-            await self.storage.delete(paths.upload(name, upload_id))
+            if await self._publish(name, digest, data_path, status.offset):
+                files = [f for f in files if f != data_path]
+            await self._end_session(name, upload_id, files)
             return BlobInfo(digest, status.offset)
         finally:
             live.lock.release()
             self._live.pop(upload_id, None)
 
-    async def _publish(self, name: Name, digest: Digest, data_path: str, size: int) -> None:
-        """Make verified upload data (``size`` bytes) the blob ``digest``, atomically, and link it."""
-        await self._publish_data(digest, data_path, size)
+    async def _finish_held(self, name: Name, upload_id: str, digest: Digest, held: bytes, files: list) -> BlobInfo:
+        actual = Digest.of(held, digest.algorithm)
+        if actual != digest:
+            await self.cancel_upload(name, upload_id, locked=True)
+            raise DigestInvalid(f"upload has digest {actual}, not {digest}")
+        await self._publish_held(name, digest, held)
+        await self._end_session(name, upload_id, files)
+        return BlobInfo(digest, len(held))
+
+    async def _publish_held(self, name: Name, digest: Digest, data: bytes) -> None:
+        """Make verified bytes held in memory the blob ``digest``, as `_publish_data` does an upload's, and link it."""
+        target = paths.blob_data(digest)
+        info = await self._stat(target)
+        if info is not None:
+            info = await self._kept(digest, info)  # before replacing it: a GC may be taking it
+        if info is None or info.size != len(data) or not self.storage.move_is_copy:
+            await self._write(target, data)
         await self._link_blob(name, digest)
 
-    async def _publish_data(self, digest: Digest, data_path: str, size: int) -> None:
+    async def _end_session(self, name: Name, upload_id: str, files: list[str]) -> None:
+        """
+        Remove a finished upload session.  On object storage, where a folder
+        is only a prefix, its files are deleted by name (``files``: those it
+        may still have), so that finishing an upload never lists; elsewhere
+        its folder goes, whatever is in it.
+        """
+        if self.storage.move_is_copy and IBatchDelete.providedBy(self.storage):
+            if files:
+                await self.storage.delete_files(files)
+        else:
+            await self.storage.delete(paths.upload(name, upload_id))
+
+    async def _publish(self, name: Name, digest: Digest, data_path: str, size: int) -> bool:
+        """
+        Make verified upload data (``size`` bytes) the blob ``digest``,
+        atomically, and link it; whether the data was moved (else it is
+        still at ``data_path``).
+        """
+        moved = await self._publish_data(digest, data_path, size)
+        await self._link_blob(name, digest)
+        return moved
+
+    async def _publish_data(self, digest: Digest, data_path: str, size: int) -> bool:
         """
         Make verified data (``size`` bytes at ``data_path``) the blob
         ``digest``, durably: a blob stored already is replaced by it where a
         move is a rename (which also repairs stored bytes a crash damaged),
         and kept where a move copies (S3: unless of another size); the
-        caller deletes ``data_path`` if it is still there.
+        caller deletes ``data_path`` if it is still there (False: it is).
         """
         target = paths.blob_data(digest)
         try:
-            info = await self.storage.stat(target)
+            info = await self._stat(target)
             if info is not None:
                 info = await self._kept(digest, info)  # before replacing it: a GC may be taking it
             if info is None or info.size != size or not self.storage.move_is_copy:
                 # Only the bytes verified: a client appending to the upload
                 # through another process meanwhile must not slip more in.
                 await self.storage.move(data_path, target, size=size)
+                return True
+            return False
         except StorageFull:
             raise InsufficientStorage() from None
         except SourceChanged:
@@ -435,14 +534,30 @@ class Registry:
 
     async def sent_by(self, digest: Digest, upstream_url: str) -> bool:
         """Whether the upstream at ``upstream_url`` sent this blob's bytes (`IncomingBlob.publish`), still stored."""
-        if (await self.storage.stat(paths.blob_upstream(digest, upstream_url))) is None:
+        if (await self._stat(paths.blob_upstream(digest, upstream_url))) is None:
             return False
-        return (await self.storage.stat(paths.blob_data(digest))) is not None
+        return (await self._stat(paths.blob_data(digest))) is not None
 
     async def put_blob(
         self, name: Name, digest: Digest, body: Body, length: int | None = None, caller: Caller | None = None
     ) -> BlobInfo:
-        """A monolithic upload (``POST ?digest=``): a session opened and closed at once."""
+        """
+        A monolithic upload (``POST ?digest=``): a session opened and closed
+        at once, or none for a small blob of a declared ``length``, whose
+        bytes are verified in memory and published from there.
+        """
+        if length is not None and length <= SMALL_BLOB:
+            if self.max_upload_size and length > self.max_upload_size:
+                raise TooLarge(f"an upload may hold at most {self.max_upload_size} bytes")
+            held = _HeldFirst(length, None)
+            received = await body.deliver(held)
+            if received != length or held.held is None:
+                raise SizeInvalid(f"received {received} bytes, Content-Length said {length}")
+            actual = Digest.of(held.held, digest.algorithm)
+            if actual != digest:
+                raise DigestInvalid(f"upload has digest {actual}, not {digest}")
+            await self._publish_held(name, digest, held.held)
+            return BlobInfo(digest, length)
         status = await self.start_upload(name)
         try:
             await self.append_upload(name, status.id, body, length=length)
@@ -480,11 +595,18 @@ class Registry:
     ) -> StoredManifest:
         """``accept``: the client's Accept media types; stored manifests are served as they are, whatever it says."""
         digest = await self._resolve(name, reference)
-        media_type = await self._read_link(paths.manifest_link(name, digest))
+        media_type = self.cache.revision(name, digest)
         if media_type is None:
-            raise ManifestUnknown(str(reference))
+            media_type = await self._read_link(paths.manifest_link(name, digest))
+            if media_type is None:
+                raise ManifestUnknown(str(reference))
+            self.cache.add_revision(name, digest, media_type)
+        # Bytes stored under a digest never change: remembered ones are those stored.
+        cached = self.cache.manifest(digest)
+        if cached is not None:
+            return StoredManifest(digest, media_type, len(cached), None if head else cached)
         if head:
-            info = await self.storage.stat(paths.blob_data(digest))
+            info = await self._stat(paths.blob_data(digest))
             if info is None:
                 info = await self._kept(digest, None)  # in quarantine, while a GC saw it was kept?
             if info is None:
@@ -493,6 +615,7 @@ class Registry:
         for _ in range(2):
             try:
                 data = await self.storage.read_bytes(paths.blob_data(digest))
+                self.cache.add_manifest(digest, data)
                 return StoredManifest(digest, media_type, len(data), data)
             except PathNotFound:
                 if (await self._kept(digest, None)) is None:
@@ -551,6 +674,7 @@ class Registry:
             await self._check_references(name, parsed)
         await self._store_manifest_data(digest, data)
         await self._write(paths.manifest_link(name, digest), parsed.media_type.encode())
+        self.cache.add_manifest(digest, data)
         if parsed.subject is not None:
             descriptor = parsed.referrer_descriptor(digest, len(data))
             await self._write(
@@ -579,7 +703,7 @@ class Registry:
             if i % CHECKS_PER_TURN == 0:
                 await self._cpu.yield_now()
         for i, child in enumerate(children, 1):
-            if (await self.storage.stat(paths.manifest_link(name, child))) is None:
+            if (await self._stat(paths.manifest_link(name, child))) is None:
                 raise ManifestBlobUnknown(str(child))
             if i % CHECKS_PER_TURN == 0:
                 await self._cpu.yield_now()
@@ -587,7 +711,7 @@ class Registry:
     async def _store_manifest_data(self, digest: Digest, data: bytes) -> None:
         """Store a verified manifest's bytes, or keep them (from a running GC too) if they are stored already."""
         target = paths.blob_data(digest)
-        info = await self.storage.stat(target)
+        info = await self._stat(target)
         if info is not None:
             info = await self._kept(digest, info)  # before rewriting them: a GC may be taking them
         if info is None or info.size != len(data):
@@ -597,7 +721,7 @@ class Registry:
 
     async def set_tag(self, name: Name, tag: Tag, digest: Digest) -> None:
         """Point ``tag`` at a manifest ``name`` holds (`ManifestUnknown` if it does not)."""
-        if (await self.storage.stat(paths.manifest_link(name, digest))) is None:
+        if (await self._stat(paths.manifest_link(name, digest))) is None:
             raise ManifestUnknown(str(digest))
         await self._write(paths.tag_link(name, tag), str(digest).encode())
 
@@ -620,13 +744,13 @@ class Registry:
         self, name: Name, reference: Digest | Tag, caller: Caller | None = None
     ) -> tuple[Tag, ...]:
         if isinstance(reference, Tag):
-            if (await self.storage.stat(paths.tag_link(name, reference))) is None:
+            if (await self._stat(paths.tag_link(name, reference))) is None:
                 raise ManifestUnknown(str(reference))
             await self.remove_tag(name, reference)
             return (reference,)
         digest = reference
         link = paths.manifest_link(name, digest)
-        if (await self.storage.stat(link)) is None:
+        if (await self._stat(link)) is None:
             raise ManifestUnknown(str(digest))
         removed = []
         for tag in await self.storage.list(paths.tags(name)):
@@ -636,6 +760,7 @@ class Registry:
         subject = await self._subject_of(digest)
         if subject is not None:
             await self.storage.delete(paths.referrer(name, subject, digest))
+        self.cache.drop_revision(name, digest)
         await self.storage.delete(link.rsplit("/", 1)[0])
         return tuple(removed)
 
@@ -780,6 +905,55 @@ class _Closed:
         return succeed(None)
 
 
+class _HeldFirst:
+    """
+    Where a body goes first: held in memory up to ``limit`` bytes.  Past
+    that, the bytes held and what follows go to the writer ``open_writer``
+    fires with (None: the body is refused, `SizeInvalid`).  ``held``: the
+    bytes, when they all stayed in memory (after `close`).
+    """
+
+    def __init__(self, limit: int, open_writer):
+        self._limit = limit
+        self._open = open_writer
+        self._chunks: list[bytes] = []
+        self._held_size = 0
+        self.writer: Any = None
+
+    @property
+    def size(self) -> int:
+        return self.writer.size if self.writer is not None else self._held_size
+
+    @property
+    def version(self):
+        return self.writer.version if self.writer is not None else None
+
+    @property
+    def held(self) -> bytes | None:
+        return b"".join(self._chunks) if self.writer is None else None
+
+    def write(self, data):
+        if self.writer is not None:
+            return self.writer.write(data)
+        if self._held_size + len(data) <= self._limit:
+            self._chunks.append(bytes(data))
+            self._held_size += len(data)
+            return succeed(None)
+        if self._open is None:
+            return fail(SizeInvalid(f"more than the {self._limit} bytes announced"))
+        return Deferred.fromCoroutine(self._spill(bytes(data)))
+
+    async def _spill(self, data: bytes) -> None:
+        self.writer = writer = await self._open()
+        held, self._chunks = b"".join(self._chunks), []
+        if held:
+            await writer.write(held)
+        await writer.write(data)
+
+    def close(self):
+        return self.writer.close() if self.writer is not None else succeed(None)
+
+
 class _CappedWriter:
     """Refuses writes that would take an upload past the size limit (413)."""
 
@@ -797,8 +971,6 @@ class _CappedWriter:
 
     def write(self, data):
         if self._writer.size + len(data) > self._limit:
-            from twisted.internet.defer import fail
-
             return fail(TooLarge(f"an upload may hold at most {self._limit} bytes"))
         return self._writer.write(data)
 

@@ -208,14 +208,33 @@ async def test_upload_expiry(registry):
     status = await registry.start_upload(Name("app"))
     await registry.append_upload(Name("app"), status.id, BytesBody(b"partial"))
     fresh = await registry.start_upload(Name("app"))
-    for name in ("startedat", "data"):
-        full = os.path.join(registry.storage.root, paths.upload(Name("app"), status.id), name)
-        os.utime(full, (time.time() - 2 * DAY,) * 2)
+    full = os.path.join(registry.storage.root, paths.upload_data(Name("app"), status.id))
+    os.utime(full, (time.time() - 2 * DAY,) * 2)
     report = await collect(registry.storage, GCOptions(), now=time.time())
     assert report.uploads_removed == [("app", status.id, 7)]
     with pytest.raises(BlobUploadUnknown):
         await registry.upload_status(Name("app"), status.id)
     assert (await registry.upload_status(Name("app"), fresh.id)).offset == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_sessions_of_the_startedat_layout_are_served_and_expire(registry):
+    """Sessions marked by a ``startedat`` file (before the data file marked them) still work, and expire."""
+    name, old, idle = Name("app"), "a" * 32, "b" * 32
+    for upload_id in (old, idle):
+        await registry.storage.write_bytes(paths.upload_started(name, upload_id), str(time.time()).encode())
+    assert (await registry.upload_status(name, old)).offset == 0
+    await registry.append_upload(name, old, BytesBody(b"resumed"))
+    assert (await registry.upload_status(name, old)).offset == 7
+    await registry.finish_upload(name, old, Digest.of(b"resumed"))
+    assert await registry.has_blob(name, Digest.of(b"resumed"))
+    assert not (await registry.storage.stat(paths.upload(name, old)))
+    full = os.path.join(registry.storage.root, paths.upload_started(name, idle))
+    os.utime(full, (time.time() - 2 * DAY,) * 2)
+    report = await collect(registry.storage, GCOptions(), now=time.time())
+    assert report.uploads_removed == [("app", idle, 0)]
+    with pytest.raises(BlobUploadUnknown):
+        await registry.upload_status(name, idle)
 
 
 @pytest_twisted.ensureDeferred

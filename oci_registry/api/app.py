@@ -332,9 +332,15 @@ class RegistryAPI:
             raise DigestInvalid("the digest query parameter is required")
         digest = Digest.parse(raw)
         start, length = self._chunk_range(request)
-        await self.registry.append_upload(name, upload_id, body_of(request), start=start, length=length, caller=caller)
         try:
-            await self.registry.finish_upload(name, upload_id, digest, caller=caller)
+            if start is None and length is not None:
+                # The last chunk (or the whole blob) and the finish in one step: a small blob is stored once.
+                await self.registry.finish_upload(name, upload_id, digest, body_of(request), caller=caller)
+            else:
+                await self.registry.append_upload(
+                    name, upload_id, body_of(request), start=start, length=length, caller=caller
+                )
+                await self.registry.finish_upload(name, upload_id, digest, caller=caller)
         finally:
             self._close_upload(upload_id)
         return self._blob_created(request, name, digest)

@@ -1,0 +1,209 @@
+"""
+What each registry operation costs in S3 requests, counted by a proxy
+(`counting_proxy`) between a real registry process and a real SeaweedFS:
+the figures docs/storage.md's table promises, for a process that has seen
+nothing yet (cold) and for one that served the same content just before
+(warm).  No operation of a push or a pull lists a folder.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.parse
+import uuid
+
+import pytest
+
+from counting_proxy import CountingProxy
+from image_builder import http_request, random_bytes, sha256_digest
+from oci_registry.content_cache import TTL
+from registry_process import RegistryProcess
+from s3_server import s3_server  # noqa: F401  (the session fixture)
+
+pytestmark = pytest.mark.ociregistry_only
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+
+
+@pytest.fixture(scope="module")
+def proxy(s3_server):  # noqa: F811
+    counting = CountingProxy(s3_server.port).start()
+    yield counting
+    counting.stop()
+
+
+@pytest.fixture(scope="module")
+def config(s3_server, proxy, tmp_path_factory):  # noqa: F811
+    settings = s3_server.settings(endpoint=proxy.endpoint)
+    return s3_server.config_file(str(tmp_path_factory.mktemp("config")), settings)
+
+
+def start(config, tmp_path_factory) -> RegistryProcess:
+    return RegistryProcess(str(tmp_path_factory.mktemp("replica")), config=config).start()
+
+
+@pytest.fixture
+def registry(config, tmp_path_factory):
+    process = start(config, tmp_path_factory)
+    yield process
+    process.stop()
+
+
+def name() -> str:
+    return f"counts/{uuid.uuid4().hex[:10]}"
+
+
+def push_blob(registry, repository: str, data: bytes) -> str:
+    """POST, then PUT ``?digest=`` with the whole body."""
+    digest = sha256_digest(data)
+    started = http_request("POST", f"{registry.url}/v2/{repository}/blobs/uploads/", b"")
+    assert started.status == 202, started
+    location = urllib.parse.urljoin(registry.url + "/", started.headers["location"])
+    separator = "&" if "?" in location else "?"
+    finished = http_request(
+        "PUT", f"{location}{separator}digest={digest}", data, {"Content-Type": "application/octet-stream"}
+    )
+    assert finished.status == 201, finished
+    return digest
+
+
+def post_blob(registry, repository: str, data: bytes) -> str:
+    """A monolithic ``POST ?digest=``."""
+    digest = sha256_digest(data)
+    reply = http_request(
+        "POST",
+        f"{registry.url}/v2/{repository}/blobs/uploads/?digest={digest}",
+        data,
+        {"Content-Type": "application/octet-stream"},
+    )
+    assert reply.status == 201, reply
+    return digest
+
+
+def image(registry, repository: str, tag: str) -> tuple[str, bytes]:
+    """A one-layer image pushed and tagged: its manifest's digest and bytes."""
+    seed = uuid.uuid4().hex
+    config = json.dumps({"architecture": "amd64", "os": "linux", "seed": seed}).encode()
+    layer = random_bytes(4096, seed)
+    push_blob(registry, repository, config)
+    push_blob(registry, repository, layer)
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": OCI_CONFIG, "digest": sha256_digest(config), "size": len(config)},
+            "layers": [{"mediaType": OCI_LAYER, "digest": sha256_digest(layer), "size": len(layer)}],
+        }
+    ).encode()
+    reply = http_request(
+        "PUT", f"{registry.url}/v2/{repository}/manifests/{tag}", manifest, {"Content-Type": OCI_MANIFEST}
+    )
+    assert reply.status == 201, reply
+    return sha256_digest(manifest), manifest
+
+
+def pull(proxy, registry, repository: str, digest: str, tag: str, layer: str) -> dict:
+    """The requests of a manifest GET by digest, by tag and a blob HEAD, each counted apart."""
+    counted = {}
+    for label, method, path in (
+        ("manifest by digest", "GET", f"manifests/{digest}"),
+        ("manifest by tag", "GET", f"manifests/{tag}"),
+        ("blob HEAD", "HEAD", f"blobs/{layer}"),
+    ):
+        with proxy.counting() as seen:
+            reply = http_request(method, f"{registry.url}/v2/{repository}/{path}", headers={"Accept": OCI_MANIFEST})
+        assert reply.status == 200, (label, reply)
+        counted[label] = seen
+    return counted
+
+
+def test_pushes_cost_at_most_six_requests_and_never_list(proxy, registry):
+    repository = name()
+    with proxy.counting() as seen:
+        push_blob(registry, repository, random_bytes(4096, uuid.uuid4().hex))
+    assert seen.total <= 6 and seen.lists == 0, seen
+    with proxy.counting() as seen:
+        post_blob(registry, repository, random_bytes(4096, uuid.uuid4().hex))
+    assert seen.total <= 6 and seen.lists == 0, seen
+    with proxy.counting() as seen:
+        image(registry, repository, "v1")
+    assert seen.lists == 0, seen
+    assert seen.total <= 20, seen  # two blob pushes of 6 and the manifest's checks and writes
+
+
+def test_a_larger_chunked_push_never_lists(proxy, registry):
+    repository = name()
+    data = random_bytes(200 << 10, uuid.uuid4().hex)  # past what is held in memory
+    digest = sha256_digest(data)
+    with proxy.counting() as seen:
+        started = http_request("POST", f"{registry.url}/v2/{repository}/blobs/uploads/", b"")
+        location = urllib.parse.urljoin(registry.url + "/", started.headers["location"])
+        reply = http_request(
+            "PATCH", location, data[:100_000], {"Content-Type": "application/octet-stream", "Content-Range": "0-99999"}
+        )
+        assert reply.status == 202, reply
+        location = urllib.parse.urljoin(registry.url + "/", reply.headers["location"])
+        separator = "&" if "?" in location else "?"
+        reply = http_request("PUT", f"{location}{separator}digest={digest}", data[100_000:])
+        assert reply.status == 201, reply
+    assert seen.lists == 0, seen
+    assert http_request("GET", f"{registry.url}/v2/{repository}/blobs/{digest}").body == data
+
+
+def test_pulls_cold_and_warm(proxy, config, registry, tmp_path_factory):
+    repository = name()
+    layer = push_blob(registry, repository, random_bytes(4096, uuid.uuid4().hex))
+    digest, _ = image(registry, repository, "v1")
+    cold = start(config, tmp_path_factory)  # a process that has read nothing yet
+    try:
+        first = pull(proxy, cold, repository, digest, "v1", layer)
+        again = pull(proxy, cold, repository, digest, "v1", layer)
+    finally:
+        cold.stop()
+    fresh = start(config, tmp_path_factory)
+    try:
+        with proxy.counting() as by_tag:
+            assert http_request("GET", f"{fresh.url}/v2/{repository}/manifests/v1").status == 200
+    finally:
+        fresh.stop()
+    for seen in (*first.values(), *again.values(), by_tag):
+        assert seen.lists == 0, seen
+    assert first["manifest by digest"].total <= 2, first
+    assert by_tag.total <= 3, by_tag
+    assert first["blob HEAD"].total <= 2, first
+    # Warm: the bytes and the links it has just read; the tag, and a blob's data, are read every time.
+    assert again["manifest by digest"].total == 0, again
+    assert again["manifest by tag"].total <= 1, again
+    assert again["blob HEAD"].total <= 1, again
+
+
+def test_a_delete_through_one_replica_is_seen_by_the_other_within_the_ttl(proxy, config, tmp_path_factory):
+    a, b = start(config, tmp_path_factory), start(config, tmp_path_factory)
+    try:
+        repository = name()
+        layer = push_blob(a, repository, random_bytes(4096, uuid.uuid4().hex))
+        digest, _ = image(a, repository, "v1")
+        pull(proxy, b, repository, digest, "v1", layer)  # b remembers the manifest and the links
+        assert http_request("DELETE", f"{a.url}/v2/{repository}/manifests/{digest}").status == 202
+        assert http_request("DELETE", f"{a.url}/v2/{repository}/blobs/{layer}").status == 202
+        # At once through a, and for the tag through b too (tags are never remembered).
+        assert http_request("GET", f"{a.url}/v2/{repository}/manifests/{digest}").status == 404
+        assert http_request("HEAD", f"{a.url}/v2/{repository}/blobs/{layer}").status == 404
+        assert http_request("GET", f"{b.url}/v2/{repository}/manifests/v1").status == 404
+        deadline = time.monotonic() + TTL + 5
+        seen_at = None
+        while time.monotonic() < deadline:
+            manifest = http_request("GET", f"{b.url}/v2/{repository}/manifests/{digest}").status
+            blob = http_request("HEAD", f"{b.url}/v2/{repository}/blobs/{layer}").status
+            if manifest == 404 and blob == 404:
+                seen_at = time.monotonic()
+                break
+            assert (manifest, blob) in ((200, 200), (404, 200), (200, 404)), (manifest, blob)
+            time.sleep(0.2)
+        assert seen_at is not None, f"b still serves what a deleted {TTL + 5} s later"
+    finally:
+        a.stop()
+        b.stop()
