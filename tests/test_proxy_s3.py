@@ -9,10 +9,17 @@ from __future__ import annotations
 
 import http.client
 import threading
+import time
 
 import pytest
 
-from image_builder import http_request, push_blob_http, random_bytes
+from image_builder import (
+    OCILayout,
+    http_request,
+    push_blob_http,
+    push_image_http,
+    random_bytes,
+)
 from proxy_helpers import ScriptedUpstream, serve, upstream_requests
 from registry_process import RegistryProcess
 from s3_server import s3_server  # noqa: F401  (the session fixture)
@@ -90,3 +97,32 @@ def test_a_lying_upstream_gets_no_redirect_to_a_local_blob(s3_server, tmp_path):
     finally:
         proxy.stop()
         liar.stop()
+
+
+def test_a_tag_is_revalidated_once_per_ttl_by_the_whole_registry(s3_server, upstream, tmp_path):  # noqa: F811
+    """Two replicas on one bucket: each tag costs one upstream HEAD per tag_ttl between them, not one each."""
+    ttl = 2.0
+    settings = s3_server.settings()
+    config = s3_server.config_file(
+        str(tmp_path), settings, proxies=[{"prefix": "up", "url": upstream.url, "tag_ttl": f"{ttl}s"}]
+    )
+    layout = OCILayout(tmp_path / "layout")
+    image = layout.add_image(layers=1, layer_size=1024, seed="revalidate")
+    push_image_http(upstream.url, "team/revalidate", layout, image, tag="v1")
+    a = RegistryProcess(str(tmp_path / "a"), config=config).start()
+    b = RegistryProcess(str(tmp_path / "b"), config=config).start()
+    try:
+        url = "/v2/up/team/revalidate/manifests/v1"
+        for replica in (a, b, a, b):
+            assert http_request("GET", replica.url + url).body == image.manifest_bytes
+        time.sleep(ttl + 0.2)
+        for replica in (a, b, a, b):
+            assert http_request("GET", replica.url + url).body == image.manifest_bytes
+        seen = upstream_requests(upstream, contains="revalidate")
+        assert seen == [
+            "GET /v2/team/revalidate/manifests/v1 200",
+            "HEAD /v2/team/revalidate/manifests/v1 200",
+        ]
+    finally:
+        a.stop()
+        b.stop()
