@@ -193,7 +193,9 @@ class Keeper:
             marker = await stat_file(self.storage, paths.blob_referenced(digest))
             if marker is not None and now - marker.mtime < self.refresh:
                 return info
-        elif (await stat_file(self.storage, paths.blob_quarantine(digest))) is None:
+        elif (
+            await self.storage.stat(paths.blob_quarantine(digest))
+        ) is None:  # a full stat: S3 then tells a missing bucket
             return None
         await self.storage.write_bytes(paths.blob_referenced(digest), _marker_bytes())
         info = await stat_file(self.storage, paths.blob_data(digest))
@@ -207,7 +209,7 @@ class Keeper:
         when a sweep had the link in quarantine and it is back (with the
         blob's data kept), False when the repository does not hold the blob.
         """
-        if (await stat_file(self.storage, paths.layer_quarantine(name, digest))) is None:
+        if (await self.storage.stat(paths.layer_quarantine(name, digest))) is None:  # as above
             return False
         if await self.keep(digest, await stat_file(self.storage, paths.blob_data(digest))) is None:
             return False

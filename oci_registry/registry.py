@@ -186,10 +186,15 @@ class Registry:
         return (await self._stat(paths.layer_link(name, digest))) is not None
 
     async def _linked(self, name: Name, digest: Digest) -> bool:
-        """`has_blob`, for a read: a link seen in the last few seconds counts (see `oci_registry.content_cache`)."""
+        """
+        `has_blob`, for a read: a link seen in the last few seconds counts
+        (see `oci_registry.content_cache`).  A link not found is looked for
+        again with a full ``stat``, which on S3 tells a missing bucket (503)
+        from a missing blob (404) where a HEAD cannot.
+        """
         if self.cache.holds_blob(name, digest):
             return True
-        if await self.has_blob(name, digest):
+        if await self.has_blob(name, digest) or await self.storage.stat(paths.layer_link(name, digest)) is not None:
             self.cache.add_blob_link(name, digest)
             return True
         return False
@@ -750,7 +755,7 @@ class Registry:
             return (reference,)
         digest = reference
         link = paths.manifest_link(name, digest)
-        if (await self._stat(link)) is None:
+        if (await self.storage.stat(link)) is None:
             raise ManifestUnknown(str(digest))
         removed = []
         for tag in await self.storage.list(paths.tags(name)):
