@@ -19,6 +19,7 @@ from ..storage.interfaces import (
     IBatchDelete,
     IClosableDriver,
     IExclusiveCreate,
+    IStatFile,
     IStorageDriver,
     IWalkPages,
     PathNotFound,
@@ -32,7 +33,7 @@ from .families import Metrics
 _EXPECTED = (PathNotFound, DestinationExists, SourceChanged, FileExistsError, FileNotFoundError)
 _ACTIONS = tuple(
     name
-    for interface in (IStorageDriver, IExclusiveCreate, IWalkPages, IBatchDelete)
+    for interface in (IStorageDriver, IExclusiveCreate, IWalkPages, IBatchDelete, IStatFile)
     for name in interface.names()
     if name != "close"
 )
