@@ -547,8 +547,9 @@ class _Deletes:
             await self.storage.delete(path)
             return
         self.pending.append(path)
-        if len(self.pending) >= DELETE_BATCH:
-            await self.flush()
+        if len(self.pending) >= DELETE_BATCH:  # full batches only: the rest waits for more, or for `flush`
+            batch, self.pending = self.pending[:DELETE_BATCH], self.pending[DELETE_BATCH:]
+            await self.storage.delete_files(batch)
 
     async def flush(self) -> None:
         while self.pending:

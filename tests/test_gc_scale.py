@@ -242,3 +242,32 @@ async def test_stale_fill_claims_are_removed_live_ones_kept(storage):
         assert claim.generation == 0 and claim.record.owner != "gone"
     finally:
         await claim.release()
+
+
+class CountingFilesystem(FilesystemDriver):
+    """The filesystem driver, recording the size of each batched delete."""
+
+    def __init__(self, root):
+        super().__init__(root)
+        self.batches: list[int] = []
+
+    def delete_files(self, paths):
+        self.batches.append(len(paths))
+        return super().delete_files(paths)
+
+
+@pytest_twisted.ensureDeferred
+async def test_batches_are_full_but_the_last_while_blobs_are_collected_at_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(gc, "DELETE_BATCH", 10)
+    driver = CountingFilesystem(str(tmp_path / "data"))
+    try:
+        registry = Registry(driver)
+        orphans = [await push_blob(registry, "app", b"orphan %d" % i) for i in range(25)]
+        report = await collect(driver, GCOptions(), now=LATER)
+        assert len(report.blobs_removed) == 25
+        # One file at a time for the handshake's own deletions; the link quarantines in batches.
+        assert [n for n in driver.batches if n > 1] == [10, 10, 5]
+        for orphan in orphans:
+            assert await driver.stat(paths.layer_quarantine(Name("app"), orphan)) is None
+    finally:
+        driver.close()
