@@ -12,7 +12,7 @@ import time
 
 from ..api.access_log import body_bytes_of
 from ..api.context import context_of
-from .families import Metrics
+from .families import MAX_CHILDREN, Metrics
 
 BASE, BLOB, BLOB_UPLOAD, BLOB_UPLOAD_CHUNK, MANIFEST, TAGS, CATALOG, REFERRERS = (
     "base",
@@ -65,40 +65,64 @@ class RequestMetrics:
     def __init__(self, metrics: Metrics):
         self.metrics = metrics
         self._codes: dict = {}
+        self._in_flight: dict = {}  # handler -> its tally
+        self._routes: dict = {}  # (handler, method, code[, repository]) -> the tallies of such a request
 
     def started(self, request) -> None:
         handler, repository = route_of(request.path)
         method = request.method.decode("latin-1")
-        request._metrics_route = (handler, method if method in METHODS else "OTHER", repository)
-        self.metrics.gauge(self.metrics.in_flight, handler).inc()
+        in_flight = self._in_flight.get(handler)
+        if in_flight is None:
+            in_flight = self._in_flight[handler] = self.metrics.gauge(self.metrics.in_flight, handler)
+        in_flight.inc()
+        request._metrics_route = (handler, method if method in METHODS else "OTHER", repository, in_flight)
 
     def ended(self, request, answered: bool = True) -> None:
         route = getattr(request, "_metrics_route", None)
         if route is None:
             return
         request._metrics_route = None  # counted once, whichever of finish and connectionLost comes
-        handler, method, repository = route
-        metrics = self.metrics
-        metrics.gauge(metrics.in_flight, handler).dec()
+        handler, method, repository, in_flight = route
+        in_flight.dec()
         code = request.code if answered or request.startedWriting else None
         status = NO_STATUS if code is None else self._code(code)
-        if metrics.repository_label:
-            metrics.counter(metrics.requests, handler, method, status, repository or "").inc()
-        else:
-            metrics.counter(metrics.requests, handler, method, status).inc()
-        elapsed = time.monotonic() - context_of(request).started
-        metrics.histogram(metrics.request_duration, handler, method).observe(elapsed)
+        key = (handler, method, status, repository) if self.metrics.repository_label else (handler, method, status)
+        tallies = self._routes.get(key)
+        if tallies is None:
+            tallies = self._tallies(key)
+        requests, duration, request_size, response_size, bytes_counter = tallies
+        requests.inc()
+        duration.observe(time.monotonic() - context_of(request).started)
         received, sent = body_bytes_of(request), request.sentLength
-        metrics.histogram(metrics.request_size, handler).observe(received)
-        metrics.histogram(metrics.response_size, handler).observe(sent)
-        if handler == BLOB and method == "GET":
-            metrics.counter(metrics.blob_bytes_sent).inc(sent)
-        elif handler in (BLOB_UPLOAD, BLOB_UPLOAD_CHUNK) and received:
-            metrics.counter(metrics.blob_bytes_received).inc(received)
-        if code == 401 and request.getHeader(b"authorization") is not None:
-            metrics.counter(metrics.auth_failures).inc()
+        request_size.observe(received)
+        response_size.observe(sent)
+        if bytes_counter is not None:
+            bytes_counter.inc(sent if handler == BLOB else received)
+        if code == 401:
+            if request.getHeader(b"authorization") is not None:
+                self.metrics.counter(self.metrics.auth_failures).inc()
         elif code == 429:
-            metrics.counter(metrics.rate_limited).inc()
+            self.metrics.counter(self.metrics.rate_limited).inc()
+
+    def _tallies(self, key: tuple) -> tuple:
+        metrics = self.metrics
+        handler, method, status = key[:3]
+        labels = (handler, method, status, key[3] or "") if metrics.repository_label else key
+        bytes_counter = None
+        if handler == BLOB and method == "GET":
+            bytes_counter = metrics.counter(metrics.blob_bytes_sent)
+        elif handler in (BLOB_UPLOAD, BLOB_UPLOAD_CHUNK):
+            bytes_counter = metrics.counter(metrics.blob_bytes_received)
+        tallies = (
+            metrics.counter(metrics.requests, *labels),
+            metrics.histogram(metrics.request_duration, handler, method),
+            metrics.histogram(metrics.request_size, handler),
+            metrics.histogram(metrics.response_size, handler),
+            bytes_counter,
+        )
+        if len(self._routes) < MAX_CHILDREN:
+            self._routes[key] = tallies
+        return tallies
 
     def _code(self, code: int) -> str:
         text = self._codes.get(code)
