@@ -62,26 +62,30 @@ def put_manifest(c: Connection, name: str, tag: str, manifest: bytes) -> None:
     expect(status, 201, "PUT manifest", h, body)
 
 
-def fill(bench: Bench, one, count: int, what: str) -> None:
-    """``one(connection, i)`` for i < ``count``, by `CLIENTS` clients, within 600 s."""
+def fill(
+    bench: Bench, one, count: int, what: str, start: int = 0, budget: float = 600.0, clients: int = CLIENTS
+) -> None:
+    """``one(connection, i)`` for ``start <= i < count``, by ``clients`` clients, within ``budget`` seconds."""
     errors: list[str] = []
-    deadline = time.monotonic() + 600
+    deadline = time.monotonic() + budget
 
     def client(index: int) -> None:
         try:
-            with bench.conn(timeout=30) as c:
-                for i in range(index, count, CLIENTS):
+            with bench.conn(timeout=60) as c:
+                for i in range(start + index, count, clients):
+                    if errors:
+                        return
                     if time.monotonic() > deadline:
-                        raise HTTPError(f"{what}: time limit reached")
+                        raise HTTPError(f"{what}: time limit of {budget:.0f}s reached at {i}")
                     one(c, i)
         except Exception as e:  # noqa: BLE001 - whatever stops a client thread is reported by the main thread
             errors.append(f"{type(e).__name__}: {e}")
 
-    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(CLIENTS)]
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(max(1.0, deadline - time.monotonic() + 5))
+        t.join(max(1.0, deadline - time.monotonic() + 10))
     if errors or any(t.is_alive() for t in threads):
         raise HTTPError(errors[0] if errors else f"{what} did not finish")
 

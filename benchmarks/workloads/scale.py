@@ -16,14 +16,13 @@ the cost at the larger size divided by the cost at the smaller one.
 
 from __future__ import annotations
 
-import threading
 import time
 
 from ..client import Connection, HTTPError, expect
 from ..common import log
 from ..data import ACCEPT_MANIFESTS
 from .base import Bench, Metric, Step
-from .listing import PAGE, page_check, push_seed_into, put_manifest, timed_gets_n
+from .listing import PAGE, fill, page_check, push_seed_into, put_manifest, timed_gets_n
 
 SEED = "scale/seed"
 TAGGED = "scale/tags"
@@ -82,32 +81,6 @@ def metrics_for(sizes) -> list[Metric]:
     return rows
 
 
-def fill(bench: Bench, one, start: int, stop: int, what: str, budget: float) -> None:
-    """``one(connection, i)`` for ``start <= i < stop``, by `CLIENTS` clients, within ``budget`` seconds."""
-    errors: list[str] = []
-    deadline = time.monotonic() + budget
-
-    def client(index: int) -> None:
-        try:
-            with bench.conn(timeout=60) as c:
-                for i in range(start + index, stop, CLIENTS):
-                    if errors:
-                        return
-                    if time.monotonic() > deadline:
-                        raise HTTPError(f"{what}: time limit of {budget:.0f}s reached at {i}")
-                    one(c, i)
-        except Exception as e:  # noqa: BLE001 - whatever stops a client thread is reported by the main thread
-            errors.append(f"{type(e).__name__}: {e}")
-
-    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(CLIENTS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(max(1.0, deadline - time.monotonic() + 10))
-    if errors or any(t.is_alive() for t in threads):
-        raise HTTPError(errors[0] if errors else f"{what} did not finish")
-
-
 def mount_both(bench: Bench, c: Connection, name: str) -> None:
     d = bench.data
     for digest in (d.small_config_digest, d.small_layer_digest):
@@ -123,7 +96,7 @@ def populate_tags(bench: Bench) -> None:
     def one_tag(c: Connection, i: int) -> None:
         put_manifest(c, TAGGED, f"t{i:06d}", bench.data.small_manifest)
 
-    fill(bench, one_tag, 0, bench.sizes.scale_tags, "populating tags", POPULATE_BUDGET_S)
+    fill(bench, one_tag, bench.sizes.scale_tags, "populating tags", budget=POPULATE_BUDGET_S, clients=CLIENTS)
 
 
 def measure_size(bench: Bench, n: int) -> None:
@@ -184,7 +157,15 @@ def grow(bench: Bench) -> None:
     done = 0
     for n in sizes_for(bench):
         t0 = time.monotonic()
-        fill(bench, one_repository, done, n, f"populating {n:,} repositories", POPULATE_BUDGET_S)
+        fill(
+            bench,
+            one_repository,
+            n,
+            f"populating {n:,} repositories",
+            start=done,
+            budget=POPULATE_BUDGET_S,
+            clients=CLIENTS,
+        )
         elapsed = time.monotonic() - t0
         bench.notes[f"populate {n:,}"] = f"{n - done:,} repositories in {elapsed:.1f}s ({(n - done) / elapsed:.0f}/s)"
         log(f"{bench.r.label}: {bench.notes[f'populate {n:,}']}")
