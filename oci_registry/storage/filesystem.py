@@ -168,6 +168,20 @@ def _in_folder(full: str, create, source: str | None = None, durable: bool = Tru
     raise OSError(errno.EAGAIN, f"{folder} keeps being removed")
 
 
+def _unlink_pruning(full: str, root: str, missing: tuple[type[OSError], ...]) -> None:
+    """Remove the file ``full`` (an error in ``missing``: nothing to remove), then its folder if it is now empty."""
+    try:
+        os.unlink(full)
+    except missing:
+        return
+    folder = os.path.dirname(full)
+    if folder != root:
+        try:
+            os.rmdir(folder)  # only when that was its last entry
+        except OSError:
+            pass
+
+
 @implementer(IStorageDriver, IClosableDriver, IExclusiveCreate, IWalkPages, IBatchDelete)
 class FilesystemDriver:
     """Stores files under ``root``; ``reactor`` and the pool are injectable."""
@@ -417,16 +431,7 @@ class FilesystemDriver:
 
         def remove(fulls):
             for full in fulls:
-                try:
-                    os.unlink(full)
-                except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-                    continue
-                folder = os.path.dirname(full)
-                if folder != root:
-                    try:
-                        os.rmdir(folder)  # only when that was its last entry
-                    except OSError:
-                        pass
+                _unlink_pruning(full, root, (FileNotFoundError, IsADirectoryError, NotADirectoryError))
 
         try:
             fulls = [self._path(path) for path in paths]
@@ -441,16 +446,7 @@ class FilesystemDriver:
             if os.path.isdir(full) and not os.path.islink(full):
                 shutil.rmtree(full, ignore_errors=True)
                 return
-            try:
-                os.unlink(full)
-            except FileNotFoundError:
-                return
-            folder = os.path.dirname(full)
-            if folder != root:
-                try:
-                    os.rmdir(folder)  # only when that was its last entry
-                except OSError:
-                    pass
+            _unlink_pruning(full, root, (FileNotFoundError,))
 
         return self._call(remove, path)
 
