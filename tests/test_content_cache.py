@@ -16,20 +16,7 @@ from oci_registry.gc import GCOptions, collect
 from oci_registry.reference import Digest, Name
 from oci_registry.registry import Registry
 from oci_registry.storage.filesystem import FilesystemDriver
-
-
-class BytesBody:
-    def __init__(self, data: bytes):
-        self.data = data
-
-    async def _deliver(self, writer):
-        await writer.write(self.data)
-        return len(self.data)
-
-    def deliver(self, writer):
-        from twisted.internet.defer import Deferred
-
-        return Deferred.fromCoroutine(self._deliver(writer))
+from test_gc import BytesBody
 
 
 @pytest.fixture
