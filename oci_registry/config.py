@@ -153,6 +153,8 @@ class Config:
                 listen = [listen]
             if not isinstance(listen, (list, tuple)) or not all(isinstance(item, str) for item in listen):
                 raise ConfigError("listen must be an endpoint string (e.g. tcp:5000) or a list of them")
+            if not listen:
+                raise ConfigError("listen: no endpoint given: the registry would serve nothing (e.g. tcp:5000)")
             values["listen"] = tuple(listen)
         if "data_dir" in values:
             values["data_dir"] = os.path.abspath(os.path.expanduser(str(values["data_dir"])))
@@ -174,6 +176,8 @@ class Config:
                     values[key] = int(values[key])
                 except (TypeError, ValueError):
                     raise ConfigError(f"{key} must be a whole number") from None
+                if values[key] < 0:
+                    raise ConfigError(f"{key} must not be negative")
         for key in ("gc_interval", "gc_grace", "upload_expiry", "client_timeout", "shutdown_timeout"):
             if key in values:
                 try:

@@ -111,6 +111,34 @@ def config_cases(tmp_path) -> dict[str, tuple[list[str], str]]:
             ["-c", write(tmp_path / "a.yaml", "auth: {userz: x}\n")],
             r"^ociregistry: auth: unknown keys: userz$",
         ),
+        "infinite size": (
+            ["-c", write(tmp_path / "i.yaml", "max_upload_size: inf\n")],
+            r"^ociregistry: max_upload_size: not a size: 'inf'",
+        ),
+        "size too large for a float": (
+            ["-c", write(tmp_path / "f.yaml", "max_header_size: 1e400\n")],
+            r"^ociregistry: max_header_size: not a size: '1e400'",
+        ),
+        "negative size": (
+            ["-c", write(tmp_path / "ns.yaml", "max_body_memory: -1MiB\n")],
+            r"^ociregistry: max_body_memory: not a size: '-1MiB'",
+        ),
+        "negative duration": (
+            ["-c", write(tmp_path / "nd.yaml", "gc_interval: -1h\n")],
+            r"^ociregistry: gc_interval: not a duration: '-1h'",
+        ),
+        "duration not a number": (
+            ["-c", write(tmp_path / "nan.yaml", "client_timeout: nan\n")],
+            r"^ociregistry: client_timeout: not a duration: 'nan'",
+        ),
+        "negative count": (
+            ["-c", write(tmp_path / "nc.yaml", "max_connections: -1\n")],
+            r"^ociregistry: max_connections must not be negative$",
+        ),
+        "empty listen list": (
+            ["-c", write(tmp_path / "el.yaml", "listen: []\n")],
+            r"^ociregistry: listen: no endpoint given",
+        ),
         "data dir under a file": (
             ["-d", str(tmp_path / "a-file" / "data")],
             r"cannot use data directory .*a-file/data as .*: Not a directory$",
