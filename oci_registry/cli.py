@@ -54,8 +54,10 @@ def _parser() -> argparse.ArgumentParser:
     gc = sub.add_parser("gc", help="remove unreferenced blobs and expired uploads")
     common(gc)
     gc.add_argument("--dry-run", "-n", action="store_true", help="list what would be removed; change nothing")
-    gc.add_argument("--grace", default=None, help="never remove blobs newer than this (default 24h)")
-    gc.add_argument("--upload-expiry", default=None, help="remove uploads idle longer than this (default 24h)")
+    gc.add_argument("--grace", type=_duration, default=None, help="never remove blobs newer than this (default 24h)")
+    gc.add_argument(
+        "--upload-expiry", type=_duration, default=None, help="remove uploads idle longer than this (default 24h)"
+    )
     gc.add_argument(
         "--delete-untagged",
         action="store_true",
@@ -80,6 +82,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _duration(text: str) -> float:
+    """A duration option, refused (status 2) by the parser itself, before any storage is reached."""
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _config(args) -> Config:
     return Config.load(args.config, data_dir=args.data_dir)
 
@@ -94,17 +104,15 @@ async def _run(reactor, args) -> int:
         if args.command == "gc":
             options = GCOptions(
                 dry_run=args.dry_run,
-                grace=parse_duration(args.grace) if args.grace is not None else config.gc_grace,
-                upload_expiry=(
-                    parse_duration(args.upload_expiry) if args.upload_expiry is not None else config.upload_expiry
-                ),
+                grace=args.grace if args.grace is not None else config.gc_grace,
+                upload_expiry=args.upload_expiry if args.upload_expiry is not None else config.upload_expiry,
                 delete_untagged=args.delete_untagged,
                 keep_tags=args.keep_tags,
                 tag_pattern=args.tag_pattern,
             )
             if options.grace < config.gc_grace and not options.dry_run:
                 print(
-                    f"ociregistry gc: warning: --grace {args.grace} is shorter than the registry's gc_grace "
+                    f"ociregistry gc: warning: --grace {options.grace:g} s is shorter than the registry's gc_grace "
                     f"({config.gc_grace:.0f} s): a push relying on a blob older than {options.grace:.0f} s "
                     "while this runs is not protected; use it only while nothing is pushed",
                     file=sys.stderr,

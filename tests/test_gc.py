@@ -400,8 +400,12 @@ def test_cli_dry_run_and_du(tmp_path):
 
 
 def test_cli_rejects_bad_options(tmp_path):
-    result = run_cli("gc", "--data-dir", str(tmp_path), "--grace", "soon")
-    assert result.returncode != 0 and "duration" in result.stderr
+    """Status 2 (bad options, as docs/operations.md says), said by the parser before any storage is used."""
+    for option in ("--grace=soon", "--grace=-1h", "--upload-expiry=nan"):
+        result = run_cli("gc", "--data-dir", str(tmp_path / "absent"), option)
+        assert result.returncode == 2, (option, result.returncode, result.stderr)
+        assert "not a duration" in result.stderr.splitlines()[-1] and "Traceback" not in result.stderr, result.stderr
+        assert not (tmp_path / "absent").exists()
 
 
 # ------------------------------------------------ reads that fail during mark
