@@ -9,6 +9,7 @@ application may build its own around any resource.
 
 from __future__ import annotations
 
+import resource
 from typing import TYPE_CHECKING
 
 from twisted.web import server
@@ -85,6 +86,13 @@ class RegistrySite(server.Site):
             timeout=config.client_timeout,
             reactor=reactor,
         )
+
+    def startFactory(self):
+        # By now the daemon has raised the open files limit as far as it goes.
+        files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if files != resource.RLIM_INFINITY:
+            self.connections.fit(files)
+        super().startFactory()
 
     def buildProtocol(self, addr):
         client = getattr(addr, "host", None) or "local"

@@ -6,10 +6,12 @@ import hashlib
 import http.client
 import os
 import socket
+import sys
 import time
 
 import pytest
 
+from auth_helpers import push_blob, sha256_digest
 from registry_process import RegistryProcess
 
 pytestmark = pytest.mark.ociregistry_only
@@ -217,3 +219,65 @@ def test_connections_are_capped_per_client_address_and_in_total(capped):
     assert log.count("refusing new connections: 5 connections are open from 127.0.0.1") == 1, log
     assert log.count("refusing new connections: 8 connections are open (max_connections is 8)") == 1, log
     assert "connections from 127.0.0.1 are admitted again (3 refused meanwhile)" in log, log
+
+
+def read_reply(stream) -> tuple[int, bytes]:
+    """One response from a socket's file: its status and body (by Content-Length)."""
+    status = int(stream.readline().split()[1])
+    length = 0
+    while (line := stream.readline().strip()) != b"":
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    return status, stream.read(length)
+
+
+def test_connections_are_capped_within_the_open_files_limit(tmp_path):
+    """
+    With a hard open files limit of 1024 (which the registry cannot raise),
+    1,035 slow connections from several addresses used to take every file
+    descriptor: a blob GET on a connection opened before got 500 (EMFILE
+    opening the blob). The cap now fits the limit: the excess gets 503 and
+    requests in flight are served.
+    """
+    python = tmp_path / "python-1024-files"
+    python.write_text(f'#!/bin/sh\nulimit -n 1024 || exit 1\nexec "{sys.executable}" "$@"\n')
+    python.chmod(0o755)
+    config = tmp_path / "config.yaml"
+    config.write_text("client_timeout: 30s\n")
+    registry = RegistryProcess(str(tmp_path / "data"), config=str(config), python=str(python)).start()
+    holders = []
+    try:
+        data = os.urandom(1000)
+        assert push_blob(registry.url, "fds/app", data, {}).status == 201
+        with socket.create_connection(("127.0.0.1", registry.port)) as early:
+            early.settimeout(10)
+            replies = early.makefile("rb")
+            early.sendall(b"GET /v2/ HTTP/1.1\r\nHost: registry\r\n\r\n")
+            assert read_reply(replies)[0] == 200
+            for i in range(1035):  # at most 148 per address: under max_connections_per_client
+                sock = socket.socket()
+                sock.bind((f"127.0.1.{i % 7 + 1}", 0))
+                sock.connect(("127.0.0.1", registry.port))
+                sock.sendall(b"GET /v2/ HTTP/1.1\r\nX-Slow: ")
+                holders.append(sock)
+            time.sleep(1)
+            early.sendall(f"GET /v2/fds/app/blobs/{sha256_digest(data)} HTTP/1.1\r\nHost: registry\r\n\r\n".encode())
+            status, body = read_reply(replies)
+            assert (status, body) == (200, data), (status, body[:300])
+        refused = 0
+        for sock in holders:
+            sock.setblocking(False)
+            try:
+                refused += sock.recv(100).startswith(b"HTTP/1.1 503 ")
+            except OSError:
+                pass
+        assert refused > 600, refused
+    finally:
+        for sock in holders:
+            sock.close()
+        registry.stop()
+    log = registry.log()
+    assert "max_connections lowered from 2000 to 320: this process may open 1024 files (ulimit -n)" in log, log
+    assert "refusing new connections: 320 connections are open (max_connections is 320)" in log, log
+    assert "Too many open files" not in log

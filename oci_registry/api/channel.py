@@ -297,6 +297,13 @@ class _Refusal(Protocol):
         self.transport.loseConnection()
 
 
+#: File descriptors a connection may hold at once: its socket and, while sendfile sends it a blob,
+#: a duplicate of the socket and the blob's file.
+FILES_PER_CONNECTION = 3
+#: File descriptors kept for the rest of the process (listeners, logs, storage, thread pools).
+OPEN_FILES_RESERVE = 64
+
+
 class ConnectionLimits:
     """
     Open connections, in total and per client address (per process), and
@@ -311,6 +318,26 @@ class ConnectionLimits:
         self.open = 0
         self._by_client: dict[str, int] = {}
         self._refused: dict[str | None, int] = {}  # client (None: the total cap) -> refused in this episode
+
+    def fit(self, open_files: int) -> None:
+        """
+        Lower the total cap to what a process allowed ``open_files`` file
+        descriptors can serve (a connection sending a blob from the
+        filesystem holds three, and storage, logs and listeners need some),
+        with one log line, so that a flood of connections meets the cap's
+        503 rather than failing requests in flight for want of a file.
+        """
+        fits = max(1, (open_files - OPEN_FILES_RESERVE) // FILES_PER_CONNECTION)
+        if self.total and self.total > fits:
+            log.warn(
+                "max_connections lowered from {configured} to {fits}: this process may open {files} files"
+                " (ulimit -n) and a connection may hold {per} of them",
+                configured=self.total,
+                fits=fits,
+                files=open_files,
+                per=FILES_PER_CONNECTION,
+            )
+            self.total = fits
 
     def admit(self, client: str) -> str | None:
         """Count a new connection from ``client``; a reason to refuse it instead, or None."""
