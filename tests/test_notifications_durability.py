@@ -79,6 +79,51 @@ def test_an_endpoint_down_during_50_pushes_gets_all_50_in_order(tmp_path, receiv
     assert "notifications to test: delivering again" in registry.log()
 
 
+@pytest.mark.parametrize(
+    "options, content_type, most",
+    [
+        ({}, "application/vnd.docker.distribution.events.v2+json", 2),
+        ({"format": "cloudevents", "batch": 50}, "application/cloudevents-batch+json; charset=utf-8", 2),
+        ({"batch": 5}, "application/vnd.docker.distribution.events.v2+json", 8),  # 4 requests in flight at once
+    ],
+    ids=["distribution", "cloudevents-batched", "several-requests"],
+)
+def test_events_of_many_repositories_that_wait_go_together(tmp_path, receiver, options, content_type, most):
+    """
+    40 pushes into 8 repositories while the endpoint is down reach it in
+    one or two requests (not one per repository), or in full requests of
+    ``batch``, and each repository's in the order pushed.
+    """
+    data = str(tmp_path / "data")
+    registry = ociregistry(tmp_path, data, [endpoint(receiver, **options)]).start()
+    repositories = [f"many/app{i}" for i in range(8)]
+    digests: dict[str, list[str]] = {name: [] for name in repositories}
+    try:
+        for round_ in range(5):
+            for name in repositories:
+                digests[name] += push_blobs(registry, name, 1, f"many/{name}/{round_}")
+        created = len(repositories) if options.get("format") == "cloudevents" else 0
+        expected = 40 + created
+        assert wait_until(lambda: pending_events(data) == expected, timeout=20), pending_events(data)
+        receiver.start()
+        assert len(receiver.wait_for(expected, timeout=60)) == expected
+        assert wait_until(lambda: pending_events(data) == 0, timeout=20)
+    finally:
+        registry.stop()
+    requests = receiver.accepted()
+    assert 1 <= len(requests) <= most, [len(json.loads(r["body"])) for r in requests]
+    assert {r["headers"]["content-type"] for r in requests} == {content_type}
+    events = receiver.events()
+    assert len({e["id"] for e in events}) == len(events) == expected
+    for name in repositories:
+        if options.get("format") == "cloudevents":
+            mine = [e for e in events if e["data"]["repository"] == name]
+            assert mine[0]["type"] == "ociregistry.repository.created"
+            assert [e["data"]["digest"] for e in mine[1:]] == digests[name]
+        else:
+            assert pushed_digests(receiver, name) == digests[name]  # each repository's, in the order pushed
+
+
 def test_a_registry_killed_with_undelivered_events_sends_them_after_a_restart(tmp_path, receiver):
     data = str(tmp_path / "data")
     registry = ociregistry(tmp_path, data, [endpoint(receiver)], lease="2s").start()

@@ -19,8 +19,8 @@ The ``notifications`` section of the configuration (see docs/notifications.md)::
           include_references: false               # a pushed manifest's blobs and child manifests, as references
           max_attempts: 0                         # dead-letter an event after this many failed tries (0: no limit)
           max_age: 3d                             # ... or once it has waited this long (0: no limit)
-          concurrency: 4                          # requests in flight (to different repositories) at once
-          batch: 50                               # at most this many waiting events of a repository per request
+          concurrency: 4                          # requests in flight (never two with one repository) at once
+          batch: 50                               # at most this many waiting events per request (of any repositories)
                                                   # (distribution: 50; cloudevents: 1, more is batched mode)
           pull_batch: 100                         # pull events per request
 
@@ -140,8 +140,8 @@ class EndpointConfig:
     include_references: bool = False
     max_attempts: int = 0  # failed requests after which an event is dead-lettered; 0: no limit
     max_age: float = 3 * 86400.0  # seconds an event may wait before it is dead-lettered; 0: no limit
-    concurrency: int = 4  # requests in flight at once, each for another repository
-    batch: int = 50  # events of one repository sent in one request, when that many wait
+    concurrency: int = 4  # requests in flight at once, never two with events of one repository
+    batch: int = 50  # events (of one repository or several) sent in one request, when that many wait
     pull_batch: int = 100  # pull events sent in one request
 
     def to_dict(self) -> dict:

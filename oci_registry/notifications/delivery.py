@@ -9,12 +9,13 @@ endpoint's `Lease` delivers, the others only keep trying to take the lease
 off from the storage).  The holder lists the outbox every
 ``poll_interval`` (and at once when this process recorded events), loads
 batches oldest first (at most `MAX_LOADED` events at a time), and queues
-their events per repository.  A request carries the events of one
-repository that wait, up to ``batch`` (one when they come one at a time, as
-Distribution sends them; more under load; pull events: up to
-``pull_batch``, in a queue of their own); up to ``concurrency`` requests
-are in flight at once, never two for one repository, so each repository's
-events arrive in the order they were recorded.
+their events per repository.  A request carries the events that wait, of
+as many repositories as fit in ``batch`` (one event when they come one at
+a time, as Distribution sends them; more under load; pull events: up to
+``pull_batch``, in a queue and requests of their own); up to
+``concurrency`` requests are in flight at once, never two with events of
+one repository, so each repository's events arrive in the order they were
+recorded.
 
 A failed request (no answer in time, not 2xx) keeps its events at the head
 of their queue and pauses the whole endpoint for its backoff, which doubles
@@ -29,6 +30,7 @@ a takeover: receivers see an event more than once only then (use its
 from __future__ import annotations
 
 import bisect
+import heapq
 import itertools
 import time
 from collections import OrderedDict, deque
@@ -114,7 +116,8 @@ class EndpointDelivery:
         self._lease_checked = float("-inf")
         self._batches: dict[BatchName, _Batch] = {}
         self._queues: OrderedDict[str, deque] = OrderedDict()  # key -> (batch name, index) in order
-        self._in_flight: dict[str, Deferred] = {}
+        self._requests: set[Deferred] = set()  # in flight
+        self._busy: dict[str, Deferred] = {}  # key -> the request in flight that holds its head
         self._stale: set[str] = set()  # queues to purge once their request in flight ends
         self._removed: set[BatchName] = set()  # batches complete and removed (or being removed)
         self._attempts: dict[str, int] = {}  # event id -> failed requests
@@ -149,8 +152,8 @@ class EndpointDelivery:
         self.wake()
         if self._loop is not None:
             await self._loop
-        if self._in_flight:
-            await DeferredList(list(self._in_flight.values()))
+        if self._requests:
+            await DeferredList(list(self._requests))
         if self._leader:
             self._leader = False
             try:
@@ -271,7 +274,7 @@ class EndpointDelivery:
     def _drop(self, name: BatchName) -> None:
         self._batches.pop(name, None)
         for key in list(self._queues):
-            if key in self._in_flight:
+            if key in self._busy:
                 self._stale.add(key)  # its head is being sent: purged when that ends
                 continue
             self._purge(key)
@@ -288,41 +291,79 @@ class EndpointDelivery:
             del self._queues[key]
 
     def _dispatch(self) -> None:
+        """
+        Start requests for what waits in the queues no request in flight
+        holds, up to ``concurrency`` requests.  Repositories are taken by
+        their oldest waiting event first; each gives its waiting events (in
+        order) to the request being filled, up to ``batch`` events in all, and
+        a new request is started only when that one is full.  A repository is
+        in one request at a time, so its events cannot overtake each other;
+        within a request, events are in the order they were recorded.  Pull
+        events go in requests of their own, up to ``pull_batch``.
+        """
         if self._clock() < self._resume_at or not self._running:
             return
-        for key in list(self._queues):
-            if len(self._in_flight) >= self.endpoint.concurrency:
-                return
-            if key in self._in_flight:
-                continue
+        slots = self.endpoint.concurrency - len(self._requests)
+        if slots <= 0:
+            return
+        free = [(queue[0], key) for key, queue in self._queues.items() if key not in self._busy and queue]
+        if not free:
+            return
+        free.sort()
+        size = self.endpoint.batch
+        requests: list[list[tuple[str, list[tuple[BatchName, int]]]]] = []
+        filling: list[tuple[str, list[tuple[BatchName, int]]]] = []  # the request repositories join
+        room = 0  # left in it
+        for _, key in free:
             queue = self._queues[key]
-            size = self.endpoint.pull_batch if key == PULLS else self.endpoint.batch
-            items = [queue[i] for i in range(min(size, len(queue)))]
-            if not items:
-                del self._queues[key]
+            if key == PULLS:
+                if len(requests) < slots:
+                    requests.append([(key, list(itertools.islice(queue, self.endpoint.pull_batch)))])
                 continue
-            self._queues.move_to_end(key)  # the next free slot goes to another repository first
+            if room == 0:
+                if len(requests) >= slots:
+                    break
+                filling = []
+                requests.append(filling)
+                room = size
+            take = list(itertools.islice(queue, room))
+            filling.append((key, take))
+            room -= len(take)
+        for request in requests:
             done: Deferred[None] = Deferred()
-            self._in_flight[key] = done  # before it starts: it may end at once
-            Deferred.fromCoroutine(self._deliver(key, items)).chainDeferred(done)
+            self._requests.add(done)
+            for key, _ in request:
+                self._busy[key] = done  # before it starts: it may end at once
+            Deferred.fromCoroutine(self._deliver(request)).chainDeferred(done)
+            done.addBoth(self._request_ended, done)
 
-    async def _deliver(self, key: str, items: list[tuple[BatchName, int]]) -> None:
-        notices = [self._batches[name].notices[i] for name, i in items]
+    def _request_ended(self, result, done: Deferred):
+        self._requests.discard(done)
+        return result
+
+    async def _deliver(self, request: list[tuple[str, list[tuple[BatchName, int]]]]) -> None:
+        """Send ``request``'s events (per key, the head of its queue) in one request, in the order recorded."""
+        parts = [[(item, key) for item in items] for key, items in request]
+        ordered = list(heapq.merge(*parts)) if len(parts) > 1 else parts[0]
+        batches = self._batches
+        notices = [batches[name].notices[i] for (name, i), _ in ordered]
         try:
             await self.sender.send(notices)
         except DeliveryFailed as e:
-            await self._failed_request(key, items, notices, str(e))
+            await self._failed_request(ordered, notices, str(e))
         except Exception as e:  # noqa: BLE001 a bug encoding or sending must not stop the endpoint: logged, retried
             log.failure("notifications to {endpoint}: sending failed", endpoint=self.name)
-            await self._failed_request(key, items, notices, f"{type(e).__name__}: {e}")
+            await self._failed_request(ordered, notices, f"{type(e).__name__}: {e}")
         else:
             self._succeeded(notices)
-            await self._done(key, items)
+            for key, items in request:
+                await self._done(key, items)
         finally:
-            self._in_flight.pop(key, None)
-            if key in self._stale:
-                self._stale.discard(key)
-                self._purge(key)
+            for key, _ in request:
+                self._busy.pop(key, None)
+                if key in self._stale:
+                    self._stale.discard(key)
+                    self._purge(key)
             if self._running:
                 self._reactor.callLater(0, self._dispatch)
 
@@ -347,7 +388,8 @@ class EndpointDelivery:
             counts[bisect.bisect_left(LATENCY_BUCKETS, latency)] += 1  # the last slot: above every bound
         self._latency_count += len(notices)
 
-    async def _failed_request(self, key: str, items, notices: list[Notice], reason: str) -> None:
+    async def _failed_request(self, ordered: list, notices: list[Notice], reason: str) -> None:
+        """The request for ``notices`` (``ordered``: their (item, key) pairs) failed: back off, dead-letter."""
         now = self._clock()
         self._failed += 1
         self._failures += 1
@@ -369,17 +411,17 @@ class EndpointDelivery:
             )
         dead = []
         attempts = 0
-        for item, notice in zip(items, notices, strict=True):
+        for (item, key), notice in zip(ordered, notices, strict=True):
             attempts = self._attempts[notice.id] = self._attempts.get(notice.id, 0) + 1
             too_many = self.endpoint.max_attempts and attempts >= self.endpoint.max_attempts
             too_old = self.endpoint.max_age and now - item[0].written_at >= self.endpoint.max_age
             if too_many or too_old:
-                dead.append((item, notice))
+                dead.append((key, item, notice))
         if not dead:
             return
-        await self.outbox.bury([notice for _, notice in dead])
+        await self.outbox.bury([notice for _, _, notice in dead])
         self._dead += len(dead)
-        for _, notice in dead:
+        for _, _, notice in dead:
             self._attempts.pop(notice.id, None)
         log.error(
             "notifications to {endpoint}: gave up on {count} event(s) after {attempts} failed requests "
@@ -388,10 +430,14 @@ class EndpointDelivery:
             count=len(dead),
             attempts=attempts,
             reason=reason,
-            action=dead[0][1].action,
-            repository=dead[0][1].repository,
+            action=dead[0][2].action,
+            repository=dead[0][2].repository,
         )
-        await self._done(key, [item for item, _ in dead])
+        by_key: dict[str, list[tuple[BatchName, int]]] = {}
+        for key, item, _ in dead:
+            by_key.setdefault(key, []).append(item)
+        for key, items in by_key.items():
+            await self._done(key, items)
 
     async def _done(self, key: str, items: list[tuple[BatchName, int]]) -> None:
         """``items`` (at the head of ``key``'s queue) are handled: off the queue, and their batches when complete."""
