@@ -11,7 +11,8 @@ its Content-Type, and the signature header.
   body as ``...events.v1+json``).
 - ``cloudevents``: CloudEvents 1.0 over HTTP in structured mode, one event
   per request (``application/cloudevents+json``), or a JSON array of them
-  for a batch of pull events (``application/cloudevents-batch+json``).
+  (``application/cloudevents-batch+json``) for a batch: pull events, and
+  any events when the endpoint's ``batch`` is above 1.
   Types: ``ociregistry.<kind>.<pushed|pulled|mounted|deleted|created>``.
 - The signature, with an endpoint ``secret``: ``Ociregistry-Signature:
   t=<unix time>,sha256=<hex>``, the HMAC-SHA256 under the secret of the
@@ -21,10 +22,11 @@ its Content-Type, and the signature header.
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import hmac
 import json
+import math
+import time
 from collections.abc import Sequence
 
 from .config import CLOUDEVENTS, DISTRIBUTION
@@ -40,10 +42,19 @@ _PAST = {"push": "pushed", "pull": "pulled", "mount": "mounted", "delete": "dele
 
 def rfc3339(timestamp: float) -> str:
     """UTC, with the fraction's trailing zeros dropped, as Go's RFC3339Nano writes a time."""
-    moment = datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc)
-    text = moment.strftime("%Y-%m-%dT%H:%M:%S")
-    fraction = f"{moment.microsecond:06d}".rstrip("0")
-    return f"{text}.{fraction}Z" if fraction else f"{text}Z"
+    fraction, whole = math.modf(timestamp)  # rounded to the microsecond as datetime.fromtimestamp does
+    seconds, micro = int(whole), round(fraction * 1e6)
+    if micro >= 1_000_000:
+        seconds, micro = seconds + 1, micro - 1_000_000
+    elif micro < 0:
+        seconds, micro = seconds - 1, micro + 1_000_000
+    if seconds != _last_second[0]:  # the date and time of one second, made once (events come many a second)
+        _last_second[:] = [seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))]
+    text = _last_second[1]
+    return f"{text}.{f'{micro:06d}'.rstrip('0')}Z" if micro else f"{text}Z"
+
+
+_last_second: list = [None, ""]
 
 
 def _descriptor(media_type: str, digest: str, size: int) -> dict:
@@ -146,8 +157,11 @@ def sendable(format: str, notice: Notice) -> bool:
     return format == CLOUDEVENTS or notice.action != CREATE
 
 
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode  # one encoder, not one per body
+
+
 def _dump(document) -> bytes:
-    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+    return _encode(document).encode()
 
 
 def signature(secret: str, body: bytes, timestamp: int) -> str:

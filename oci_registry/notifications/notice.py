@@ -22,6 +22,7 @@ import attr
 from .config import DELETE, PULL
 
 BLOB, MANIFEST, TAG, REPOSITORY = "blob", "manifest", "tag", "repository"
+_encode = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps would make an encoder per call
 CREATE = "create"  # a repository's first content (CloudEvents only: ociregistry.repository.created)
 
 
@@ -49,24 +50,32 @@ class Notice:
         return self.action == PULL
 
     def to_json(self) -> str:
-        document = {
+        """One line of JSON, without the fields that are unset (this runs for every event recorded)."""
+        document: dict = {
             "id": self.id,
             "t": self.timestamp,
             "action": self.action,
             "kind": self.kind,
             "repository": self.repository,
-            "digest": self.digest,
-            "mediaType": self.media_type,
-            "size": self.size,
-            "tag": self.tag,
-            "fromRepository": self.from_repository,
-            "url": self.url,
-            "references": [list(r) for r in self.references],
-            "request": dict(self.request),
-            "actor": self.actor,
-            "source": [self.source_addr, self.instance],
         }
-        return json.dumps({k: v for k, v in document.items() if v not in (None, [], {})}, separators=(",", ":"))
+        for key, value in (
+            ("digest", self.digest),
+            ("mediaType", self.media_type),
+            ("size", self.size),
+            ("tag", self.tag),
+            ("fromRepository", self.from_repository),
+            ("url", self.url),
+        ):
+            if value is not None:
+                document[key] = value
+        if self.references:
+            document["references"] = [list(r) for r in self.references]
+        if self.request:
+            document["request"] = dict(self.request)
+        if self.actor is not None:
+            document["actor"] = self.actor
+        document["source"] = [self.source_addr, self.instance]
+        return _encode(document)
 
     @classmethod
     def from_json(cls, line: str | bytes) -> Notice:
