@@ -41,13 +41,22 @@ def config(s3_server, proxy, tmp_path_factory):  # noqa: F811
     return s3_server.config_file(str(tmp_path_factory.mktemp("config")), settings)
 
 
-def start(config, tmp_path_factory) -> RegistryProcess:
-    return RegistryProcess(str(tmp_path_factory.mktemp("replica")), config=config).start()
+def start(config, tmp_path_factory, proxy) -> RegistryProcess:
+    """
+    A registry process, once its start-up check of the bucket (a listing,
+    made while it already answers) is done, so that it is not counted.
+    """
+    with proxy.counting() as seen:
+        process = RegistryProcess(str(tmp_path_factory.mktemp("replica")), config=config).start()
+        deadline = time.monotonic() + 10
+        while seen.lists == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    return process
 
 
 @pytest.fixture
-def registry(config, tmp_path_factory):
-    process = start(config, tmp_path_factory)
+def registry(config, tmp_path_factory, proxy):
+    process = start(config, tmp_path_factory, proxy)
     yield process
     process.stop()
 
@@ -157,13 +166,13 @@ def test_pulls_cold_and_warm(proxy, config, registry, tmp_path_factory):
     repository = name()
     layer = push_blob(registry, repository, random_bytes(4096, uuid.uuid4().hex))
     digest, _ = image(registry, repository, "v1")
-    cold = start(config, tmp_path_factory)  # a process that has read nothing yet
+    cold = start(config, tmp_path_factory, proxy)  # a process that has read nothing yet
     try:
         first = pull(proxy, cold, repository, digest, "v1", layer)
         again = pull(proxy, cold, repository, digest, "v1", layer)
     finally:
         cold.stop()
-    fresh = start(config, tmp_path_factory)
+    fresh = start(config, tmp_path_factory, proxy)
     try:
         with proxy.counting() as by_tag:
             assert http_request("GET", f"{fresh.url}/v2/{repository}/manifests/v1").status == 200
@@ -181,7 +190,7 @@ def test_pulls_cold_and_warm(proxy, config, registry, tmp_path_factory):
 
 
 def test_a_delete_through_one_replica_is_seen_by_the_other_within_the_ttl(proxy, config, tmp_path_factory):
-    a, b = start(config, tmp_path_factory), start(config, tmp_path_factory)
+    a, b = start(config, tmp_path_factory, proxy), start(config, tmp_path_factory, proxy)
     try:
         repository = name()
         layer = push_blob(a, repository, random_bytes(4096, uuid.uuid4().hex))
