@@ -112,16 +112,7 @@ def cloudevent(notice: Notice, source: str | None = None, references: bool = Fal
     else:
         subject = notice.repository
     data: dict = {"repository": notice.repository}
-    for key, value in (
-        ("digest", notice.digest),
-        ("mediaType", notice.media_type),
-        ("size", notice.size),
-        ("tag", notice.tag),
-        ("fromRepository", notice.from_repository),
-        ("url", notice.url),
-    ):
-        if value is not None:
-            data[key] = value
+    notice.add_target_fields(data)
     if references and notice.references:
         data["references"] = [_descriptor(*r) for r in notice.references]
     data["actor"] = {"name": notice.actor} if notice.actor else {}

@@ -49,15 +49,8 @@ class Notice:
     def is_pull(self) -> bool:
         return self.action == PULL
 
-    def to_json(self) -> str:
-        """One line of JSON, without the fields that are unset (this runs for every event recorded)."""
-        document: dict = {
-            "id": self.id,
-            "t": self.timestamp,
-            "action": self.action,
-            "kind": self.kind,
-            "repository": self.repository,
-        }
+    def add_target_fields(self, document: dict) -> None:
+        """Set in ``document`` the target's fields that are set, under their JSON names."""
         for key, value in (
             ("digest", self.digest),
             ("mediaType", self.media_type),
@@ -68,6 +61,17 @@ class Notice:
         ):
             if value is not None:
                 document[key] = value
+
+    def to_json(self) -> str:
+        """One line of JSON, without the fields that are unset (this runs for every event recorded)."""
+        document: dict = {
+            "id": self.id,
+            "t": self.timestamp,
+            "action": self.action,
+            "kind": self.kind,
+            "repository": self.repository,
+        }
+        self.add_target_fields(document)
         if self.references:
             document["references"] = [list(r) for r in self.references]
         if self.request:
