@@ -16,7 +16,14 @@ import time
 
 import pytest
 
-from image_builder import OCILayout, http_request, push_blob_http
+from image_builder import (
+    MEDIA_TYPE_OCI_MANIFEST,
+    OCILayout,
+    http_request,
+    push_blob_http,
+    push_image_http,
+    push_manifest_http,
+)
 from notification_helpers import RFC3339, UUID, comparable, endpoint, ociregistry, reference, wait_until
 from receiver_process import ReceiverProcess, verify
 from test_e2e_skopeo import SKOPEO, command_runner, copy_args
@@ -227,6 +234,42 @@ def test_cloudevents(tmp_path, skopeo, layout, receiver):
     assert pushed[0]["data"]["request"]["useragent"].startswith("skopeo/")
     mounted = [e for e in events if e["type"] == "ociregistry.blob.mounted"]
     assert {e["data"]["fromRepository"] for e in mounted} == {"notify/app"}
+
+
+def test_a_copy_whose_manifest_is_written_with_its_mounts_is_announced(tmp_path, layout, receiver):
+    """
+    A copy into a new repository by mounts and a manifest push made within
+    one record window: the events are written together, after the manifest
+    is stored, and the repository is still announced as created (it held
+    no manifest when its first mount was observed).
+    """
+    path, image = layout
+    registry = ociregistry(
+        tmp_path, str(tmp_path / "data"), [endpoint(receiver, format="cloudevents")], record_window="1s"
+    ).start()
+    try:
+        push_image_http(registry.url, "seed/app", path, image, tag="v1")
+        for copy in ("copy/one", "copy/two"):
+            for digest in image.blob_digests:
+                mounted = http_request(
+                    "POST", f"{registry.url}/v2/{copy}/blobs/uploads/?mount={digest}&from=seed/app", b""
+                )
+                assert mounted.status == 201, mounted
+            push_manifest_http(registry.url, copy, "v1", image.manifest_bytes, MEDIA_TYPE_OCI_MANIFEST)
+        expected = 3 * (2 + len(image.blob_digests))  # per repository: created, its blobs, its manifest
+        receiver.wait_for(expected, timeout=60)
+        time.sleep(1.5)
+        seen: set = set()
+        events = [e for e in receiver.events() if not (e["id"] in seen or seen.add(e["id"]))]
+    finally:
+        registry.stop()
+    for repository in ("seed/app", "copy/one", "copy/two"):
+        types = [e["type"] for e in events if e["data"]["repository"] == repository]
+        verb = "pushed" if repository == "seed/app" else "mounted"
+        assert types == ["ociregistry.repository.created"] + [f"ociregistry.blob.{verb}"] * len(image.blob_digests) + [
+            "ociregistry.manifest.pushed"
+        ], (repository, types)
+    assert len(events) == expected
 
 
 def test_a_signature_verifies_with_the_right_secret_only(tmp_path):

@@ -116,6 +116,7 @@ class Notifier(Service):
         self._kick_call = None
         self._pull_call = None
         self._known: OrderedDict[str, None] = OrderedDict()
+        self._looking: dict[str, Deferred] = {}  # repository -> its manifests, as they were when first observed
         self._last_lost_log = float("-inf")
         self._write_failures = 0
         self._last_flush = float("-inf")  # when the last write started (reactor time)
@@ -148,6 +149,8 @@ class Notifier(Service):
             wanted = wanted[: max(room, 0)]
         for notice in wanted:
             (self._pulls if notice.is_pull else self._intake).append(notice)
+            if self._cloudevents and notice.action in (PUSH, MOUNT):
+                self._look(notice.repository)
         if self._pulls and self._pull_call is None and self.running:
             self._pull_call = self._reactor.callLater(self.settings.pull_window, self._release_pulls)
         if self._intake:
@@ -247,7 +250,7 @@ class Notifier(Service):
         for notice in batch:
             if notice.action in (PUSH, MOUNT) and notice.repository not in self._known:
                 try:
-                    created = await self._first_content(notice)
+                    created = await self._first_content(notice, batch)
                 except _STORAGE_ERRORS as e:
                     log.warn(
                         "notifications: cannot tell whether {repository} is new: {error}",
@@ -256,6 +259,7 @@ class Notifier(Service):
                     )
                 else:
                     self._known[notice.repository] = None
+                    self._looking.pop(notice.repository, None)  # looked for again while this was judged
                     if len(self._known) > KNOWN_REPOSITORIES:
                         self._known.popitem(last=False)
                     if created:
@@ -263,14 +267,46 @@ class Notifier(Service):
             out.append(notice)
         return out
 
-    async def _first_content(self, notice: Notice) -> bool:
-        """Whether ``notice`` reports the first content of its repository, and this process is to say so."""
-        marker = paths.repository_announced(notice.repository)
-        if await self.storage.stat(marker) is not None:
+    def _look(self, repository: str) -> None:
+        """
+        Find out at once whether a repository not known to be announced is
+        new: a mount is observed before the client pushes the manifest that
+        follows it, and its notice is judged by what the repository held
+        then, not by the time the events are written.
+        """
+        if repository in self._known or repository in self._looking:
+            return
+        looking = self._looking[repository] = Deferred.fromCoroutine(self._manifests_held(repository))
+        looking.addErrback(lambda f: f.value)  # kept for _first_content, which raises it
+
+    async def _manifests_held(self, repository: str) -> list[str] | None:
+        """The paths under a repository's manifest revisions; None once it was announced."""
+        if await self.storage.stat(paths.repository_announced(repository)) is not None:
+            return None
+        return await self.storage.walk(f"{paths.REPOSITORIES}/{repository}/_manifests/revisions")
+
+    async def _first_content(self, notice: Notice, batch: list[Notice]) -> bool:
+        """
+        Whether ``notice`` reports the first content of its repository, and
+        this process is to say so: its repository held no manifest when its
+        first push or mount was observed, but those whose pushes this
+        process observed and has not recorded yet.
+        """
+        looking = self._looking.pop(notice.repository, None)
+        if looking is None:
+            looking = Deferred.fromCoroutine(self._manifests_held(notice.repository))
+        revisions = await looking
+        if isinstance(revisions, BaseException):
+            raise revisions
+        if revisions is None:
             return False
-        pushed = notice.digest.split(":", 1)[-1] if notice.kind == MANIFEST and notice.digest else None
-        revisions = await self.storage.walk(f"{paths.REPOSITORIES}/{notice.repository}/_manifests/revisions")
-        new = not any(path.endswith("/link") and path.split("/")[1] != pushed for path in revisions)
+        observed = {
+            n.digest.split(":", 1)[-1]
+            for n in (*batch, *self._intake)
+            if n.repository == notice.repository and n.kind == MANIFEST and n.action == PUSH and n.digest
+        }
+        new = not any(path.endswith("/link") and path.split("/")[1] not in observed for path in revisions)
+        marker = paths.repository_announced(notice.repository)
         try:
             created = await create_exclusive(
                 self.storage, marker, notice.id.encode(), f"{marker}.{self.source.instance}"
