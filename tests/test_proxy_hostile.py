@@ -322,6 +322,9 @@ def test_tag_lists_referrers_and_error_bodies_that_stall(proxy, hostile):
     response, seconds = timed(lambda: get(proxy, "h/team/list/tags/list"))
     assert response.json()["tags"] == ["v1"]  # the cached tags
     assert seconds < QUICK
+    assert "listing cached tags of h/team/list" in proxy.log()
+    assert "unavailable: the upstream's answer took longer than" in proxy.log()  # not "a tag list too long"
+    assert "tag list of team/list is longer than" not in proxy.log()
 
     hostile.on("GET", r"/v2/team/list/referrers/.+", stall_after(b'{"manifests": [', 100))
     response, seconds = timed(lambda: get(proxy, f"h/team/list/referrers/{digest}"))

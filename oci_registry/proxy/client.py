@@ -36,6 +36,7 @@ from .config import UpstreamConfig
 from .transport import (
     AddressGuard,
     BodyPump,
+    BodyTooLong,
     BoundedPool,
     GuardedEndpoints,
     UpstreamDenied,
@@ -458,7 +459,7 @@ class UpstreamClient:
             link = _header(response, "Link")
             try:
                 data = await self._read_body(response, budget)
-            except UpstreamUnavailable:
+            except BodyTooLong:
                 raise UpstreamUnavailable(
                     f"{self.url}: the tag list of {name} is longer than {TAG_LIST_BYTES} bytes"
                 ) from None

@@ -64,6 +64,10 @@ class UpstreamUnavailable(UpstreamError):
     """Unreachable, timed out, 5xx, rate limited, or an answer that makes no sense."""
 
 
+class BodyTooLong(UpstreamUnavailable):
+    """A body that announced or sent more bytes than its reader takes."""
+
+
 # ----------------------------------------------------------------- bodies
 
 
@@ -209,7 +213,7 @@ async def read_body(response, limit: int, reactor, timeout: float) -> bytes:
     announced = declared_length(response)
     if announced is not None and announced > limit:
         drop_body(response)
-        raise UpstreamUnavailable(f"the upstream announced {announced} bytes, more than the {limit} expected")
+        raise BodyTooLong(f"the upstream announced {announced} bytes, more than the {limit} expected")
     chunks: list[bytes] = []
     received = 0
 
@@ -217,7 +221,7 @@ async def read_body(response, limit: int, reactor, timeout: float) -> bytes:
         nonlocal received
         received += len(data)
         if received > limit:
-            raise UpstreamUnavailable(f"the upstream sent more than {limit} bytes")
+            raise BodyTooLong(f"the upstream sent more than {limit} bytes")
         chunks.append(data)
 
     done: Deferred = Deferred()
