@@ -82,6 +82,7 @@ from twisted.python.failure import Failure
 
 from . import manifest as manifests
 from . import paths
+from .catalog import drop_if_empty
 from .errors import DigestInvalid, ManifestInvalid
 from .reference import ALGORITHMS, Digest, Name, Tag
 from .storage.interfaces import (
@@ -586,6 +587,7 @@ class _Run:
     doomed_manifests: list = attr.Factory(list)  # (repository, digest, subject digest or None)
     uploads: list = attr.Factory(list)  # (repository, upload id)
     quarantined_links: list = attr.Factory(list)  # (repository, digest)
+    shrunk: set = attr.Factory(set)  # repositories a manifest or a blob link was removed from
 
 
 # ------------------------------------------------------ manifests, uploads
@@ -676,6 +678,7 @@ async def _remove_decided(run: _Run) -> None:
     for repo, manifest, subject in run.doomed_manifests:
         await run.pace()
         name, digest = Name(repo), _parsed(manifest)
+        run.shrunk.add(repo)
         if subject is not None:
             await storage.delete(paths.referrer(name, _parsed(subject), digest))
         await storage.delete(paths.manifest_link(name, digest).rsplit("/", 1)[0])
@@ -954,6 +957,7 @@ async def _sweep(run: _Run, deletes: _Deletes) -> None:
             report.blobs_kept += 1
             return
         report.blobs_removed.append((blob, freed))
+        run.shrunk.update(repos)
         if not options.dry_run:
             # Which upstreams sent the bytes means nothing once they are gone (a fill of them again writes it anew).
             for record in upstreams.get(key, ()):
@@ -961,6 +965,15 @@ async def _sweep(run: _Run, deletes: _Deletes) -> None:
 
     await _each(sorted(candidates), collect_one, run.at_once)
     report.blobs_removed.sort()
+
+
+async def _unlist_emptied(run: _Run) -> None:
+    """The catalog entries of repositories this run left without a manifest or a blob (see `oci_registry.catalog`)."""
+    if run.options.dry_run:
+        return
+    for repo in sorted(run.shrunk):
+        await run.pace()
+        await drop_if_empty(run.storage, Name(repo))
 
 
 async def collect(
@@ -999,6 +1012,7 @@ async def collect(
         await _expire_claims(run, deletes)
     finally:
         await deletes.flush()
+    await _unlist_emptied(run)
     log.info(
         "garbage collection{dry}: {blobs} blobs ({freed} bytes), {manifests} manifests, {tags} tags, "
         "{uploads} uploads, {claims} fill claims removed; {kept} blobs kept ({seconds:.2f} s)",

@@ -3,7 +3,12 @@ Pages of the catalog, of a repository's tags and of a subject's referrers,
 read from storage in sorted order so that a page costs what it holds, not
 what the store holds.
 
-Everything is built on two storage calls: ``list_page`` (a folder's child
+Where the storage lists files in order from any point in one request
+(`IWalkAfter`: S3), a tag page is one or two listings of the tag links
+(`tag_page`), and a catalog page one listing of the catalog's entries
+(`indexed_repository_page`, kept by `oci_registry.catalog`).  Elsewhere (a
+file system), and on S3 until the catalog's entries are complete, everything
+is built on two storage calls: ``list_page`` (a folder's child
 names after a given one, sorted, a bounded number) and ``holds_files``.
 Repository names are nested folders (``a/b/c``), and the catalog is sorted
 by the whole name, in which ``a-b`` < ``a/b`` < ``a0`` (``/`` sorts between
@@ -35,7 +40,8 @@ import attr
 from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
 
 from . import paths
-from .reference import _COMPONENT, TAG_RE, Digest, Name, Tag
+from .reference import _COMPONENT, NAME_RE, TAG_RE, Digest, Name, Tag
+from .storage.interfaces import IWalkAfter, stat_file
 
 CONCURRENCY = 16  # storage calls in flight at once for one listing
 BATCH = 1000  # names asked of a folder at a time, at most
@@ -95,6 +101,8 @@ async def tag_page(storage, name: Name, last: str | None, limit: int | None, yie
     if limit is not None and limit <= 0:
         return Page([])
     wanted = None if limit is None else limit + 1  # one more says whether a next page exists
+    if IWalkAfter.providedBy(storage):
+        return page_of(await _linked_tags(storage, name, last, wanted, yield_now), limit)
     limiter = _Limiter()
     found: list[str] = []
     folder = paths.tags(name)
@@ -115,6 +123,97 @@ async def tag_page(storage, name: Name, last: str | None, limit: int | None, yie
             turns = 0
             await yield_now()
     return page_of(found, limit)
+
+
+_TAG_LINK = "current/link"
+
+
+def _inverted_prefixes(name: str) -> list[str]:
+    """The prefixes of ``name`` that sort before it but whose folders come after it: cut before a "-" or "."."""
+    return [name[:i] for i in range(1, len(name)) if name[i] < "/"]
+
+
+async def _linked_tags(storage, name: Name, last: str | None, wanted: int | None, yield_now) -> list[str]:
+    """
+    The first ``wanted`` tags after ``last`` (all, with None), from listings
+    of the files below the tags folder (`IWalkAfter`): a tag is there while
+    its ``current/link`` is, so the listing itself says which tags exist, and
+    a page costs one request of about its size (two for a pull-through
+    cache's tags, which have a ``checked`` file too).
+    """
+    return await _marked_names(storage, paths.tags(name), _TAG_LINK, TAG_RE.fullmatch, last, wanted, yield_now)
+
+
+async def _marked_names(storage, folder: str, marker: str, valid, last: str | None, wanted: int | None, yield_now):
+    """
+    The first ``wanted`` names after ``last`` (all, with None), in byte
+    order, of the ``<name>/<marker>`` files below ``folder``, from listings
+    in order (`IWalkAfter`); ``valid`` says which names count.
+
+    Every name after ``last`` has its files after ``last``.  S3 orders them
+    by key, in which ``v1-rc/...`` comes before ``v1/...`` while the names
+    sort ``v1`` < ``v1-rc``: a name not listed yet can still sort before one
+    listed only if it is a prefix of it cut before a ``-`` or ``.``.  Such a
+    name whose file the listing has not passed is looked up on its own (one
+    request, rarely needed), so the page is exact in either order.
+    """
+    suffix = "/" + marker
+    found: set[str] = set()  # names after last, listed or looked up
+    looked_up: set[str] = set()
+    position = ""  # the greatest path listed so far
+    start = last
+    complete = False
+    files = names = turns = 0  # listed so far: how many files a name has, to size the next listing
+
+    def after(name: str) -> bool:
+        return last is None or name > last
+
+    for _ in range(100_000):
+        while not complete and (wanted is None or len(found) < wanted):
+            if wanted is None:
+                batch = BATCH
+            else:
+                per_name = files / names if names else 1.0
+                batch = min(BATCH, int((wanted - len(found)) * per_name) + 2)
+            listed = await storage.walk_after(folder, start, batch)
+            for path in listed:
+                if path.endswith(suffix):
+                    name = path[: -len(suffix)]
+                    if valid(name):
+                        names += 1
+                        if after(name):
+                            found.add(name)
+            files += len(listed)
+            if listed:
+                position = max(position, max(listed))
+                start = listed[-1]
+            complete = len(listed) < batch
+            turns += len(listed)
+            if yield_now is not None and turns >= TURN:
+                turns = 0
+                await yield_now()
+        page = sorted(found)[:wanted]
+        if complete:
+            return page
+        unresolved = sorted(
+            {
+                prefix
+                for name in page
+                for prefix in _inverted_prefixes(name)
+                if after(prefix)
+                and valid(prefix)
+                and prefix not in found
+                and prefix not in looked_up
+                and prefix + suffix > position
+            }
+        )
+        if not unresolved:
+            return page
+        looked_up.update(unresolved)
+        limiter = _Limiter()
+        there = await _all([limiter.run(stat_file, storage, f"{folder}/{p}{suffix}") for p in unresolved])
+        found.update(p for p, info in zip(unresolved, there, strict=True) if info is not None)
+    raise RuntimeError(f"listing {folder} did not end")
 
 
 def page_of(found: list[str], limit: int | None) -> Page:
@@ -291,12 +390,71 @@ class _CatalogWalk:
             self.push(folder.floor(), folder)
 
 
+async def holds_content(storage, name: Name) -> bool:
+    """Whether ``name`` is a repository the catalog lists: a file is under its ``_manifests`` or ``_layers``."""
+    for marker in _REPOSITORY_MARKERS:
+        if await storage.holds_files(f"{paths.REPOSITORIES}/{name}/{marker}"):
+            return True
+    return False
+
+
 async def repository_page(storage, last: str | None, limit: int | None, yield_now=None) -> Page:
-    """Up to ``limit`` repository names after ``last``, in byte order; ``limit`` None: all of them."""
+    """
+    Up to ``limit`` repository names after ``last``, in byte order; ``limit``
+    None: all of them.  Walks the repositories' folders (what a store without
+    the catalog's entries is listed by).
+    """
     if limit is not None and limit <= 0:
         return Page([])
     found = await _CatalogWalk(storage, last, None if limit is None else limit + 1, yield_now).run()
     return page_of(found, limit)
+
+
+_NAME_CHARACTERS = "-./0123456789_abcdefghijklmnopqrstuvwxyz"  # in byte order
+
+
+def _entry_after(last: str) -> str:
+    """
+    A file name in `paths.catalog_entries` at or before the entry of every
+    name after ``last``, which may be any text: ``last`` as far as it is made
+    of the characters of names, encoded, then the encoded greatest character
+    of names below the one that stops it (a name after ``last`` that shares
+    that start has a greater character there).
+    """
+    for i, character in enumerate(last):
+        if character not in _NAME_CHARACTERS:
+            below = [c for c in _NAME_CHARACTERS if c < character]
+            return paths.catalog_key(last[:i] + (below[-1] if below else ""))
+    return paths.catalog_key(last)
+
+
+async def indexed_repository_page(storage, last: str | None, limit: int | None, yield_now=None) -> Page:
+    """
+    `repository_page` from the catalog's entries (`paths.catalog_entry`), on
+    a storage that lists in order from any point (`IWalkAfter`): one listing
+    of ``limit`` + 1 files, whatever the store holds.
+    """
+    if limit is not None and limit <= 0:
+        return Page([])
+    wanted = None if limit is None else limit + 1
+    found: list[str] = []
+    start = None if last is None else _entry_after(last)
+    turns = 0
+    while wanted is None or len(found) < wanted:
+        batch = BATCH if wanted is None else min(BATCH, wanted - len(found))
+        entries = await storage.walk_after(paths.catalog_entries(), start, batch)
+        for entry in entries:
+            name = paths.catalog_name(entry)
+            if NAME_RE.fullmatch(name) and (last is None or name > last):
+                found.append(name)
+        if len(entries) < batch:
+            break
+        start = entries[-1]
+        turns += len(entries)
+        if yield_now is not None and turns >= TURN:
+            turns = 0
+            await yield_now()
+    return page_of(sorted(found), limit)
 
 
 # ---------------------------------------------------------------- referrers

@@ -39,6 +39,11 @@ Every storage path the registry uses, in one place.
     notifications/endpoints/<endpoint>/claims/<owner>-<generation>
                                                      a lease being taken
     notifications/repositories/<name>/_created       the repository's creation was announced
+    catalog/repositories/<name, "/" as ".">          an empty file: the repository holds a manifest
+                                                     or a blob; kept on S3 only, where the catalog
+                                                     is read from these (see catalog.py)
+    catalog/complete                                 every repository of the store has its file
+                                                     in catalog/repositories/
     _health/<id>                                     a readiness probe's file, for a moment:
                                                      written, read back and deleted
 
@@ -56,6 +61,7 @@ BLOBS = "blobs"
 REPOSITORIES = "repositories"
 FILLS = "fills"
 NOTIFICATIONS = "notifications"
+CATALOG = "catalog"
 HEALTH = "_health"  # outside blobs/ and repositories/: garbage collection never looks here
 
 
@@ -180,6 +186,44 @@ def notification_claims(endpoint: str) -> str:
 def repository_announced(name: str) -> str:
     """Marks that an ``ociregistry.repository.created`` event was recorded for the repository."""
     return f"{NOTIFICATIONS}/repositories/{name}/_created"
+
+
+def catalog_entries() -> str:
+    """The folder of every repository's `catalog_entry`: one flat folder, its files in the catalog's order."""
+    return f"{CATALOG}/repositories"
+
+
+def catalog_entry(name: Name | str) -> str:
+    """
+    The file that lists ``name`` in the catalog: one file in one folder,
+    whose name is the repository's with ``/`` written ``.``, ``.`` written
+    ``-`` and ``-`` written ``,`` (``library/alpine`` is ``library.alpine``).
+    Each character moves one place down, to a place no other character of a
+    name takes, so the files' byte order is the catalog's (``a-b`` < ``a/b``
+    < ``a0``) on any store, one that lists by key (S3) or folder by folder
+    (SeaweedFS) alike, and a name keeps its length (a file name's limit is
+    a name's: 255).
+    """
+    return f"{CATALOG}/repositories/{catalog_key(str(name))}"
+
+
+_TO_KEY = str.maketrans("-./", ",-.")
+_FROM_KEY = str.maketrans(",-.", "-./")
+
+
+def catalog_key(text: str) -> str:
+    """A repository name (or any text of its characters) as the name of its `catalog_entry`."""
+    return text.translate(_TO_KEY)
+
+
+def catalog_name(key: str) -> str:
+    """The repository name a `catalog_entry` file's name stands for (the reverse of `catalog_key`)."""
+    return key.translate(_FROM_KEY)
+
+
+def catalog_complete() -> str:
+    """Present once every repository of the store has its `catalog_entry` (see `oci_registry.catalog`)."""
+    return f"{CATALOG}/complete"
 
 
 def health_probe(probe_id: str) -> str:

@@ -22,6 +22,7 @@ from zope.interface import implementer
 
 from . import listing, paths
 from . import manifest as manifests
+from .catalog import Catalog
 from .content_cache import ContentCache, no_cache
 from .cpu import CPUPool
 from .errors import (
@@ -164,6 +165,8 @@ class Registry:
         self._live: dict[str, _LiveUpload] = {}
         # Requests that rely on a stored blob keep it from a garbage collection running meanwhile.
         self.keeper = Keeper(storage, gc_grace)
+        # On S3, one entry per repository, which a catalog page lists (see oci_registry.catalog).
+        self._catalog = Catalog(storage, self._cpu.yield_now)
 
     @property
     def min_chunk_length(self) -> int | None:
@@ -258,8 +261,10 @@ class Registry:
             raise BlobUnknown(str(digest))
         self.cache.drop_blob_link(name, digest)
         await self.storage.delete(paths.layer_link(name, digest).rsplit("/", 1)[0])
+        await self._catalog.removed_from(name)
 
     async def _link_blob(self, name: Name, digest: Digest) -> None:
+        await self._listed(name)
         await self._write(paths.layer_link(name, digest), str(digest).encode())
 
     async def mount_blob(
@@ -281,6 +286,14 @@ class Registry:
             return None
         await self._link_blob(name, digest)
         return BlobInfo(digest, info.size)
+
+    async def _listed(self, name: Name) -> None:
+        """The repository's catalog entry, before its first link from this process (see `oci_registry.catalog`)."""
+        try:
+            await self._catalog.add(name)
+        except StorageFull:
+            log.error("storage is full: could not list {name} in the catalog", name=str(name))
+            raise InsufficientStorage() from None
 
     async def _write(self, path: str, data: bytes, durable: bool = True) -> None:
         try:
@@ -678,6 +691,7 @@ class Registry:
         if check_references:
             await self._check_references(name, parsed)
         await self._store_manifest_data(digest, data)
+        await self._listed(name)
         await self._write(paths.manifest_link(name, digest), parsed.media_type.encode())
         self.cache.add_manifest(digest, data)
         if parsed.subject is not None:
@@ -767,6 +781,7 @@ class Registry:
             await self.storage.delete(paths.referrer(name, subject, digest))
         self.cache.drop_revision(name, digest)
         await self.storage.delete(link.rsplit("/", 1)[0])
+        await self._catalog.removed_from(name)
         return tuple(removed)
 
     async def _subject_of(self, digest: Digest) -> Digest | None:
@@ -796,7 +811,7 @@ class Registry:
 
     async def catalog(self, limit: int | None = None, last: str | None = None, caller: Caller | None = None) -> Page:
         """Up to ``limit`` repositories holding a manifest or a blob, after ``last`` (all, with None), sorted."""
-        return await listing.repository_page(self.storage, last, limit, self._cpu.yield_now)
+        return await self._catalog.page(last, limit)
 
     async def referrers(
         self,

@@ -23,6 +23,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
 
+from .catalog import prepare
 from .storage.interfaces import StorageUnavailable
 
 log = Logger(namespace="ociregistry")
@@ -191,7 +192,10 @@ class StorageCheck(Service):
 
     def startService(self):
         super().startService()
-        at_once(self._storage.check(), self._judge, self._reactor)
+        checked = self._storage.check()
+        # Then a new store is marked as having every catalog entry (none): see oci_registry.catalog.
+        checked.addCallback(lambda _: Deferred.fromCoroutine(prepare(self._storage)))
+        at_once(checked, self._judge, self._reactor)
 
     def _judge(self, reason) -> StartupError | None:
         if not reason.check(StorageUnavailable):

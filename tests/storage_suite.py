@@ -30,6 +30,7 @@ from oci_registry.storage.interfaces import (
     ISendfileReader,
     IStatFile,
     IStorageDriver,
+    IWalkAfter,
     IWalkPages,
     IWriter,
     PathNotFound,
@@ -37,7 +38,15 @@ from oci_registry.storage.interfaces import (
 )
 
 # Every optional capability a driver or its readers may declare.
-CAPABILITIES = (IClosableDriver, ISendfileReader, IExclusiveCreate, IWalkPages, IBatchDelete, IStatFile)
+CAPABILITIES = (
+    IClosableDriver,
+    ISendfileReader,
+    IExclusiveCreate,
+    IWalkPages,
+    IWalkAfter,
+    IBatchDelete,
+    IStatFile,
+)
 
 
 async def _write_file(driver, path, chunks, hasher=None):
@@ -197,6 +206,37 @@ class StorageSuite:
                 at = [i for i, path in enumerate(found) if path.startswith(folder)]
                 assert at == list(range(at[0], at[-1] + 1)), (folder, found)
         assert await driver.walk_page("missing", None, 10) == ([], None)
+
+    @pytest_twisted.ensureDeferred
+    async def test_walk_after(self, driver):
+        """Files below a folder from any point, a page at a time, each once, in one order from page to page."""
+        if not IWalkAfter.providedBy(driver):
+            pytest.skip("the driver lists in order only folder by folder")
+        names = ["a/1", "a/b/2", "a/b/3", "a-b/4", "a0", "a/_c/5", "c/d/e/6", "c/d/7", "z"]
+        for name in names:
+            await driver.write_bytes(f"o/{name}", b"data")
+        await driver.write_bytes("o-outside", b"data")
+        everything = await driver.walk_after("o", None, 1000)
+        assert sorted(everything) == sorted(names)
+        for limit in (1, 2, 4):
+            found, start = [], None
+            for _ in range(20):
+                page = await driver.walk_after("o", start, limit)
+                assert len(page) <= limit
+                found += page
+                if len(page) < limit:
+                    break
+                start = page[-1]
+            assert found == everything, limit
+        # Flat names of one folder come in byte order, from any point.
+        assert await driver.walk_after("o", "a0", 1000) == everything[everything.index("a0") + 1 :]
+        for start in ("a", "a0", "b", "y", "zz"):
+            flat = [n for n in everything if "/" not in n]
+            assert [n for n in await driver.walk_after("o", start, 1000) if "/" not in n] == [
+                n for n in flat if n > start
+            ]
+        assert await driver.walk_after("missing", None, 10) == []
+        assert await driver.walk_after("o", None, 0) == []
 
     @pytest_twisted.ensureDeferred
     async def test_stat_file(self, driver):

@@ -27,6 +27,7 @@ from oci_registry.storage.interfaces import (
     IClosableDriver,
     IExclusiveCreate,
     IStatFile,
+    IWalkAfter,
     IWalkPages,
     PathNotFound,
     StorageUnavailable,
@@ -48,7 +49,7 @@ def make_driver(server, **overrides) -> S3Driver:
 
 
 class TestS3Storage(StorageSuite):
-    driver_capabilities = (IClosableDriver, IExclusiveCreate, IWalkPages, IBatchDelete, IStatFile)
+    driver_capabilities = (IClosableDriver, IExclusiveCreate, IWalkPages, IWalkAfter, IBatchDelete, IStatFile)
 
     @pytest.fixture
     def driver(self, s3_server):  # noqa: F811

@@ -21,6 +21,7 @@ from ..storage.interfaces import (
     IExclusiveCreate,
     IStatFile,
     IStorageDriver,
+    IWalkAfter,
     IWalkPages,
     PathNotFound,
     SourceChanged,
@@ -33,7 +34,7 @@ from .families import Metrics
 _EXPECTED = (PathNotFound, DestinationExists, SourceChanged, FileExistsError, FileNotFoundError)
 _ACTIONS = tuple(
     name
-    for interface in (IStorageDriver, IExclusiveCreate, IWalkPages, IBatchDelete, IStatFile)
+    for interface in (IStorageDriver, IExclusiveCreate, IWalkPages, IWalkAfter, IBatchDelete, IStatFile)
     for name in interface.names()
     if name != "close"
 )

@@ -276,6 +276,26 @@ class IWalkPages(Interface):
         """
 
 
+class IWalkAfter(Interface):
+    """
+    A driver that lists the files below a folder in the byte order of their
+    paths, from any point, in one request for a page (S3: ListObjectsV2
+    without a delimiter, with ``start-after``), where a folder-by-folder
+    walk costs a request per folder.  The catalog and a repository's tags
+    are read through it (see `oci_registry.listing`).
+    """
+
+    def walk_after(path, start_after=None, limit=1000):
+        """
+        Fire with at most ``limit`` paths of files below ``path`` (relative
+        to it, like ``walk``) that come after ``start_after`` (None: from
+        the start), fewer only when no more follow.  The order is the
+        store's: byte order of the whole path (S3), or name by name, folder
+        by folder (SeaweedFS); the same for every call, so that the last
+        path of one page, given as ``start_after``, continues with the next.
+        """
+
+
 class IBatchDelete(Interface):
     """
     A driver that can delete many files in one request (S3: DeleteObjects,

@@ -55,6 +55,7 @@ from .interfaces import (
     IReader,
     IStatFile,
     IStorageDriver,
+    IWalkAfter,
     IWalkPages,
     IWriter,
     PathNotFound,
@@ -150,7 +151,7 @@ def _copy_ranges(size: int, part_size: int) -> list[tuple[int, int]]:
     return ranges
 
 
-@implementer(IStorageDriver, IClosableDriver, IExclusiveCreate, IWalkPages, IBatchDelete, IStatFile)
+@implementer(IStorageDriver, IClosableDriver, IExclusiveCreate, IWalkPages, IWalkAfter, IBatchDelete, IStatFile)
 class S3Driver:
     """Stores files as objects in one bucket (under ``settings.prefix``)."""
 
@@ -430,6 +431,27 @@ class S3Driver:
         key = self._key(path) + "/"
         listed = await self.client.list_once(key, max_keys=limit, token=cursor)
         return [k[len(key) :] for k in listed.keys], listed.token if listed.truncated else None
+
+    @_deferred
+    async def walk_after(self, path, start_after=None, limit=1000):
+        """ListObjectsV2 without a delimiter from ``start-after``: one request for up to 1,000 paths."""
+        if limit <= 0:
+            return []
+        base = self._key(path) + "/"
+        found: list[str] = []
+        token = None
+        while len(found) < limit:
+            listed = await self.client.list_once(
+                base,
+                start_after=base + start_after if start_after else None,
+                max_keys=limit - len(found),
+                token=token,
+            )
+            found += [key[len(base) :] for key in listed.keys if key.startswith(base)]
+            token = listed.token
+            if not listed.truncated or token is None:
+                break
+        return found
 
     @_deferred
     async def delete_files(self, paths):

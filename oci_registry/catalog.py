@@ -1,0 +1,150 @@
+"""
+The catalog's entries: on a storage that lists files in order from any point
+(`IWalkAfter`: S3), one empty file per repository in one folder
+(`paths.catalog_entry`), so that a catalog page is one listing of its size
+(`listing.indexed_repository_page`) instead of a walk through every
+repository's folders (two requests per repository listed).
+
+- A repository's entry is written before its first link (a blob's or a
+  manifest's) that this process writes: once per repository and process
+  (the names written are remembered, 100,000 at most).
+- A delete through the API that may leave a repository without a manifest
+  or a blob (a manifest's or a blob's), and garbage collection for each
+  repository it removed one from, look whether anything is left under its
+  ``_manifests`` and ``_layers``; if nothing is, the entry goes (and comes
+  back at once if a push wrote a link meanwhile).
+- ``catalog/complete`` says that every repository has its entry.  A process
+  starting on a store with no repository writes it (`prepare`).  On a store
+  written before the entries existed, the catalog is walked from the
+  repositories' folders as before, and the first catalog request starts
+  `rebuild` in the background: the walk, every repository's entry, then
+  ``catalog/complete``; from then on every process reads the entries.
+
+On a file system the catalog is always walked (its folders are read whole
+and kept, see `oci_registry.listing`), and nothing here is written.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred, DeferredSemaphore
+from twisted.logger import Logger
+
+from . import listing, paths
+from .reference import Name
+from .storage.interfaces import IBatchDelete, IWalkAfter, PathNotFound, stat_file
+
+log = Logger(namespace="oci_registry.catalog")
+
+REMEMBERED = 100_000  # repository names a process remembers having written the entry of
+REBUILD_PAGE = 1000  # repositories walked, then given their entries, at a time
+AT_ONCE = 16  # entries written at once by a rebuild
+
+
+def kept(storage) -> bool:
+    """Whether the catalog's entries are kept on ``storage`` (S3: `IWalkAfter`)."""
+    return IWalkAfter.providedBy(storage)
+
+
+async def prepare(storage) -> None:
+    """
+    At start-up: a store without any repository yet gets ``catalog/complete``
+    (its entries are complete: there are none), so that it is never walked.
+    """
+    if not kept(storage) or (await stat_file(storage, paths.catalog_complete())) is not None:
+        return
+    if not await storage.holds_files(paths.REPOSITORIES):
+        await storage.write_bytes(paths.catalog_complete(), b"")
+
+
+class Catalog:
+    """The catalog of one registry process: its pages, and the entries its pushes and deletes keep."""
+
+    def __init__(self, storage, yield_now=None):
+        self.storage = storage
+        self.kept = kept(storage)
+        self._yield_now = yield_now
+        self._written: set[str] = set()
+        self._complete = False
+        self._rebuilding: Deferred | None = None
+
+    async def page(self, last: str | None, limit: int | None) -> listing.Page:
+        """Up to ``limit`` repositories after ``last`` (all, with None): from the entries once they are complete."""
+        if self.kept and await self.complete():
+            return await listing.indexed_repository_page(self.storage, last, limit, self._yield_now)
+        if self.kept and self._rebuilding is None:
+            self._rebuilding = Deferred.fromCoroutine(self.rebuild())
+            self._rebuilding.addCallbacks(self._rebuilt, self._not_rebuilt)
+        return await listing.repository_page(self.storage, last, limit, self._yield_now)
+
+    def _rebuilt(self, _) -> None:
+        self._rebuilding = None
+
+    def _not_rebuilt(self, failure) -> None:
+        self._rebuilding = None
+        log.warn(
+            "the catalog's entries were not rebuilt: {error}; the next catalog request tries again",
+            error=failure.getErrorMessage(),
+        )
+
+    async def complete(self) -> bool:
+        """Whether every repository has its entry (looked up until it is: one request)."""
+        if not self._complete:
+            self._complete = (await stat_file(self.storage, paths.catalog_complete())) is not None
+        return self._complete
+
+    async def add(self, name: Name) -> None:
+        """Before ``name``'s first link from this process: its entry."""
+        if not self.kept or str(name) in self._written:
+            return
+        await self.storage.write_bytes(paths.catalog_entry(name), b"", durable=False)
+        if len(self._written) >= REMEMBERED:
+            self._written.clear()
+        self._written.add(str(name))
+
+    async def removed_from(self, name: Name) -> None:
+        """After a manifest or a blob of ``name`` was deleted: its entry goes if nothing is left in it."""
+        if not self.kept or await listing.holds_content(self.storage, name):
+            return
+        self._written.discard(str(name))
+        await _drop(self.storage, name)
+
+    async def rebuild(self) -> None:
+        """Every repository's entry, from a walk of the repositories' folders; then ``catalog/complete``."""
+        log.info("writing the catalog's entries of every repository (a store from before they were kept)")
+        limiter = DeferredSemaphore(AT_ONCE)
+        last = None
+        count = 0
+        while True:
+            page = await listing.repository_page(self.storage, last, REBUILD_PAGE, self._yield_now)
+            await listing._all(
+                [limiter.run(self.storage.write_bytes, paths.catalog_entry(name), b"", False) for name in page.entries]
+            )
+            count += len(page.entries)
+            if page.next is None:
+                break
+            last = page.next
+        await self.storage.write_bytes(paths.catalog_complete(), b"")
+        self._complete = True
+        log.info("the catalog's entries are complete: {count} repositories", count=count)
+
+
+async def drop_if_empty(storage, name: Name) -> None:
+    """
+    ``name``'s entry goes if the repository holds no manifest nor blob any
+    more (garbage collection asks, for the repositories it removed from).
+    """
+    if kept(storage) and not await listing.holds_content(storage, name):
+        await _drop(storage, name)
+
+
+async def _drop(storage, name: Name) -> None:
+    path = paths.catalog_entry(name)
+    try:
+        if IBatchDelete.providedBy(storage):
+            await storage.delete_files([path])  # by name: one request on S3, where a delete lists first
+        else:
+            await storage.delete(path)
+    except PathNotFound:
+        pass
+    if await listing.holds_content(storage, name):  # a push wrote a link meanwhile: it stays listed
+        await storage.write_bytes(path, b"", durable=False)
