@@ -62,14 +62,14 @@ def quiet(seen, timeout: float = 10) -> None:
         time.sleep(0.05)
 
 
-def push_seed(registry) -> tuple[bytes, list[str]]:
-    """An image in ``seed/image``: its manifest, and its blobs' digests (to mount elsewhere)."""
+def push_seed(registry, repository: str = SEED) -> tuple[bytes, list[str]]:
+    """An image of its own in ``repository``: its manifest, and its blobs' digests (to mount elsewhere)."""
     config = json.dumps({"architecture": "amd64", "os": "linux", "seed": uuid.uuid4().hex}).encode()
     layer = random_bytes(1024, uuid.uuid4().hex)
     for blob in (config, layer):
         reply = http_request(
             "POST",
-            f"{registry.url}/v2/{SEED}/blobs/uploads/?digest={sha256_digest(blob)}",
+            f"{registry.url}/v2/{repository}/blobs/uploads/?digest={sha256_digest(blob)}",
             blob,
             {"Content-Type": "application/octet-stream"},
         )
@@ -82,7 +82,7 @@ def push_seed(registry) -> tuple[bytes, list[str]]:
             "layers": [{"mediaType": OCI_LAYER, "digest": sha256_digest(layer), "size": len(layer)}],
         }
     ).encode()
-    put_manifest(registry, SEED, "latest", manifest)
+    put_manifest(registry, repository, "latest", manifest)
     return manifest, [sha256_digest(config), sha256_digest(layer)]
 
 
@@ -254,5 +254,40 @@ def test_a_store_from_before_the_entries_is_listed_then_rebuilt(s3_server, proxy
             assert seen.total <= 1, seen
         finally:
             other.stop()
+    finally:
+        registry.stop()
+
+
+def test_garbage_collection_unlists_a_repository_it_empties(s3_server, proxy, tmp_path_factory):  # noqa: F811
+    """
+    An untagged manifest collected (``--delete-untagged``), and the blobs
+    only it referenced with it: the repository leaves the catalog.
+    """
+    import subprocess
+    import sys
+
+    from registry_process import registry_environment
+
+    prefix = f"t-{uuid.uuid4().hex[:12]}"
+    registry = start(s3_server, proxy, tmp_path_factory, prefix)
+    try:
+        fill(registry, ["kept"], [])
+        push_seed(registry, "emptied")
+        manifest = http_request("GET", f"{registry.url}/v2/emptied/manifests/latest", headers={"Accept": OCI_MANIFEST})
+        assert http_request("DELETE", f"{registry.url}/v2/emptied/manifests/latest").status == 202  # the tag only
+        assert "emptied" in catalog_page(registry, "")[0]
+        config = s3_server.config_file(str(tmp_path_factory.mktemp("gc")), s3_server.settings(prefix=prefix))
+        result = subprocess.run(
+            [sys.executable, "-c", "from oci_registry.cli import main; main()", "gc", "--config", config]
+            + ["--grace", "0", "--delete-untagged"],
+            capture_output=True,
+            env=registry_environment(),
+            timeout=120,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr.decode(errors="replace")
+        assert f"removed manifest emptied@{manifest.headers['docker-content-digest']}" in result.stdout.decode()
+        names, _ = catalog_page(registry, "")
+        assert "emptied" not in names and "kept" in names, names
     finally:
         registry.stop()
