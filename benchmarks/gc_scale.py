@@ -22,6 +22,7 @@ configs and layers, shared by nothing.  See docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import hashlib
 import http.client
 import json
@@ -30,7 +31,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from urllib.parse import urlsplit
 
 from .common import log
 from .s3 import S3Server
@@ -258,56 +261,122 @@ def _run_reference(root: str, dry_run: bool, directory: str) -> dict:
     }
 
 
-def _latency_during_gc(data_dir: str, config: dict, directory: str, probe: str, gc: bool = True) -> dict:
+class Probe:
+    """One request sampled during a collection: ``path`` on ``host:port`` (the registry's port when None)."""
+
+    def __init__(self, name: str, path, host: str = "127.0.0.1", port: int | None = None, headers=None):
+        self.name, self.host, self.port = name, host, port
+        self._path = path  # a string, or a function making one (a presigned URL, signed afresh)
+        self.headers = headers or {}
+
+    def path(self) -> str:
+        return self._path() if callable(self._path) else self._path
+
+
+def _sample(probe: Probe, port: int, start: float, stop: threading.Event, limit: int | None) -> dict:
     """
-    Start a registry whose scheduled collection runs at once; sample ``probe``
-    until it logged its end (without ``gc``: a registry that collects nothing,
-    for 1,000 requests).
+    GET ``probe`` every ``SAMPLE_PERIOD`` on one connection until ``stop``
+    (or ``limit`` requests).  A request's latency counts from when it was
+    due, so a slow answer also counts in the ones it delayed (no
+    coordinated omission); ``service`` counts from when it was sent.
+    """
+    connection = http.client.HTTPConnection(probe.host, probe.port or port, timeout=30)
+    latencies: list[float] = []
+    services: list[float] = []
+    path = probe.path()
+    signed = time.monotonic()
+    try:
+        while not stop.is_set() and (limit is None or len(latencies) < limit):
+            due = start + len(latencies) * SAMPLE_PERIOD
+            pause = due - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+            if time.monotonic() - signed > 60:
+                path, signed = probe.path(), time.monotonic()
+            sent = time.monotonic()
+            connection.request("GET", path, headers=probe.headers)
+            response = connection.getresponse()
+            response.read()
+            if response.status != 200:
+                raise RuntimeError(f"{probe.name}: GET {path}: {response.status}")
+            done = time.monotonic()
+            latencies.append(done - due)
+            services.append(done - sent)
+    finally:
+        connection.close()
+    return {**_percentiles(latencies), "service": _percentiles(services)}
+
+
+def _percentiles(values: list[float]) -> dict:
+    ordered = sorted(values) or [0.0]
+
+    def at(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(len(ordered) * q))] * 1000, 1)
+
+    return {"requests": len(values), "p50_ms": at(0.5), "p99_ms": at(0.99), "max_ms": round(ordered[-1] * 1000, 1)}
+
+
+def _latency_during_gc(
+    data_dir: str, config: dict, directory: str, probe: str, gc: bool = True, others: tuple = ()
+) -> dict:
+    """
+    Start a registry whose scheduled collection runs at once; sample
+    ``probe`` (a manifest GET), and beside it each of ``others`` (`Probe`,
+    each on a connection and a thread of its own, on the same schedule),
+    until it logged its end (without ``gc``: a registry that collects
+    nothing, for 1,000 requests).
     """
     path = os.path.join(directory, "serve.json")
     with open(path, "w") as f:
         json.dump({"access_log": False, "gc_interval": "24h" if gc else 0, "gc_grace": "0s", **config}, f)
     registry = RegistryProcess(data_dir, config=path, directory=tempfile.mkdtemp(dir=directory))
     registry.start(timeout=120)
-    latencies: list[float] = []
+    probes = [Probe("manifest", probe, headers={"Accept": MEDIA_TYPE}), *others]
+    stop = threading.Event()
+    limit = None if gc else 1000
+    results: dict = {}
+    finished = None
     try:
-        connection = http.client.HTTPConnection("127.0.0.1", registry.port, timeout=30)
-        start = time.monotonic()
-        deadline = start + 3600
-        finished = None
-        while time.monotonic() < deadline:
-            due = start + len(latencies) * SAMPLE_PERIOD
-            pause = due - time.monotonic()
-            if pause > 0:
-                time.sleep(pause)
-            connection.request("GET", probe, headers={"Accept": MEDIA_TYPE})
-            response = connection.getresponse()
-            response.read()
-            if response.status != 200:
-                raise RuntimeError(f"GET {probe}: {response.status}")
-            latencies.append(time.monotonic() - due)
-            if not gc and len(latencies) >= 1000:
-                break
-            if gc and len(latencies) % 100 == 0 and "garbage collection:" in registry.log():
-                finished = time.monotonic() - start
-                break
-        connection.close()
+        start = time.monotonic() + 0.05
+        with concurrent.futures.ThreadPoolExecutor(len(probes)) as pool:
+            futures = {p.name: pool.submit(_sample, p, registry.port, start, stop, limit) for p in probes}
+            deadline = start + 3600
+            while time.monotonic() < deadline and not all(f.done() for f in futures.values()):
+                if any(f.done() and f.exception() for f in futures.values()):
+                    break
+                if gc and "garbage collection:" in registry.log():
+                    finished = time.monotonic() - start
+                    break
+                time.sleep(0.5)
+            stop.set()
+            results = {name: f.result() for name, f in futures.items()}
         line = next((ln for ln in registry.log().splitlines() if "garbage collection:" in ln), "")
     finally:
+        stop.set()
         registry.stop()
-    ordered = sorted(latencies)
-
-    def at(q: float) -> float:
-        return round(ordered[min(len(ordered) - 1, int(len(ordered) * q))] * 1000, 1)
-
+    manifest = results.pop("manifest")
     return {
-        "requests": len(latencies),
-        "p50_ms": at(0.5),
-        "p99_ms": at(0.99),
-        "max_ms": round(ordered[-1] * 1000, 1),
+        **manifest,
         "gc_seconds_in_server": round(finished, 1) if finished else None,
         "gc_log": line.split("garbage collection:", 1)[-1].strip()[:200],
+        **results,
     }
+
+
+def _direct_probes(section: dict, key: str) -> tuple:
+    """Beside a manifest GET on S3: ``GET /v2/`` on the registry, and a presigned GET of ``key`` straight to S3."""
+    from oci_registry.storage import sigv4
+
+    parts = urlsplit(section["endpoint"])
+    host = parts.netloc
+    credentials = sigv4.Credentials(section["access_key"], section["secret_key"])
+    object_path = f"{parts.path.rstrip('/')}/{section['bucket']}/{key}"
+
+    def presigned() -> str:
+        query = sigv4.presign(credentials, section["region"], "GET", host, object_path, 600)
+        return f"{sigv4.uri_encode(object_path)}?{query}"
+
+    return (Probe("v2", "/v2/"), Probe("s3_direct", presigned, parts.hostname, parts.port or 80))
 
 
 # ------------------------------------------------------------------ main
@@ -375,8 +444,10 @@ def measure_s3(shape: Shape, directory: str) -> dict:
         repo, tag, _, _ = next(shape.images())
         probe, config = f"/v2/{repo}/manifests/{tag}", {"storage": {"s3": section}}
         unused = os.path.join(directory, "unused")
-        results["latency_without_gc"] = _latency_during_gc(unused, config, directory, probe, gc=False)
-        results["latency"] = _latency_during_gc(unused, config, directory, probe)
+        others = _direct_probes(section, f"{section['prefix']}/repositories/{repo}/_manifests/tags/{tag}/current/link")
+        results["latency_without_gc"] = _latency_during_gc(unused, config, directory, probe, False, others)
+        log(f"s3 latency without gc: {results['latency_without_gc']}")
+        results["latency"] = _latency_during_gc(unused, config, directory, probe, others=others)
         log(f"s3 latency during gc: {results['latency']}")
     finally:
         server.cleanup()
