@@ -115,7 +115,9 @@ class Components:
             from .metrics.observers import GCMetrics
 
             observer = GCMetrics(self.metrics, time.time)
-        return scheduled(self.storage, options, config.gc_interval, self.reactor, observer=observer)
+        return scheduled(
+            self.storage, options, config.gc_interval, self.reactor, observer=observer, busy=self.site.tracker.waiting
+        )
 
     def metrics_sync_service(self) -> Service | None:
         """

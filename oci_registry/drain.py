@@ -34,6 +34,7 @@ class RequestTracker:
     def __init__(self):
         self.channels: set = set()
         self.requests: set = set()
+        self._unanswered: set = set()  # requests whose answer has not started yet
         self.draining = False
         self._idle: list[Deferred] = []
         self._closed: list[Deferred] = []
@@ -51,12 +52,34 @@ class RequestTracker:
     def started(self, request) -> None:
         """A request is being handled: while draining, its connection closes once it is answered."""
         self.requests.add(request)
+        stream = getattr(request, "body_stream", None)
+        if stream is None or stream.is_received:
+            self._unanswered.add(request)
         if self.draining:
             _close_after(request)
         request.notifyFinish().addBoth(self._ended, request)
 
+    def received(self, request) -> None:
+        """The request's body (streamed to its handler) is in: the request waits for its answer now."""
+        if request in self.requests and not request.startedWriting:
+            self._unanswered.add(request)
+
+    def answering(self, request) -> None:
+        """The request's answer has started (its status and headers are written)."""
+        self._unanswered.discard(request)
+
+    def waiting(self) -> bool:
+        """
+        Whether a request waits for its answer: background work (a scheduled
+        garbage collection) holds back meanwhile.  Requests still sending
+        their body (a blob upload) do not count yet, requests streaming
+        their answer (a blob download) no longer do.
+        """
+        return bool(self._unanswered)
+
     def _ended(self, _, request) -> None:
         self.requests.discard(request)
+        self._unanswered.discard(request)
         if not self.requests and self.draining:
             idle, self._idle = self._idle, []
             for waiter in idle:

@@ -99,6 +99,11 @@ from .units import DAY
 log = Logger()
 
 PACE = 0.001  # seconds of work between two yields to the reactor
+# While requests wait for their answer (`_Pace`): seconds of work, seconds
+# waiting at most for them, and how often to look again meanwhile.
+BUSY_SLICE = 0.0002
+BUSY_WAIT = 0.05
+BUSY_POLL = 0.001
 LARGE_MANIFEST = 256 << 10  # bytes above which a manifest is parsed in a thread
 PAGE = 1000  # paths per listing request, where the storage walks page by page
 # Storage requests a run keeps going at once: repositories judged, manifests
@@ -227,26 +232,42 @@ class _Pace:
     pause.  The parts of a run that go on at once share it: once the time
     is up, each of them waits for the same turn of the reactor, so that a
     turn costs about ``PACE`` however many there are.
+
+    ``busy`` (a run in a serving process: whether a request waits for its
+    answer) makes the run give way to the requests served: while it says
+    so, the run goes on only after ``BUSY_SLICE`` of work (or one storage
+    request) and then waits until no request waits any more, for at most
+    ``BUSY_WAIT`` seconds, so that it never stops for good under a steady
+    load.  A storage request it sends is answered by the same reactor and
+    storage as the requests served: without this, each of those shared its
+    turns of the reactor with the run's own requests and answers.
     """
 
-    def __init__(self, reactor=None):
+    def __init__(self, reactor=None, busy: Callable[[], bool] | None = None):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
+        self._busy = busy
         self._since = time.monotonic()
         self._waiting: list[Deferred] | None = None
+        self._paused = 0.0
 
     def __call__(self):
         if self._waiting is None:
-            if time.monotonic() - self._since < PACE:
+            worked = time.monotonic() - self._since
+            if worked < PACE and (worked < BUSY_SLICE or self._busy is None or not self._busy()):
                 return succeed(None)
             self._waiting = []
+            self._paused = time.monotonic()
             self.reactor.callLater(0, self._resume)
         d: Deferred = Deferred()
         self._waiting.append(d)
         return d
 
     def _resume(self) -> None:
+        if self._busy is not None and self._busy() and time.monotonic() - self._paused < BUSY_WAIT:
+            self.reactor.callLater(BUSY_POLL, self._resume)
+            return
         waiting, self._waiting = self._waiting or [], None
         self._since = time.monotonic()
         for d in waiting:
@@ -744,11 +765,14 @@ async def _expire_claims(run: _Run, deletes: _Deletes) -> None:
 # ------------------------------------------------------------------ sweep
 
 
-async def _collect_blob(storage, blob: str, linked, options: GCOptions, now: float, names: int, deletes: _Deletes):
+async def _collect_blob(
+    storage, blob: str, linked, options: GCOptions, now: float, names: int, deletes: _Deletes, pace=_no_pace
+):
     """
     The sweep's half of the handshake for one unmarked blob: fires with the
     bytes freed (or that would be, in a dry run), or None when it is kept.
-    ``names``: what the walk found in the blob's folder.
+    ``names``: what the walk found in the blob's folder; ``pace``: the
+    run's, between its steps (a dozen storage requests in all).
     """
     digest = _parsed(blob)
     marker = paths.blob_referenced(digest)
@@ -771,6 +795,7 @@ async def _collect_blob(storage, blob: str, linked, options: GCOptions, now: flo
     if options.dry_run:
         return info.size
 
+    await pace()
     try:
         # Only when no quarantine is there: another run holding one is deciding about this blob.
         await storage.move(data, quarantine, replace=False)
@@ -787,8 +812,10 @@ async def _collect_blob(storage, blob: str, linked, options: GCOptions, now: flo
         return None
     # A new marker first: another run that judged the blob before this one
     # took it sees a change, and backs off from whatever is at the data by now.
+    await pace()
     await storage.write_bytes(marker, _marker_bytes())
     await _delete_file(storage, quarantine)
+    await pace()
     if (await storage.stat(data)) is not None:
         return None  # published again meanwhile, or put back from quarantine by a request
     # The links go last, through a quarantine a request can restore them
@@ -952,7 +979,7 @@ async def _sweep(run: _Run, deletes: _Deletes) -> None:
         blob = _unkey(key)
         held = linked.get(key, ())
         repos = sorted(held) if isinstance(held, tuple) else [held]
-        freed = await _collect_blob(storage, blob, repos, options, now, candidates[key], deletes)
+        freed = await _collect_blob(storage, blob, repos, options, now, candidates[key], deletes, pace)
         if freed is None:
             report.blobs_kept += 1
             return
@@ -982,18 +1009,21 @@ async def collect(
     now: float | None = None,
     reactor=None,
     at_once: int = AT_ONCE,
+    busy: Callable[[], bool] | None = None,
 ) -> GCReport:
     """
     Run one garbage collection over ``storage``, yielding to ``reactor``
     (the global one by default) every few milliseconds, with up to
-    ``at_once`` storage requests going at the same time.  Fails with
-    `GCAborted` when a read fails before anything was deleted.
+    ``at_once`` storage requests going at the same time; ``busy``: whether
+    requests served by this process wait for their answer, which the run
+    then gives way to (see `_Pace`).  Fails with `GCAborted` when a read
+    fails before anything was deleted.
     """
     options = GCOptions() if options is None else options
     now = time.time() if now is None else now
     clock = time.monotonic()
     report = GCReport(dry_run=options.dry_run)
-    run = _Run(storage, options, report, now, _Pace(reactor), reactor, max(1, at_once))
+    run = _Run(storage, options, report, now, _Pace(reactor, busy), reactor, max(1, at_once))
     log.info("garbage collection{dry} started", dry=" (dry run)" if options.dry_run else "")
 
     async def judge(repo):
@@ -1054,14 +1084,15 @@ async def usage(storage: IStorageDriver) -> list[dict]:
     return rows
 
 
-def scheduled(storage: IStorageDriver, options: GCOptions, interval: float, reactor=None, observer=None):
+def scheduled(storage: IStorageDriver, options: GCOptions, interval: float, reactor=None, observer=None, busy=None):
     """
     A service collecting garbage every ``interval`` seconds in this process
     (the daemon runs it in worker 0 only), yielding to the reactor after
-    each millisecond of work so that requests are served meanwhile.  A run
-    that fails is logged in one line; the next one runs as planned.
-    ``observer`` (the metrics) is told of each run: ``ran(report,
-    seconds)`` or ``failed(seconds)``.
+    each millisecond of work, and giving way while ``busy()`` (a request
+    served here waits for its answer: `RequestTracker.waiting`), so that
+    requests are served meanwhile.  A run that fails is logged in one line;
+    the next one runs as planned.  ``observer`` (the metrics) is told of
+    each run: ``ran(report, seconds)`` or ``failed(seconds)``.
     """
     from twisted.application.internet import TimerService
 
@@ -1079,7 +1110,7 @@ def scheduled(storage: IStorageDriver, options: GCOptions, interval: float, reac
 
     def run():
         started = time.monotonic()
-        collecting = Deferred.fromCoroutine(collect(storage, options, reactor=reactor, at_once=1))
+        collecting = Deferred.fromCoroutine(collect(storage, options, reactor=reactor, at_once=1, busy=busy))
         return collecting.addCallbacks(ran, failed, callbackArgs=(started,), errbackArgs=(started,))
 
     service = TimerService(interval, run)

@@ -72,6 +72,9 @@ class Tally:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # An answer goes out in two writes (headers, body): with Nagle's algorithm
+    # the second waits for the client's delayed ACK of the first, 40 ms.
+    disable_nagle_algorithm = True
     server: _Server
 
     def log_message(self, format, *args):
@@ -81,7 +84,9 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         path, _, query = self.path.partition("?")
-        self.server.proxy.record(Seen(self.command, urllib.parse.unquote(path), query))
+        seen = Seen(self.command, urllib.parse.unquote(path), query)
+        self.server.proxy.record(seen)
+        self.server.proxy.hold_if_asked(seen)
         upstream = getattr(self.server.local, "connection", None)
         if upstream is None:
             upstream = self.server.local.connection = http.client.HTTPConnection("127.0.0.1", self.server.upstream_port)
@@ -128,6 +133,7 @@ class CountingProxy:
         self._server = _Server(self, upstream_port)
         self._lock = threading.Lock()
         self._recording: list[Seen] | None = None
+        self._holds: list[Hold] = []
         self._thread: threading.Thread | None = None
 
     @property
@@ -163,3 +169,35 @@ class CountingProxy:
         finally:
             with self._lock:
                 self._recording = None
+
+    def hold_if_asked(self, seen: Seen) -> None:
+        with self._lock:
+            hold = next((h for h in self._holds if h.matches(seen)), None)
+        if hold is not None:
+            hold.arrived.set()
+            hold.released.wait(30)
+
+    @contextlib.contextmanager
+    def holding(self, matches):
+        """
+        Hold back the requests ``matches(seen)`` accepts until the block
+        ends: the `Hold` it gives tells when the first one arrived.
+        """
+        hold = Hold(matches)
+        with self._lock:
+            self._holds.append(hold)
+        try:
+            yield hold
+        finally:
+            with self._lock:
+                self._holds.remove(hold)
+            hold.released.set()
+
+
+class Hold:
+    """Requests held at the proxy (`CountingProxy.holding`)."""
+
+    def __init__(self, matches):
+        self.matches = matches
+        self.arrived = threading.Event()
+        self.released = threading.Event()

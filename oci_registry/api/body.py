@@ -410,10 +410,16 @@ class StreamingRequest(server.Request):
         if self._saved_timeout:
             compat.restore_idle_timeout_after_request(self.channel, self._saved_timeout)
         self.body_stream.complete()
+        tracker = getattr(getattr(getattr(self, "channel", None), "site", None), "tracker", None)
+        if tracker is not None:
+            tracker.received(self)
 
     def write(self, data):
         if not self.startedWriting:
             self._close_if_body_unread()
+            tracker = getattr(getattr(getattr(self, "channel", None), "site", None), "tracker", None)
+            if tracker is not None:
+                tracker.answering(self)  # a scheduled GC stops giving way to it (`RequestTracker.waiting`)
         return super().write(data)
 
     def finish(self):
