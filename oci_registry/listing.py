@@ -41,14 +41,16 @@ from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
 
 from . import paths
 from .reference import _COMPONENT, NAME_RE, TAG_RE, Digest, Name, Tag
-from .storage.interfaces import IWalkAfter, stat_file
+from .storage.interfaces import IFolderPeek, IWalkAfter, stat_file
 
 CONCURRENCY = 16  # storage calls in flight at once for one listing
 BATCH = 1000  # names asked of a folder at a time, at most
 TURN = 500  # folders or entries handled before other connections get a turn
 REFERRERS_PAGE = 1000  # referrers read for one answer, at most
 _COMPONENT_RE = re.compile(_COMPONENT)
-_REPOSITORY_MARKERS = ("_manifests", "_layers")
+# Either makes a repository; blobs first: on a file system a blob's link is
+# one folder less deep than a manifest's.
+_REPOSITORY_MARKERS = ("_layers", "_manifests")
 PEEK = 8  # names first listed in each folder of the walk
 
 
@@ -267,6 +269,7 @@ class _CatalogWalk:
         self.order = 0  # breaks ties in the heap
         self.found: list[str] = []
         self.pending: set[Deferred] = set()
+        self.peeks = IFolderPeek.providedBy(storage)
 
     def batch(self) -> int:
         return _batch(None if self.wanted is None else self.wanted - len(self.found))
@@ -347,20 +350,30 @@ class _CatalogWalk:
         # A first few names only: enough to see a repository's own folders
         # after any nested names starting with a digit; the rest is listed if
         # and when the walk gets to them.
+        wanted = self.last is None or full > self.last
+        if self.peeks:  # both in one call
+            markers = _REPOSITORY_MARKERS if wanted else ()
+            names, holding = await self.limiter.run(self.storage.peek_folder, path, PEEK, markers)
+            return holding is not None, self.folder(full, path, names)
         names = await self.limiter.run(self.storage.list_page, path, None, PEEK)
         complete = len(names) < PEEK
         listed = False
-        if self.last is None or full > self.last:
+        if wanted:
             for marker in _REPOSITORY_MARKERS:
                 unseen = not complete and names[-1] < marker
                 if (marker in names or unseen) and await self.limiter.run(self.storage.holds_files, f"{path}/{marker}"):
                     listed = True
                     break
+        return listed, self.folder(full, path, names)
+
+    @staticmethod
+    def folder(full: str, path: str, names: list[str]) -> _Folder:
+        """The folder of the names below ``full``, from the first `PEEK` names of its listing."""
         folder = _Folder(full + "/", path)
         folder.children.extend(n for n in names if _COMPONENT_RE.fullmatch(n))
         folder.after = names[-1] if names else None
-        folder.done = complete
-        return listed, folder
+        folder.done = len(names) < PEEK
+        return folder
 
     async def take_from(self, folder: _Folder) -> None:
         batch = self.batch()

@@ -26,6 +26,7 @@ from oci_registry.storage.interfaces import (
     IBatchDelete,
     IClosableDriver,
     IExclusiveCreate,
+    IFolderPeek,
     IReader,
     ISendfileReader,
     IStatFile,
@@ -46,6 +47,7 @@ CAPABILITIES = (
     IWalkAfter,
     IBatchDelete,
     IStatFile,
+    IFolderPeek,
 )
 
 
@@ -174,6 +176,26 @@ class StorageSuite:
         assert await driver.holds_files("h") is True
         await driver.delete("h/d")
         assert await driver.holds_files("h") is False
+
+    @pytest_twisted.ensureDeferred
+    async def test_peek_folder(self, driver):
+        """`IFolderPeek`: ``list_page(path, None, limit)`` and the first marker ``holds_files`` finds a file under."""
+        if not IFolderPeek.providedBy(driver):
+            pytest.skip("the driver has no peek_folder")
+        assert await driver.peek_folder("none", 8, ("m", "n")) == ([], None)
+        for name in ("m/a/b", "n/c", "x/y", "a0/z", "b"):
+            await driver.write_bytes(f"p/{name}", b"x")
+        assert await driver.peek_folder("p", 8, ()) == (["a0", "b", "m", "n", "x"], None)
+        assert await driver.peek_folder("p", 2, ("m", "n")) == (["a0", "b"], "m")
+        assert await driver.peek_folder("p", 8, ("n", "m")) == (["a0", "b", "m", "n", "x"], "n")
+        assert await driver.peek_folder("p", 8, ("b", "q")) == (["a0", "b", "m", "n", "x"], None)  # b is a file
+        # What a delete empties may still be listed (a file system keeps "m" while "m/a" is left), never found.
+        await driver.delete("p/m/a/b")
+        names, holding = await driver.peek_folder("p", 8, ("m", "n"))
+        assert holding == "n" and names == await driver.list_page("p", None, 8)
+        await driver.delete("p/n/c")
+        names, holding = await driver.peek_folder("p", 2, ("m", "n"))
+        assert holding is None and names == ["a0", "b"]
 
     @pytest_twisted.ensureDeferred
     async def test_walk(self, driver):

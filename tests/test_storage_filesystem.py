@@ -11,6 +11,7 @@ from oci_registry.storage.interfaces import (
     IBatchDelete,
     IClosableDriver,
     IExclusiveCreate,
+    IFolderPeek,
     ISendfileReader,
     IWalkPages,
     StorageFull,
@@ -19,7 +20,7 @@ from storage_suite import StorageSuite
 
 
 class TestFilesystemStorage(StorageSuite):
-    driver_capabilities = (IClosableDriver, IExclusiveCreate, IWalkPages, IBatchDelete)
+    driver_capabilities = (IClosableDriver, IExclusiveCreate, IWalkPages, IBatchDelete, IFolderPeek)
     reader_capabilities = (ISendfileReader,)
 
     @pytest.fixture
@@ -57,7 +58,7 @@ class TestFilesystemStorage(StorageSuite):
 class TestFilesystemStorageThreadedReads(StorageSuite):
     """The same suite with every read going through the thread pool."""
 
-    driver_capabilities = (IClosableDriver, IExclusiveCreate, IWalkPages, IBatchDelete)
+    driver_capabilities = (IClosableDriver, IExclusiveCreate, IWalkPages, IBatchDelete, IFolderPeek)
     reader_capabilities = (ISendfileReader,)
 
     @pytest.fixture
@@ -217,5 +218,40 @@ async def test_holds_files_stops_at_the_first_file(tmp_path):
             (empty / f"{i:064x}").mkdir(parents=True)
         assert await driver.holds_files("gone/_layers") is False
         assert await driver.holds_files("gone") is False
+    finally:
+        driver.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_peek_folder_looks_through_emptied_folders_and_large_ones(tmp_path):
+    """
+    A marker folder that only holds emptied folders holds nothing; a folder
+    too large to read on the reactor thread, or a search that goes on too
+    long there, is answered from the pool alike.
+    """
+    from oci_registry.storage import filesystem
+
+    driver = FilesystemDriver(str(tmp_path / "root"))
+    try:
+        repo = tmp_path / "root" / "repo"
+        for i in range(50):
+            (repo / "_layers" / "sha256" / f"{i:064x}").mkdir(parents=True)
+        (repo / "_manifests" / "revisions").mkdir(parents=True)
+        markers = ("_layers", "_manifests")
+        assert await driver.peek_folder("repo", 8, markers) == (["_layers", "_manifests"], None)
+        (repo / "_manifests" / "revisions" / "link").write_bytes(b"x")
+        assert await driver.peek_folder("repo", 8, markers) == (["_layers", "_manifests"], "_manifests")
+        names = [f"{i:060d}" for i in range(600)]
+        for name in names:
+            (repo / name).mkdir()
+        assert os.stat(repo).st_size > filesystem.INLINE_FOLDER_SIZE
+        assert await driver.peek_folder("repo", 3, markers) == (names[:3], "_manifests")
+        deep = repo / "_layers" / "sha256" / f"{0:064x}"
+        for i in range(filesystem.INLINE_SEARCH_ENTRIES):
+            (deep / f"{i:04d}").mkdir()
+        (repo / "_layers" / "sha256" / f"{49:064x}" / "link").write_bytes(b"x")
+        answer = driver.peek_folder("repo", 3, markers)
+        assert not answer.called  # the search went on in the pool
+        assert await answer == (names[:3], "_layers")
     finally:
         driver.close()

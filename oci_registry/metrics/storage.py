@@ -19,6 +19,7 @@ from ..storage.interfaces import (
     IBatchDelete,
     IClosableDriver,
     IExclusiveCreate,
+    IFolderPeek,
     IStatFile,
     IStorageDriver,
     IWalkAfter,
@@ -34,7 +35,7 @@ from .families import Metrics
 _EXPECTED = (PathNotFound, DestinationExists, SourceChanged, FileExistsError, FileNotFoundError)
 _ACTIONS = tuple(
     name
-    for interface in (IStorageDriver, IExclusiveCreate, IWalkPages, IWalkAfter, IBatchDelete, IStatFile)
+    for interface in (IStorageDriver, IExclusiveCreate, IWalkPages, IWalkAfter, IBatchDelete, IStatFile, IFolderPeek)
     for name in interface.names()
     if name != "close"
 )

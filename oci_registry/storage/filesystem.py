@@ -46,6 +46,7 @@ from .interfaces import (
     IBatchDelete,
     IClosableDriver,
     IExclusiveCreate,
+    IFolderPeek,
     ISendfileReader,
     IStorageDriver,
     IWalkPages,
@@ -182,7 +183,7 @@ def _unlink_pruning(full: str, root: str, missing: tuple[type[OSError], ...]) ->
             pass
 
 
-@implementer(IStorageDriver, IClosableDriver, IExclusiveCreate, IWalkPages, IBatchDelete)
+@implementer(IStorageDriver, IClosableDriver, IExclusiveCreate, IWalkPages, IBatchDelete, IFolderPeek)
 class FilesystemDriver:
     """Stores files under ``root``; ``reactor`` and the pool are injectable."""
 
@@ -362,6 +363,43 @@ class FilesystemDriver:
             return self._run(search, full)
         self.availability.answered()
         return succeed(found)
+
+    def peek_folder(self, path, limit, markers):
+        listings = self.listings
+
+        def peek(full, budget):
+            # budget: entries a search may look at before it gives up (None:
+            # no end); with one, a large folder is not read either (None).
+            names = listings.cached(full)
+            if names is None:
+                try:
+                    st = os.stat(full)
+                except (FileNotFoundError, NotADirectoryError):
+                    return [], None
+                if budget is not None and st.st_size > INLINE_FOLDER_SIZE:
+                    return None
+                names = listings.names(full, st)
+            for marker in markers:
+                i = bisect.bisect_left(names, marker)
+                if i < len(names) and names[i] == marker:
+                    found = listings.holds_files(os.path.join(full, marker), budget)
+                    if found is None:
+                        return None
+                    if found:
+                        return list(names[:limit]), marker
+            return list(names[:limit]), None
+
+        try:
+            full = self._path(path)
+            answer = peek(full, INLINE_SEARCH_ENTRIES) if self._inline_reads else None
+        except ValueError:
+            return fail()
+        except OSError as e:
+            return fail(self._translate(e))
+        if answer is None:
+            return self._run(peek, full, None)
+        self.availability.answered()
+        return succeed(answer)
 
     def walk(self, path):
         def walk(full):
@@ -595,11 +633,15 @@ class _Listings:
                 self._kept.move_to_end(full)
         return kept[1]
 
-    def names(self, full: str):
-        """The sorted names in folder ``full`` (temporary files left out; none if it is missing), read now."""
+    def names(self, full: str, st=None):
+        """
+        The sorted names in folder ``full`` (temporary files left out; none
+        if it is missing), read now; ``st``: its ``stat``, if just taken.
+        """
         started = time.time_ns()
         try:
-            st = os.stat(full)
+            if st is None:
+                st = os.stat(full)
             with os.scandir(full) as entries:
                 names = [entry.name for entry in entries]
         except (FileNotFoundError, NotADirectoryError):

@@ -296,6 +296,25 @@ class IWalkAfter(Interface):
         """
 
 
+class IFolderPeek(Interface):
+    """
+    A driver that answers ``list_page`` and ``holds_files`` of the same
+    folder in one call, at once where it can (a file system: a few
+    syscalls on the reactor thread, where two calls cost more in Deferreds
+    than in reading).  The catalog's walk examines each repository folder
+    through it (see `oci_registry.listing`).
+    """
+
+    def peek_folder(path, limit, markers):
+        """
+        Fire with ``(names, holding)``: ``list_page(path, None, limit)``, and
+        the first of ``markers`` (names of child folders, in the order
+        given) below which ``holds_files`` finds a file, or None if none
+        does (or ``markers`` is empty).  A marker is looked at only if the
+        folder has a child of that name.
+        """
+
+
 class IBatchDelete(Interface):
     """
     A driver that can delete many files in one request (S3: DeleteObjects,
