@@ -9,7 +9,7 @@ built by the composition root, in bounded memory.
   verified against it and never change: what is held is never wrong, and
   whether a repository still holds the manifest is its link's business.
 - **Links read**, for ``ttl`` seconds, up to ``entries``: that a repository
-  holds a manifest (with its media type), or a blob.
+  holds a manifest (with its media type and size), or a blob.
 
 Never remembered: tags (they move: a pull by tag reads the tag's link every
 time); anything a push checks (a manifest's references are looked up in
@@ -111,12 +111,15 @@ class ContentCache:
 
     # links: what a repository holds
 
-    def revision(self, name, digest) -> str | None:
-        """The media type of the manifest ``name`` holds under ``digest``, if remembered."""
+    def revision(self, name, digest) -> tuple[str, int | None] | None:
+        """
+        The media type and size (None: not known from the link) of the
+        manifest ``name`` holds under ``digest``, if remembered.
+        """
         return self._links.get(("manifest", str(name), str(digest)))
 
-    def add_revision(self, name, digest, media_type: str) -> None:
-        self._links.put(("manifest", str(name), str(digest)), media_type)
+    def add_revision(self, name, digest, media_type: str, size: int | None = None) -> None:
+        self._links.put(("manifest", str(name), str(digest)), (media_type, size))
 
     def drop_revision(self, name, digest) -> None:
         self._links.drop(("manifest", str(name), str(digest)))

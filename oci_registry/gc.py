@@ -38,9 +38,17 @@ it reads the other's:
   ``MANIFEST_BLOB_UNKNOWN``) before it writes any reference;
 - the sweep: it reads the marker, checks the ages, moves the data to
   ``quarantine`` beside it, and reads the marker again.  Changed, the data
-  goes back; unchanged, the quarantined bytes are deleted, then the old
-  links (through a quarantine of their own, so that a request finding one
-  gone can put it back) and the marker.
+  goes back; unchanged, the old links go (through a quarantine of their
+  own, so that a request finding one gone can put it back), then the
+  quarantined bytes.
+
+The links go before the bytes so that a link is never there without its
+data: a blob HEAD whose link is younger than half the grace period is
+answered from the link alone (`Keeper.fresh`; the link holds the size).
+No sweep takes that blob: it needs every link older than the grace
+period, and a link written after its scan was written by a request that
+went through this handshake first (every link is written once the data
+was checked and kept).
 
 So either the sweep sees the request's marker, or the request sees the
 data gone.  A request skips the marker while the data or the marker is
@@ -80,8 +88,8 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from . import links, paths
 from . import manifest as manifests
-from . import paths
 from .catalog import drop_if_empty
 from .errors import DigestInvalid, ManifestInvalid
 from .reference import ALGORITHMS, Digest, Name, Tag
@@ -92,6 +100,7 @@ from .storage.interfaces import (
     IWalkPages,
     PathNotFound,
     StorageUnavailable,
+    read_file,
     stat_file,
 )
 from .units import DAY
@@ -184,6 +193,14 @@ class Keeper:
         self.refresh = grace / 2
         self._clock = clock
 
+    def fresh(self, mtime: float) -> bool:
+        """
+        Whether a blob's data, marker or link written at ``mtime`` is
+        younger than half the grace period: no sweep takes a blob while
+        one of them is (see the module docstring).
+        """
+        return self._clock() - mtime < self.refresh
+
     async def keep(self, digest: Digest, info):
         """
         ``info``: the `FileInfo` of the blob's data the caller just took, or
@@ -192,12 +209,11 @@ class Keeper:
         nothing for data younger than half the grace period, and one
         ``stat`` for older data whose marker is.
         """
-        now = self._clock()
         if info is not None:
-            if now - info.mtime < self.refresh:
+            if self.fresh(info.mtime):
                 return info
             marker = await stat_file(self.storage, paths.blob_referenced(digest))
-            if marker is not None and now - marker.mtime < self.refresh:
+            if marker is not None and self.fresh(marker.mtime):
                 return info
         elif (
             await self.storage.stat(paths.blob_quarantine(digest))
@@ -215,11 +231,13 @@ class Keeper:
         when a sweep had the link in quarantine and it is back (with the
         blob's data kept), False when the repository does not hold the blob.
         """
-        if (await self.storage.stat(paths.layer_quarantine(name, digest))) is None:  # as above
+        # One read: on S3 a GET tells a missing bucket from a missing key, as a HEAD cannot.
+        held = await read_file(self.storage, paths.layer_quarantine(name, digest))
+        if held is None:
             return False
         if await self.keep(digest, await stat_file(self.storage, paths.blob_data(digest))) is None:
             return False
-        await self.storage.write_bytes(paths.layer_link(name, digest), str(digest).encode())
+        await self.storage.write_bytes(paths.layer_link(name, digest), held.data)  # the link as it was
         return True
 
 
@@ -491,16 +509,20 @@ async def _read_manifest(storage: IStorageDriver, repo: str, manifest: str, reac
     reference is collected.  Unreadable: `GCAborted`.
     """
     name, digest = Name(repo), _parsed(manifest)
-    raw_type = await _read(storage, paths.manifest_link(name, digest))
-    if raw_type is None:
+    link = await _read(storage, paths.manifest_link(name, digest))
+    if link is None:
         return _NOTHING
-    data = await _read(storage, paths.blob_data(digest))
+    # A small manifest's bytes are in its link too (`oci_registry.links`): the same bytes, verified on push.
+    revision = links.parse_revision(link, digest)
+    data = revision.data
+    if data is None:
+        data = await _read(storage, paths.blob_data(digest))
     if data is None:
         # In quarantine while another run decides about it?  Read it there.
         data = await _read(storage, paths.blob_quarantine(digest))
         if data is None:
             return _NOTHING
-    media_type = raw_type.decode("utf-8", "replace")
+    media_type = revision.media_type
     try:
         if len(data) > LARGE_MANIFEST:
             if reactor is None:
@@ -787,11 +809,15 @@ async def _collect_blob(
         mtime = await _mtime(storage, marker)
         if mtime is not None and now - mtime < options.grace:
             return None
-    links = [(paths.layer_link(Name(repo), digest), paths.layer_quarantine(Name(repo), digest)) for repo in linked]
-    for link, _ in links:
-        mtime = await _mtime(storage, link)
-        if mtime is not None and now - mtime < options.grace:
+    links = []  # (link, its quarantine, what it holds): the links still there
+    for repo in linked:
+        link = paths.layer_link(Name(repo), digest)
+        found = await read_file(storage, link)
+        if found is None:
+            continue  # deleted since the walk
+        if now - found.mtime < options.grace:
             return None
+        links.append((link, paths.layer_quarantine(Name(repo), digest), found.data))
     if options.dry_run:
         return info.size
 
@@ -814,24 +840,25 @@ async def _collect_blob(
     # took it sees a change, and backs off from whatever is at the data by now.
     await pace()
     await storage.write_bytes(marker, _marker_bytes())
+    # The links go before the bytes, so that no link is ever there without
+    # the data (a blob HEAD answered from a fresh link alone relies on it),
+    # through a quarantine a request can restore them from: an upload of
+    # the same bytes into one of these repositories may finish at any
+    # moment, and then its link stays.
+    for link, held, content in links:
+        await storage.write_bytes(held, content)
+        await _delete_file(storage, link)
     await _delete_file(storage, quarantine)
     await pace()
     if (await storage.stat(data)) is not None:
-        return None  # published again meanwhile, or put back from quarantine by a request
-    # The links go last, through a quarantine a request can restore them
-    # from: an upload of the same bytes into one of these repositories may
-    # finish at any moment, and then its link stays.
-    for link, held in links:
-        await storage.write_bytes(held, str(digest).encode())
-        await _delete_file(storage, link)
-    if (await storage.stat(data)) is not None:
-        for link, held in links:
-            await storage.write_bytes(link, str(digest).encode())
+        # Published again meanwhile, or put back from quarantine by a request: it stays, linked as it was.
+        for link, held, content in links:
+            await storage.write_bytes(link, content)
             await _delete_file(storage, held)
         return None
     # What is left is for nobody: a request finding a link's quarantine
     # without the data fails as it would without it.
-    for _, held in links:
+    for _, held, _ in links:
         await deletes.add(held)
     # The marker stays a while: a run that judged the blob before this one must see it changed.
     return info.size
@@ -872,9 +899,16 @@ async def _tidy_links(run: _Run) -> None:
             continue
         name, digest = Name(repo), _parsed(blob)
         held = paths.layer_quarantine(name, digest)
-        if (await storage.stat(paths.blob_data(digest))) is not None:
-            if (await storage.stat(paths.layer_link(name, digest))) is None:
-                await storage.write_bytes(paths.layer_link(name, digest), str(digest).encode())
+        info = await storage.stat(paths.blob_data(digest))
+        if info is not None and (await storage.stat(paths.layer_link(name, digest))) is None:
+            # Through the handshake, as a request restoring it would: another
+            # run deciding about the blob right now sees it, so that no link
+            # is left without data (a blob HEAD may trust a fresh link alone).
+            info = await Keeper(storage, run.options.grace).keep(digest, info)
+            content = None if info is None else await read_file(storage, held)
+            if content is not None:
+                await storage.write_bytes(paths.layer_link(name, digest), content.data)  # the link as it was
+        if info is not None:
             await storage.delete(held)
         else:
             mtime = await _mtime(storage, held)

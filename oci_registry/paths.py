@@ -8,13 +8,15 @@ Every storage path the registry uses, in one place.
                                                      relies on an old blob (see gc.py)
     blobs/<alg>/<hex[:2]>/<hex>/quarantine           the bytes, while a garbage collection
                                                      decides whether to delete them
-    repositories/<name>/_layers/<alg>/<hex>/link     the blob is in <name>
+    repositories/<name>/_layers/<alg>/<hex>/link     the blob is in <name> (its digest
+                                                     and size: see links.py)
     repositories/<name>/_layers/<alg>/<hex>/quarantine
                                                      the link, while a garbage collection
                                                      deletes the blob
     repositories/<name>/_manifests/revisions/<alg>/<hex>/link
-                                                     the manifest is in <name>;
-                                                     the link holds its media type
+                                                     the manifest is in <name>; the
+                                                     link holds its media type, size
+                                                     and (small ones) bytes: links.py
     repositories/<name>/_manifests/tags/<tag>/current/link
                                                      the digest the tag points at
     repositories/<name>/_manifests/tags/<tag>/checked

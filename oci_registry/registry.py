@@ -20,7 +20,7 @@ from twisted.internet.defer import Deferred, DeferredLock, fail, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from . import listing, paths
+from . import links, listing, paths
 from . import manifest as manifests
 from .catalog import Catalog
 from .content_cache import ContentCache, no_cache
@@ -43,7 +43,15 @@ from .identity import Caller
 from .interfaces import ILocalRegistry
 from .listing import Page
 from .reference import DEFAULT_ALGORITHM, Digest, Name, Tag, is_upload_id
-from .storage.interfaces import IBatchDelete, IStorageDriver, PathNotFound, SourceChanged, StorageFull, stat_file
+from .storage.interfaces import (
+    IBatchDelete,
+    IStorageDriver,
+    PathNotFound,
+    SourceChanged,
+    StorageFull,
+    read_file,
+    stat_file,
+)
 
 log = Logger()
 
@@ -188,30 +196,44 @@ class Registry:
     async def has_blob(self, name: Name, digest: Digest) -> bool:
         return (await self._stat(paths.layer_link(name, digest))) is not None
 
+    async def _read_layer_link(self, name: Name, digest: Digest):
+        """
+        The repository's link to the blob (a `FileContent`: what it holds
+        and its age), or None.  One request on S3: a GET, whose answer also
+        tells a missing bucket (503) from a missing link (404).
+        """
+        return await read_file(self.storage, paths.layer_link(name, digest))
+
     async def _linked(self, name: Name, digest: Digest) -> bool:
-        """
-        `has_blob`, for a read: a link seen in the last few seconds counts
-        (see `oci_registry.content_cache`).  A link not found is looked for
-        again with a full ``stat``, which on S3 tells a missing bucket (503)
-        from a missing blob (404) where a HEAD cannot.
-        """
+        """`has_blob`, for a read: a link seen in the last few seconds counts (see `oci_registry.content_cache`)."""
         if self.cache.holds_blob(name, digest):
             return True
-        if await self.has_blob(name, digest) or await self.storage.stat(paths.layer_link(name, digest)) is not None:
-            self.cache.add_blob_link(name, digest)
-            return True
-        return False
+        if await self._read_layer_link(name, digest) is None:
+            return False
+        self.cache.add_blob_link(name, digest)
+        return True
 
     async def stat_blob(self, name: Name, digest: Digest, head: bool = False, caller: Caller | None = None) -> BlobInfo:
         """
         The blob's size, if ``name`` holds it; HEAD never opens the data.
         ``head``: only the size is wanted (a pull-through cache then asks its
-        upstream rather than starting the download a GET needs).
+        upstream rather than starting the download a GET needs), and a
+        link written less than half the garbage collection grace period
+        ago answers it alone: see `oci_registry.gc` for why no collection
+        can take that blob, and why it is there.
         """
-        if not await self._linked(name, digest):
-            raise BlobUnknown(str(digest))
+        if not self.cache.holds_blob(name, digest):
+            link = await self._read_layer_link(name, digest)
+            if link is None:
+                raise BlobUnknown(str(digest))
+            self.cache.add_blob_link(name, digest)
+            if head and self.keeper.fresh(link.mtime):
+                size = links.layer_size(link.data, digest)
+                if size is not None:
+                    return BlobInfo(digest, size)
         # A client may skip uploading a blob it found here: it stays.  The
-        # data is always looked up (never remembered: a GC may have taken it).
+        # data is looked up (never remembered: a GC may have taken it), and
+        # a GET serves the size the data has, whatever the link says.
         info = await self._kept(digest, await self._stat(paths.blob_data(digest)))
         if info is None:
             raise BlobUnknown(str(digest))
@@ -263,9 +285,10 @@ class Registry:
         await self.storage.delete(paths.layer_link(name, digest).rsplit("/", 1)[0])
         await self._catalog.removed_from(name)
 
-    async def _link_blob(self, name: Name, digest: Digest) -> None:
+    async def _link_blob(self, name: Name, digest: Digest, size: int) -> None:
+        """Link the blob (``size`` bytes, as verified or stored) into ``name``."""
         await self._listed(name)
-        await self._write(paths.layer_link(name, digest), str(digest).encode())
+        await self._write(paths.layer_link(name, digest), links.layer(digest, size))
 
     async def mount_blob(
         self, name: Name, digest: Digest, source: Name, caller: Caller | None = None
@@ -276,7 +299,7 @@ class Registry:
         info = await self._kept(digest, await self._stat(paths.blob_data(digest)))
         if info is None:
             return None
-        await self._link_blob(name, digest)
+        await self._link_blob(name, digest, info.size)
         return BlobInfo(digest, info.size)
 
     async def adopt_blob(self, name: Name, digest: Digest, caller: Caller | None = None) -> BlobInfo | None:
@@ -284,7 +307,7 @@ class Registry:
         info = await self._kept(digest, await self._stat(paths.blob_data(digest)))
         if info is None:
             return None
-        await self._link_blob(name, digest)
+        await self._link_blob(name, digest, info.size)
         return BlobInfo(digest, info.size)
 
     async def _listed(self, name: Name) -> None:
@@ -483,7 +506,7 @@ class Registry:
             info = await self._kept(digest, info)  # before replacing it: a GC may be taking it
         if info is None or info.size != len(data) or not self.storage.move_is_copy:
             await self._write(target, data)
-        await self._link_blob(name, digest)
+        await self._link_blob(name, digest, len(data))
 
     async def _end_session(self, name: Name, upload_id: str, files: list[str]) -> None:
         """
@@ -505,7 +528,7 @@ class Registry:
         still at ``data_path``).
         """
         moved = await self._publish_data(digest, data_path, size)
-        await self._link_blob(name, digest)
+        await self._link_blob(name, digest, size)
         return moved
 
     async def _publish_data(self, digest: Digest, data_path: str, size: int) -> bool:
@@ -613,16 +636,27 @@ class Registry:
     ) -> StoredManifest:
         """``accept``: the client's Accept media types; stored manifests are served as they are, whatever it says."""
         digest = await self._resolve(name, reference)
-        media_type = self.cache.revision(name, digest)
-        if media_type is None:
-            media_type = await self._read_link(paths.manifest_link(name, digest))
-            if media_type is None:
-                raise ManifestUnknown(str(reference))
-            self.cache.add_revision(name, digest, media_type)
+        remembered = self.cache.revision(name, digest)
+        inline = None
+        if remembered is not None:
+            media_type, size = remembered
+        else:
+            # One read: the revision link holds the media type, the size and (small manifests) the bytes.
+            try:
+                content = await self.storage.read_bytes(paths.manifest_link(name, digest))
+            except PathNotFound:
+                raise ManifestUnknown(str(reference)) from None
+            revision = links.parse_revision(content, digest)
+            media_type, size, inline = revision.media_type, revision.size, revision.data
+            self.cache.add_revision(name, digest, media_type, size)
+            if inline is not None:
+                self.cache.add_manifest(digest, inline)
         # Bytes stored under a digest never change: remembered ones are those stored.
-        cached = self.cache.manifest(digest)
+        cached = self.cache.manifest(digest) if inline is None else inline
         if cached is not None:
             return StoredManifest(digest, media_type, len(cached), None if head else cached)
+        if head and size is not None:
+            return StoredManifest(digest, media_type, size, None)
         if head:
             info = await self._stat(paths.blob_data(digest))
             if info is None:
@@ -692,7 +726,7 @@ class Registry:
             await self._check_references(name, parsed)
         await self._store_manifest_data(digest, data)
         await self._listed(name)
-        await self._write(paths.manifest_link(name, digest), parsed.media_type.encode())
+        await self._write(paths.manifest_link(name, digest), links.revision(digest, parsed.media_type, data))
         self.cache.add_manifest(digest, data)
         if parsed.subject is not None:
             descriptor = parsed.referrer_descriptor(digest, len(data))

@@ -28,6 +28,7 @@ from oci_registry.storage.interfaces import (
     IExclusiveCreate,
     IFolderPeek,
     IReader,
+    IReadFile,
     ISendfileReader,
     IStatFile,
     IStorageDriver,
@@ -48,6 +49,7 @@ CAPABILITIES = (
     IBatchDelete,
     IStatFile,
     IFolderPeek,
+    IReadFile,
 )
 
 
@@ -277,6 +279,29 @@ class StorageSuite:
         await writer.close()
         assert (await driver.stat_file("files/growing")).size == 3
         await driver.delete("files")
+
+    @pytest_twisted.ensureDeferred
+    async def test_read_file(self, driver):
+        """A small file's bytes and its time as ``stat`` gives them, in one call; None for nothing, and for a folder."""
+        if not IReadFile.providedBy(driver):
+            pytest.skip("the driver reads and stats apart")
+        await driver.write_bytes("read/one", b"12345")
+        await driver.write_bytes("read/empty", b"")
+        await driver.write_bytes("read/large", b"x" * (100 << 10))  # past what is read without a thread
+        await driver.write_bytes("read/folder/inside", b"x")
+        found = await driver.read_file("read/one")
+        assert found.data == b"12345"
+        assert found.mtime == (await driver.stat("read/one")).mtime
+        assert (await driver.read_file("read/empty")).data == b""
+        assert (await driver.read_file("read/large")).data == b"x" * (100 << 10)
+        assert await driver.read_file("read/missing") is None
+        assert await driver.read_file("read/folder") is None
+        assert await driver.read_file("read/one/below") is None
+        writer = await driver.open_writer("read/growing")
+        await writer.write(b"abc")
+        await writer.close()
+        assert (await driver.read_file("read/growing")).data == b"abc"
+        await driver.delete("read")
 
     @pytest_twisted.ensureDeferred
     async def test_delete_files(self, driver):

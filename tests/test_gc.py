@@ -16,7 +16,7 @@ import pytest_twisted
 
 from gc_helpers import HookedStorage, first
 from image_builder import OCILayout
-from oci_registry import paths
+from oci_registry import links, paths
 from oci_registry.errors import BlobUploadUnknown
 from oci_registry.gc import DAY, GCAborted, GCOptions, collect, usage
 from oci_registry.reference import Digest, Name, Tag
@@ -455,6 +455,12 @@ async def test_a_read_failing_during_mark_stops_the_run_before_anything_is_delet
         "revision link": paths.manifest_link(name, manifest),
         "tag link": paths.tag_link(name, Tag("v1")),
     }[what]
+    if what == "manifest bytes":
+        # A small manifest's bytes are in its revision link too; one an earlier release linked has them in its data.
+        link = paths.manifest_link(name, manifest)
+        revision = links.parse_revision(await any_storage.read_bytes(link), manifest)
+        assert revision.data is not None
+        await any_storage.write_bytes(link, revision.media_type.encode())
     before = await stored_paths(any_storage)
     with pytest.raises(GCAborted, match="503 Slow Down"):
         await collect(
@@ -508,9 +514,12 @@ def test_cli_stops_with_one_line_when_a_manifest_cannot_be_read(tmp_path):
     finally:
         registry.stop()
     age_everything(data, 3)
-    # A read that fails with an I/O error (EISDIR), not "not found".
+    # A read that fails with an I/O error (EISDIR), not "not found": of the
+    # revision link, which holds a small manifest's bytes too.
     hex_ = image.manifest_digest.split(":", 1)[1]
-    manifest_file = os.path.join(data, "blobs", "sha256", hex_[:2], hex_, "data")
+    manifest_file = os.path.join(
+        data, "repositories", "broken", "app", "_manifests", "revisions", "sha256", hex_, "link"
+    )
     os.rename(manifest_file, manifest_file + ".saved")
     os.mkdir(manifest_file)
     before = stored_blobs(data)

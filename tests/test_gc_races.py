@@ -271,3 +271,28 @@ async def test_mount_of_an_old_unreferenced_layer_into_another_repository(target
     assert_pulls(target.url, "race/mount-to", "v1", manifest, [config, layer])
     await target.collect()
     assert_pulls(target.url, "race/mount-to", "v1", manifest, [config, layer])
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_blob_head_never_finds_a_link_whose_data_the_sweep_deleted(target):
+    """
+    A blob HEAD is answered from a fresh layer link alone (its size is in
+    it), so the sweep removes the links before the bytes: once it deleted
+    them, no HEAD reports the blob, even from a link young enough to be
+    trusted (a collection with a grace shorter than the registry's, as
+    ``ociregistry gc --grace 0s`` is).
+    """
+    layer = random_bytes(50_000, "race-fresh-link")
+    digest = push_blob_http(target.url, "race/fresh", layer)
+    held = paths.blob_quarantine(Digest.parse(digest))
+    seen = []
+
+    async def head():
+        seen.append((await deferToThread(http_request, "HEAD", f"{target.url}/v2/race/fresh/blobs/{digest}")).status)
+
+    deleted = first(lambda method, path, args: method == "delete" and path == held, head)
+    report = await collect(HookedStorage(target.driver, after=deleted), GCOptions(grace=0))
+    assert deleted.fired
+    assert (digest, len(layer)) in report.blobs_removed
+    assert seen == [404]
+    assert http_request("HEAD", f"{target.url}/v2/race/fresh/blobs/{digest}").status == 404

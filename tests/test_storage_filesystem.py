@@ -12,6 +12,7 @@ from oci_registry.storage.interfaces import (
     IClosableDriver,
     IExclusiveCreate,
     IFolderPeek,
+    IReadFile,
     ISendfileReader,
     IWalkPages,
     StorageFull,
@@ -20,7 +21,7 @@ from storage_suite import StorageSuite
 
 
 class TestFilesystemStorage(StorageSuite):
-    driver_capabilities = (IClosableDriver, IExclusiveCreate, IWalkPages, IBatchDelete, IFolderPeek)
+    driver_capabilities = (IClosableDriver, IExclusiveCreate, IWalkPages, IBatchDelete, IFolderPeek, IReadFile)
     reader_capabilities = (ISendfileReader,)
 
     @pytest.fixture
@@ -58,7 +59,7 @@ class TestFilesystemStorage(StorageSuite):
 class TestFilesystemStorageThreadedReads(StorageSuite):
     """The same suite with every read going through the thread pool."""
 
-    driver_capabilities = (IClosableDriver, IExclusiveCreate, IWalkPages, IBatchDelete, IFolderPeek)
+    driver_capabilities = (IClosableDriver, IExclusiveCreate, IWalkPages, IBatchDelete, IFolderPeek, IReadFile)
     reader_capabilities = (ISendfileReader,)
 
     @pytest.fixture

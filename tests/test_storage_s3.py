@@ -26,6 +26,7 @@ from oci_registry.storage.interfaces import (
     IBatchDelete,
     IClosableDriver,
     IExclusiveCreate,
+    IReadFile,
     IStatFile,
     IWalkAfter,
     IWalkPages,
@@ -49,7 +50,15 @@ def make_driver(server, **overrides) -> S3Driver:
 
 
 class TestS3Storage(StorageSuite):
-    driver_capabilities = (IClosableDriver, IExclusiveCreate, IWalkPages, IWalkAfter, IBatchDelete, IStatFile)
+    driver_capabilities = (
+        IClosableDriver,
+        IExclusiveCreate,
+        IWalkPages,
+        IWalkAfter,
+        IBatchDelete,
+        IStatFile,
+        IReadFile,
+    )
 
     @pytest.fixture
     def driver(self, s3_server):  # noqa: F811

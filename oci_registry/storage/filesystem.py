@@ -29,6 +29,7 @@ import fcntl
 import os
 import pwd
 import shutil
+import stat as stat_module
 import threading
 import time
 import uuid
@@ -42,11 +43,13 @@ from .availability import Availability
 from .interfaces import (
     DestinationExists,
     DriverFactory,
+    FileContent,
     FileInfo,
     IBatchDelete,
     IClosableDriver,
     IExclusiveCreate,
     IFolderPeek,
+    IReadFile,
     ISendfileReader,
     IStorageDriver,
     IWalkPages,
@@ -61,6 +64,7 @@ TEMP_PREFIX = ".tmp-"
 BLOCK = 1 << 20  # bytes handed to the pool per write job
 HIGH_WATER = 8 << 20  # buffered bytes above which writers push back
 INLINE_READ_LIMIT = 64 << 10  # small files read on the reactor thread
+_TOO_LARGE = object()  # what an inline `read_file` says of a file past INLINE_READ_LIMIT
 # Folders whose size (st_size) is at most this are listed on the reactor
 # thread (a few hundred entries: tens of microseconds), larger ones in the pool.
 INLINE_FOLDER_SIZE = 16 << 10
@@ -183,7 +187,7 @@ def _unlink_pruning(full: str, root: str, missing: tuple[type[OSError], ...]) ->
             pass
 
 
-@implementer(IStorageDriver, IClosableDriver, IExclusiveCreate, IWalkPages, IBatchDelete, IFolderPeek)
+@implementer(IStorageDriver, IClosableDriver, IExclusiveCreate, IWalkPages, IBatchDelete, IFolderPeek, IReadFile)
 class FilesystemDriver:
     """Stores files under ``root``; ``reactor`` and the pool are injectable."""
 
@@ -276,6 +280,40 @@ class FilesystemDriver:
         finally:
             os.close(fd)
         return self._call(read, path)
+
+    def read_file(self, path):
+        """`IReadFile`: the bytes and modification time of a small file, or None; read as ``read_bytes`` is."""
+
+        def read(full, inline_limit=None):
+            try:
+                fd = os.open(full, os.O_RDONLY)
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+            try:
+                st = os.fstat(fd)
+                if stat_module.S_ISDIR(st.st_mode):
+                    return None
+                if inline_limit is not None and st.st_size > inline_limit:
+                    return _TOO_LARGE
+                chunks = []
+                while chunk := os.read(fd, max(st.st_size + 1, 1 << 16)):
+                    chunks.append(chunk)
+                return FileContent(b"".join(chunks), st.st_mtime)
+            finally:
+                os.close(fd)
+
+        if not self._inline_reads:
+            return self._call(read, path)
+        try:
+            found = read(self._path(path), INLINE_READ_LIMIT)
+        except ValueError:
+            return fail()
+        except OSError as e:
+            return fail(self._translate(e))
+        if found is _TOO_LARGE:
+            return self._call(read, path)
+        self.availability.answered()
+        return succeed(found)
 
     def write_bytes(self, path, data, durable=True):
         return self._call(_atomic_write, path, bytes(data), durable)

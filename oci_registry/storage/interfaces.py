@@ -25,7 +25,8 @@ capabilities, each an interface of its own that callers check with
 stops), `IExclusiveCreate` (create a small file only where none is),
 `IWalkPages` (a walk page by page, for stores too large to list at once),
 `IBatchDelete` (delete many files in few requests), `IStatFile` (a stat
-that looks for a file only, in one request).  A
+that looks for a file only, in one request), `IReadFile` (a small file's
+content and age, or None, in one request).  A
 driver is found by the name of its configuration section through the
 `IStorageDriverFactory` its module declares (`oci_registry.storage.drivers`).
 """
@@ -36,6 +37,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import attr
+from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface, implementer
 
 
@@ -72,6 +74,14 @@ class FileInfo:
     # Names the file's content as last written (S3: the object's ETag), or
     # None where the storage keeps none: see ``IWriter.version``.
     version: str | None = None
+
+
+@attr.s(auto_attribs=True, frozen=True, slots=True)
+class FileContent:
+    """What `IReadFile.read_file` gives: a small file's bytes, and when it was last written."""
+
+    data: bytes
+    mtime: float
 
 
 class SourceChanged(Exception):
@@ -344,11 +354,40 @@ class IStatFile(Interface):
         """Fire with the file's `FileInfo`, or None when no file is at the path (a folder there is None too)."""
 
 
+class IReadFile(Interface):
+    """
+    A driver that reads a small file together with its age in one request
+    (S3: one GET, whose answer also tells a missing bucket from a missing
+    key), and says None rather than fail when nothing is there.  The
+    registry reads its links through it, so that what a HEAD then a GET
+    asked costs one request.
+    """
+
+    def read_file(path):
+        """Fire with the file's `FileContent`, or None when no file is at the path (a folder there is None too)."""
+
+
 def stat_file(storage, path: str):
     """The file's `FileInfo` or None (a Deferred), through `IStatFile` where the driver has it."""
     if IStatFile.providedBy(storage):
         return storage.stat_file(path)
     return storage.stat(path)
+
+
+async def _read_then_stat(storage, path: str) -> FileContent | None:
+    try:
+        data = await storage.read_bytes(path)
+    except PathNotFound:
+        return None
+    info = await storage.stat(path)
+    return None if info is None or info.is_dir else FileContent(data, info.mtime)
+
+
+def read_file(storage, path: str):
+    """The small file's `FileContent` or None (a Deferred), through `IReadFile` where the driver has it."""
+    if IReadFile.providedBy(storage):
+        return storage.read_file(path)
+    return Deferred.fromCoroutine(_read_then_stat(storage, path))
 
 
 # ------------------------------------------------------------ drivers by name

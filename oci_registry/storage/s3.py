@@ -48,11 +48,13 @@ from .availability import Availability
 from .interfaces import (
     DestinationExists,
     DriverFactory,
+    FileContent,
     FileInfo,
     IBatchDelete,
     IClosableDriver,
     IExclusiveCreate,
     IReader,
+    IReadFile,
     IStatFile,
     IStorageDriver,
     IWalkAfter,
@@ -151,7 +153,9 @@ def _copy_ranges(size: int, part_size: int) -> list[tuple[int, int]]:
     return ranges
 
 
-@implementer(IStorageDriver, IClosableDriver, IExclusiveCreate, IWalkPages, IWalkAfter, IBatchDelete, IStatFile)
+@implementer(
+    IStorageDriver, IClosableDriver, IExclusiveCreate, IWalkPages, IWalkAfter, IBatchDelete, IStatFile, IReadFile
+)
 class S3Driver:
     """Stores files as objects in one bucket (under ``settings.prefix``)."""
 
@@ -304,6 +308,22 @@ class S3Driver:
                 raise
             if STATE_HEADER not in info.metadata:
                 return data
+            await self._materialise(key, data)
+        raise RuntimeError(f"upload state at {key} could not be completed")
+
+    @_deferred
+    async def read_file(self, path):
+        """`IReadFile`: one GET.  Its 404 names a missing key or a missing bucket (503), as a HEAD's cannot."""
+        key = self._key(path)
+        for _ in range(3):
+            try:
+                info, data = await self.client.get_bytes(key)
+            except S3Error as e:
+                if e.not_found:
+                    return None
+                raise
+            if STATE_HEADER not in info.metadata:
+                return FileContent(data, info.mtime)
             await self._materialise(key, data)
         raise RuntimeError(f"upload state at {key} could not be completed")
 
