@@ -20,6 +20,7 @@ from ..storage.interfaces import (
     IClosableDriver,
     IExclusiveCreate,
     IFolderPeek,
+    IReadFile,
     IStatFile,
     IStorageDriver,
     IWalkAfter,
@@ -35,7 +36,16 @@ from .families import Metrics
 _EXPECTED = (PathNotFound, DestinationExists, SourceChanged, FileExistsError, FileNotFoundError)
 _ACTIONS = tuple(
     name
-    for interface in (IStorageDriver, IExclusiveCreate, IWalkPages, IWalkAfter, IBatchDelete, IStatFile, IFolderPeek)
+    for interface in (
+        IStorageDriver,
+        IExclusiveCreate,
+        IWalkPages,
+        IWalkAfter,
+        IBatchDelete,
+        IStatFile,
+        IFolderPeek,
+        IReadFile,
+    )
     for name in interface.names()
     if name != "close"
 )
