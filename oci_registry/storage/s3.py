@@ -298,18 +298,10 @@ class S3Driver:
 
     @_deferred
     async def read_bytes(self, path):
-        key = self._key(path)
-        for _ in range(3):
-            try:
-                info, data = await self.client.get_bytes(key)
-            except S3Error as e:
-                if e.not_found:
-                    raise PathNotFound(path) from None
-                raise
-            if STATE_HEADER not in info.metadata:
-                return data
-            await self._materialise(key, data)
-        raise RuntimeError(f"upload state at {key} could not be completed")
+        content = await self.read_file(path)
+        if content is None:
+            raise PathNotFound(path)
+        return content.data
 
     @_deferred
     async def read_file(self, path):
