@@ -454,7 +454,7 @@ async def indexed_repository_page(storage, last: str | None, limit: int | None, 
     start = None if last is None else _entry_after(last)
     turns = 0
     while wanted is None or len(found) < wanted:
-        batch = BATCH if wanted is None else min(BATCH, wanted - len(found))
+        batch = _batch(None if wanted is None else wanted - len(found))
         entries = await storage.walk_after(paths.catalog_entries(), start, batch)
         for entry in entries:
             name = paths.catalog_name(entry)
