@@ -22,6 +22,7 @@ from twisted.internet.defer import DeferredList
 from zope.interface.verify import verifyObject
 
 from oci_registry.storage.interfaces import (
+    DRIVER_EXTENSIONS,
     DestinationExists,
     IBatchDelete,
     IClosableDriver,
@@ -40,17 +41,7 @@ from oci_registry.storage.interfaces import (
 )
 
 # Every optional capability a driver or its readers may declare.
-CAPABILITIES = (
-    IClosableDriver,
-    ISendfileReader,
-    IExclusiveCreate,
-    IWalkPages,
-    IWalkAfter,
-    IBatchDelete,
-    IStatFile,
-    IFolderPeek,
-    IReadFile,
-)
+CAPABILITIES = (IClosableDriver, ISendfileReader, *DRIVER_EXTENSIONS)
 
 
 async def _write_file(driver, path, chunks, hasher=None):

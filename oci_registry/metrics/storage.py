@@ -15,16 +15,10 @@ from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
 from ..storage.interfaces import (
+    DRIVER_EXTENSIONS,
     DestinationExists,
-    IBatchDelete,
     IClosableDriver,
-    IExclusiveCreate,
-    IFolderPeek,
-    IReadFile,
-    IStatFile,
     IStorageDriver,
-    IWalkAfter,
-    IWalkPages,
     PathNotFound,
     SourceChanged,
     StorageFull,
@@ -35,19 +29,7 @@ from .families import Metrics
 # What a caller expects now and then: not a failure of the storage.
 _EXPECTED = (PathNotFound, DestinationExists, SourceChanged, FileExistsError, FileNotFoundError)
 _ACTIONS = tuple(
-    name
-    for interface in (
-        IStorageDriver,
-        IExclusiveCreate,
-        IWalkPages,
-        IWalkAfter,
-        IBatchDelete,
-        IStatFile,
-        IFolderPeek,
-        IReadFile,
-    )
-    for name in interface.names()
-    if name != "close"
+    name for interface in (IStorageDriver, *DRIVER_EXTENSIONS) for name in interface.names() if name != "close"
 )
 
 

@@ -367,6 +367,10 @@ class IReadFile(Interface):
         """Fire with the file's `FileContent`, or None when no file is at the path (a folder there is None too)."""
 
 
+#: The optional calls a driver may offer beside `IStorageDriver`, an interface each.
+DRIVER_EXTENSIONS = (IExclusiveCreate, IWalkPages, IWalkAfter, IBatchDelete, IStatFile, IFolderPeek, IReadFile)
+
+
 def stat_file(storage, path: str):
     """The file's `FileInfo` or None (a Deferred), through `IStatFile` where the driver has it."""
     if IStatFile.providedBy(storage):
