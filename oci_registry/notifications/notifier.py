@@ -247,10 +247,11 @@ class Notifier(Service):
         if not self._cloudevents:
             return batch
         out: list[Notice] = []
+        pushed = _manifests_pushed(batch)
         for notice in batch:
             if notice.action in (PUSH, MOUNT) and notice.repository not in self._known:
                 try:
-                    created = await self._first_content(notice, batch)
+                    created = await self._first_content(notice, pushed.get(notice.repository, set()))
                 except _STORAGE_ERRORS as e:
                     log.warn(
                         "notifications: cannot tell whether {repository} is new: {error}",
@@ -285,12 +286,13 @@ class Notifier(Service):
             return None
         return await self.storage.walk(f"{paths.REPOSITORIES}/{repository}/_manifests/revisions")
 
-    async def _first_content(self, notice: Notice, batch: list[Notice]) -> bool:
+    async def _first_content(self, notice: Notice, pushed: set[str]) -> bool:
         """
         Whether ``notice`` reports the first content of its repository, and
         this process is to say so: its repository held no manifest when its
         first push or mount was observed, but those whose pushes this
-        process observed and has not recorded yet.
+        process observed and has not recorded yet (``pushed``: their hex
+        digests in the events being written; then those observed since).
         """
         looking = self._looking.pop(notice.repository, None)
         if looking is None:
@@ -300,12 +302,10 @@ class Notifier(Service):
             raise revisions
         if revisions is None:
             return False
-        observed = {
-            n.digest.split(":", 1)[-1]
-            for n in (*batch, *self._intake)
-            if n.repository == notice.repository and n.kind == MANIFEST and n.action == PUSH and n.digest
-        }
-        new = not any(path.endswith("/link") and path.split("/")[1] not in observed for path in revisions)
+        others = {path.split("/")[1] for path in revisions if path.endswith("/link")} - pushed
+        if others:  # or pushed since these events were taken (rare: looked up only then)
+            others -= _manifests_pushed(self._intake).get(notice.repository, set())
+        new = not others
         marker = paths.repository_announced(notice.repository)
         try:
             created = await create_exclusive(
@@ -373,6 +373,15 @@ class Notifier(Service):
 
     def status(self) -> dict[str, EndpointStatus]:
         return {name: delivery.status() for name, delivery in self.deliveries.items()}
+
+
+def _manifests_pushed(notices: list[Notice]) -> dict[str, set[str]]:
+    """The hex digests of the manifests ``notices`` report pushed, by repository."""
+    pushed: dict[str, set[str]] = {}
+    for n in notices:
+        if n.kind == MANIFEST and n.action == PUSH and n.digest:
+            pushed.setdefault(n.repository, set()).add(n.digest.split(":", 1)[-1])
+    return pushed
 
 
 def _sleep(reactor, seconds: float) -> Deferred:
