@@ -23,7 +23,7 @@ from urllib.parse import urlencode, urljoin, urlsplit
 
 import attr
 from treq.client import HTTPClient
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.web.client import Agent, ResponseFailed
 from zope.interface import Attribute, Interface, implementer
@@ -264,10 +264,15 @@ class UpstreamClient:
                 timeout=self.config.timeout or None,
             )
         except ResponseFailed as e:
-            reasons = "; ".join(r.getErrorMessage() for r in e.reasons)
+            reasons = "; ".join(self._reason(r.value) for r in e.reasons)
             raise UpstreamUnavailable(f"{method} {_where(url)}: {reasons}") from None
         except Exception as e:  # noqa: BLE001 refused, DNS, TLS, a timeout...: each is an upstream the client cannot use
-            raise UpstreamUnavailable(f"{method} {_where(url)}: {e.__class__.__name__}: {e}") from None
+            raise UpstreamUnavailable(f"{method} {_where(url)}: {self._reason(e, named=True)}") from None
+
+    def _reason(self, error: BaseException, named: bool = False) -> str:
+        if isinstance(error, CancelledError):  # treq's timeout cancels the request
+            return f"no response within {self.config.timeout:g}s" if self.config.timeout else "cancelled"
+        return f"{error.__class__.__name__}: {error}" if named else str(error)
 
     async def _read_body(self, response, limit: int) -> bytes:
         return await read_body(response, limit, self._reactor, self.config.timeout)
