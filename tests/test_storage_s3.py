@@ -25,6 +25,7 @@ from oci_registry.config import Config, ConfigError
 from oci_registry.storage.interfaces import (
     IBatchDelete,
     IClosableDriver,
+    IEmptyCopy,
     IExclusiveCreate,
     IReadFile,
     IStatFile,
@@ -58,6 +59,7 @@ class TestS3Storage(StorageSuite):
         IBatchDelete,
         IStatFile,
         IReadFile,
+        IEmptyCopy,
     )
 
     @pytest.fixture
@@ -115,6 +117,43 @@ class TestS3SmallParts:
         assert await driver.read_bytes("mp/data") == data
         assert (await driver.stat("mp/data")).size == len(data)
         await driver.delete("mp")
+
+    @pytest_twisted.ensureDeferred
+    async def test_copy_empty_writes_only_where_the_source_is_empty(self, drivers):
+        """What lists a repository as its upload finishes: an empty session, never one holding bytes, or none."""
+        a, b = drivers
+        await a.write_bytes("u/empty/data", b"")
+        assert await b.copy_empty("u/empty/data", "entries/one") is True
+        assert await a.read_bytes("entries/one") == b""
+        writer = await a.open_writer("u/state/data", append=True)
+        await writer.write(b"not yet a part")
+        await writer.close()  # an upload state: the bytes, below one part, held in the object
+        await a.write_bytes("u/full/data", b"x")
+        for source in ("u/state/data", "u/full/data", "u/missing/data"):
+            assert await b.copy_empty(source, "entries/two") is False, source
+        assert await a.stat_file("entries/two") is None
+        assert (await b.stat("u/state/data")).size == len(b"not yet a part")
+        # A server that would copy whatever the condition: the copy's ETag tells.
+        copy = b.client.copy
+        b.client.copy = lambda source, key, if_match=None, if_absent=False: copy(source, key)
+        assert await b.copy_empty("u/full/data", "entries/two") is False
+        assert await b.copy_empty("u/empty/data", "entries/four") is True
+        b.client.copy = copy
+        # A store whose empty objects' ETags are not the MD5 of nothing (SSE-KMS): no copy is tried.
+        put = b.client.put
+
+        async def kms_put(key, data, payload_hash=None, metadata=None, if_absent=False):
+            await put(key, data, payload_hash, metadata, if_absent)
+            return "a-kms-etag"
+
+        b.client.put = kms_put
+        await b.write_bytes("u/kms/data", b"")
+        copies = []
+        b.client.copy = lambda *args, **kwargs: copies.append(args)
+        assert await b.copy_empty("u/kms/data", "entries/three") is False
+        assert copies == []
+        for path in ("u", "entries"):
+            await a.delete(path)
 
     @pytest_twisted.ensureDeferred
     async def test_append_continues_on_another_driver(self, drivers):

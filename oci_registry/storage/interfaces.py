@@ -367,8 +367,38 @@ class IReadFile(Interface):
         """Fire with the file's `FileContent`, or None when no file is at the path (a folder there is None too)."""
 
 
+class IEmptyCopy(Interface):
+    """
+    A driver that can write an empty file where another file is empty, in
+    one request that looks at that file too (S3: a CopyObject of the
+    source's empty version only, ``x-amz-copy-source-if-match``).  The
+    registry lists a repository with it when a blob is sent whole in the
+    request that finishes an upload: the session's data, empty since it
+    started, copied to the repository's catalog entry, says that the
+    session is there and holds no byte yet, where a look at the session and
+    a write of the entry would be two requests.
+    """
+
+    def copy_empty(source, destination):
+        """
+        Fire with True once an empty file is at ``destination``, written
+        because ``source`` was an empty file; with False when ``source`` is
+        missing or holds bytes, or the storage cannot tell (nothing was
+        written: look for yourself).
+        """
+
+
 #: The optional calls a driver may offer beside `IStorageDriver`, an interface each.
-DRIVER_EXTENSIONS = (IExclusiveCreate, IWalkPages, IWalkAfter, IBatchDelete, IStatFile, IFolderPeek, IReadFile)
+DRIVER_EXTENSIONS = (
+    IExclusiveCreate,
+    IWalkPages,
+    IWalkAfter,
+    IBatchDelete,
+    IStatFile,
+    IFolderPeek,
+    IReadFile,
+    IEmptyCopy,
+)
 
 
 def stat_file(storage, path: str):

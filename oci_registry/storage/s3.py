@@ -52,6 +52,7 @@ from .interfaces import (
     FileInfo,
     IBatchDelete,
     IClosableDriver,
+    IEmptyCopy,
     IExclusiveCreate,
     IReader,
     IReadFile,
@@ -77,6 +78,7 @@ COPY_PART_SIZE = 512 << 20  # parts of a multipart copy
 COPY_CONCURRENCY = 4
 READ_BLOCK = 4 << 20  # bytes handed to the hashing pool at a time
 INLINE_HASH_LIMIT = 256 << 10  # payloads hashed on the reactor thread
+EMPTY_ETAG = "d41d8cd98f00b204e9800998ecf8427e"  # an empty object's, where ETags are the MD5 of the bytes
 
 
 def _translate(error: S3Error) -> Exception:
@@ -154,7 +156,15 @@ def _copy_ranges(size: int, part_size: int) -> list[tuple[int, int]]:
 
 
 @implementer(
-    IStorageDriver, IClosableDriver, IExclusiveCreate, IWalkPages, IWalkAfter, IBatchDelete, IStatFile, IReadFile
+    IStorageDriver,
+    IClosableDriver,
+    IExclusiveCreate,
+    IWalkPages,
+    IWalkAfter,
+    IBatchDelete,
+    IStatFile,
+    IReadFile,
+    IEmptyCopy,
 )
 class S3Driver:
     """Stores files as objects in one bucket (under ``settings.prefix``)."""
@@ -186,6 +196,9 @@ class S3Driver:
         self.copy_limit = COPY_LIMIT
         self.copy_part_size = COPY_PART_SIZE
         self._prefix = f"{settings.prefix}/" if settings.prefix else ""
+        # The ETag `copy_empty` expects of an empty object; None once an empty object this
+        # driver wrote had another (SSE-KMS ETags are not MD5s), and then no copy is tried.
+        self._empty_etag: str | None = EMPTY_ETAG
         self._reactor = reactor
         self._pool = ThreadPool(minthreads=0, maxthreads=threads, name="ociregistry-s3")
         self._pool.start()
@@ -323,7 +336,27 @@ class S3Driver:
     async def write_bytes(self, path, data, durable=True):
         key = self._key(path)
         data = bytes(data)
-        await self.client.put(key, data, await self.payload_hash(data))
+        etag = await self.client.put(key, data, await self.payload_hash(data))
+        if not data and etag and etag != EMPTY_ETAG:
+            self._empty_etag = None
+
+    @_deferred
+    async def copy_empty(self, source, destination):
+        """
+        `IEmptyCopy`: one CopyObject, of the source's version only if it is
+        the empty one; and the copy's ETag says so again, on a server that
+        would copy whatever the condition (the caller then writes the
+        destination itself).
+        """
+        if self._empty_etag is None:
+            return False
+        try:
+            copied = await self.client.copy(self._key(source), self._key(destination), if_match=self._empty_etag)
+        except S3Error as e:
+            if e.not_found or e.code == "PreconditionFailed" or e.status == 412:
+                return False
+            raise
+        return copied == self._empty_etag
 
     @_deferred
     async def create_bytes(self, path, data):

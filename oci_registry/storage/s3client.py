@@ -596,13 +596,14 @@ class S3Client:
         response, _ = await self.request("PUT", key, headers=headers, body=data, payload_hash=payload_hash)
         return (_header(response.headers, "etag") or "").strip('"')
 
-    async def copy(self, source: str, key: str, if_match: str | None = None, if_absent: bool = False) -> None:
+    async def copy(self, source: str, key: str, if_match: str | None = None, if_absent: bool = False) -> str:
         """
         Server-side copy of an object of at most 5 GiB (metadata is not
         copied); with ``if_match``, only of the source version with that ETag;
         with ``if_absent``, only while nothing is at ``key`` (``If-None-Match:
         *``; servers without conditional writes ignore it).  A condition that
-        fails is an `S3Error` ``PreconditionFailed``.
+        fails is an `S3Error` ``PreconditionFailed``.  Fires with the copy's
+        ETag ("" when the answer has none).
         """
         headers = {
             "x-amz-copy-source": sigv4.uri_encode(self._path(source)),
@@ -612,7 +613,8 @@ class S3Client:
             headers["x-amz-copy-source-if-match"] = f'"{if_match}"'
         if if_absent:
             headers["If-None-Match"] = "*"
-        await self.request("PUT", key, headers=headers, error_in_body=True, timeout=SLOW_TIMEOUT)
+        _, content = await self.request("PUT", key, headers=headers, error_in_body=True, timeout=SLOW_TIMEOUT)
+        return _text(_xml(content), "ETag").strip('"') if content else ""
 
     async def delete(self, key: str) -> None:
         await self.request("DELETE", key, ok=(200, 204, 404))
