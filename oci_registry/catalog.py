@@ -7,7 +7,11 @@ repository's folders (two requests per repository listed).
 
 - A repository's entry is written before its first link (a blob's or a
   manifest's) that this process writes: once per repository and process
-  (the names written are remembered, 100,000 at most).
+  (the names written are remembered, 100,000 at most).  When that link is
+  a blob's sent whole in the request that finishes an upload, the entry is
+  copied from the session's data, empty until then (`add_copying`): one
+  request that also says the session is there and holds no byte, which
+  the request would otherwise look up apart.
 - A delete through the API that may leave a repository without a manifest
   or a blob (a manifest's or a blob's), and garbage collection for each
   repository it removed one from, look whether anything is left under its
@@ -31,7 +35,7 @@ from twisted.logger import Logger
 
 from . import listing, paths
 from .reference import Name
-from .storage.interfaces import IBatchDelete, IWalkAfter, PathNotFound, stat_file
+from .storage.interfaces import IBatchDelete, IEmptyCopy, IWalkAfter, PathNotFound, stat_file
 
 log = Logger(namespace="oci_registry.catalog")
 
@@ -97,6 +101,29 @@ class Catalog:
         if not self.kept or str(name) in self._written:
             return
         await self.storage.write_bytes(paths.catalog_entry(name), b"", durable=False)
+        self._remember(name)
+
+    async def add_copying(self, name: Name, empty: str) -> bool:
+        """
+        `add`, where ``empty`` should be an empty file (an upload session's
+        data before its first byte) and the storage can copy it in one
+        request that looks at it too (`IEmptyCopy`): True once the entry is
+        copied from it, which says it is there and empty.  False when the
+        entry is not this process's to write now, or ``empty`` is missing or
+        holds bytes (nothing written).
+        """
+        if not self.kept or str(name) in self._written or not IEmptyCopy.providedBy(self.storage):
+            return False
+        if not await self.storage.copy_empty(empty, paths.catalog_entry(name)):
+            return False
+        self._remember(name)
+        return True
+
+    def forget(self, name: Name) -> None:
+        """The entry is written again before ``name``'s next link from this process (`add`)."""
+        self._written.discard(str(name))
+
+    def _remember(self, name: Name) -> None:
         if len(self._written) >= REMEMBERED:
             self._written.clear()
         self._written.add(str(name))

@@ -383,14 +383,21 @@ class Registry:
             live.lock.release()
             self._forget_idle(upload_id, live)
 
-    async def _append(self, name, upload_id, live, body, start=None, length=None, hold: bool = False):
+    async def _append(
+        self, name, upload_id, live, body, start=None, length=None, hold: bool = False, empty: bool = False
+    ):
         """
         `append_upload` under the upload's lock: fires with the new status and,
         with ``hold``, the body's bytes when the upload was empty and the body
         no larger than `SMALL_BLOB`: those are held in memory, not stored;
-        and the session's files.
+        and the session's files.  ``empty``: the session is known to be
+        there with its data empty (`_listed_from_session`), not looked up.
         """
-        status, data, files = await self._upload_data_status(name, upload_id)
+        if empty:
+            data_path = paths.upload_data(name, upload_id)
+            status, data, files = UploadStatus(name, upload_id, 0), None, [data_path]
+        else:
+            status, data, files = await self._upload_data_status(name, upload_id)
         if start is not None and start != status.offset:
             raise UploadRangeInvalid(
                 f"chunk starts at {start} but the upload has {status.offset} bytes",
@@ -461,11 +468,17 @@ class Registry:
         """
         live = self._live_for(upload_id)
         await live.lock.acquire()
+        listed = False
         try:
             if body is not None:
-                _, held, files = await self._append(name, upload_id, live, body, hold=True)
+                listed = await self._listed_from_session(name, upload_id, live)
+                _, held, files = await self._append(name, upload_id, live, body, hold=True, empty=listed)
                 if held is not None:
                     return await self._finish_held(name, upload_id, digest, held, files)
+                if listed:
+                    # Not a small blob after all: the entry is written again just before the
+                    # link, as for any upload, so that no delete can drop it meanwhile.
+                    self._catalog.forget(name)
             status, data, files = await self._upload_data_status(name, upload_id)
             data_path = paths.upload_data(name, upload_id)
             if data is None:
@@ -485,9 +498,43 @@ class Registry:
                 files = [f for f in files if f != data_path]
             await self._end_session(name, upload_id, files)
             return BlobInfo(digest, status.offset)
+        except BaseException:
+            if listed:
+                await self._unlisted_if_empty(name)
+            raise
         finally:
             live.lock.release()
             self._live.pop(upload_id, None)
+
+    async def _listed_from_session(self, name: Name, upload_id: str, live: _LiveUpload) -> bool:
+        """
+        For the request that finishes an upload with a body, which is often
+        a whole small blob, when this process is still to list ``name`` in
+        the catalog: True once the session's data, empty, was copied to the
+        repository's catalog entry (`Catalog.add_copying`, one request that
+        says what a look at the session would say); False when it was not
+        (the entry is not this request's to write, the storage cannot copy
+        so, or the session is missing or holds bytes), and the session is
+        to be looked at.
+        """
+        if live.offset > 0:  # this process appended bytes to it
+            return False
+        try:
+            return await self._catalog.add_copying(name, paths.upload_data(name, upload_id))
+        except StorageFull:
+            log.error("storage is full: could not list {name} in the catalog", name=str(name))
+            raise InsufficientStorage() from None
+
+    async def _unlisted_if_empty(self, name: Name) -> None:
+        """After a failed push that listed ``name``: its entry goes if the repository holds nothing, as on a delete."""
+        try:
+            await self._catalog.removed_from(name)
+        except Exception as e:  # noqa: BLE001 the push's own failure is what its client is told
+            log.warn(
+                "could not look whether {name} holds anything after a push into it failed: {error}",
+                name=str(name),
+                error=e,
+            )
 
     async def _finish_held(self, name: Name, upload_id: str, digest: Digest, held: bytes, files: list) -> BlobInfo:
         actual = Digest.of(held, digest.algorithm)
