@@ -1,12 +1,13 @@
 """
 SigV4 against the worked examples in the Amazon S3 API reference
-(sig-v4-header-based-auth, sigv4-query-string-auth).
+(sig-v4-header-based-auth, sigv4-query-string-auth) and the signing key
+derivation example of the AWS general reference.
 """
 
 import hashlib
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
-from oci_registry.storage.sigv4 import EMPTY_SHA256, Credentials, presign, sign_headers
+from oci_registry.storage.sigv4 import EMPTY_SHA256, Credentials, presign, sign_headers, signing_key
 
 CREDENTIALS = Credentials("AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
 NOW = datetime(2013, 5, 24, tzinfo=timezone.utc)
@@ -65,3 +66,23 @@ def test_session_token_is_signed():
     assert headers["x-amz-security-token"] == "TOKEN"
     assert "x-amz-security-token" in headers["Authorization"]
     assert "TOKEN" not in repr(with_token)
+
+
+def test_signing_key_derivation():
+    key = signing_key("wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", "20120215", "us-east-1", "iam")
+    assert key.hex() == "f4780e2d9f65fa895f9c67b32ce1baf0b0d8a43505a000a1a9e090d414db404d"
+
+
+def test_the_signing_key_is_derived_once_a_day():
+    signing_key.cache_clear()
+    for second in range(5):
+        when = NOW + timedelta(seconds=second)
+        headers = sign_headers(CREDENTIALS, "us-east-1", "GET", HOST, "/test.txt", [], {}, EMPTY_SHA256, when)
+        assert headers["x-amz-date"] == when.strftime("%Y%m%dT%H%M%SZ")
+    presign(CREDENTIALS, "us-east-1", "GET", HOST, "/test.txt", 60, now=NOW)
+    assert signing_key.cache_info().misses == 1
+    sign_headers(CREDENTIALS, "us-east-1", "GET", HOST, "/test.txt", [], {}, EMPTY_SHA256, NOW + timedelta(days=1))
+    sign_headers(CREDENTIALS, "eu-west-1", "GET", HOST, "/test.txt", [], {}, EMPTY_SHA256, NOW)
+    assert signing_key.cache_info().misses == 3
+    # The cached key still signs as the published example does.
+    test_get_object()

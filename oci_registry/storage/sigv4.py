@@ -11,6 +11,7 @@ checking on.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 from collections.abc import Iterable, Sequence
@@ -40,16 +41,21 @@ def canonical_query(query: Iterable[tuple[str, str]]) -> str:
     return "&".join(f"{uri_encode(k, False)}={uri_encode(v, False)}" for k, v in sorted(query))
 
 
-def _signing_key(secret_key: str, date: str, region: str, service: str) -> bytes:
+@functools.lru_cache(maxsize=16)
+def signing_key(secret_key: str, date: str, region: str, service: str) -> bytes:
+    """
+    The key a day's requests are signed with: four HMACs, derived once per
+    day, region and service (and secret), not for every request.
+    """
     key = ("AWS4" + secret_key).encode()
     for part in (date, region, service, "aws4_request"):
         key = hmac.new(key, part.encode(), hashlib.sha256).digest()
     return key
 
 
-def _signature(credentials, now, region, service, method, path, query, headers, payload_hash):
-    """The signature and signed-header list for a canonical request."""
-    amz_date, date = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
+def _signature(credentials, amz_date, region, service, method, path, query, headers, payload_hash):
+    """The signature and signed-header list for a canonical request at ``amz_date`` (``YYYYMMDDTHHMMSSZ``)."""
+    date = amz_date[:8]
     canonical_headers = sorted((k.lower(), " ".join(str(v).split())) for k, v in headers.items())
     signed = ";".join(k for k, _ in canonical_headers)
     canonical = "\n".join(
@@ -64,7 +70,7 @@ def _signature(credentials, now, region, service, method, path, query, headers, 
     )
     scope = f"{date}/{region}/{service}/aws4_request"
     to_sign = "\n".join([ALGORITHM, amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
-    key = _signing_key(credentials.secret_key, date, region, service)
+    key = signing_key(credentials.secret_key, date, region, service)
     return hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest(), signed, scope
 
 
@@ -85,15 +91,15 @@ def sign_headers(
     ``x-amz-date``, ``x-amz-content-sha256``, the session token if any and
     ``Authorization``.  ``path`` is the unencoded path (``/bucket/key``).
     """
-    now = now or datetime.now(timezone.utc)
+    amz_date = (now or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
     signed_headers = dict(headers)
     signed_headers["host"] = host
-    signed_headers["x-amz-date"] = now.strftime("%Y%m%dT%H%M%SZ")
+    signed_headers["x-amz-date"] = amz_date
     signed_headers["x-amz-content-sha256"] = payload_hash
     if credentials.session_token:
         signed_headers["x-amz-security-token"] = credentials.session_token
     signature, signed, scope = _signature(
-        credentials, now, region, service, method, path, query, signed_headers, payload_hash
+        credentials, amz_date, region, service, method, path, query, signed_headers, payload_hash
     )
     signed_headers["Authorization"] = (
         f"{ALGORITHM} Credential={credentials.access_key}/{scope}, SignedHeaders={signed}, Signature={signature}"
@@ -113,18 +119,18 @@ def presign(
     service: str = "s3",
 ) -> str:
     """The query string (without ``?``) of a presigned URL for ``path`` on ``host``."""
-    now = now or datetime.now(timezone.utc)
-    scope = f"{now.strftime('%Y%m%d')}/{region}/{service}/aws4_request"
+    amz_date = (now or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
+    scope = f"{amz_date[:8]}/{region}/{service}/aws4_request"
     params = list(query) + [
         ("X-Amz-Algorithm", ALGORITHM),
         ("X-Amz-Credential", f"{credentials.access_key}/{scope}"),
-        ("X-Amz-Date", now.strftime("%Y%m%dT%H%M%SZ")),
+        ("X-Amz-Date", amz_date),
         ("X-Amz-Expires", str(expires)),
         ("X-Amz-SignedHeaders", "host"),
     ]
     if credentials.session_token:
         params.append(("X-Amz-Security-Token", credentials.session_token))
     signature, _, _ = _signature(
-        credentials, now, region, service, method, path, params, {"host": host}, UNSIGNED_PAYLOAD
+        credentials, amz_date, region, service, method, path, params, {"host": host}, UNSIGNED_PAYLOAD
     )
     return canonical_query(params) + f"&X-Amz-Signature={signature}"
