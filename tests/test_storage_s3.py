@@ -378,6 +378,19 @@ async def test_wrong_secret_is_refused(s3_server):  # noqa: F811
 
 
 @pytest_twisted.ensureDeferred
+async def test_the_client_makes_its_endpoint_once(s3_server):  # noqa: F811
+    """Not once a request (what an `Agent` does by itself, pooled connection or not)."""
+    driver = make_driver(s3_server)
+    try:
+        for i in range(5):
+            await driver.write_bytes(f"endpoint/{i}", b"x")
+            assert await driver.read_bytes(f"endpoint/{i}") == b"x"
+        assert len(driver.client._endpoints._made) == 1
+    finally:
+        driver.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_missing_bucket_is_unavailable_never_not_found(s3_server):  # noqa: F811
     driver = make_driver(s3_server, bucket="ociregistry-no-such-bucket")
     try:

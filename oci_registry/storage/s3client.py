@@ -38,6 +38,7 @@ import attr
 from twisted.internet import error as net_error
 from twisted.internet import tcp
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import deferLater
@@ -45,7 +46,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import client as web_client
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer
+from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer
 from zope.interface import implementer
 
 from ..bulk import raise_limits, restore_limits
@@ -375,6 +376,34 @@ class _Collect(Protocol):
 _Pool = connection_pool(noisy=False)
 
 
+@implementer(IAgentEndpointFactory)
+class _Endpoints:
+    """
+    The endpoint to connect to S3 with, made once per scheme, host and port:
+    an `Agent` makes a `HostnameEndpoint` (and IDNA-encodes the host) for
+    every request otherwise, also for the requests a pooled connection
+    carries, about a tenth of a request's CPU time on the reactor.
+    """
+
+    def __init__(self, reactor, connect_timeout: float):
+        self._reactor = reactor
+        self._connect_timeout = connect_timeout
+        self._https = web_client.BrowserLikePolicyForHTTPS()
+        self._made: dict = {}
+
+    def endpointForURI(self, uri):
+        key = (uri.scheme, uri.host, uri.port)
+        endpoint = self._made.get(key)
+        if endpoint is None:
+            endpoint = HostnameEndpoint(
+                self._reactor, uri.host.decode("ascii"), uri.port, timeout=self._connect_timeout
+            )
+            if uri.scheme == b"https":
+                endpoint = wrapClientTLS(self._https.creatorForNetloc(uri.host, uri.port), endpoint)
+            self._made[key] = endpoint
+        return endpoint
+
+
 class S3Client:
     """Requests to one bucket of one S3 endpoint."""
 
@@ -400,7 +429,8 @@ class S3Client:
         self.availability = availability or Availability(f"s3://{bucket} at {self.endpoint}")
         self._pool = _Pool(reactor, persistent=True)
         self._pool.maxPersistentPerHost = connections
-        self._agent = web_client.Agent(reactor, pool=self._pool, connectTimeout=min(timeout, CONNECT_TIMEOUT))
+        self._endpoints = _Endpoints(reactor, min(timeout, CONNECT_TIMEOUT))
+        self._agent = web_client.Agent.usingEndpointFactory(reactor, self._endpoints, pool=self._pool)
 
     def __repr__(self) -> str:
         return f"<S3Client {self.endpoint}/{self.bucket}>"
