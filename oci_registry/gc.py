@@ -80,6 +80,7 @@ import re
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any
 
 import attr
@@ -103,6 +104,7 @@ from .storage.interfaces import (
     read_file,
     stat_file,
 )
+from .storage.priority import background
 from .units import DAY
 
 log = Logger()
@@ -1037,28 +1039,8 @@ async def _unlist_emptied(run: _Run) -> None:
         await drop_if_empty(run.storage, Name(repo))
 
 
-async def collect(
-    storage: IStorageDriver,
-    options: GCOptions | None = None,
-    now: float | None = None,
-    reactor=None,
-    at_once: int = AT_ONCE,
-    busy: Callable[[], bool] | None = None,
-) -> GCReport:
-    """
-    Run one garbage collection over ``storage``, yielding to ``reactor``
-    (the global one by default) every few milliseconds, with up to
-    ``at_once`` storage requests going at the same time; ``busy``: whether
-    requests served by this process wait for their answer, which the run
-    then gives way to (see `_Pace`).  Fails with `GCAborted` when a read
-    fails before anything was deleted.
-    """
-    options = GCOptions() if options is None else options
-    now = time.time() if now is None else now
-    clock = time.monotonic()
-    report = GCReport(dry_run=options.dry_run)
-    run = _Run(storage, options, report, now, _Pace(reactor, busy), reactor, max(1, at_once))
-    log.info("garbage collection{dry} started", dry=" (dry run)" if options.dry_run else "")
+async def _collect(run: _Run) -> None:
+    storage = run.storage
 
     async def judge(repo):
         await _judge(run, repo)
@@ -1077,6 +1059,35 @@ async def collect(
     finally:
         await deletes.flush()
     await _unlist_emptied(run)
+
+
+async def collect(
+    storage: IStorageDriver,
+    options: GCOptions | None = None,
+    now: float | None = None,
+    reactor=None,
+    at_once: int = AT_ONCE,
+    busy: Callable[[], bool] | None = None,
+) -> GCReport:
+    """
+    Run one garbage collection over ``storage``, yielding to ``reactor``
+    (the global one by default) every few milliseconds, with up to
+    ``at_once`` storage requests going at the same time; ``busy``: whether
+    requests served by this process wait for their answer, which the run
+    then gives way to (see `_Pace`), before each step and, on S3, before
+    each storage request.  Fails with `GCAborted` when a read
+    fails before anything was deleted.
+    """
+    options = GCOptions() if options is None else options
+    now = time.time() if now is None else now
+    clock = time.monotonic()
+    report = GCReport(dry_run=options.dry_run)
+    run = _Run(storage, options, report, now, _Pace(reactor, busy), reactor, max(1, at_once))
+    log.info("garbage collection{dry} started", dry=" (dry run)" if options.dry_run else "")
+
+    # Each storage request waits its turn too, not only each step (see `priority`).
+    with background(run.pace) if busy is not None else nullcontext():
+        await _collect(run)
     log.info(
         "garbage collection{dry}: {blobs} blobs ({freed} bytes), {manifests} manifests, {tags} tags, "
         "{uploads} uploads, {claims} fill claims removed; {kept} blobs kept ({seconds:.2f} s)",

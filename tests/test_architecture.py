@@ -15,9 +15,15 @@ import attr
 PACKAGE = "oci_registry"
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), PACKAGE)
 
-# What the rest of the package may import from storage/: the interfaces and
-# the driver registry.  Every other module there is some driver's own.
-STORAGE_SEAMS = {"oci_registry.storage", "oci_registry.storage.interfaces", "oci_registry.storage.drivers"}
+# What the rest of the package may import from storage/: the interfaces, the
+# driver registry and the mark of background work (`priority`).  Every other
+# module there is some driver's own.
+STORAGE_SEAMS = {
+    "oci_registry.storage",
+    "oci_registry.storage.interfaces",
+    "oci_registry.storage.drivers",
+    "oci_registry.storage.priority",
+}
 # Where drivers are built, besides their own modules (each declares its factory):
 # the composition root and the driver registry.
 BUILDERS = {"oci_registry.compose", "oci_registry.storage.drivers"}

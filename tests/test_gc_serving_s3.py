@@ -11,6 +11,12 @@ what the collection sends meanwhile is counted (the HEAD's read of the
 blob's link is held: a GET of it, or a HEAD where the driver asks so).  Without giving way, it
 went on at full speed (hundreds of GETs a second); giving way, it sends at
 most one request each `oci_registry.gc.BUSY_WAIT` seconds.
+
+It gives way before each S3 request, not only between its steps (a step
+of the sweep is a dozen requests): in the process, a collection told that
+a request waits, in the middle of a step, sends nothing more until it is
+told no request waits; and the S3 client holds back exactly the requests
+made for background work (`oci_registry.storage.priority`).
 """
 
 from __future__ import annotations
@@ -21,12 +27,21 @@ import threading
 import time
 
 import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
 
 from counting_proxy import CountingProxy
 from image_builder import http_request
-from oci_registry.gc import BUSY_WAIT
+from oci_registry import gc, paths
+from oci_registry.gc import BUSY_WAIT, GCOptions, collect
+from oci_registry.registry import Registry
+from oci_registry.storage import priority
+from oci_registry.storage.s3 import S3Driver
 from registry_process import RegistryProcess
 from s3_server import s3_server  # noqa: F401  (the session fixture)
+from test_gc import LATER, push_blob, push_image
 
 pytestmark = pytest.mark.ociregistry_only
 
@@ -98,3 +113,80 @@ def test_scheduled_gc_gives_way_to_a_request_waiting_on_s3(s3_server, tmp_path):
     # One request of the collection may be under way when the HEAD arrives, then
     # at most one each BUSY_WAIT: far from the hundreds it sends meanwhile otherwise.
     assert len(during) <= 2 + 2 * HELD / BUSY_WAIT, (len(during), during[:5])
+
+
+@pytest.fixture
+def proxied(s3_server):  # noqa: F811
+    proxy = CountingProxy(s3_server.port).start()
+    driver = S3Driver(s3_server.settings(endpoint=proxy.endpoint))
+    yield driver, proxy
+    driver.close()
+    proxy.stop()
+
+
+async def _until(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        await deferLater(reactor, 0.005, lambda: None)
+    assert condition(), "timed out"
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_s3_client_holds_back_only_requests_made_for_background_work(proxied):
+    driver, proxy = proxied
+    await driver.write_bytes("gate/file", b"content")
+    opened: Deferred = Deferred()
+    asked = []
+
+    def gate():
+        asked.append(True)
+        return opened
+
+    async def in_background():
+        with priority.background(gate):
+            return await driver.read_bytes("gate/file")
+
+    with proxy.counting() as seen:
+        reading = Deferred.fromCoroutine(in_background())
+        # Started outside the background work, as a request served is: not held back.
+        assert await driver.read_bytes("gate/file") == b"content"
+        assert seen.total == 1 and asked == [True] and not reading.called
+        assert priority.gate() is None
+        opened.callback(None)
+        assert await reading == b"content"
+        assert seen.total == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_collection_told_a_request_waits_sends_nothing_more_within_its_step(proxied, monkeypatch):
+    driver, proxy = proxied
+    monkeypatch.setattr(gc, "BUSY_WAIT", 3600.0)  # it waits for as long as it is told a request waits
+    registry = Registry(driver)
+    await push_image(registry, "app", "v1", b"a layer that stays")
+    orphan = await push_blob(registry, "app", b"an orphan")
+    waiting = [False]
+    quarantine = paths.blob_quarantine(orphan)
+
+    def moving_to_quarantine(seen) -> bool:
+        return seen.method == "PUT" and seen.key.endswith(quarantine)
+
+    with proxy.counting() as seen:
+        with proxy.holding(moving_to_quarantine) as hold:
+            collecting = Deferred.fromCoroutine(
+                collect(driver, GCOptions(), now=LATER, reactor=reactor, at_once=1, busy=lambda: waiting[0])
+            )
+            await _until(hold.arrived.is_set)
+            # The sweep's step for the orphan is under way (its copy to quarantine
+            # held at S3) when a request starts waiting.
+            waiting[0] = True
+            before = seen.total
+        await deferLater(reactor, 0.5, lambda: None)
+        during = seen.requests[before:]
+        waiting[0] = False
+        report = await collecting
+
+    # Without giving way before each request, the step went on (the rest of the
+    # move, the marker, the link and its quarantine: half a dozen requests).
+    assert during == []
+    assert [d for d, _ in report.blobs_removed] == [str(orphan)]
+    assert await driver.stat(paths.blob_data(orphan)) is None

@@ -51,7 +51,7 @@ from zope.interface import implementer
 
 from ..bulk import raise_limits, restore_limits
 from ..twisted_compat import connection_pool
-from . import sigv4
+from . import priority, sigv4
 from .availability import Availability
 from .interfaces import StorageUnavailable
 
@@ -514,8 +514,12 @@ class S3Client:
         ``error_in_body``: a 200 answer may still carry an ``<Error>``
         (CopyObject, UploadPartCopy and CompleteMultipartUpload do that).
         ``timeout`` (default: the client's) bounds the whole exchange except
-        a streamed body.
+        a streamed body.  Made for background work (`priority.background`),
+        it waits for the work's gate first.
         """
+        gate = priority.gate()
+        if gate is not None:  # made for background work: after the requests served (see `priority`)
+            await gate()
         if payload_hash is None:
             payload_hash = hashlib.sha256(body).hexdigest() if body else sigv4.EMPTY_SHA256
         headers = dict(headers or {})
