@@ -572,7 +572,8 @@ def _check_tags(repo: _Repository) -> None:
 
 
 async def _mtime(storage: IStorageDriver, path: str) -> float | None:
-    info = await storage.stat(path)
+    """The file's mtime, None when it is not there (one HEAD on S3: a file is looked for, not a folder)."""
+    info = await stat_file(storage, path)
     return None if info is None else info.mtime
 
 
@@ -801,7 +802,7 @@ async def _collect_blob(
     digest = _parsed(blob)
     marker = paths.blob_referenced(digest)
     data, quarantine = paths.blob_data(digest), paths.blob_quarantine(digest)
-    info = await storage.stat(data)
+    info = await stat_file(storage, data)
     if info is None or now - info.mtime < options.grace:
         return None
     # The marker's content is read before its age: a rewrite after that shows in the content.
@@ -852,7 +853,7 @@ async def _collect_blob(
         await _delete_file(storage, link)
     await _delete_file(storage, quarantine)
     await pace()
-    if (await storage.stat(data)) is not None:
+    if (await stat_file(storage, data)) is not None:
         # Published again meanwhile, or put back from quarantine by a request: it stays, linked as it was.
         for link, held, content in links:
             await storage.write_bytes(link, content)

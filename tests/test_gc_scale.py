@@ -145,7 +145,11 @@ async def test_on_s3_what_the_sweep_deletes_last_goes_in_batches(counted_s3):
     # Deleting a file is one request, not a listing, a delete and a listing of multipart uploads.
     counts = collections.Counter(method for method, _, _ in requests)
     per_blob = sum(counts.values()) / len(orphans)
-    assert per_blob <= 16, counts
+    assert per_blob <= 13, counts
+    # The walks list; a blob's data and marker are looked for as files (a HEAD), not
+    # by a listing as well when they are gone (46 listings here before, one per orphan more).
+    listings = [query for method, query, _ in requests if method == "GET" and "list-type" in query]
+    assert len(listings) < len(orphans), len(listings)
 
 
 class PagedStorage:
