@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import time
 
 import pytest
 import pytest_twisted
@@ -200,6 +201,46 @@ async def test_a_recently_changed_folder_is_read_again(tmp_path):
         assert driver.entries_read - before == 3000
     finally:
         driver.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_folder_quiet_for_a_moment_is_kept_on_a_local_file_system(tmp_path):
+    """
+    On a local file system with sub-second timestamps a folder's listing is
+    kept once it has been quiet for 0.1 s (so a page soon after a push is a
+    bisection), where one whose mtime is whole seconds waits 2 s.
+    """
+    driver = FilesystemDriver(str(tmp_path / "root"))
+    try:
+        assert driver.listings.local_quiet_ns == 100_000_000  # tmp_path is on a local file system here
+        folder = tmp_path / "root" / "tags"
+        folder.mkdir(parents=True)
+        for i in range(1500):
+            (folder / f"v{i:05d}").mkdir()
+        fine = time.time_ns() - 300_000_000
+        fine += 1 if fine % 1_000_000_000 == 0 else 0
+        os.utime(folder, ns=(fine, fine))
+        before = driver.entries_read
+        await driver.list_page("tags", None, 10)
+        assert await driver.list_page("tags", "v00100", 2) == ["v00101", "v00102"]
+        assert driver.entries_read - before == 1500
+
+        coarse = (time.time_ns() // 1_000_000_000 - 1) * 1_000_000_000  # 1-2 s ago, in whole seconds
+        os.utime(folder, ns=(coarse, coarse))
+        before = driver.entries_read
+        await driver.list_page("tags", None, 10)
+        await driver.list_page("tags", None, 10)
+        assert driver.entries_read - before == 3000
+    finally:
+        driver.close()
+
+
+def test_which_file_systems_are_local(tmp_path):
+    from oci_registry.storage.filesystem import _local_filesystem
+
+    assert _local_filesystem(str(tmp_path))
+    assert _local_filesystem(str(tmp_path / "not" / "made" / "yet"))
+    assert not _local_filesystem("/proc/self")
 
 
 @pytest_twisted.ensureDeferred

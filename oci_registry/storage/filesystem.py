@@ -77,6 +77,13 @@ CACHED_NAMES_MAX = 2_000_000  # names kept in all, at most (about 100 MB at the 
 # A folder changed less than this long before it was read may change again
 # within the same timestamp tick without its mtime moving: its listing is not kept.
 QUIET_NS = 2_000_000_000
+# The same on a local file system whose timestamps have sub-second parts: this
+# host's kernel stamps them from its clock tick (at most 10 ms), with no other
+# machine's clock in the way.
+LOCAL_QUIET_NS = 100_000_000
+LOCAL_FILESYSTEMS = frozenset(
+    {"ext4", "xfs", "btrfs", "tmpfs", "f2fs", "zfs", "bcachefs", "overlay", "ramfs", "jfs", "reiserfs"}
+)
 
 
 # The file system failing or refusing this process, rather than a path missing.
@@ -204,7 +211,7 @@ class FilesystemDriver:
         self._pool = ThreadPool(minthreads=0, maxthreads=threads, name="ociregistry-fs")
         self._pool.start()
         self._shutdown = reactor.addSystemEventTrigger("during", "shutdown", self.close)
-        self.listings = _Listings()
+        self.listings = _Listings(local_quiet_ns=LOCAL_QUIET_NS if _local_filesystem(self.root) else None)
 
     def close(self) -> None:
         if self._pool.started:
@@ -639,14 +646,23 @@ class _Listings:
     by another process (or machine, on shared storage) is seen at the next
     page.  A folder that changed within `QUIET_NS` of being read is read
     again each time until it has been quiet that long: a change in the same
-    timestamp tick as the read might not move its mtime.  Used from the
-    reactor thread and the pool at once, hence the lock.
+    timestamp tick as the read might not move its mtime.  ``local_quiet_ns``
+    (on a local file system): the shorter wait for a folder whose mtime has
+    a sub-second part, so that a page soon after a push is a bisection too.
+    Used from the reactor thread and the pool at once, hence the lock.
     """
 
-    def __init__(self, min_names: int = CACHED_LISTING_MIN, max_names: int = CACHED_NAMES_MAX, quiet_ns=QUIET_NS):
+    def __init__(
+        self,
+        min_names: int = CACHED_LISTING_MIN,
+        max_names: int = CACHED_NAMES_MAX,
+        quiet_ns: int = QUIET_NS,
+        local_quiet_ns: int | None = None,
+    ):
         self.min_names = min_names
         self.max_names = max_names
         self.quiet_ns = quiet_ns
+        self.local_quiet_ns = local_quiet_ns
         self.entries_read = 0
         self._kept: collections.OrderedDict[str, tuple] = collections.OrderedDict()
         self._kept_names = 0
@@ -687,7 +703,10 @@ class _Listings:
         self._count(len(names))
         names = sorted(n for n in names if not n.startswith(TEMP_PREFIX))
         # st was taken before the read: a change during it moves the mtime past what is kept.
-        if len(names) >= self.min_names and st.st_mtime_ns < started - self.quiet_ns:
+        quiet = self.quiet_ns
+        if self.local_quiet_ns is not None and st.st_mtime_ns % 1_000_000_000:
+            quiet = self.local_quiet_ns
+        if len(names) >= self.min_names and st.st_mtime_ns < started - quiet:
             self._keep(full, (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns), tuple(names))
         return names
 
@@ -748,6 +767,26 @@ class _Listings:
             old = self._kept.pop(full, None)
             if old is not None:
                 self._kept_names -= len(old[1])
+
+
+def _local_filesystem(path: str) -> bool:
+    """Whether ``path`` is on a file system of `LOCAL_FILESYSTEMS` (by /proc/self/mountinfo; if unreadable, no)."""
+    path = os.path.realpath(path)
+    found, kind = "", None
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                # ID, parent ID, major:minor, root, mount point, options, optional fields..., "-", type, source, options
+                fields = line.split()
+                if "-" not in fields[6:]:
+                    continue
+                point = fields[4].replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
+                inside = path == point or path.startswith(point.rstrip("/") + "/")
+                if inside and len(point) >= len(found):
+                    found, kind = point, fields[fields.index("-", 6) + 1]
+    except (OSError, IndexError):
+        return False
+    return kind in LOCAL_FILESYSTEMS
 
 
 def _atomic_write(full: str, data: bytes, durable: bool = True, replace: bool = True) -> None:
