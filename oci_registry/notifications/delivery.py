@@ -268,7 +268,7 @@ class EndpointDelivery:
         for i, notice in keep:
             self._queues.setdefault(PULLS if notice.is_pull else notice.repository, deque()).append((name, i))
         if not keep:
-            await self._finished(batch)
+            await self._finished([batch])
         return len(keep)
 
     def _drop(self, name: BatchName) -> None:
@@ -356,8 +356,7 @@ class EndpointDelivery:
             await self._failed_request(ordered, notices, f"{type(e).__name__}: {e}")
         else:
             self._succeeded(notices)
-            for key, items in request:
-                await self._done(key, items)
+            await self._finished([batch for key, items in request for batch in self._done(key, items)])
         finally:
             for key, _ in request:
                 self._busy.pop(key, None)
@@ -436,11 +435,11 @@ class EndpointDelivery:
         by_key: dict[str, list[tuple[BatchName, int]]] = {}
         for key, item, _ in dead:
             by_key.setdefault(key, []).append(item)
-        for key, items in by_key.items():
-            await self._done(key, items)
+        await self._finished([batch for key, items in by_key.items() for batch in self._done(key, items)])
 
-    async def _done(self, key: str, items: list[tuple[BatchName, int]]) -> None:
-        """``items`` (at the head of ``key``'s queue) are handled: off the queue, and their batches when complete."""
+    def _done(self, key: str, items: list[tuple[BatchName, int]]) -> list[_Batch]:
+        """``items`` (at the head of ``key``'s queue) are handled: off the queue; the batches they complete."""
+        complete = []
         queue = self._queues.get(key)
         for item in items:
             if queue:
@@ -455,16 +454,21 @@ class EndpointDelivery:
             if batch is None:
                 continue
             batch.remaining -= 1
-            if batch.remaining <= 0:
-                await self._finished(batch)
+            if batch.remaining == 0:
+                complete.append(batch)
         if queue is not None and not queue:
             self._queues.pop(key, None)
+        return complete
 
-    async def _finished(self, batch: _Batch) -> None:
-        self._batches.pop(batch.name, None)
-        self._removed.add(batch.name)  # never loaded again, even when its removal fails
+    async def _finished(self, batches: list[_Batch]) -> None:
+        """Every event of ``batches`` was handled: they leave the outbox, together (one request on S3)."""
+        if not batches:
+            return
+        for batch in batches:
+            self._batches.pop(batch.name, None)
+            self._removed.add(batch.name)  # never loaded again, even when its removal fails
         try:
-            await self.outbox.remove(batch.name)
+            await self.outbox.remove([batch.name for batch in batches])
         except _STORAGE_ERRORS as e:
             # Left in the outbox: sent again by the next leader (an event may then arrive twice).
             self._storage_failed(e)

@@ -36,7 +36,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from .. import paths
-from ..storage.interfaces import DestinationExists, IExclusiveCreate, PathNotFound
+from ..storage.interfaces import DestinationExists, IBatchDelete, IExclusiveCreate, PathNotFound
 from .notice import Notice, decode_batch, encode_batch
 
 log = Logger(namespace="oci_registry.notifications")
@@ -118,8 +118,14 @@ class Outbox:
             return None
         return decode_batch(data)
 
-    async def remove(self, name: BatchName) -> None:
-        await self.storage.delete(f"{self.pending_folder}/{name}")
+    async def remove(self, names: Sequence[BatchName]) -> None:
+        """Delete delivered batches, in one call where the storage deletes many files at once (`IBatchDelete`)."""
+        paths = [f"{self.pending_folder}/{name}" for name in names]
+        if IBatchDelete.providedBy(self.storage):
+            await self.storage.delete_files(paths)  # one request on S3, where a delete also lists
+            return
+        for path in paths:
+            await self.storage.delete(path)
 
     async def quarantine(self, name: BatchName) -> None:
         """Move a batch that cannot be read (damaged) out of the way, among the dead letters."""
