@@ -8,10 +8,12 @@ letters sent again.  Real processes throughout: registries, a receiver on
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -122,6 +124,47 @@ def test_events_of_many_repositories_that_wait_go_together(tmp_path, receiver, o
             assert [e["data"]["digest"] for e in mine[1:]] == digests[name]
         else:
             assert pushed_digests(receiver, name) == digests[name]  # each repository's, in the order pushed
+
+
+def test_a_busy_endpoint_gets_few_full_requests_and_an_idle_one_its_event_at_once(tmp_path, receiver):
+    """
+    An event that comes alone is sent at once; those recorded while a
+    request started within the last ``batch_window`` wait for it to pass
+    and go together (one request per record window, as before, would be
+    dozens here), in requests of at most ``batch``: every one, once, each
+    repository's in the order pushed.
+    """
+    window, batch = 5.0, 50
+    data = str(tmp_path / "data")
+    receiver.start()
+    registry = ociregistry(tmp_path, data, [endpoint(receiver, batch=batch, batch_window=f"{window:g}s")]).start()
+    repositories = [f"busy/app{i}" for i in range(3)]
+    digests: dict[str, list[str]] = {name: [] for name in repositories}
+    try:
+        digests[repositories[0]] += push_blobs(registry, repositories[0], 1, "busy/alone")
+        pushed = time.time()
+        receiver.wait_for(1, timeout=30)
+        [alone] = receiver.accepted()
+        assert alone["t"] - pushed < window  # not held back: no request had started within the window
+
+        started = time.monotonic()
+        for i in range(120):
+            name = repositories[i % 3]
+            digests[name] += push_blobs(registry, name, 1, f"busy/{i}")
+        pushing = time.monotonic() - started
+        assert len(receiver.wait_for(121, timeout=60)) == 121
+        assert wait_until(lambda: pending_events(data) == 0, timeout=20)
+    finally:
+        registry.stop()
+    sizes = [len(json.loads(r["body"])["events"]) for r in receiver.accepted()]
+    print(f"pushing {pushing:.1f}s; requests of {sizes} events")
+    assert sizes[0] == 1 and sum(sizes) == 121 and max(sizes) <= batch, sizes
+    # Full requests (at most 120 // batch) go at once, the others at most once per window.
+    assert len(sizes) <= 1 + 120 // batch + math.ceil(pushing / window) + 1, (sizes, pushing)
+    events = receiver.events()
+    assert len({e["id"] for e in events}) == len(events) == 121
+    for name in repositories:
+        assert pushed_digests(receiver, name) == digests[name]
 
 
 def test_a_registry_killed_with_undelivered_events_sends_them_after_a_restart(tmp_path, receiver):

@@ -61,6 +61,7 @@ def test_an_endpoint_needs_only_a_name_and_a_url():
     assert (ci.format, ci.timeout, ci.backoff_initial, ci.backoff_max) == ("distribution", 5.0, 1.0, 300.0)
     assert ci.filter.actions == ("push", "mount", "delete")  # no pulls unless asked for
     assert (ci.max_attempts, ci.max_age, ci.secret, ci.include_references) == (0, 3 * 86400.0, None, False)
+    assert (ci.batch, ci.batch_window) == (50, 0.5)
 
 
 def test_the_configuration_survives_the_trip_to_a_worker():
@@ -85,6 +86,7 @@ def test_the_configuration_survives_the_trip_to_a_worker():
                 "max_attempts": 3,
                 "max_age": "1h",
                 "concurrency": 2,
+                "batch_window": "250ms",
                 "pull_batch": 10,
             }
         ],
@@ -112,6 +114,8 @@ def test_the_configuration_survives_the_trip_to_a_worker():
         ({"endpoints": [{"name": "a", "url": "http://x/", "headers": {"A": "b\r\nc"}}]}, "on one line"),
         ({"endpoints": [{"name": "a", "url": "http://x/", "backoff": {"initial": "5s", "max": "1s"}}]}, "not be less"),
         ({"endpoints": [{"name": "a", "url": "http://x/", "concurrency": 0}]}, "at least 1"),
+        ({"endpoints": [{"name": "a", "url": "http://x/", "batch_window": "11s"}]}, "batch_window must be at most 10s"),
+        ({"endpoints": [{"name": "a", "url": "http://x/", "batch_window": "-1s"}]}, "batch_window: not a duration"),
         ({"endpoints": [{"name": "a", "url": "http://x/"}, {"name": "a", "url": "http://y/"}]}, "two endpoints"),
         ({"lease": "0.5s"}, "lease must be at least 1s"),
     ],

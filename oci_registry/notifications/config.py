@@ -22,6 +22,7 @@ The ``notifications`` section of the configuration (see docs/notifications.md)::
           concurrency: 4                          # requests in flight (never two with one repository) at once
           batch: 50                               # at most this many waiting events per request (of any repositories)
                                                   # (distribution: 50; cloudevents: 1, more is batched mode)
+          batch_window: 500ms                     # a request not full waits until this long after the last one
           pull_batch: 100                         # pull events per request
 
 Parsed once, at start-up; a mistake is a `ValueError` naming the key.
@@ -46,6 +47,7 @@ ACTIONS = (PUSH, PULL, MOUNT, DELETE)
 DEFAULT_ACTIONS = (PUSH, MOUNT, DELETE)
 #: An endpoint name is a storage path component of its own (its outbox folder).
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+MAX_BATCH_WINDOW = 10.0  # seconds
 
 _ENDPOINT_KEYS = {
     "name",
@@ -64,6 +66,7 @@ _ENDPOINT_KEYS = {
     "max_age",
     "concurrency",
     "batch",
+    "batch_window",
     "pull_batch",
 }
 _SECTION_KEYS = {"registry_url", "endpoints", "lease", "poll_interval", "record_window", "pull_window", "max_buffered"}
@@ -142,6 +145,7 @@ class EndpointConfig:
     max_age: float = 3 * 86400.0  # seconds an event may wait before it is dead-lettered; 0: no limit
     concurrency: int = 4  # requests in flight at once, never two with events of one repository
     batch: int = 50  # events (of one repository or several) sent in one request, when that many wait
+    batch_window: float = 0.5  # seconds: a request not full starts this long after the one before it, at the soonest
     pull_batch: int = 100  # pull events sent in one request
 
     def to_dict(self) -> dict:
@@ -159,6 +163,7 @@ class EndpointConfig:
             "max_age": self.max_age,
             "concurrency": self.concurrency,
             "batch": self.batch,
+            "batch_window": self.batch_window,
             "pull_batch": self.pull_batch,
         }
 
@@ -205,6 +210,12 @@ class EndpointConfig:
             values["max_age"] = _duration("max_age", value["max_age"])
         if "concurrency" in value:
             values["concurrency"] = _whole("concurrency", value["concurrency"], minimum=1, maximum=64)
+        if "batch_window" in value:
+            values["batch_window"] = _duration("batch_window", value["batch_window"])
+            if values["batch_window"] > MAX_BATCH_WINDOW:
+                raise ValueError(
+                    f"batch_window must be at most {MAX_BATCH_WINDOW:g}s: a busy endpoint's events wait that long"
+                )
         if "pull_batch" in value:
             values["pull_batch"] = _whole("pull_batch", value["pull_batch"], minimum=1, maximum=1000)
         # Distribution's envelope holds "one or more events"; a CloudEvents receiver may know only the

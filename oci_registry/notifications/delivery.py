@@ -10,12 +10,15 @@ off from the storage).  The holder lists the outbox every
 ``poll_interval`` (and at once when this process recorded events), loads
 batches oldest first (at most `MAX_LOADED` events at a time), and queues
 their events per repository.  A request carries the events that wait, of
-as many repositories as fit in ``batch`` (one event when they come one at
-a time, as Distribution sends them; more under load; pull events: up to
+as many repositories as fit in ``batch`` (pull events: up to
 ``pull_batch``, in a queue and requests of their own); up to
 ``concurrency`` requests are in flight at once, never two with events of
 one repository, so each repository's events arrive in the order they were
-recorded.
+recorded.  A request that is not full starts at once when no request
+started within the last ``batch_window``, else once that much time has
+passed: an event that comes alone is sent alone and at once, as
+Distribution sends them, and a busy registry sends a few full requests a
+second, however many record windows their events were written in.
 
 A failed request (no answer in time, not 2xx) keeps its events at the head
 of their queue and pauses the whole endpoint for its backoff, which doubles
@@ -37,6 +40,7 @@ from collections import OrderedDict, deque
 
 import attr
 from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from ..storage.interfaces import StorageFull, StorageUnavailable
@@ -123,6 +127,8 @@ class EndpointDelivery:
         self._attempts: dict[str, int] = {}  # event id -> failed requests
         self._listed: list[BatchName] = []
         self._resume_at = 0.0
+        self._last_request = float("-inf")  # when the last request started (reactor time)
+        self._gathering: IDelayedCall | None = None  # dispatches what waits once batch_window has passed
         self._failures = 0  # in a row
         self._failing_since: float | None = None
         self._last_logged = float("-inf")
@@ -149,6 +155,9 @@ class EndpointDelivery:
     async def stop(self) -> None:
         """Stop: let the requests in flight end (each within its timeout), then give up the lease."""
         self._running = False
+        if self._gathering is not None and self._gathering.active():
+            self._gathering.cancel()
+        self._gathering = None
         self.wake()
         if self._loop is not None:
             await self._loop
@@ -299,7 +308,10 @@ class EndpointDelivery:
         a new request is started only when that one is full.  A repository is
         in one request at a time, so its events cannot overtake each other;
         within a request, events are in the order they were recorded.  Pull
-        events go in requests of their own, up to ``pull_batch``.
+        events go in requests of their own, up to ``pull_batch``.  A request
+        that is not full waits (its events stay in their queues, gathering
+        those recorded meanwhile) until ``batch_window`` after the last
+        request started.
         """
         if self._clock() < self._resume_at or not self._running:
             return
@@ -329,13 +341,28 @@ class EndpointDelivery:
             take = list(itertools.islice(queue, room))
             filling.append((key, take))
             room -= len(take)
+        now = self._reactor.seconds()
         for request in requests:
+            full = self.endpoint.pull_batch if request[0][0] == PULLS else size
+            gathered_until = self._last_request + self.endpoint.batch_window
+            if now < gathered_until and sum(len(items) for _, items in request) < full:
+                self._gather(gathered_until - now)
+                continue
+            self._last_request = now
             done: Deferred[None] = Deferred()
             self._requests.add(done)
             for key, _ in request:
                 self._busy[key] = done  # before it starts: it may end at once
             Deferred.fromCoroutine(self._deliver(request)).chainDeferred(done)
             done.addBoth(self._request_ended, done)
+
+    def _gather(self, delay: float) -> None:
+        if self._gathering is None or not self._gathering.active():
+            self._gathering = self._reactor.callLater(delay, self._gathered)
+
+    def _gathered(self) -> None:
+        self._gathering = None
+        self._dispatch()
 
     def _request_ended(self, result, done: Deferred):
         self._requests.discard(done)
