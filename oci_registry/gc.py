@@ -91,7 +91,7 @@ from twisted.python.failure import Failure
 
 from . import links, paths
 from . import manifest as manifests
-from .catalog import drop_if_empty
+from .catalog import drop_if_empty, wait_and_relist
 from .errors import DigestInvalid, ManifestInvalid
 from .reference import ALGORITHMS, Digest, Name, Tag
 from .storage.interfaces import (
@@ -1035,9 +1035,13 @@ async def _unlist_emptied(run: _Run) -> None:
     """The catalog entries of repositories this run left without a manifest or a blob (see `oci_registry.catalog`)."""
     if run.options.dry_run:
         return
+    dropped = []
     for repo in sorted(run.shrunk):
         await run.pace()
-        await drop_if_empty(run.storage, Name(repo))
+        if await drop_if_empty(run.storage, Name(repo)):
+            dropped.append(Name(repo))
+    # A replica that wrote an entry just before may push into its repository again without writing it.
+    await wait_and_relist(run.storage, dropped, run.reactor, run.pace)
 
 
 async def _collect(run: _Run) -> None:

@@ -174,7 +174,7 @@ class Registry:
         # Requests that rely on a stored blob keep it from a garbage collection running meanwhile.
         self.keeper = Keeper(storage, gc_grace)
         # On S3, one entry per repository, which a catalog page lists (see oci_registry.catalog).
-        self._catalog = Catalog(storage, self._cpu.yield_now)
+        self._catalog = Catalog(storage, self._cpu.yield_now, reactor)
 
     @property
     def min_chunk_length(self) -> int | None:

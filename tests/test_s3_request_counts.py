@@ -17,6 +17,7 @@ import pytest
 
 from counting_proxy import CountingProxy
 from image_builder import http_request, random_bytes, sha256_digest
+from oci_registry.catalog import RECHECK_AFTER
 from oci_registry.content_cache import TTL
 from registry_process import RegistryProcess
 from s3_server import s3_server  # noqa: F401  (the session fixture)
@@ -346,6 +347,37 @@ def test_a_delete_through_one_replica_is_seen_by_the_other_within_the_ttl(proxy,
             assert (manifest, blob) in ((200, 200), (404, 200), (200, 404)), (manifest, blob)
             time.sleep(0.2)
         assert seen_at is not None, f"b still serves what a deleted {TTL + 5} s later"
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_a_repository_emptied_through_one_replica_and_pushed_into_through_another_is_listed(
+    proxy, config, tmp_path_factory
+):
+    """
+    a writes the entry at its first push; b empties the repository and drops
+    it; a pushes again, trusting the entry it wrote seconds before: b looks
+    again `RECHECK_AFTER` later and lists it.  Once a's entry is older than
+    `REWRITE_AFTER`, a's next push writes it itself, at once.
+    """
+    a, b = start(config, tmp_path_factory, proxy), start(config, tmp_path_factory, proxy)
+    try:
+        repository = name()
+        first = push_blob(a, repository, random_bytes(4096, uuid.uuid4().hex))
+        assert repository in catalog(b)
+        assert http_request("DELETE", f"{b.url}/v2/{repository}/blobs/{first}").status == 202
+        assert repository not in catalog(a)
+        second = push_blob(a, repository, random_bytes(4096, uuid.uuid4().hex))
+        deadline = time.monotonic() + RECHECK_AFTER + 10
+        while repository not in catalog(a) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert repository in catalog(a) and repository in catalog(b)
+
+        assert http_request("DELETE", f"{b.url}/v2/{repository}/blobs/{second}").status == 202
+        assert repository not in catalog(a)
+        push_blob(a, repository, random_bytes(4096, uuid.uuid4().hex))  # a's entry is older than REWRITE_AFTER
+        assert repository in catalog(a) and repository in catalog(b)
     finally:
         a.stop()
         b.stop()
