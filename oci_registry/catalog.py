@@ -155,8 +155,8 @@ class Catalog:
         if not self.kept or await listing.holds_content(self.storage, name):
             return
         self._written.pop(str(name), None)
-        await _drop(self.storage, name)
-        self._recheck_later(name)
+        if await _drop(self.storage, name):
+            self._recheck_later(name)
 
     def _recheck_later(self, name: Name) -> None:
         if self._reactor is None:
@@ -211,10 +211,12 @@ async def drop_if_empty(storage, name: Name) -> bool:
     return False
 
 
-async def relist_if_held(storage, name: Name) -> None:
+async def relist_if_held(storage, name: Name) -> bool:
     """``name``'s entry again if the repository holds a manifest or a blob now (a push since it was dropped)."""
     if await listing.holds_content(storage, name):
         await storage.write_bytes(paths.catalog_entry(name), b"", durable=False)
+        return True
+    return False
 
 
 async def wait_and_relist(storage, names: list[Name], reactor=None, pace=None) -> None:
@@ -245,7 +247,4 @@ async def _drop(storage, name: Name) -> bool:
             await storage.delete(path)
     except PathNotFound:
         pass
-    if await listing.holds_content(storage, name):  # a push wrote a link meanwhile: it stays listed
-        await storage.write_bytes(path, b"", durable=False)
-        return False
-    return True
+    return not await relist_if_held(storage, name)  # a push wrote a link meanwhile: it stays listed

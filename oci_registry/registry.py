@@ -10,6 +10,7 @@ restart) continues the upload, the partial data is hashed again from storage.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import uuid
@@ -139,6 +140,16 @@ class _LiveUpload:
     def matches(self, info) -> bool:
         """Whether the stored data (a `FileInfo`) is the one this process hashed."""
         return info is not None and self.offset == info.size and self.version == info.version
+
+
+@contextlib.contextmanager
+def _listing(name: Name):
+    """Around a write of ``name``'s catalog entry: a full storage is the client's 507, with a log line."""
+    try:
+        yield
+    except StorageFull:
+        log.error("storage is full: could not list {name} in the catalog", name=str(name))
+        raise InsufficientStorage() from None
 
 
 def _digest_and_parse(data: bytes, algorithm: str, content_type: str | None):
@@ -312,11 +323,8 @@ class Registry:
 
     async def _listed(self, name: Name) -> None:
         """The repository's catalog entry, before its first link from this process (see `oci_registry.catalog`)."""
-        try:
+        with _listing(name):
             await self._catalog.add(name)
-        except StorageFull:
-            log.error("storage is full: could not list {name} in the catalog", name=str(name))
-            raise InsufficientStorage() from None
 
     async def _write(self, path: str, data: bytes, durable: bool = True) -> None:
         try:
@@ -519,11 +527,8 @@ class Registry:
         """
         if live.offset > 0:  # this process appended bytes to it
             return False
-        try:
+        with _listing(name):
             return await self._catalog.add_copying(name, paths.upload_data(name, upload_id))
-        except StorageFull:
-            log.error("storage is full: could not list {name} in the catalog", name=str(name))
-            raise InsufficientStorage() from None
 
     async def _unlisted_if_empty(self, name: Name) -> None:
         """After a failed push that listed ``name``: its entry goes if the repository holds nothing, as on a delete."""
