@@ -94,6 +94,26 @@ def push_blob(registry, repository: str, data: bytes) -> str:
     return digest
 
 
+def push_in_two(post, patch, put, repository: str, data: bytes, split: int) -> str:
+    """POST, a PATCH of ``data[:split]``, then PUT ``?digest=`` with the rest: each to the replica named."""
+    digest = sha256_digest(data)
+    started = http_request("POST", f"{post.url}/v2/{repository}/blobs/uploads/", b"")
+    assert started.status == 202, started
+    location = urllib.parse.urljoin(patch.url + "/", started.headers["location"])
+    reply = http_request(
+        "PATCH",
+        location,
+        data[:split],
+        {"Content-Type": "application/octet-stream", "Content-Range": f"0-{split - 1}"},
+    )
+    assert reply.status == 202, reply
+    location = urllib.parse.urljoin(put.url + "/", reply.headers["location"])
+    separator = "&" if "?" in location else "?"
+    reply = http_request("PUT", f"{location}{separator}digest={digest}", data[split:])
+    assert reply.status == 201, reply
+    return digest
+
+
 def post_blob(registry, repository: str, data: bytes) -> str:
     """A monolithic ``POST ?digest=``."""
     digest = sha256_digest(data)
@@ -199,16 +219,7 @@ def test_the_first_push_into_a_repository_through_two_replicas(proxy, config, tm
         assert repository in catalog(a) and repository in catalog(b)
 
         chunked = name()
-        started = http_request("POST", f"{b.url}/v2/{chunked}/blobs/uploads/", b"")
-        location = urllib.parse.urljoin(a.url + "/", started.headers["location"])
-        reply = http_request(
-            "PATCH", location, data[:1000], {"Content-Type": "application/octet-stream", "Content-Range": "0-999"}
-        )
-        assert reply.status == 202, reply
-        location = urllib.parse.urljoin(b.url + "/", reply.headers["location"])
-        separator = "&" if "?" in location else "?"
-        reply = http_request("PUT", f"{location}{separator}digest={digest}", data[1000:])
-        assert reply.status == 201, reply
+        push_in_two(b, a, b, chunked, data, 1000)
         assert chunked in catalog(a) and chunked in catalog(b)
         assert http_request("GET", f"{a.url}/v2/{chunked}/blobs/{digest}").body == data
     finally:
@@ -238,16 +249,7 @@ def test_a_larger_chunked_push_never_lists(proxy, registry):
     data = random_bytes(200 << 10, uuid.uuid4().hex)  # past what is held in memory
     digest = sha256_digest(data)
     with proxy.counting() as seen:
-        started = http_request("POST", f"{registry.url}/v2/{repository}/blobs/uploads/", b"")
-        location = urllib.parse.urljoin(registry.url + "/", started.headers["location"])
-        reply = http_request(
-            "PATCH", location, data[:100_000], {"Content-Type": "application/octet-stream", "Content-Range": "0-99999"}
-        )
-        assert reply.status == 202, reply
-        location = urllib.parse.urljoin(registry.url + "/", reply.headers["location"])
-        separator = "&" if "?" in location else "?"
-        reply = http_request("PUT", f"{location}{separator}digest={digest}", data[100_000:])
-        assert reply.status == 201, reply
+        push_in_two(registry, registry, registry, repository, data, 100_000)
     assert seen.lists == 0, seen
     assert http_request("GET", f"{registry.url}/v2/{repository}/blobs/{digest}").body == data
 

@@ -154,6 +154,15 @@ def _quiet(folder) -> None:
     os.utime(folder, (old, old))
 
 
+def _tags(root, count: int):
+    """A folder ``tags`` under ``root`` of ``count`` folders, v00000 up."""
+    folder = root / "tags"
+    folder.mkdir(parents=True)
+    for i in range(count):
+        (folder / f"v{i:05d}").mkdir()
+    return folder
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_large_folder_is_read_once_while_unchanged(tmp_path):
     """
@@ -163,10 +172,7 @@ async def test_a_large_folder_is_read_once_while_unchanged(tmp_path):
     """
     driver = FilesystemDriver(str(tmp_path / "root"))
     try:
-        folder = tmp_path / "root" / "tags"
-        folder.mkdir(parents=True)
-        for i in range(3000):
-            (folder / f"v{i:05d}").mkdir()
+        folder = _tags(tmp_path / "root", 3000)
         _quiet(folder)
         before = driver.entries_read
         assert await driver.list_page("tags", None, 3) == ["v00000", "v00001", "v00002"]
@@ -191,10 +197,7 @@ async def test_a_recently_changed_folder_is_read_again(tmp_path):
     """A change within the same timestamp tick might not move the mtime: a folder changed just now is not kept."""
     driver = FilesystemDriver(str(tmp_path / "root"))
     try:
-        folder = tmp_path / "root" / "tags"
-        folder.mkdir(parents=True)
-        for i in range(1500):
-            (folder / f"v{i:05d}").mkdir()
+        _tags(tmp_path / "root", 1500)
         before = driver.entries_read
         await driver.list_page("tags", None, 10)
         await driver.list_page("tags", None, 10)
@@ -213,10 +216,7 @@ async def test_a_folder_quiet_for_a_moment_is_kept_on_a_local_file_system(tmp_pa
     driver = FilesystemDriver(str(tmp_path / "root"))
     try:
         assert driver.listings.local_quiet_ns == 100_000_000  # tmp_path is on a local file system here
-        folder = tmp_path / "root" / "tags"
-        folder.mkdir(parents=True)
-        for i in range(1500):
-            (folder / f"v{i:05d}").mkdir()
+        folder = _tags(tmp_path / "root", 1500)
         fine = time.time_ns() - 300_000_000
         fine += 1 if fine % 1_000_000_000 == 0 else 0
         os.utime(folder, ns=(fine, fine))
